@@ -56,6 +56,13 @@ void topic_config_builtin(struct topic_config *out);
 /* Name of key k as written in YAML ("retention_ms"). */
 const char *topic_config_key_name(enum tc_key k);
 
+/* The key named name ("retention_ms"), or -1 if there is none. */
+int topic_config_key_from_name(const char *name);
+
+/* Copies the one field of key k from src to dst (set_mask untouched). */
+void topic_config_copy_key(struct topic_config *dst, const struct topic_config *src,
+                           enum tc_key k);
+
 /* effective = defaults, then every key set in overrides->set_mask copied from
  * overrides. effective->set_mask = overrides->set_mask. */
 void topic_config_effective(const struct topic_config *defaults,

@@ -1,0 +1,113 @@
+/*
+ * topic_config.c - a topic's settings as plain data: built-in defaults, key
+ * names, the defaults-plus-overrides overlay, and the mapping to logstore.
+ *
+ * Owns no state and does no I/O; YAML lives in fs/config.c. The metadata layer
+ * stores a topic's overrides (a struct topic_config whose set_mask names the
+ * keys the topic sets) and computes the effective settings on demand:
+ *
+ *     builtin ──node config "defaults:"──> node defaults
+ *     node defaults ──topic_config_effective(overrides)──> effective
+ *     effective ──topic_config_to_ls──> struct ls_config (per partition)
+ *
+ * Invariants:
+ *  1. key_names[] is indexed by enum tc_key and lists every key, in the order
+ *     .config renders them.
+ *  2. topic_config_effective copies exactly the keys whose bit is set in
+ *     overrides->set_mask; every other field comes from the defaults.
+ */
+#include "topic_config.h"
+
+#include <string.h>
+
+static const char *const key_names[TC_NKEYS] = {
+	[TC_PARTITIONS] = "partitions",
+	[TC_REPLICATION] = "replication",
+	[TC_MIN_INSYNC] = "min_insync",
+	[TC_ACKS] = "acks",
+	[TC_RETENTION_MS] = "retention_ms",
+	[TC_RETENTION_BYTES] = "retention_bytes",
+	[TC_SEGMENT_BYTES] = "segment_bytes",
+	[TC_CLEANUP] = "cleanup",
+	[TC_COMPRESSION] = "compression",
+	[TC_COMPRESSION_LEVEL] = "compression_level",
+	[TC_KEY_SEPARATOR] = "key_separator",
+	[TC_MAX_RECORD_BYTES] = "max_record_bytes",
+};
+
+void topic_config_builtin(struct topic_config *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->partitions = 1;
+	out->replication = 1;
+	out->min_insync = 1;
+	out->acks = REP_ACKS_ALL;
+	out->retention_ms = -1;
+	out->retention_bytes = -1;
+	out->segment_bytes = 1ull << 30;
+	out->cleanup = LS_CLEANUP_DELETE;
+	out->compression = LS_CODEC_ZSTD;
+	out->compression_level = 1;
+	out->key_separator = 0;
+	out->max_record_bytes = 1u << 20;
+	out->set_mask = 0;
+}
+
+const char *topic_config_key_name(enum tc_key k)
+{
+	if ((unsigned)k >= TC_NKEYS)
+		return "?";
+	return key_names[k];
+}
+
+int topic_config_key_from_name(const char *name)
+{
+	for (int k = 0; k < TC_NKEYS; k++)
+		if (strcmp(name, key_names[k]) == 0)
+			return k;
+	return -1;
+}
+
+void topic_config_copy_key(struct topic_config *dst, const struct topic_config *src,
+                           enum tc_key k)
+{
+	switch (k) {
+	case TC_PARTITIONS: dst->partitions = src->partitions; break;
+	case TC_REPLICATION: dst->replication = src->replication; break;
+	case TC_MIN_INSYNC: dst->min_insync = src->min_insync; break;
+	case TC_ACKS: dst->acks = src->acks; break;
+	case TC_RETENTION_MS: dst->retention_ms = src->retention_ms; break;
+	case TC_RETENTION_BYTES: dst->retention_bytes = src->retention_bytes; break;
+	case TC_SEGMENT_BYTES: dst->segment_bytes = src->segment_bytes; break;
+	case TC_CLEANUP: dst->cleanup = src->cleanup; break;
+	case TC_COMPRESSION: dst->compression = src->compression; break;
+	case TC_COMPRESSION_LEVEL: dst->compression_level = src->compression_level; break;
+	case TC_KEY_SEPARATOR: dst->key_separator = src->key_separator; break;
+	case TC_MAX_RECORD_BYTES: dst->max_record_bytes = src->max_record_bytes; break;
+	case TC_NKEYS: break;
+	}
+}
+
+void topic_config_effective(const struct topic_config *defaults,
+                            const struct topic_config *overrides,
+                            struct topic_config *effective)
+{
+	struct topic_config e = *defaults;
+
+	for (int k = 0; k < TC_NKEYS; k++)
+		if (overrides->set_mask & (1u << k))
+			topic_config_copy_key(&e, overrides, (enum tc_key)k);
+	e.set_mask = overrides->set_mask;
+	*effective = e;
+}
+
+void topic_config_to_ls(const struct topic_config *tc, struct ls_config *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->segment_bytes = tc->segment_bytes;
+	out->retention_ms = tc->retention_ms;
+	out->retention_bytes = tc->retention_bytes;
+	out->compression = tc->compression;
+	out->compression_level = tc->compression_level;
+	out->cleanup = tc->cleanup;
+}
