@@ -21,12 +21,23 @@ enum metrics_op {
 	MOP_READDIR, MOP_SETATTR, MOP_RENAME, MOP_OTHER, MOP_COUNT
 };
 
-/* Request latency histogram buckets in seconds (le): 50us .. 10s, +Inf. */
+/* Request latency histogram buckets in seconds (le): 50us .. 10s, +Inf
+ * (13 finite bounds plus +Inf). */
 #define METRICS_NBUCKETS 14
 
 /* Record one request of op that took ns nanoseconds, err = 0 or errno. */
 void metrics_request(enum metrics_op op, uint64_t ns, int err);
 void metrics_add(uint64_t *counter, uint64_t v); /* relaxed atomic add */
+
+/* Name of op as rendered in the op label ("read"). */
+const char *metrics_op_name(enum metrics_op op);
+
+/* Relaxed-atomic copy of live partition counters into dst (for a row). */
+void metrics_partition_snapshot(const struct metrics_partition *src,
+                                struct metrics_partition *dst);
+
+/* Zeroes the request counters and histogram (for tests). */
+void metrics_reset(void);
 
 /* A growable text buffer for rendering. */
 struct mbuf {
@@ -36,6 +47,13 @@ struct mbuf {
 };
 void mbuf_printf(struct mbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void mbuf_free(struct mbuf *b);
+
+/* Helpers for other renderers of .cluster/metrics, so every family follows
+ * the same rules: "# HELP name help" (help escaped) and "# TYPE name type";
+ * and a label value with \\, \" and \n escaped (without the quotes). */
+void metrics_put_family(struct mbuf *b, const char *name, const char *type,
+                        const char *help);
+void metrics_put_label_value(struct mbuf *b, const char *value);
 
 /* Appends the request counters and latency histogram (topicfs_requests_total,
  * topicfs_request_errors_total, topicfs_request_duration_seconds) with HELP
