@@ -1,0 +1,126 @@
+#!/usr/bin/env bats
+# mount.bats - starting, configuring and unmounting one node; the read-only
+# .cluster files (INTERFACE.md sections 1 and 2).
+
+load helper
+
+@test "--help exits 0 and prints the usage line" {
+	run "$TOPICFS" --help
+	assert_success
+	[[ ${output,,} == *usage* ]]
+	assert_output --partial "MOUNTPOINT"
+	assert_output --partial "--data"
+}
+
+@test "--version exits 0 and prints a version number" {
+	run "$TOPICFS" --version
+	assert_success
+	assert_output --regexp '[0-9]+\.[0-9]+'
+}
+
+@test "without -f the command returns only once the mount is usable" {
+	run "$TOPICFS" --data "$DATA" "$MNT"
+	assert_success
+	# no waiting: the mount must answer the moment the command has returned
+	mountpoint -q "$MNT"
+	ls -A "$MNT" | grep -qx .cluster
+	mkdir "$MNT/t"
+	echo hello >>"$MNT/t/0/log"
+	[[ $(cat "$MNT/t/0/log") == hello ]]
+	# the daemon is still running in the background
+	[[ -n $(tfs_pids) ]]
+}
+
+@test "a config file with an unknown key is refused with FILE:LINE:" {
+	printf 'node:\n  id: 1\n  bogus: 7\n' >"$T/cfg.yaml"
+	run --separate-stderr timeout 10 "$TOPICFS" -f -c "$T/cfg.yaml" --data "$DATA" "$MNT"
+	assert_failure
+	[[ $status -ne 124 ]]    # it exited by itself rather than mounting
+	[[ $stderr == *"cfg.yaml:3:"* ]]
+	! mountpoint -q "$MNT"
+}
+
+@test "a config file with a bad value is refused with FILE:LINE:" {
+	printf 'node:\n  id: 70000\n' >"$T/cfg.yaml"
+	run --separate-stderr timeout 10 "$TOPICFS" -f -c "$T/cfg.yaml" --data "$DATA" "$MNT"
+	assert_failure
+	[[ $status -ne 124 ]]
+	[[ $stderr == *"cfg.yaml:2:"* ]]
+	! mountpoint -q "$MNT"
+}
+
+@test "a bad topic default in the config file is refused with FILE:LINE:" {
+	printf 'node:\n  id: 1\ndefaults:\n  partitions: 1\n  acks: sometimes\n' >"$T/cfg.yaml"
+	run --separate-stderr timeout 10 "$TOPICFS" -f -c "$T/cfg.yaml" --data "$DATA" "$MNT"
+	assert_failure
+	[[ $status -ne 124 ]]
+	[[ $stderr == *"cfg.yaml:5:"* ]]
+}
+
+@test "-c CONFIG: node.data_dir from the file is where the data goes" {
+	mkdir "$T/d2"
+	printf 'node:\n  id: 1\n  data_dir: %s\n' "$T/d2" >"$T/cfg.yaml"
+	tfs_start_raw -c "$T/cfg.yaml"
+	mkdir "$MNT/t"
+	seq 1 20 >>"$MNT/t/0/log"
+	tfs_stop
+	# the segment is in the configured directory, nothing in the default one
+	[[ -n $(find "$T/d2" -name '*.log' -type f) ]]
+	[[ -z $(find "$DATA" -mindepth 1) ]]
+	# and a restart from the same file finds the records again
+	tfs_start_raw -c "$T/cfg.yaml"
+	diff <(seq 1 20) "$MNT/t/0/log"
+}
+
+@test "-c CONFIG: defaults from the file apply to new topics" {
+	printf 'defaults:\n  partitions: 3\n' >"$T/cfg.yaml"
+	tfs_start -c "$T/cfg.yaml"
+	mkdir "$MNT/t"
+	[[ $(cfg_value t partitions) == 3 ]]
+	[[ -f $MNT/t/2/log ]]
+}
+
+@test "clean unmount and remount see every record" {
+	tfs_start
+	mkdir "$MNT/a" "$MNT/b"
+	seq 1 500 >>"$MNT/a/0/log"
+	for i in $(seq 1 20); do echo "b$i" >>"$MNT/b/0/log"; done
+	tfs_stop
+	tfs_start
+	diff <(seq 1 500) "$MNT/a/0/log"
+	diff <(seq 1 20 | sed 's/^/b/') "$MNT/b/0/log"
+	# and offsets continue after the old end rather than restarting at 0
+	echo more >>"$MNT/a/0/log"
+	[[ $(state_value a 0 end_offset) == 501 ]]
+}
+
+@test ".cluster/nodes has one line for node 1: id address state role" {
+	tfs_start
+	run cat "$MNT/.cluster/nodes"
+	assert_success
+	[[ ${#lines[@]} -eq 1 ]]
+	read -r id addr state role extra <<<"${lines[0]}"
+	[[ $id == 1 ]]
+	[[ $addr == *:* ]]
+	[[ -n $state && -n $role && -z $extra ]]
+}
+
+@test ".cluster/metrics is Prometheus text and counts produced records" {
+	tfs_start
+	mkdir "$MNT/t"
+	for i in 1 2 3 4 5; do echo "r$i" >>"$MNT/t/0/log"; done
+	run cat "$MNT/.cluster/metrics"
+	assert_success
+	assert_line --regexp '^# TYPE [a-zA-Z_:][a-zA-Z0-9_:]* (counter|gauge|histogram|summary|untyped)$'
+	# every sample line: name{labels} value [timestamp]
+	local bad
+	bad=$(grep -v '^#' <<<"$output" | grep -v '^$' |
+		grep -Ev '^[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})? ([0-9eE+.-]+|NaN|[+-]Inf)( -?[0-9]+)?$' || true)
+	[[ -z $bad ]] || { echo "not Prometheus text: $bad"; false; }
+	# the records-in counter of t/0 says 5
+	local n
+	n=$(grep -E '^[a-z_]*records_in[a-z_]*\{' <<<"$output" |
+		grep -F 'topic="t"' | grep -F 'partition="0"' | awk '{print $2}')
+	[[ -n $n ]] || { echo "no records_in sample for t/0"; false; }
+	[[ $n == 5 ]]
+}

@@ -1,0 +1,163 @@
+#!/usr/bin/env bats
+# produce.bats - appending to <p>/log: line framing, big inputs, oversized
+# records, and the state file (INTERFACE.md sections 3 and 4).
+
+load helper
+
+setup() {
+	tfs_setup
+	tfs_start
+	mkdir "$MNT/t"
+	L=$MNT/t/0/log
+}
+
+@test "echo >> log produces one record that cat shows" {
+	echo hello >>"$L"
+	run cat "$L"
+	assert_success
+	assert_output hello
+}
+
+@test "200 separate appends are all kept, in order" {
+	for i in $(seq 1 200); do echo "message $i" >>"$L"; done
+	diff <(seq 1 200 | sed 's/^/message /') "$L"
+}
+
+@test "cat of a 100 MB file into log reads back byte-identical" {
+	python3 "$BATS_TEST_DIRNAME/genlines.py" 100000000 >"$T/big.txt"
+	cat "$T/big.txt" >>"$L"
+	[[ $(stat -c %s "$L") == $(stat -c %s "$T/big.txt") ]]
+	cmp "$T/big.txt" "$L"
+	[[ $(state_value t 0 end_offset) == $(wc -l <"$T/big.txt") ]]
+}
+
+@test "a partial last line is produced at close and read back with a newline" {
+	printf 'a\nb' >>"$L"
+	cmp <(printf 'a\nb\n') "$L"
+	[[ $(state_value t 0 end_offset) == 2 ]]
+}
+
+@test "a line written in several writes on one fd is one record, invisible until complete" {
+	python3 - "$L" <<-'EOF'
+		import os, sys
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		os.write(fd, b"hel")
+		assert os.stat(sys.argv[1]).st_size == 0, "a partial line became visible"
+		os.write(fd, b"lo\n")
+		os.close(fd)
+	EOF
+	cmp <(printf 'hello\n') "$L"
+	[[ $(state_value t 0 end_offset) == 1 ]]
+}
+
+@test "each open file keeps its own partial line" {
+	python3 - "$L" <<-'EOF'
+		import os, sys
+		a = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		b = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		os.write(a, b"AA")
+		os.write(b, b"BB")
+		os.write(a, b"aa\n")
+		os.write(b, b"bb\n")
+		os.close(a)
+		os.close(b)
+	EOF
+	cmp <(printf 'AAaa\nBBbb\n') "$L"
+}
+
+@test "one write carrying 1000 lines produces 1000 records" {
+	python3 - "$L" <<-'EOF'
+		import os, sys
+		data = "".join("line %d\n" % i for i in range(1, 1001)).encode()
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		assert os.write(fd, data) == len(data)
+		os.close(fd)
+	EOF
+	diff <(seq 1 1000 | sed 's/^/line /') "$L"
+	[[ $(state_value t 0 end_offset) == 1000 ]]
+}
+
+@test "a line over max_record_bytes fails with EMSGSIZE and the fd goes on" {
+	set_config t 'max_record_bytes: 100'
+	python3 - "$L" <<-'EOF'
+		import errno, os, sys
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		os.write(fd, b"before\n")
+		try:
+		    os.write(fd, b"x" * 200 + b"\n")
+		    sys.exit("a 200-byte line was accepted with max_record_bytes 100")
+		except OSError as e:
+		    assert e.errno == errno.EMSGSIZE, e
+		    print(e.strerror)
+		os.write(fd, b"after\n")
+		os.close(fd)
+	EOF
+	cmp <(printf 'before\nafter\n') "$L"
+}
+
+@test "a long line spread over several writes is refused whole" {
+	set_config t 'max_record_bytes: 100'
+	python3 - "$L" <<-'EOF'
+		import errno, os, sys
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		failed = False
+		for _ in range(5):            # 5 x 60 bytes, one line of 300
+		    try:
+		        os.write(fd, b"y" * 60)
+		    except OSError as e:
+		        assert e.errno == errno.EMSGSIZE, e
+		        failed = True
+		try:
+		    os.write(fd, b"\n")
+		except OSError as e:
+		    assert e.errno == errno.EMSGSIZE, e
+		    failed = True
+		assert failed, "no write of a 300-byte line failed with EMSGSIZE"
+		os.write(fd, b"after\n")
+		os.close(fd)
+	EOF
+	cmp <(printf 'after\n') "$L"
+}
+
+@test "cat of a file with a too-long line reports 'Message too long'" {
+	set_config t 'max_record_bytes: 100'
+	{ echo ok1; head -c 300 /dev/zero | tr '\0' z; echo; echo ok2; } >"$T/in"
+	run sh -c 'cat "$1" >>"$2"' _ "$T/in" "$L"
+	assert_failure
+	assert_output --partial "Message too long"
+	# nothing of the long line was produced
+	run grep -c z "$L"
+	assert_output 0
+}
+
+@test "state shows end_offset and high_watermark growing with appends" {
+	[[ $(state_value t 0 end_offset) == 0 ]]
+	[[ $(state_value t 0 high_watermark) == 0 ]]
+	seq 1 3 >>"$L"
+	[[ $(state_value t 0 end_offset) == 3 ]]
+	[[ $(state_value t 0 high_watermark) == 3 ]]
+	echo 4 >>"$L"
+	[[ $(state_value t 0 end_offset) == 4 ]]
+	[[ $(state_value t 0 high_watermark) == 4 ]]
+	[[ $(state_value t 0 start_offset) == 0 ]]
+	[[ $(state_value t 0 bytes) -gt 0 ]]
+}
+
+@test "state is YAML with every documented key" {
+	local k
+	for k in leader replicas isr leader_epoch start_offset end_offset high_watermark bytes; do
+		grep -Eq "^$k: " "$MNT/t/0/state" || { echo "no $k:"; cat "$MNT/t/0/state"; false; }
+	done
+	python3 -c 'import sys, yaml' 2>/dev/null || return 0
+	python3 -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); assert isinstance(d, dict)' "$MNT/t/0/state"
+}
+
+@test "writing to state is refused and changes nothing" {
+	echo r >>"$L"
+	cp "$MNT/t/0/state" "$T/before"
+	run sh -c 'echo "end_offset: 99" >>"$1"' _ "$MNT/t/0/state"
+	assert_failure
+	refute_output --partial "Input/output error"
+	cmp "$T/before" "$MNT/t/0/state"
+	[[ $(cat "$L") == r ]]
+}
