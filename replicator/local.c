@@ -1,0 +1,1288 @@
+/*
+ * local.c - the single-node backend of replicator.h: this node is the quorum
+ * of one, the leader and the only in-sync replica of every partition.
+ *
+ * On disk (under DATA/):
+ *
+ *   metadata            the metadata state machine, replaced atomically on
+ *                       every change (temp, fsync, rename, fsync dir):
+ *                         topicfs-metadata 1
+ *                         next_topic_id <n>
+ *                         next_producer_id <n>
+ *                         topic <id> <name> <partitions> <next_pfile_id> <epoch>
+ *                         cfg <topic id> <key index> <int value>     (overrides only)
+ *                         pfile <topic id> <file id> <hex name>
+ *   topics/<name>/<p>/  partition data (logstore)
+ *   trash/<name>.<id>/  a deleted topic's data until its last reference goes
+ *   lock                flock()ed while a daemon runs on DATA
+ *
+ * Invariants:
+ *  1. Every change to topics, configs or producer files is in `metadata`
+ *     before the call that made it returns 0; a failed save undoes the change
+ *     in memory.
+ *  2. high watermark == log end after every append (the in-sync set is this
+ *     node alone), and it never moves backwards.
+ *  3. The topic list holds one reference to each live topic; rep_topic_get()
+ *     adds one. The last rep_topic_put() of a deleted topic closes its
+ *     partitions and removes its data from trash/.
+ *
+ * Threads: the caller's (FUSE) threads; `housekeeping` (periodic fsync,
+ * retention, compaction); `notifier` (partition_grew callbacks, coalesced per
+ * partition so a burst of appends costs one notification).
+ */
+#include "replicator.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../logstore/fsutil.h"
+#include "../logstore/log.h"
+
+struct rep_partition {
+	struct rep_topic *topic;
+	uint32_t index;
+	struct ls_partition *log;
+	struct rep_counters counters;
+	pthread_mutex_t hw_lock;
+	int64_t hw;
+	atomic_bool dirty;          /* appended since the last background sync */
+	atomic_bool notify_pending; /* queued for the notifier */
+};
+
+struct pfile {
+	uint32_t id;
+	char *name;
+};
+
+struct rep_topic {
+	struct rep *rep;
+	uint64_t id;
+	char name[REP_NAME_MAX + 1];
+	atomic_int refs;
+	atomic_int deleted;
+	pthread_mutex_t lock;        /* guards everything below */
+	struct topic_config overrides;
+	uint32_t nparts;
+	struct rep_partition **parts;
+	int32_t leader_epoch;
+	struct pfile *pfiles;
+	size_t npfiles;
+	uint32_t next_pfile_id;
+	uint32_t load_parts;         /* partition count read from metadata */
+	char trash_dir[PATH_MAX];    /* set when deleted */
+};
+
+struct notify_item {
+	uint64_t topic_id;
+	uint32_t partition;
+};
+
+struct rep {
+	struct rep_options opts;
+	char data_dir[PATH_MAX];
+	char listen[80];
+	int lock_fd;
+	int dir_fd;                   /* DATA/, for atomic replacement of metadata */
+
+	pthread_rwlock_t topics_lock; /* guards topics, ntopics */
+	struct rep_topic **topics;
+	size_t ntopics;
+	pthread_mutex_t meta_lock;    /* serialises metadata changes and saves */
+	uint64_t next_topic_id;
+	atomic_llong next_producer_id;
+	atomic_llong producer_id_limit; /* ids below this are reserved in metadata */
+
+	struct rep_listener listener;
+	pthread_mutex_t bg_lock;
+	pthread_cond_t bg_cond;
+	int stopping;
+	int started;
+	pthread_t housekeeping, notifier;
+	struct notify_item *queue;
+	size_t nqueue, cqueue;
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* snprintf for paths: -ENAMETOOLONG instead of a silently cut path. */
+static int __attribute__((format(printf, 3, 4))) pathf(char *buf, size_t size,
+                                                        const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(buf, size, fmt, ap);
+	va_end(ap);
+	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
+}
+
+/* ---- names ------------------------------------------------------------- */
+
+int rep_name_valid(const char *name)
+{
+	size_t n = strlen(name);
+	if (n < 1 || n > REP_NAME_MAX || name[0] == '.')
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+			return 0;
+	}
+	return 1;
+}
+
+static int pfile_name_valid(const char *name)
+{
+	size_t n = strlen(name);
+	return n >= 1 && n <= REP_FILE_NAME_MAX && !strchr(name, '/');
+}
+
+/* ---- metadata file ------------------------------------------------------ */
+
+static void hex_encode(const char *s, char *out)
+{
+	static const char hex[] = "0123456789abcdef";
+	for (; *s; s++) {
+		*out++ = hex[(unsigned char)*s >> 4];
+		*out++ = hex[(unsigned char)*s & 15];
+	}
+	*out = 0;
+}
+
+static int hex_decode(const char *s, char *out, size_t size)
+{
+	size_t n = strlen(s);
+	if (n % 2 || n / 2 + 1 > size)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i += 2) {
+		unsigned v;
+		if (sscanf(s + i, "%2x", &v) != 1)
+			return -EINVAL;
+		*out++ = (char)v;
+	}
+	*out = 0;
+	return 0;
+}
+
+static int64_t cfg_get(const struct topic_config *c, enum tc_key k)
+{
+	switch (k) {
+	case TC_PARTITIONS: return c->partitions;
+	case TC_REPLICATION: return c->replication;
+	case TC_MIN_INSYNC: return c->min_insync;
+	case TC_ACKS: return c->acks;
+	case TC_RETENTION_MS: return c->retention_ms;
+	case TC_RETENTION_BYTES: return c->retention_bytes;
+	case TC_SEGMENT_BYTES: return (int64_t)c->segment_bytes;
+	case TC_CLEANUP: return c->cleanup;
+	case TC_COMPRESSION: return c->compression;
+	case TC_COMPRESSION_LEVEL: return c->compression_level;
+	case TC_KEY_SEPARATOR: return (unsigned char)c->key_separator;
+	case TC_MAX_RECORD_BYTES: return c->max_record_bytes;
+	case TC_NKEYS: break;
+	}
+	return 0;
+}
+
+static void cfg_set(struct topic_config *c, enum tc_key k, int64_t v)
+{
+	switch (k) {
+	case TC_PARTITIONS: c->partitions = (uint32_t)v; break;
+	case TC_REPLICATION: c->replication = (uint32_t)v; break;
+	case TC_MIN_INSYNC: c->min_insync = (uint32_t)v; break;
+	case TC_ACKS: c->acks = (enum rep_acks)v; break;
+	case TC_RETENTION_MS: c->retention_ms = v; break;
+	case TC_RETENTION_BYTES: c->retention_bytes = v; break;
+	case TC_SEGMENT_BYTES: c->segment_bytes = (uint64_t)v; break;
+	case TC_CLEANUP: c->cleanup = (enum ls_cleanup)v; break;
+	case TC_COMPRESSION: c->compression = (enum ls_codec)v; break;
+	case TC_COMPRESSION_LEVEL: c->compression_level = (int)v; break;
+	case TC_KEY_SEPARATOR: c->key_separator = (char)v; break;
+	case TC_MAX_RECORD_BYTES: c->max_record_bytes = (uint32_t)v; break;
+	case TC_NKEYS: break;
+	}
+	c->set_mask |= 1u << k;
+}
+
+/* Serialises the whole state. Caller holds meta_lock and topics_lock. */
+static int meta_save(struct rep *r)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	if (!f)
+		return -ENOMEM;
+	fprintf(f, "topicfs-metadata 1\nnext_topic_id %" PRIu64 "\nnext_producer_id %lld\n",
+	        r->next_topic_id, (long long)atomic_load(&r->producer_id_limit));
+	for (size_t i = 0; i < r->ntopics; i++) {
+		struct rep_topic *t = r->topics[i];
+		pthread_mutex_lock(&t->lock);
+		fprintf(f, "topic %" PRIu64 " %s %u %u %d\n", t->id, t->name, t->nparts,
+		        t->next_pfile_id, t->leader_epoch);
+		for (int k = 0; k < TC_NKEYS; k++)
+			if (t->overrides.set_mask & (1u << k))
+				fprintf(f, "cfg %" PRIu64 " %d %lld\n", t->id, k,
+				        (long long)cfg_get(&t->overrides, k));
+		for (size_t j = 0; j < t->npfiles; j++) {
+			char hex[2 * REP_FILE_NAME_MAX + 1];
+			hex_encode(t->pfiles[j].name, hex);
+			fprintf(f, "pfile %" PRIu64 " %u %s\n", t->id, t->pfiles[j].id, hex);
+		}
+		pthread_mutex_unlock(&t->lock);
+	}
+	if (fclose(f) != 0) {
+		free(buf);
+		return -ENOMEM;
+	}
+	int rc = ls_fsutil_write_atomic(r->dir_fd, "metadata", buf, len);
+	if (rc < 0)
+		tfs_error("%s/metadata: could not save: %s", r->data_dir, tfs_strerror(rc));
+	free(buf);
+	return rc;
+}
+
+/* ---- partitions --------------------------------------------------------- */
+
+static int partition_dir(const struct rep_topic *t, uint32_t p, char *out, size_t size)
+{
+	return pathf(out, size, "%s/topics/%s/%u", t->rep->data_dir, t->name, p);
+}
+
+static int partition_open(struct rep_topic *t, uint32_t index, const struct ls_config *lc,
+                          struct rep_partition **out)
+{
+	char dir[PATH_MAX];
+	if (partition_dir(t, index, dir, sizeof(dir)) < 0)
+		return -ENAMETOOLONG;
+	struct rep_partition *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->topic = t;
+	p->index = index;
+	pthread_mutex_init(&p->hw_lock, NULL);
+	int rc = ls_partition_open(dir, lc, &p->log);
+	if (rc < 0) {
+		tfs_error("%s/%u: cannot open partition: %s", t->name, index, tfs_strerror(rc));
+		pthread_mutex_destroy(&p->hw_lock);
+		free(p);
+		return rc;
+	}
+	/* One node: everything appended is committed. */
+	struct ls_partition_info info;
+	ls_partition_get_info(p->log, &info);
+	ls_partition_set_hw(p->log, info.end_offset);
+	p->hw = info.end_offset;
+	*out = p;
+	return 0;
+}
+
+static int partition_close(struct rep_partition *p)
+{
+	int rc = ls_partition_close(p->log);
+	pthread_mutex_destroy(&p->hw_lock);
+	free(p);
+	return rc;
+}
+
+/* Opens partitions [t->nparts, n) and adds them. Caller holds t->lock. */
+static int topic_grow(struct rep_topic *t, uint32_t n)
+{
+	if (n <= t->nparts)
+		return 0;
+	struct rep_partition **parts = realloc(t->parts, n * sizeof(*parts));
+	if (!parts)
+		return -ENOMEM;
+	t->parts = parts;
+	struct topic_config eff;
+	struct ls_config lc;
+	topic_config_effective(&t->rep->opts.defaults, &t->overrides, &eff);
+	topic_config_to_ls(&eff, &lc);
+	while (t->nparts < n) {
+		int rc = partition_open(t, t->nparts, &lc, &t->parts[t->nparts]);
+		if (rc < 0)
+			return rc;
+		t->nparts++;
+	}
+	return 0;
+}
+
+/* ---- topics ------------------------------------------------------------- */
+
+static struct rep_topic *topic_new(struct rep *r, uint64_t id, const char *name)
+{
+	struct rep_topic *t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->rep = r;
+	t->id = id;
+	snprintf(t->name, sizeof(t->name), "%s", name);
+	atomic_init(&t->refs, 1);
+	pthread_mutex_init(&t->lock, NULL);
+	t->next_pfile_id = 1;
+	return t;
+}
+
+/* Frees a topic whose partitions are closed or were never opened. */
+static void topic_free(struct rep_topic *t)
+{
+	for (size_t i = 0; i < t->npfiles; i++)
+		free(t->pfiles[i].name);
+	free(t->pfiles);
+	free(t->parts);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+static int topic_close_partitions(struct rep_topic *t)
+{
+	int first = 0;
+	for (uint32_t i = 0; i < t->nparts; i++) {
+		int rc = partition_close(t->parts[i]);
+		if (rc < 0 && !first)
+			first = rc;
+	}
+	t->nparts = 0;
+	return first;
+}
+
+struct rep_topic *rep_topic_get(struct rep *r, const char *name)
+{
+	struct rep_topic *found = NULL;
+	pthread_rwlock_rdlock(&r->topics_lock);
+	for (size_t i = 0; i < r->ntopics; i++) {
+		if (strcmp(r->topics[i]->name, name) == 0) {
+			found = r->topics[i];
+			atomic_fetch_add(&found->refs, 1);
+			break;
+		}
+	}
+	pthread_rwlock_unlock(&r->topics_lock);
+	return found;
+}
+
+struct rep_topic *rep_topic_get_id(struct rep *r, uint64_t id)
+{
+	struct rep_topic *found = NULL;
+	pthread_rwlock_rdlock(&r->topics_lock);
+	for (size_t i = 0; i < r->ntopics; i++) {
+		if (r->topics[i]->id == id) {
+			found = r->topics[i];
+			atomic_fetch_add(&found->refs, 1);
+			break;
+		}
+	}
+	pthread_rwlock_unlock(&r->topics_lock);
+	return found;
+}
+
+void rep_topic_put(struct rep_topic *t)
+{
+	if (!t || atomic_fetch_sub(&t->refs, 1) != 1)
+		return;
+	/* Last reference: only a deleted topic (or one being torn down at close)
+	 * gets here. */
+	int rc = topic_close_partitions(t);
+	if (rc < 0)
+		tfs_warn("%s: closing deleted topic: %s", t->name, tfs_strerror(rc));
+	if (t->trash_dir[0]) {
+		rc = ls_fsutil_rm_rf(t->trash_dir);
+		if (rc < 0)
+			tfs_warn("%s: removing %s: %s", t->name, t->trash_dir, tfs_strerror(rc));
+	}
+	topic_free(t);
+}
+
+void rep_topic_foreach(struct rep *r, int (*fn)(void *ctx, struct rep_topic *t), void *ctx)
+{
+	pthread_rwlock_rdlock(&r->topics_lock);
+	for (size_t i = 0; i < r->ntopics; i++)
+		if (fn(ctx, r->topics[i]))
+			break;
+	pthread_rwlock_unlock(&r->topics_lock);
+}
+
+uint64_t rep_topic_id(const struct rep_topic *t) { return t->id; }
+const char *rep_topic_name(const struct rep_topic *t) { return t->name; }
+int rep_topic_deleted(const struct rep_topic *t) { return atomic_load(&t->deleted); }
+
+uint32_t rep_topic_partition_count(struct rep_topic *t)
+{
+	pthread_mutex_lock(&t->lock);
+	uint32_t n = t->nparts;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+struct rep_partition *rep_topic_partition(struct rep_topic *t, uint32_t p)
+{
+	struct rep_partition *rp = NULL;
+	pthread_mutex_lock(&t->lock);
+	if (p < t->nparts)
+		rp = t->parts[p];
+	pthread_mutex_unlock(&t->lock);
+	return rp;
+}
+
+void rep_topic_config(struct rep_topic *t, struct topic_config *eff)
+{
+	pthread_mutex_lock(&t->lock);
+	topic_config_effective(&t->rep->opts.defaults, &t->overrides, eff);
+	eff->partitions = t->nparts;
+	pthread_mutex_unlock(&t->lock);
+}
+
+int rep_topic_create(struct rep *r, const char *name)
+{
+	if (!rep_name_valid(name))
+		return -EINVAL;
+	int rc = 0;
+	char dir[PATH_MAX];
+	pthread_mutex_lock(&r->meta_lock);
+	struct rep_topic *old = rep_topic_get(r, name);
+	if (old) {
+		rep_topic_put(old);
+		rc = -EEXIST;
+		goto out;
+	}
+	if (r->opts.defaults.replication > 1) {
+		tfs_warn("mkdir %s: default replication %u exceeds the 1 node(s) in the cluster",
+		         name, r->opts.defaults.replication);
+		rc = -EINVAL;
+		goto out;
+	}
+	struct rep_topic *t = topic_new(r, r->next_topic_id, name);
+	if (!t) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	rc = pathf(dir, sizeof(dir), "%s/topics/%s", r->data_dir, name);
+	if (rc < 0)
+		goto err_free;
+	/* A directory left by a crash between metadata save and removal. */
+	if (access(dir, F_OK) == 0) {
+		rc = ls_fsutil_rm_rf(dir);
+		if (rc < 0)
+			goto err_free;
+	}
+	if (mkdir(dir, 0755) < 0) {
+		rc = -errno;
+		goto err_free;
+	}
+	pthread_mutex_lock(&t->lock);
+	/* The count is pinned as an override so a later change of the node
+	 * default never reads as shrinking this topic. */
+	uint32_t nparts = r->opts.defaults.partitions ? r->opts.defaults.partitions : 1;
+	cfg_set(&t->overrides, TC_PARTITIONS, nparts);
+	rc = topic_grow(t, nparts);
+	pthread_mutex_unlock(&t->lock);
+	if (rc < 0)
+		goto err_close;
+
+	pthread_rwlock_wrlock(&r->topics_lock);
+	struct rep_topic **topics = realloc(r->topics, (r->ntopics + 1) * sizeof(*topics));
+	if (!topics) {
+		pthread_rwlock_unlock(&r->topics_lock);
+		rc = -ENOMEM;
+		goto err_close;
+	}
+	r->topics = topics;
+	r->topics[r->ntopics++] = t;
+	r->next_topic_id++;
+	rc = meta_save(r);
+	if (rc < 0) {
+		r->ntopics--;
+		r->next_topic_id--;
+		pthread_rwlock_unlock(&r->topics_lock);
+		goto err_close;
+	}
+	pthread_rwlock_unlock(&r->topics_lock);
+	tfs_info("topic %s created (id %" PRIu64 ", %u partition(s))", name, t->id, nparts);
+	goto out;
+
+err_close:
+	topic_close_partitions(t);
+	if (ls_fsutil_rm_rf(dir) < 0)
+		tfs_warn("mkdir %s: could not remove %s", name, dir);
+err_free:
+	topic_free(t);
+out:
+	pthread_mutex_unlock(&r->meta_lock);
+	return rc;
+}
+
+int rep_topic_delete(struct rep *r, const char *name)
+{
+	int rc = 0;
+	pthread_mutex_lock(&r->meta_lock);
+	pthread_rwlock_wrlock(&r->topics_lock);
+	size_t i;
+	for (i = 0; i < r->ntopics; i++)
+		if (strcmp(r->topics[i]->name, name) == 0)
+			break;
+	if (i == r->ntopics) {
+		rc = -ENOENT;
+		goto out;
+	}
+	struct rep_topic *t = r->topics[i];
+	memmove(&r->topics[i], &r->topics[i + 1], (r->ntopics - i - 1) * sizeof(*r->topics));
+	r->ntopics--;
+	rc = meta_save(r);
+	if (rc < 0) {
+		memmove(&r->topics[i + 1], &r->topics[i], (r->ntopics - i) * sizeof(*r->topics));
+		r->topics[i] = t;
+		r->ntopics++;
+		goto out;
+	}
+	atomic_store(&t->deleted, 1);
+	char dir[PATH_MAX];
+	if (pathf(dir, sizeof(dir), "%s/topics/%s", r->data_dir, name) < 0 ||
+	    pathf(t->trash_dir, sizeof(t->trash_dir), "%s/trash/%s.%" PRIu64, r->data_dir,
+	          name, t->id) < 0 ||
+	    rename(dir, t->trash_dir) < 0) {
+		/* Data stays under topics/; a later create of the name clears it. */
+		tfs_warn("rmdir %s: could not move %s to trash: %s", name, dir, strerror(errno));
+		t->trash_dir[0] = 0;
+	}
+	tfs_info("topic %s deleted", name);
+	pthread_rwlock_unlock(&r->topics_lock);
+	pthread_mutex_unlock(&r->meta_lock);
+	rep_topic_put(t); /* the list's reference */
+	return 0;
+out:
+	pthread_rwlock_unlock(&r->topics_lock);
+	pthread_mutex_unlock(&r->meta_lock);
+	return rc;
+}
+
+int rep_topic_set_config(struct rep_topic *t, const struct topic_config *changes,
+                         uint32_t cleared, char *err, size_t errlen)
+{
+	struct rep *r = t->rep;
+	int rc = 0;
+	err[0] = 0;
+	pthread_mutex_lock(&r->meta_lock);
+	if (rep_topic_deleted(t)) {
+		pthread_mutex_unlock(&r->meta_lock);
+		return -ENOENT;
+	}
+	pthread_mutex_lock(&t->lock);
+	struct topic_config before = t->overrides, neu = t->overrides, eff;
+	for (int k = 0; k < TC_NKEYS; k++) {
+		if (cleared & (1u << k))
+			neu.set_mask &= ~(1u << k);
+		else if (changes->set_mask & (1u << k))
+			cfg_set(&neu, k, cfg_get(changes, k));
+	}
+	topic_config_effective(&r->opts.defaults, &neu, &eff);
+	if (eff.partitions < t->nparts) {
+		snprintf(err, errlen, "partitions: cannot shrink from %u to %u", t->nparts,
+		         eff.partitions);
+		rc = -EINVAL;
+	} else if (eff.replication > 1) {
+		snprintf(err, errlen, "replication: %u exceeds the 1 node(s) in the cluster",
+		         eff.replication);
+		rc = -EINVAL;
+	} else if (eff.min_insync > eff.replication) {
+		snprintf(err, errlen, "min_insync: %u exceeds replication %u", eff.min_insync,
+		         eff.replication);
+		rc = -EINVAL;
+	}
+	if (rc < 0) {
+		pthread_mutex_unlock(&t->lock);
+		goto out;
+	}
+	uint32_t old_parts = t->nparts;
+	t->overrides = neu;
+	rc = topic_grow(t, eff.partitions);
+	if (rc < 0) {
+		snprintf(err, errlen, "partitions: could not create partition %u: %s", t->nparts,
+		         tfs_strerror(rc));
+		t->overrides = before;
+		pthread_mutex_unlock(&t->lock);
+		goto out;
+	}
+	struct ls_config lc;
+	topic_config_to_ls(&eff, &lc);
+	for (uint32_t i = 0; i < t->nparts; i++)
+		ls_partition_set_config(t->parts[i]->log, &lc);
+	pthread_mutex_unlock(&t->lock);
+
+	pthread_rwlock_rdlock(&r->topics_lock);
+	rc = meta_save(r);
+	pthread_rwlock_unlock(&r->topics_lock);
+	if (rc < 0) {
+		/* Partitions already created stay (they are empty and will be
+		 * found again as the count grows); the overrides go back. */
+		pthread_mutex_lock(&t->lock);
+		t->overrides = before;
+		pthread_mutex_unlock(&t->lock);
+		snprintf(err, errlen, "could not save metadata: %s", tfs_strerror(rc));
+		goto out;
+	}
+	if (eff.partitions != old_parts)
+		tfs_info("topic %s: partitions %u -> %u", t->name, old_parts, eff.partitions);
+out:
+	pthread_mutex_unlock(&r->meta_lock);
+	return rc;
+}
+
+/* ---- producer files ----------------------------------------------------- */
+
+static ssize_t pfile_find(struct rep_topic *t, const char *name)
+{
+	for (size_t i = 0; i < t->npfiles; i++)
+		if (strcmp(t->pfiles[i].name, name) == 0)
+			return (ssize_t)i;
+	return -1;
+}
+
+/* Saves metadata after a producer-file change; caller holds meta_lock only. */
+static int pfile_save(struct rep_topic *t)
+{
+	pthread_rwlock_rdlock(&t->rep->topics_lock);
+	int rc = meta_save(t->rep);
+	pthread_rwlock_unlock(&t->rep->topics_lock);
+	return rc;
+}
+
+int rep_pfile_create(struct rep_topic *t, const char *name, uint32_t *id)
+{
+	if (!pfile_name_valid(name))
+		return -EINVAL;
+	struct rep *r = t->rep;
+	int rc = 0;
+	pthread_mutex_lock(&r->meta_lock);
+	pthread_mutex_lock(&t->lock);
+	if (rep_topic_deleted(t)) {
+		rc = -ENOENT;
+		goto out_unlock;
+	}
+	if (pfile_find(t, name) >= 0) {
+		rc = -EEXIST;
+		goto out_unlock;
+	}
+	char *copy = strdup(name);
+	struct pfile *pf = realloc(t->pfiles, (t->npfiles + 1) * sizeof(*pf));
+	if (!copy || !pf) {
+		free(copy);
+		if (pf)
+			t->pfiles = pf;
+		rc = -ENOMEM;
+		goto out_unlock;
+	}
+	t->pfiles = pf;
+	t->pfiles[t->npfiles].id = t->next_pfile_id++;
+	t->pfiles[t->npfiles].name = copy;
+	*id = t->pfiles[t->npfiles].id;
+	t->npfiles++;
+	pthread_mutex_unlock(&t->lock);
+	rc = pfile_save(t);
+	if (rc < 0) {
+		pthread_mutex_lock(&t->lock);
+		ssize_t i = pfile_find(t, name);
+		if (i >= 0) {
+			free(t->pfiles[i].name);
+			t->pfiles[i] = t->pfiles[--t->npfiles];
+		}
+		pthread_mutex_unlock(&t->lock);
+	}
+	pthread_mutex_unlock(&r->meta_lock);
+	return rc;
+out_unlock:
+	pthread_mutex_unlock(&t->lock);
+	pthread_mutex_unlock(&r->meta_lock);
+	return rc;
+}
+
+int rep_pfile_lookup(struct rep_topic *t, const char *name, uint32_t *id)
+{
+	pthread_mutex_lock(&t->lock);
+	ssize_t i = pfile_find(t, name);
+	if (i >= 0)
+		*id = t->pfiles[i].id;
+	pthread_mutex_unlock(&t->lock);
+	return i >= 0 ? 0 : -ENOENT;
+}
+
+int rep_pfile_name(struct rep_topic *t, uint32_t id, char *buf, size_t size)
+{
+	int rc = -ENOENT;
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->npfiles; i++) {
+		if (t->pfiles[i].id == id) {
+			snprintf(buf, size, "%s", t->pfiles[i].name);
+			rc = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+int rep_pfile_unlink(struct rep_topic *t, const char *name)
+{
+	struct rep *r = t->rep;
+	pthread_mutex_lock(&r->meta_lock);
+	pthread_mutex_lock(&t->lock);
+	ssize_t i = pfile_find(t, name);
+	if (i < 0) {
+		pthread_mutex_unlock(&t->lock);
+		pthread_mutex_unlock(&r->meta_lock);
+		return -ENOENT;
+	}
+	struct pfile gone = t->pfiles[i];
+	memmove(&t->pfiles[i], &t->pfiles[i + 1], (t->npfiles - i - 1) * sizeof(gone));
+	t->npfiles--;
+	pthread_mutex_unlock(&t->lock);
+	int rc = pfile_save(t);
+	if (rc < 0) {
+		pthread_mutex_lock(&t->lock);
+		memmove(&t->pfiles[i + 1], &t->pfiles[i], (t->npfiles - i) * sizeof(gone));
+		t->pfiles[i] = gone;
+		t->npfiles++;
+		pthread_mutex_unlock(&t->lock);
+	} else {
+		free(gone.name);
+	}
+	pthread_mutex_unlock(&r->meta_lock);
+	return rc;
+}
+
+int rep_pfile_rename(struct rep_topic *t, const char *from, const char *to)
+{
+	if (!pfile_name_valid(to))
+		return -EINVAL;
+	struct rep *r = t->rep;
+	int rc = 0;
+	pthread_mutex_lock(&r->meta_lock);
+	pthread_mutex_lock(&t->lock);
+	ssize_t i = pfile_find(t, from);
+	if (i < 0) {
+		pthread_mutex_unlock(&t->lock);
+		pthread_mutex_unlock(&r->meta_lock);
+		return -ENOENT;
+	}
+	if (strcmp(from, to) == 0) {
+		pthread_mutex_unlock(&t->lock);
+		pthread_mutex_unlock(&r->meta_lock);
+		return 0;
+	}
+	char *copy = strdup(to);
+	if (!copy) {
+		pthread_mutex_unlock(&t->lock);
+		pthread_mutex_unlock(&r->meta_lock);
+		return -ENOMEM;
+	}
+	/* Save the list as it was, to undo on a failed save. */
+	size_t saved_n = t->npfiles;
+	struct pfile *saved = malloc(saved_n * sizeof(*saved));
+	if (!saved) {
+		free(copy);
+		pthread_mutex_unlock(&t->lock);
+		pthread_mutex_unlock(&r->meta_lock);
+		return -ENOMEM;
+	}
+	memcpy(saved, t->pfiles, saved_n * sizeof(*saved));
+	char *old_name = t->pfiles[i].name;
+	t->pfiles[i].name = copy;
+	ssize_t j = -1;
+	for (size_t k = 0; k < t->npfiles; k++)
+		if ((ssize_t)k != i && strcmp(t->pfiles[k].name, to) == 0)
+			j = (ssize_t)k;
+	struct pfile replaced = {0};
+	if (j >= 0) {
+		replaced = t->pfiles[j];
+		memmove(&t->pfiles[j], &t->pfiles[j + 1], (t->npfiles - j - 1) * sizeof(replaced));
+		t->npfiles--;
+	}
+	pthread_mutex_unlock(&t->lock);
+	rc = pfile_save(t);
+	pthread_mutex_lock(&t->lock);
+	if (rc < 0) {
+		free(copy);
+		memcpy(t->pfiles, saved, saved_n * sizeof(*saved));
+		t->npfiles = saved_n;
+	} else {
+		free(old_name);
+		free(replaced.name);
+	}
+	pthread_mutex_unlock(&t->lock);
+	free(saved);
+	pthread_mutex_unlock(&r->meta_lock);
+	return rc;
+}
+
+void rep_pfile_foreach(struct rep_topic *t,
+                       int (*fn)(void *ctx, uint32_t id, const char *name), void *ctx)
+{
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->npfiles; i++)
+		if (fn(ctx, t->pfiles[i].id, t->pfiles[i].name))
+			break;
+	pthread_mutex_unlock(&t->lock);
+}
+
+/* ---- produce and commit ------------------------------------------------- */
+
+static void notify_queue(struct rep_partition *p)
+{
+	struct rep *r = p->topic->rep;
+	if (!r->started || atomic_exchange(&p->notify_pending, true))
+		return;
+	pthread_mutex_lock(&r->bg_lock);
+	if (r->nqueue == r->cqueue) {
+		size_t c = r->cqueue ? 2 * r->cqueue : 64;
+		struct notify_item *q = realloc(r->queue, c * sizeof(*q));
+		if (!q) {
+			/* A lost notification only delays tail -f to its attr poll. */
+			atomic_store(&p->notify_pending, false);
+			pthread_mutex_unlock(&r->bg_lock);
+			return;
+		}
+		r->queue = q;
+		r->cqueue = c;
+	}
+	r->queue[r->nqueue++] = (struct notify_item){p->topic->id, p->index};
+	pthread_cond_broadcast(&r->bg_cond);
+	pthread_mutex_unlock(&r->bg_lock);
+}
+
+int rep_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
+                const struct ls_producer *prod, struct ls_append_result *res)
+{
+	int rc = ls_partition_append(p->log, recs, n, now_ms(), prod, res);
+	if (rc < 0)
+		return rc == LS_ESTICKY ? -EROFS : rc;
+	int64_t end = res->last_offset + 1;
+	pthread_mutex_lock(&p->hw_lock);
+	if (end > p->hw) {
+		p->hw = end;
+		ls_partition_set_hw(p->log, end);
+	}
+	pthread_mutex_unlock(&p->hw_lock);
+	if (!res->duplicate) {
+		uint64_t bytes = 0;
+		for (uint32_t i = 0; i < n; i++)
+			bytes += recs[i].value_len + (recs[i].key ? recs[i].key_len : 0);
+		__atomic_add_fetch(&p->counters.records_in, n, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&p->counters.bytes_in, bytes, __ATOMIC_RELAXED);
+		atomic_store(&p->dirty, true);
+		notify_queue(p);
+	}
+	return 0;
+}
+
+int rep_partition_commit(struct rep_partition *p)
+{
+	int rc = ls_partition_sync(p->log);
+	if (rc < 0) {
+		tfs_error("%s/%u: commit failed: %s", p->topic->name, p->index, tfs_strerror(rc));
+		return -EIO;
+	}
+	return 0;
+}
+
+struct ls_partition *rep_partition_log(struct rep_partition *p) { return p->log; }
+struct rep_counters *rep_partition_counters(struct rep_partition *p) { return &p->counters; }
+
+void rep_partition_state(struct rep_partition *p, struct rep_partition_state *st)
+{
+	struct rep *r = p->topic->rep;
+	memset(st, 0, sizeof(*st));
+	st->partition = p->index;
+	st->leader = r->opts.node_id;
+	st->replicas[0] = r->opts.node_id;
+	st->nreplicas = 1;
+	st->isr[0] = r->opts.node_id;
+	st->nisr = 1;
+	ls_partition_get_info(p->log, &st->log);
+	st->leader_epoch = st->log.leader_epoch;
+}
+
+/* ---- node --------------------------------------------------------------- */
+
+uint16_t rep_node_id(const struct rep *r) { return r->opts.node_id; }
+
+size_t rep_nodes(struct rep *r, struct rep_node_info *out, size_t max)
+{
+	if (max < 1)
+		return 0;
+	out[0].id = r->opts.node_id;
+	snprintf(out[0].address, sizeof(out[0].address), "%s", r->listen);
+	out[0].state = "up";
+	out[0].role = "leader";
+	return 1;
+}
+
+int64_t rep_new_producer_id(struct rep *r)
+{
+	/* Ids come from blocks reserved in metadata first, so a restart never
+	 * hands out an id twice. */
+	int64_t id = atomic_fetch_add(&r->next_producer_id, 1);
+	if (id >= atomic_load(&r->producer_id_limit)) {
+		pthread_mutex_lock(&r->meta_lock);
+		if (id >= atomic_load(&r->producer_id_limit)) {
+			atomic_store(&r->producer_id_limit, id + 65536);
+			pthread_rwlock_rdlock(&r->topics_lock);
+			int rc = meta_save(r);
+			pthread_rwlock_unlock(&r->topics_lock);
+			if (rc < 0)
+				tfs_warn("producer id block not saved; ids may repeat after a crash");
+		}
+		pthread_mutex_unlock(&r->meta_lock);
+	}
+	return id;
+}
+
+static int meta_load(struct rep *r)
+{
+	char path[PATH_MAX];
+	if (pathf(path, sizeof(path), "%s/metadata", r->data_dir) < 0)
+		return -ENAMETOOLONG;
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return errno == ENOENT ? 0 : -errno;
+	char line[1024];
+	int lineno = 0, rc = 0;
+	struct rep_topic *cur = NULL;
+	while (fgets(line, sizeof(line), f)) {
+		lineno++;
+		char name[REP_NAME_MAX + 2], hex[2 * REP_FILE_NAME_MAX + 2];
+		unsigned long long id, a;
+		unsigned parts, next_pf, pf;
+		int epoch, k;
+		long long v;
+		if (lineno == 1) {
+			if (strcmp(line, "topicfs-metadata 1\n") != 0) {
+				rc = LS_ECORRUPT;
+				break;
+			}
+		} else if (sscanf(line, "next_topic_id %llu", &a) == 1) {
+			r->next_topic_id = a;
+		} else if (sscanf(line, "next_producer_id %lld", &v) == 1) {
+			atomic_store(&r->next_producer_id, v);
+			atomic_store(&r->producer_id_limit, v);
+		} else if (sscanf(line, "topic %llu %249s %u %u %d", &id, name, &parts, &next_pf,
+		                  &epoch) == 5) {
+			cur = topic_new(r, id, name);
+			struct rep_topic **topics =
+				realloc(r->topics, (r->ntopics + 1) * sizeof(*topics));
+			if (!cur || !topics) {
+				if (topics)
+					r->topics = topics;
+				if (cur)
+					topic_free(cur);
+				rc = -ENOMEM;
+				break;
+			}
+			r->topics = topics;
+			r->topics[r->ntopics++] = cur;
+			cur->next_pfile_id = next_pf;
+			cur->leader_epoch = epoch;
+			cur->load_parts = parts; /* opened in rep_open */
+		} else if (sscanf(line, "cfg %llu %d %lld", &id, &k, &v) == 3 && cur &&
+		           cur->id == id && k >= 0 && k < TC_NKEYS) {
+			cfg_set(&cur->overrides, k, v);
+		} else if (sscanf(line, "pfile %llu %u %511s", &id, &pf, hex) == 3 && cur &&
+		           cur->id == id) {
+			char nm[REP_FILE_NAME_MAX + 1];
+			struct pfile *pfs = realloc(cur->pfiles, (cur->npfiles + 1) * sizeof(*pfs));
+			if (!pfs) {
+				rc = -ENOMEM;
+				break;
+			}
+			cur->pfiles = pfs;
+			if (hex_decode(hex, nm, sizeof(nm)) < 0 || !(pfs[cur->npfiles].name = strdup(nm))) {
+				rc = LS_ECORRUPT;
+				break;
+			}
+			pfs[cur->npfiles++].id = pf;
+		} else {
+			rc = LS_ECORRUPT;
+			break;
+		}
+	}
+	fclose(f);
+	if (rc == LS_ECORRUPT)
+		tfs_error("%s:%d: unreadable metadata line", path, lineno);
+	return rc;
+}
+
+static void *housekeeping_main(void *arg)
+{
+	struct rep *r = arg;
+	int64_t last_flush = now_ms(), last_retention = now_ms();
+	pthread_mutex_lock(&r->bg_lock);
+	while (!r->stopping) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 100 * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&r->bg_cond, &r->bg_lock, &ts);
+		if (r->stopping)
+			break;
+		int64_t now = now_ms();
+		int flush = r->opts.flush_ms && now - last_flush >= r->opts.flush_ms;
+		int retention = r->opts.retention_check_ms &&
+		                now - last_retention >= r->opts.retention_check_ms;
+		if (!flush && !retention)
+			continue;
+		pthread_mutex_unlock(&r->bg_lock);
+		if (flush)
+			last_flush = now;
+		if (retention)
+			last_retention = now;
+		/* Take references so topics can be deleted meanwhile. */
+		pthread_rwlock_rdlock(&r->topics_lock);
+		size_t n = r->ntopics;
+		struct rep_topic **ts_ = malloc((n ? n : 1) * sizeof(*ts_));
+		if (ts_)
+			for (size_t i = 0; i < n; i++) {
+				ts_[i] = r->topics[i];
+				atomic_fetch_add(&ts_[i]->refs, 1);
+			}
+		pthread_rwlock_unlock(&r->topics_lock);
+		for (size_t i = 0; ts_ && i < n; i++) {
+			struct rep_topic *t = ts_[i];
+			struct topic_config eff;
+			rep_topic_config(t, &eff);
+			uint32_t np = rep_topic_partition_count(t);
+			for (uint32_t j = 0; j < np; j++) {
+				struct rep_partition *p = rep_topic_partition(t, j);
+				if (flush && atomic_exchange(&p->dirty, false)) {
+					int rc = ls_partition_sync(p->log);
+					if (rc < 0)
+						tfs_error("%s/%u: background fsync failed: %s", t->name,
+						          j, tfs_strerror(rc));
+				}
+				if (retention) {
+					int rc = ls_partition_enforce_retention(p->log, now_ms());
+					if (rc > 0)
+						tfs_info("%s/%u: retention removed %d segment(s)",
+						         t->name, j, rc);
+					if (eff.cleanup == LS_CLEANUP_COMPACT) {
+						rc = ls_partition_compact(p->log);
+						if (rc > 0)
+							tfs_info("%s/%u: compaction removed %d record(s)",
+							         t->name, j, rc);
+					}
+					if (rc < 0)
+						tfs_warn("%s/%u: retention/compaction: %s", t->name,
+						         j, tfs_strerror(rc));
+				}
+			}
+			rep_topic_put(t);
+		}
+		free(ts_);
+		pthread_mutex_lock(&r->bg_lock);
+	}
+	pthread_mutex_unlock(&r->bg_lock);
+	return NULL;
+}
+
+static void *notifier_main(void *arg)
+{
+	struct rep *r = arg;
+	struct notify_item *batch = NULL;
+	size_t cbatch = 0;
+	pthread_mutex_lock(&r->bg_lock);
+	for (;;) {
+		while (!r->stopping && r->nqueue == 0)
+			pthread_cond_wait(&r->bg_cond, &r->bg_lock);
+		if (r->stopping)
+			break;
+		/* Swap the queue out so producers never wait on callbacks. */
+		struct notify_item *q = r->queue;
+		size_t n = r->nqueue, c = r->cqueue;
+		r->queue = batch;
+		r->cqueue = cbatch;
+		r->nqueue = 0;
+		batch = q;
+		cbatch = c;
+		pthread_mutex_unlock(&r->bg_lock);
+		for (size_t i = 0; i < n; i++) {
+			struct rep_topic *t = rep_topic_get_id(r, batch[i].topic_id);
+			if (!t)
+				continue;
+			struct rep_partition *p = rep_topic_partition(t, batch[i].partition);
+			if (p)
+				atomic_store(&p->notify_pending, false);
+			if (r->listener.partition_grew)
+				r->listener.partition_grew(r->listener.ctx, batch[i].topic_id,
+				                           batch[i].partition);
+			rep_topic_put(t);
+		}
+		pthread_mutex_lock(&r->bg_lock);
+	}
+	pthread_mutex_unlock(&r->bg_lock);
+	free(batch);
+	return NULL;
+}
+
+int rep_open(const struct rep_options *opts, struct rep **out)
+{
+	struct rep *r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	int rc;
+	r->opts = *opts;
+	snprintf(r->data_dir, sizeof(r->data_dir), "%s", opts->data_dir);
+	snprintf(r->listen, sizeof(r->listen), "%s", opts->listen ? opts->listen : "");
+	r->opts.data_dir = r->data_dir;
+	r->opts.listen = r->listen;
+	r->next_topic_id = 1;
+	atomic_init(&r->next_producer_id, 1);
+	atomic_init(&r->producer_id_limit, 1);
+	pthread_rwlock_init(&r->topics_lock, NULL);
+	pthread_mutex_init(&r->meta_lock, NULL);
+	pthread_mutex_init(&r->bg_lock, NULL);
+	pthread_cond_init(&r->bg_cond, NULL);
+
+	char path[PATH_MAX];
+	r->dir_fd = -1;
+	rc = pathf(path, sizeof(path), "%s/lock", r->data_dir);
+	if (rc < 0)
+		goto err_free;
+	r->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (r->lock_fd < 0) {
+		rc = -errno;
+		tfs_error("%s: %s", path, strerror(errno));
+		goto err_free;
+	}
+	if (flock(r->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		rc = -EBUSY;
+		tfs_error("%s: data directory is in use by another topicfs daemon", r->data_dir);
+		goto err_lock;
+	}
+	r->dir_fd = open(r->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (r->dir_fd < 0) {
+		rc = -errno;
+		tfs_error("%s: %s", r->data_dir, strerror(errno));
+		goto err_lock;
+	}
+	const char *subdirs[] = {"topics", "trash"};
+	for (size_t i = 0; i < 2; i++) {
+		rc = pathf(path, sizeof(path), "%s/%s", r->data_dir, subdirs[i]);
+		if (rc == 0 && mkdir(path, 0755) < 0 && errno != EEXIST)
+			rc = -errno;
+		if (rc < 0) {
+			tfs_error("%s: %s", path, tfs_strerror(rc));
+			goto err_lock;
+		}
+	}
+	/* Finish deletions a crash interrupted. */
+	DIR *d = pathf(path, sizeof(path), "%s/trash", r->data_dir) < 0 ? NULL : opendir(path);
+	if (d) {
+		struct dirent *e;
+		while ((e = readdir(d))) {
+			if (e->d_name[0] == '.')
+				continue;
+			char sub[PATH_MAX];
+			if (pathf(sub, sizeof(sub), "%s/%s", path, e->d_name) < 0 ||
+			    ls_fsutil_rm_rf(sub) < 0)
+				tfs_warn("could not remove %s", sub);
+		}
+		closedir(d);
+	}
+	rc = meta_load(r);
+	if (rc < 0)
+		goto err_topics;
+	for (size_t i = 0; i < r->ntopics; i++) {
+		struct rep_topic *t = r->topics[i];
+		rc = topic_grow(t, t->load_parts ? t->load_parts : 1);
+		if (rc < 0)
+			goto err_topics;
+	}
+	pthread_rwlock_rdlock(&r->topics_lock);
+	rc = meta_save(r);
+	pthread_rwlock_unlock(&r->topics_lock);
+	if (rc < 0)
+		goto err_topics;
+	*out = r;
+	return 0;
+
+err_topics:
+	for (size_t i = 0; i < r->ntopics; i++) {
+		topic_close_partitions(r->topics[i]);
+		topic_free(r->topics[i]);
+	}
+	free(r->topics);
+err_lock:
+	if (r->dir_fd >= 0)
+		close(r->dir_fd);
+	close(r->lock_fd);
+err_free:
+	free(r);
+	return rc;
+}
+
+int rep_start(struct rep *r, const struct rep_listener *l)
+{
+	if (l)
+		r->listener = *l;
+	int rc = pthread_create(&r->housekeeping, NULL, housekeeping_main, r);
+	if (rc)
+		return -rc;
+	rc = pthread_create(&r->notifier, NULL, notifier_main, r);
+	if (rc) {
+		pthread_mutex_lock(&r->bg_lock);
+		r->stopping = 1;
+		pthread_cond_broadcast(&r->bg_cond);
+		pthread_mutex_unlock(&r->bg_lock);
+		pthread_join(r->housekeeping, NULL);
+		return -rc;
+	}
+	r->started = 1;
+	return 0;
+}
+
+void rep_close(struct rep *r)
+{
+	if (r->started) {
+		pthread_mutex_lock(&r->bg_lock);
+		r->stopping = 1;
+		pthread_cond_broadcast(&r->bg_cond);
+		pthread_mutex_unlock(&r->bg_lock);
+		pthread_join(r->housekeeping, NULL);
+		pthread_join(r->notifier, NULL);
+	}
+	for (size_t i = 0; i < r->ntopics; i++) {
+		struct rep_topic *t = r->topics[i];
+		int rc = topic_close_partitions(t);
+		if (rc < 0)
+			tfs_error("%s: close: %s", t->name, tfs_strerror(rc));
+		/* Handles still open at unmount are gone with the session. */
+		topic_free(t);
+	}
+	free(r->topics);
+	free(r->queue);
+	close(r->dir_fd);
+	close(r->lock_fd);
+	pthread_rwlock_destroy(&r->topics_lock);
+	pthread_mutex_destroy(&r->meta_lock);
+	pthread_mutex_destroy(&r->bg_lock);
+	pthread_cond_destroy(&r->bg_cond);
+	free(r);
+}
