@@ -1,0 +1,111 @@
+#!/usr/bin/env bats
+# config.bats - a topic's .config: reading every key, partial updates,
+# refusals with an error comment, returning to defaults, persistence
+# (INTERFACE.md section 8).
+
+load helper
+
+setup() {
+	tfs_setup
+	tfs_start
+	mkdir "$MNT/t"
+	C=$MNT/t/.config
+}
+
+@test ".config shows every key with a value" {
+	local k
+	for k in partitions replication min_insync acks retention_ms retention_bytes \
+		segment_bytes cleanup compression key_separator max_record_bytes; do
+		grep -Eq "^$k: *[^ ]" "$C" || { echo "no $k:"; cat "$C"; false; }
+	done
+	[[ $(cfg_value t partitions) == 1 ]]
+}
+
+@test ".config is valid YAML" {
+	python3 -c 'import yaml' 2>/dev/null || skip "python3 yaml module not installed"
+	python3 -c 'import sys, yaml; d = yaml.safe_load(open(sys.argv[1])); assert d["partitions"] == 1, d' "$C"
+}
+
+@test "writing 'partitions: 3' adds partitions 1 and 2 and keeps the other keys" {
+	echo 'retention_ms: 60000' >"$C"
+	echo 'partitions: 3' >"$C"
+	[[ $(cfg_value t partitions) == 3 ]]
+	[[ $(cfg_value t retention_ms) == 60000 ]]
+	local p
+	for p in 0 1 2; do
+		[[ -f $MNT/t/$p/log && -f $MNT/t/$p/state ]] || { echo "no partition $p"; false; }
+	done
+	[[ ! -e $MNT/t/3 ]]
+	echo x >>"$MNT/t/2/log"
+	[[ $(cat "$MNT/t/2/log") == x ]]
+}
+
+@test "shrinking partitions fails with EINVAL, an error comment, and no change" {
+	echo 'partitions: 3' >"$C"
+	run sh -c 'echo "partitions: 1" >"$1"' _ "$C"
+	assert_failure
+	assert_output --partial "Invalid argument"
+	run head -1 "$C"
+	assert_output --regexp '^# error: line 1: .+'
+	[[ $(cfg_value t partitions) == 3 ]]
+	[[ -d $MNT/t/2 ]]
+}
+
+@test "an unknown key fails the whole document with EINVAL and names its line" {
+	run sh -c 'printf "retention_ms: 5000\nbogus_key: 1\n" >"$1"' _ "$C"
+	assert_failure
+	assert_output --partial "Invalid argument"
+	run head -1 "$C"
+	assert_output --regexp '^# error: line 2: .+'
+	# the valid key on line 1 was not applied either
+	[[ $(cfg_value t retention_ms) != 5000 ]]
+}
+
+@test "a YAML syntax error fails with EINVAL and changes nothing" {
+	cp "$C" "$T/before"
+	run sh -c 'printf "partitions: [3\n" >"$1"' _ "$C"
+	assert_failure
+	assert_output --partial "Invalid argument"
+	run head -1 "$C"
+	assert_output --regexp '^# error: line [0-9]+: .+'
+	diff "$T/before" <(grep -v '^# error:' "$C")
+}
+
+@test "a bad value fails with EINVAL and changes nothing" {
+	cp "$C" "$T/before"
+	local doc
+	for doc in 'acks: sometimes' 'partitions: -1' 'segment_bytes: lots' 'cleanup: never' \
+		'compression: gzip' 'max_record_bytes: 0'; do
+		run sh -c 'echo "$2" >"$1"' _ "$C" "$doc"
+		[[ $status -ne 0 ]] || { echo "'$doc' accepted"; false; }
+		[[ $output == *"Invalid argument"* ]] || { echo "'$doc': $output"; false; }
+		diff "$T/before" <(grep -v '^# error:' "$C")
+	done
+}
+
+@test "key: ~ returns a key to the node default" {
+	local default
+	default=$(cfg_value t retention_ms)
+	echo 'retention_ms: 60000' >"$C"
+	[[ $(cfg_value t retention_ms) == 60000 ]]
+	echo 'retention_ms: ~' >"$C"
+	[[ $(cfg_value t retention_ms) == "$default" ]]
+}
+
+@test "key_separator is shown quoted and round-trips" {
+	printf 'key_separator: "\\t"\n' >"$C"
+	grep -qx 'key_separator: "\\t"' "$C"
+	# writing back what was read is accepted and changes nothing
+	grep -v '^#' "$C" >"$T/copy"
+	cat "$T/copy" >"$C"
+	diff "$T/copy" <(grep -v '^#' "$C")
+}
+
+@test "the settings survive a restart" {
+	printf 'partitions: 3\nretention_ms: 60000\nmax_record_bytes: 500\n' >"$C"
+	grep -v '^#' "$C" >"$T/before"
+	tfs_stop
+	tfs_start
+	diff "$T/before" <(grep -v '^#' "$MNT/t/.config")
+	[[ -f $MNT/t/2/log ]]
+}
