@@ -1,0 +1,148 @@
+#!/usr/bin/env bats
+# errors.bats - refused operations: specific errno, one daemon log line, no
+# damage; a full disk and recovery (INTERFACE.md section 10).
+
+load helper
+
+# lines of $LOG added since mark_log was called
+mark_log() { LOG_MARK=$(wc -l <"$LOG"); }
+new_log() { tail -n +$((LOG_MARK + 1)) "$LOG"; }
+
+@test "a refused mkdir is logged with the name it refused" {
+	tfs_start
+	mark_log
+	run mkdir "$MNT/bad*name"
+	assert_failure
+	assert_output --partial "Invalid argument"
+	wait_for grep -qF 'bad*name' "$LOG"
+	[[ $(new_log | grep -cF 'bad*name') -eq 1 ]]
+}
+
+@test "a refused .config write is logged with its reason" {
+	tfs_start
+	mkdir "$MNT/t"
+	mark_log
+	run sh -c 'echo "bogus_key: 1" >"$1"' _ "$MNT/t/.config"
+	assert_failure
+	wait_for sh -c 'tail -n +$(('"$LOG_MARK"' + 1)) "$1" | grep -q bogus_key' _ "$LOG"
+}
+
+@test "a refused oversized record is logged" {
+	tfs_start
+	mkdir "$MNT/t"
+	echo 'max_record_bytes: 100' >"$MNT/t/.config"
+	mark_log
+	run sh -c 'head -c 500 /dev/zero | tr "\0" q >>"$1"; echo >>"$1"' _ "$MNT/t/0/log"
+	assert_failure
+	assert_output --partial "Message too long"
+	wait_for sh -c 'tail -n +$(('"$LOG_MARK"' + 1)) "$1" | grep -Eqi "t/0|record|too long|EMSGSIZE"' _ "$LOG"
+}
+
+@test "writing to .cluster/nodes is refused with a permission errno" {
+	tfs_start
+	cp "$MNT/.cluster/nodes" "$T/before"
+	run sh -c 'echo "2 127.0.0.2:7070 up follower" >>"$1"' _ "$MNT/.cluster/nodes"
+	assert_failure
+	assert_output --regexp 'Permission denied|Read-only file system|Operation not permitted'
+	cmp "$T/before" "$MNT/.cluster/nodes"
+}
+
+@test "creating a file or directory in .cluster is refused" {
+	tfs_start
+	run sh -c 'echo x >"$1"' _ "$MNT/.cluster/extra"
+	assert_failure
+	refute_output --partial "Input/output error"
+	run mkdir "$MNT/.cluster/sub"
+	assert_failure
+	refute_output --partial "Input/output error"
+	[[ $(ls "$MNT/.cluster" | sort | tr '\n' ' ') == "metrics nodes " ]]
+}
+
+@test "rm of a partition log is refused with EPERM and keeps the records" {
+	tfs_start
+	mkdir "$MNT/t"
+	seq 1 5 >>"$MNT/t/0/log"
+	run rm -f "$MNT/t/0/log"
+	assert_failure
+	assert_output --partial "Operation not permitted"
+	diff <(seq 1 5) "$MNT/t/0/log"
+}
+
+@test "rm of state or .config and rmdir of a partition are refused" {
+	tfs_start
+	mkdir "$MNT/t"
+	echo r >>"$MNT/t/0/log"
+	run rm -f "$MNT/t/0/state"
+	assert_failure
+	run rm -f "$MNT/t/.config"
+	assert_failure
+	run rmdir "$MNT/t/0"
+	assert_failure
+	refute_output --partial "Input/output error"
+	[[ -f $MNT/t/0/state && -f $MNT/t/.config ]]
+	[[ $(cat "$MNT/t/0/log") == r ]]
+}
+
+@test "a file cannot be created inside a partition directory" {
+	tfs_start
+	mkdir "$MNT/t"
+	run sh -c 'echo x >"$1"' _ "$MNT/t/0/extra"
+	assert_failure
+	refute_output --partial "Input/output error"
+	[[ ! -e $MNT/t/0/extra ]]
+	[[ $(stat -c %s "$MNT/t/0/log") == 0 ]]
+}
+
+@test "a full disk fails writes with ENOSPC, loses no acknowledged record, and recovers" {
+	mkdir "$T/small"
+	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
+	DATA=$T/small/data
+	mkdir "$DATA"
+	tfs_start
+	mkdir "$MNT/t"
+	echo $'compression: none\nsegment_bytes: 1048576' >"$MNT/t/.config"
+	echo first-record >>"$MNT/t/0/log"
+	# fill the file system, then leave 256 KiB free
+	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
+	truncate -s -256K "$T/small/filler"
+	mark_log
+	# write 1000-byte records until a write fails; it must be ENOSPC
+	python3 - "$MNT/t/0/log" "$T/acked" <<-'EOF'
+		import errno, os, sys
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		n = 0
+		try:
+		    for i in range(1, 10001):
+		        os.write(fd, ("full-%06d-" % i).ljust(999, "x").encode() + b"\n")
+		        n = i
+		    sys.exit("16 MiB written into 256 KiB of free space")
+		except OSError as e:
+		    print("write %d: %s" % (n + 1, e))
+		    assert e.errno == errno.ENOSPC, e
+		finally:
+		    open(sys.argv[2], "w").write("%d\n" % n)
+		try:
+		    os.close(fd)
+		except OSError:
+		    pass
+	EOF
+	local acked
+	acked=$(cat "$T/acked")
+	[[ $acked -gt 0 ]]
+	# the daemon logged the refusal
+	new_log | grep -Eqi 'no space|ENOSPC'
+	# free the space: producing works again (bounded wait for recovery)
+	rm "$T/small/filler"
+	wait_for sh -c 'echo after-full >>"$1"' _ "$MNT/t/0/log"
+	echo after-2 >>"$MNT/t/0/log"
+	# every acknowledged record, in order, nothing of the refused write, then
+	# the new records
+	{
+		echo first-record
+		python3 -c 'import sys
+for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"))' "$acked"
+		echo after-full
+		echo after-2
+	} >"$T/want"
+	cmp "$T/want" "$MNT/t/0/log"
+}
