@@ -42,7 +42,7 @@ setup() {
 	EOF
 	local writer=$!
 	bg_track $writer
-	wait_for test "$(cat "$T/acked" 2>/dev/null || echo 0)" -ge 400
+	wait_until '[[ $(cat "$T/acked" 2>/dev/null || echo 0) -ge 400 ]]'
 	tfs_kill9
 	wait $writer || true
 	local acked

@@ -11,6 +11,7 @@
 # Added for the single-node suite (see the end of this file):
 #   tfs_start_raw [args...]       like tfs_start without --data (for -c tests)
 #   tfs_pids                      pids of every topicfs process serving $MNT
+#   wait_until 'EXPR'             retry shell code EXPR, re-evaluated each time, for up to 10 s
 #   bg_track PID                  kill PID in teardown (background tails, writers)
 #   mk_topic NAME [YAML]          mkdir a topic, optionally write YAML to its .config
 #   set_config TOPIC YAML         write YAML to TOPIC/.config; fails if refused
@@ -93,7 +94,10 @@ tfs_start_raw() {
 tfs_stop() {
 	fusermount3 -u "$MNT"
 	for _ in $(seq 100); do kill -0 "$TFS_PID" 2>/dev/null || break; sleep 0.05; done
-	! kill -0 "$TFS_PID" 2>/dev/null
+	if kill -0 "$TFS_PID" 2>/dev/null; then
+		echo "daemon $TFS_PID did not exit after unmount" >&2
+		return 1
+	fi
 	wait "$TFS_PID" 2>/dev/null || true
 	TFS_PID=
 }
@@ -116,6 +120,13 @@ wait_for() {
 # mount point (the foreground daemon, or one that daemonised itself).
 tfs_pids() {
 	pgrep -f -- "topicfs.* $MNT( |\$)" 2>/dev/null || true
+}
+
+# wait_until 'EXPR': like wait_for, but EXPR is shell code evaluated afresh on
+# every try, so command substitutions in it are re-run:
+#   wait_until '[[ $(state_value t 0 start_offset) -gt 0 ]]'
+wait_until() {
+	wait_for eval "$1"
 }
 
 # bg_track PID: kill PID in teardown if it is still running.

@@ -129,7 +129,7 @@ produce_numbered() {
 @test "after retention cat starts at the oldest retained record, no NULs" {
 	start_with_retention
 	produce_numbered 300
-	wait_for test "$(state_value t 0 start_offset)" -gt 0
+	wait_until '[[ $(state_value t 0 start_offset) -gt 0 ]]'
 	sleep 1    # let the retention check reach its steady state
 	local start
 	start=$(state_value t 0 start_offset)
@@ -144,7 +144,7 @@ produce_numbered() {
 @test "after retention SEEK_DATA from 0 gives the oldest retained record's position" {
 	start_with_retention
 	produce_numbered 300
-	wait_for test "$(state_value t 0 start_offset)" -gt 0
+	wait_until '[[ $(state_value t 0 start_offset) -gt 0 ]]'
 	sleep 1    # let the retention check reach its steady state
 	local start
 	start=$(state_value t 0 start_offset)
@@ -159,7 +159,7 @@ produce_numbered() {
 	tail -F -s 0.2 "$L" >"$T/out" 2>"$T/err" 3>&- &
 	bg_track $!
 	produce_numbered 300
-	wait_for test "$(state_value t 0 start_offset)" -gt 0
+	wait_until '[[ $(state_value t 0 start_offset) -gt 0 ]]'
 	wait_for grep -q '^rec-0300-' "$T/out"
 	sleep 1    # a few more polls after retention
 	# tail may miss records that retention removed before it read them, but

@@ -87,7 +87,7 @@ load helper
 	run ls "$MNT"
 	assert_output kept
 	# the data directory no longer holds anything of it
-	wait_for test -z "$(find "$DATA" -name doomed)"
+	wait_until '[[ -z $(find "$DATA" -name doomed) ]]'
 	# the other topic is unaffected
 	[[ $(cat "$MNT/kept/0/log") == k ]]
 }
