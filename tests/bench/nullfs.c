@@ -17,9 +17,14 @@
  *   2    /data           read-only, st_size = --size; byte i is
  *                        pattern[i % pattern_len] (the pattern is the first
  *                        MiB of --pattern=FILE, or a built-in access-log line)
- *   3    /sink           write-only sink: every write succeeds, data dropped.
- *                        Every other name looked up in / is also inode 3, so
- *                        `echo x >> MNT/anything` and `cat > MNT/x` just work.
+ *   3    /sink           sink: every write succeeds, data dropped; reads EOF
+ *   4    /<name>/        any other name in / is a directory (a "topic"), in
+ *   5    /<name>/<digits>/  which digit names are directories (a "partition")
+ *                        and every other name is the sink (inode 3).
+ *
+ * So the shell commands the suite runs on topicfs run unchanged here:
+ * `echo x >> MNT/t/0/log`, `cat > MNT/t/access.log`, `cat MNT/data`. Use one
+ * topic name per mount: all topic names share inode 4 (and partitions 5).
  *
  * Deliberately not implemented (ENOSYS, the kernel stops asking): flush,
  * fsync, getxattr. That is the floor: a real filesystem may only add
@@ -38,7 +43,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { INO_ROOT = 1, INO_DATA = 2, INO_SINK = 3 };
+enum { INO_ROOT = 1, INO_DATA = 2, INO_SINK = 3, INO_TOPIC = 4, INO_PART = 5 };
 enum { MIB = 1 << 20 };
 
 static struct {
@@ -60,6 +65,8 @@ static void fill_attr(fuse_ino_t ino, struct stat *st)
 	st->st_blksize = MIB;
 	switch (ino) {
 	case INO_ROOT:
+	case INO_TOPIC:
+	case INO_PART:
 		st->st_mode = S_IFDIR | 0755;
 		st->st_nlink = 2;
 		break;
@@ -88,12 +95,21 @@ static void null_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fuse_entry_param e;
 
-	if (parent != INO_ROOT) {
+	memset(&e, 0, sizeof(e));
+	if (parent == INO_ROOT && strcmp(name, "data") == 0)
+		e.ino = INO_DATA;
+	else if (parent == INO_ROOT && strcmp(name, "sink") == 0)
+		e.ino = INO_SINK;
+	else if (parent == INO_ROOT)
+		e.ino = INO_TOPIC;
+	else if (parent == INO_TOPIC && strspn(name, "0123456789") == strlen(name))
+		e.ino = INO_PART;
+	else if (parent == INO_TOPIC || parent == INO_PART)
+		e.ino = INO_SINK;
+	else {
 		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
-	memset(&e, 0, sizeof(e));
-	e.ino = strcmp(name, "data") == 0 ? INO_DATA : INO_SINK;
 	e.attr_timeout = 1.0;
 	e.entry_timeout = 1.0;
 	fill_attr(e.ino, &e.attr);
@@ -105,7 +121,7 @@ static void null_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 	struct stat st;
 
 	(void)fi;
-	if (ino > INO_SINK) {
+	if (ino > INO_PART) {
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
@@ -128,7 +144,7 @@ static void null_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param e;
 
 	(void)mode;
-	if (parent != INO_ROOT || strcmp(name, "data") == 0) {
+	if (parent == INO_ROOT && strcmp(name, "data") == 0) {
 		fuse_reply_err(req, EACCES);
 		return;
 	}
@@ -143,7 +159,7 @@ static void null_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 
 static void null_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	if (ino == INO_ROOT) {
+	if (ino == INO_ROOT || ino == INO_TOPIC || ino == INO_PART) {
 		fuse_reply_err(req, EISDIR);
 		return;
 	}
@@ -193,7 +209,8 @@ static void null_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 	(void)fi;
 	if (ino != INO_ROOT) {
-		fuse_reply_err(req, ENOTDIR);
+		/* Topic and partition directories list nothing. */
+		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
 	if (size > sizeof(buf))
@@ -307,7 +324,8 @@ int main(int argc, char *argv[])
 	if (cfg == NULL)
 		goto out_unmount;
 	fuse_loop_cfg_set_clone_fd(cfg, (unsigned)opts.clone_fd);
-	fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
+	if (opts.max_threads > 0 && opts.max_threads <= 100000)
+		fuse_loop_cfg_set_max_threads(cfg, opts.max_threads);
 	fuse_loop_cfg_set_idle_threads(cfg, opts.max_idle_threads);
 	ret = fuse_session_loop_mt(se, cfg) != 0;
 	fuse_loop_cfg_destroy(cfg);
