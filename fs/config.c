@@ -68,6 +68,7 @@ struct yp {
 	yaml_document_t doc;
 	int have_doc;
 	const char *path;   /* node config file; NULL for .config ("line N: ") */
+	size_t nlines;      /* lines in the input (a mark past the end is clamped) */
 	char *err;
 	size_t errlen;
 };
@@ -91,6 +92,10 @@ static int yp_fail(struct yp *p, size_t line, const char *fmt, ...)
 	char prefix[4200];
 	va_list ap;
 
+	/* libyaml puts the end of stream on a line of its own when the input
+	 * lacks a final newline: report the last real line instead. */
+	if (p->nlines && line > p->nlines)
+		line = p->nlines;
 	if (p->path)
 		snprintf(prefix, sizeof(prefix), "%s:%zu: ", p->path, line);
 	else
@@ -223,6 +228,12 @@ static int yp_load(struct yp *p, const char *text, size_t len)
 	int rc = 0;
 
 	p->have_doc = 0;
+	p->nlines = 0;
+	for (size_t i = 0; i < len; i++)
+		if (text[i] == '\n')
+			p->nlines++;
+	if (len && text[len - 1] != '\n')
+		p->nlines++;
 	if (!yaml_parser_initialize(&ps))
 		return -ENOMEM;
 	yaml_parser_set_input_string(&ps, (const unsigned char *)text, len);
