@@ -1,7 +1,7 @@
 /*
  * config.c - YAML (libyaml, document API) for the node configuration file and
- * for a topic's .config file: strict parsing into plain structs, the
- * cross-key rules of a topic's settings, and the rendering of .config.
+ * for a topic's .config file: strict parsing into plain structs and the
+ * rendering of .config.
  *
  * Owns no state: every call parses one document into a local copy and hands
  * it out only when the whole document is valid ("nothing half-applied").
@@ -27,6 +27,9 @@
  * Sizes are plain integers (no units). A value of `~`, `null` or nothing
  * clears the key (back to the node default); in the node file's defaults:
  * section it means the built-in value.
+ *
+ * The cross-key rules (topic_config_check) live in replicator/topic_config.c
+ * so the metadata layer applies the same ones.
  *
  * Errors: one message, "FILE:LINE: key: what is allowed, got 'value'" for
  * the node file and "line N: ..." for .config, LINE being 1-based
@@ -538,44 +541,6 @@ out:
 	return rc;
 }
 
-/* The cross-key rules; *which gets the key a refusal is about. */
-static int check_rules(const struct topic_config *old, const struct topic_config *neu,
-                       unsigned nodes, char *err, size_t errlen, enum tc_key *which)
-{
-	if (neu->partitions < 1 || neu->replication < 1 || neu->min_insync < 1) {
-		*which = neu->partitions < 1 ? TC_PARTITIONS :
-		         neu->replication < 1 ? TC_REPLICATION : TC_MIN_INSYNC;
-		set_err(err, errlen, "%s: must be at least 1", topic_config_key_name(*which));
-		return -EINVAL;
-	}
-	if (old && neu->partitions < old->partitions) {
-		*which = TC_PARTITIONS;
-		set_err(err, errlen, "partitions: cannot shrink from %" PRIu32 " to %" PRIu32,
-		        old->partitions, neu->partitions);
-		return -EINVAL;
-	}
-	if (nodes > 0 && neu->replication > nodes) {
-		*which = TC_REPLICATION;
-		set_err(err, errlen, "replication: %" PRIu32 " exceeds the %u node(s) in the "
-		        "cluster", neu->replication, nodes);
-		return -EINVAL;
-	}
-	if (neu->min_insync > neu->replication) {
-		*which = TC_MIN_INSYNC;
-		set_err(err, errlen, "min_insync: %" PRIu32 " exceeds replication %" PRIu32,
-		        neu->min_insync, neu->replication);
-		return -EINVAL;
-	}
-	return 0;
-}
-
-int topic_config_check(const struct topic_config *old, const struct topic_config *neu,
-                       unsigned nodes, char *err, size_t errlen)
-{
-	enum tc_key which;
-	return check_rules(old, neu, nodes, err, errlen, &which);
-}
-
 struct out {
 	char *buf;
 	size_t size, len;
@@ -1083,11 +1048,16 @@ int node_config_load(const char *path, struct node_config *out, char *err,
 		}
 	}
 	{
-		char msg[256];
-		enum tc_key which;
+		/* The defaults must make a valid topic in this cluster; a refusal
+		 * names its key first ("replication: ..."), which gives the line. */
+		char msg[256], key[32];
 		unsigned nodes = c->nvoters ? c->nvoters : 1;
-		if (check_rules(NULL, &c->defaults, nodes, msg, sizeof(msg), &which) != 0) {
-			size_t line = ln.defaults_key[which] ? ln.defaults_key[which] : ln.defaults;
+		if (topic_config_check(NULL, &c->defaults, nodes, msg, sizeof(msg)) != 0) {
+			int k;
+			size_t line = ln.defaults;
+			snprintf(key, sizeof(key), "%.*s", (int)strcspn(msg, ":"), msg);
+			if ((k = topic_config_key_from_name(key)) >= 0 && ln.defaults_key[k])
+				line = ln.defaults_key[k];
 			rc = yp_fail(&p, line ? line : 1, "defaults.%s", msg);
 			goto out_doc;
 		}

@@ -59,7 +59,9 @@ int topic_config_parse(const char *yaml, size_t len, struct topic_config *change
 
 /* Cross-key and transition rules for a new effective config against the old
  * one (old may be NULL at creation): partitions only grow, min_insync <=
- * replication, replication <= nodes. Returns 0 or -EINVAL with a message. */
+ * replication, replication <= nodes. Returns 0 or -EINVAL with a message.
+ * (Implemented in replicator/topic_config.c and declared there too, so the
+ * metadata layer can apply the same rules.) */
 int topic_config_check(const struct topic_config *old, const struct topic_config *neu,
                        unsigned nodes, char *err, size_t errlen)
 	__attribute__((warn_unused_result));

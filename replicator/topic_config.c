@@ -10,6 +10,11 @@
  *     node defaults ──topic_config_effective(overrides)──> effective
  *     effective ──topic_config_to_ls──> struct ls_config (per partition)
  *
+ * topic_config_check holds the cross-key and transition rules (declared here
+ * and in fs/config.h), so the metadata layer and the .config parser refuse
+ * the same things with the same words. Each message starts with the key it
+ * is about ("partitions: cannot shrink from 6 to 3").
+ *
  * Invariants:
  *  1. key_names[] is indexed by enum tc_key and lists every key, in the order
  *     .config renders them.
@@ -18,6 +23,10 @@
  */
 #include "topic_config.h"
 
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 static const char *const key_names[TC_NKEYS] = {
@@ -110,4 +119,38 @@ void topic_config_to_ls(const struct topic_config *tc, struct ls_config *out)
 	out->compression = tc->compression;
 	out->compression_level = tc->compression_level;
 	out->cleanup = tc->cleanup;
+}
+
+__attribute__((format(printf, 3, 4)))
+static int refuse(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err && errlen) {
+		va_start(ap, fmt);
+		vsnprintf(err, errlen, fmt, ap);
+		va_end(ap);
+	}
+	return -EINVAL;
+}
+
+int topic_config_check(const struct topic_config *old, const struct topic_config *neu,
+                       unsigned nodes, char *err, size_t errlen)
+{
+	if (neu->partitions < 1)
+		return refuse(err, errlen, "partitions: must be at least 1");
+	if (neu->replication < 1)
+		return refuse(err, errlen, "replication: must be at least 1");
+	if (neu->min_insync < 1)
+		return refuse(err, errlen, "min_insync: must be at least 1");
+	if (old && neu->partitions < old->partitions)
+		return refuse(err, errlen, "partitions: cannot shrink from %" PRIu32 " to %" PRIu32,
+		              old->partitions, neu->partitions);
+	if (nodes > 0 && neu->replication > nodes)
+		return refuse(err, errlen, "replication: %" PRIu32 " exceeds the %u node(s) in "
+		              "the cluster", neu->replication, nodes);
+	if (neu->min_insync > neu->replication)
+		return refuse(err, errlen, "min_insync: %" PRIu32 " exceeds replication %" PRIu32,
+		              neu->min_insync, neu->replication);
+	return 0;
 }

@@ -9,6 +9,7 @@
 #ifndef TFS_TOPIC_CONFIG_H
 #define TFS_TOPIC_CONFIG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../logstore/logstore.h"
@@ -68,6 +69,15 @@ void topic_config_copy_key(struct topic_config *dst, const struct topic_config *
 void topic_config_effective(const struct topic_config *defaults,
                             const struct topic_config *overrides,
                             struct topic_config *effective);
+
+/* Cross-key and transition rules for a new effective config against the old
+ * one (old may be NULL at creation): every count >= 1, partitions only grow,
+ * replication <= nodes (nodes == 0: not checked), min_insync <= replication.
+ * Returns 0 or -EINVAL with a message that starts with the key, e.g.
+ * "partitions: cannot shrink from 6 to 3". (Also declared in fs/config.h.) */
+int topic_config_check(const struct topic_config *old, const struct topic_config *neu,
+                       unsigned nodes, char *err, size_t errlen)
+	__attribute__((warn_unused_result));
 
 /* The logstore settings a partition of this topic runs with. */
 void topic_config_to_ls(const struct topic_config *tc, struct ls_config *out);
