@@ -394,6 +394,12 @@ struct rep_topic *rep_topic_get_id(struct rep *r, uint64_t id)
 	return found;
 }
 
+struct rep_topic *rep_topic_hold(struct rep_topic *t)
+{
+	atomic_fetch_add(&t->refs, 1);
+	return t;
+}
+
 void rep_topic_put(struct rep_topic *t)
 {
 	if (!t || atomic_fetch_sub(&t->refs, 1) != 1)

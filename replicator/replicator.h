@@ -99,6 +99,8 @@ int rep_topic_delete(struct rep *r, const char *name) TFS_MUST_CHECK;
 struct rep_topic *rep_topic_get(struct rep *r, const char *name);
 struct rep_topic *rep_topic_get_id(struct rep *r, uint64_t id);
 void rep_topic_put(struct rep_topic *t);
+/* Adds a reference to a topic the caller already holds one to; returns t. */
+struct rep_topic *rep_topic_hold(struct rep_topic *t);
 
 /* Calls fn for every live topic (under a read lock: fn must not call back
  * into topic create/delete). Stops early if fn returns non-zero. */

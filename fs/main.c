@@ -1,0 +1,269 @@
+/*
+ * main.c - the topicfs daemon: command line, node configuration, data
+ * directory, mount, daemonising, the FUSE session loop and clean shutdown.
+ *
+ *   topicfs [-c CONFIG.yaml] [--data DIR] [-f] [-d] [-o OPTS] MOUNTPOINT
+ *   topicfs [-o OPTS] SOURCE MOUNTPOINT        (mount.fuse3 / fstab form)
+ *
+ * SOURCE is a configuration file, or "topicfs"/"none"/"default" for the
+ * embedded default. -o config=FILE and -o data=DIR do the same as -c and
+ * --data for fstab lines. Every other -o option goes to FUSE.
+ *
+ * Start-up order: configuration -> data directory -> open all partitions
+ * (recovery) -> mount -> daemonise (the parent exits once the mount exists)
+ * -> background threads -> session loop. Unmounting (fusermount3 -u) ends the
+ * loop; every partition is then synced and closed cleanly.
+ */
+#define FUSE_USE_VERSION 312
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../logstore/fsutil.h"
+#include "../logstore/log.h"
+#include "config.h"
+#include "ops.h"
+#include "tree.h"
+
+#ifndef TOPICFS_VERSION
+#define TOPICFS_VERSION "0.1.0"
+#endif
+
+struct cli {
+	char *config;
+	char *data;
+	char *positional[3];
+	int npositional;
+	int foreground;
+	int debug;
+	int help;
+	int version;
+};
+
+enum { KEY_HELP, KEY_VERSION, KEY_FOREGROUND, KEY_DEBUG };
+
+static const struct fuse_opt cli_spec[] = {
+	{"-c %s", offsetof(struct cli, config), 0},
+	{"--config=%s", offsetof(struct cli, config), 0},
+	{"--config %s", offsetof(struct cli, config), 0},
+	{"config=%s", offsetof(struct cli, config), 0},
+	{"--data=%s", offsetof(struct cli, data), 0},
+	{"--data %s", offsetof(struct cli, data), 0},
+	{"data=%s", offsetof(struct cli, data), 0},
+	FUSE_OPT_KEY("-h", KEY_HELP),
+	FUSE_OPT_KEY("--help", KEY_HELP),
+	FUSE_OPT_KEY("-V", KEY_VERSION),
+	FUSE_OPT_KEY("--version", KEY_VERSION),
+	FUSE_OPT_KEY("-f", KEY_FOREGROUND),
+	FUSE_OPT_KEY("-d", KEY_DEBUG),
+	FUSE_OPT_KEY("debug", KEY_DEBUG),
+	FUSE_OPT_END,
+};
+
+static int cli_proc(void *data, const char *arg, int key, struct fuse_args *out)
+{
+	(void)out;
+	struct cli *c = data;
+	switch (key) {
+	case KEY_HELP: c->help = 1; return 0;
+	case KEY_VERSION: c->version = 1; return 0;
+	case KEY_FOREGROUND: c->foreground = 1; return 0;
+	case KEY_DEBUG: c->debug = 1; c->foreground = 1; return 1; /* FUSE prints requests */
+	case FUSE_OPT_KEY_NONOPT:
+		if (c->npositional >= 2) {
+			fprintf(stderr, "topicfs: unexpected argument '%s'\n", arg);
+			return -1;
+		}
+		c->positional[c->npositional++] = strdup(arg);
+		return 0;
+	default:
+		return 1; /* FUSE's own options: keep */
+	}
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+	        "usage: topicfs [-c CONFIG.yaml] [--data DIR] [-f] [-o OPTIONS] MOUNTPOINT\n"
+	        "       topicfs [-o OPTIONS] CONFIG.yaml|topicfs MOUNTPOINT   (fstab form)\n"
+	        "\n"
+	        "Mounts a topicfs node: topics are directories, partitions are append-only\n"
+	        "log files, consumer groups are cursor files.\n"
+	        "\n"
+	        "options:\n"
+	        "  -c, --config FILE   node configuration (YAML); default: embedded single node\n"
+	        "      --data DIR      data directory (overrides node.data_dir)\n"
+	        "  -f                  stay in the foreground (log to stderr)\n"
+	        "  -d                  foreground with FUSE request tracing\n"
+	        "  -o OPT[,OPT...]     mount options: config=FILE, data=DIR, allow_other,\n"
+	        "                      default_permissions, and other FUSE options\n"
+	        "  -h, --help          this text\n"
+	        "  -V, --version       version\n"
+	        "\n"
+	        "Unmount with: fusermount3 -u MOUNTPOINT\n");
+}
+
+static void default_data_dir(char *out, size_t size)
+{
+	const char *home = getenv("HOME");
+	const char *xdg = getenv("XDG_DATA_HOME");
+	if (geteuid() == 0)
+		snprintf(out, size, "/var/lib/topicfs");
+	else if (xdg && *xdg)
+		snprintf(out, size, "%s/topicfs", xdg);
+	else
+		snprintf(out, size, "%s/.local/share/topicfs", home ? home : "/tmp");
+}
+
+static int run(struct cli *cli, struct fuse_args *args)
+{
+	static struct node_config cfg;
+	char err[1024];
+	node_config_default(&cfg);
+	const char *source = cli->npositional == 2 ? cli->positional[0] : NULL;
+	const char *mountpoint = cli->positional[cli->npositional - 1];
+	if (!cli->config && source && strcmp(source, "topicfs") != 0 &&
+	    strcmp(source, "none") != 0 && strcmp(source, "default") != 0)
+		cli->config = strdup(source);
+	if (cli->config && node_config_load(cli->config, &cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	tfs_log_set_level(cfg.log_level);
+	if (cli->data)
+		snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s", cli->data);
+	if (!cfg.data_dir[0])
+		default_data_dir(cfg.data_dir, sizeof(cfg.data_dir));
+	int rc = ls_fsutil_mkdir_p(cfg.data_dir);
+	if (rc < 0) {
+		fprintf(stderr, "topicfs: data directory %s: %s\n", cfg.data_dir, strerror(-rc));
+		return 1;
+	}
+	if (!realpath(cfg.data_dir, tfs.data_dir)) {
+		fprintf(stderr, "topicfs: data directory %s: %s\n", cfg.data_dir, strerror(errno));
+		return 1;
+	}
+	char log_path[PATH_MAX + 32];
+	if (cfg.log_file[0])
+		snprintf(log_path, sizeof(log_path), "%s", cfg.log_file);
+	else
+		snprintf(log_path, sizeof(log_path), "%s/topicfs.log", tfs.data_dir);
+	if (!cli->foreground || cfg.log_file[0]) {
+		rc = tfs_log_open(log_path);
+		if (rc < 0) {
+			fprintf(stderr, "topicfs: log file %s: %s\n", log_path, strerror(-rc));
+			return 1;
+		}
+	}
+	printf("topicfs %s: node %u, data directory %s%s%s\n", TOPICFS_VERSION, cfg.id,
+	       tfs.data_dir, cli->foreground && !cfg.log_file[0] ? "" : ", log ",
+	       cli->foreground && !cfg.log_file[0] ? "" : log_path);
+	fflush(stdout);
+
+	char listen[96];
+	snprintf(listen, sizeof(listen), "%s:%u", cfg.listen_host, cfg.listen_port);
+	struct rep_options ropts = {
+		.node_id = cfg.id,
+		.data_dir = tfs.data_dir,
+		.listen = listen,
+		.defaults = cfg.defaults,
+		.flush_ms = cfg.flush_ms,
+		.retention_check_ms = cfg.retention_check_ms,
+	};
+	tfs.uid = getuid();
+	tfs.gid = getgid();
+	clock_gettime(CLOCK_REALTIME, &tfs.start_time);
+	rc = rep_open(&ropts, &tfs.rep);
+	if (rc < 0) {
+		fprintf(stderr, "topicfs: cannot open node in %s: %s\n", tfs.data_dir,
+		        tfs_strerror(rc));
+		return 1;
+	}
+
+	int status = 1;
+	char fsname[PATH_MAX + 16];
+	snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=topicfs",
+	         source ? source : "topicfs");
+	if (fuse_opt_add_arg(args, fsname) < 0)
+		goto out_rep;
+	tfs.se = fuse_session_new(args, &tfs_ops, sizeof(tfs_ops), NULL);
+	if (!tfs.se)
+		goto out_rep;
+	if (fuse_set_signal_handlers(tfs.se) < 0)
+		goto out_session;
+	if (fuse_session_mount(tfs.se, mountpoint) < 0)
+		goto out_signals;
+	tfs_info("mounted %s (data %s)", mountpoint, tfs.data_dir);
+	if (fuse_daemonize(cli->foreground) < 0)
+		goto out_unmount;
+	struct rep_listener listener = {.partition_grew = tfs_partition_grew};
+	rc = rep_start(tfs.rep, &listener);
+	if (rc < 0) {
+		tfs_error("cannot start background threads: %s", tfs_strerror(rc));
+		goto out_unmount;
+	}
+	struct fuse_loop_config *lc = fuse_loop_cfg_create();
+	if (!lc)
+		goto out_unmount;
+	fuse_loop_cfg_set_clone_fd(lc, 0);
+	fuse_loop_cfg_set_max_threads(lc, 16);
+	fuse_loop_cfg_set_idle_threads(lc, 4);
+	status = fuse_session_loop_mt(tfs.se, lc) < 0 ? 1 : 0;
+	fuse_loop_cfg_destroy(lc);
+	tfs_info("unmounting %s", mountpoint);
+out_unmount:
+	fuse_session_unmount(tfs.se);
+out_signals:
+	fuse_remove_signal_handlers(tfs.se);
+out_session:
+	fuse_session_destroy(tfs.se);
+	tfs.se = NULL;
+out_rep:
+	rep_close(tfs.rep);
+	tfs.rep = NULL;
+	tfs_info("stopped; every partition closed cleanly");
+	return status;
+}
+
+int main(int argc, char **argv)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
+	struct cli cli = {0};
+	int status;
+	if (fuse_opt_parse(&args, &cli, cli_spec, cli_proc) < 0) {
+		usage(stderr);
+		status = 2;
+		goto out;
+	}
+	if (cli.help) {
+		usage(stdout);
+		status = 0;
+		goto out;
+	}
+	if (cli.version) {
+		printf("topicfs %s (FUSE %s)\n", TOPICFS_VERSION, fuse_pkgversion());
+		status = 0;
+		goto out;
+	}
+	if (cli.npositional < 1) {
+		fprintf(stderr, "topicfs: no mount point given\n");
+		usage(stderr);
+		status = 2;
+		goto out;
+	}
+	status = run(&cli, &args);
+out:
+	fuse_opt_free_args(&args);
+	free(cli.config);
+	free(cli.data);
+	for (int i = 0; i < cli.npositional; i++)
+		free(cli.positional[i]);
+	return status;
+}

@@ -1,0 +1,1001 @@
+/*
+ * ops.c - the FUSE low-level handlers: every request on the mount lands here.
+ *
+ * Discipline (STYLE.md 9): every handler replies exactly once; a refused
+ * operation replies a specific errno and logs one line saying what and why;
+ * nothing here waits on the network (the single-node backend answers from
+ * local storage; the cluster backend will hand slow work to its event loop).
+ *
+ * Open files (struct fh, one per open, in fi->fh):
+ *
+ *   object            read                          write
+ *   <p>/log           the view, from a ls_reader     produce to p (struct producer)
+ *   producer file     always empty                  produce via the partitioner
+ *   .config           text at open                  YAML, applied per complete write
+ *   state, nodes,     text at open                  refused (EACCES)
+ *   metrics
+ *   directories       listing taken at opendir      -
+ *
+ * Reading <p>/log: byte positions are stable, but retention removes a prefix
+ * and compaction leaves holes. A read at a position with no record starts at
+ * the next record; the handle remembers the shift (expect_off -> map_pos) so
+ * the sequential reads that follow continue from there instead of mapping
+ * into the gap again. So `cat` after retention prints from the oldest
+ * retained record, never NUL bytes and never an error.
+ *
+ * Every file is opened with direct_io: the kernel neither caches nor merges
+ * writes (writeback caching re-sends partial pages and would duplicate
+ * records), every write() is one WRITE request and so one batch.
+ */
+#define FUSE_USE_VERSION 312
+#include "ops.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../logstore/log.h"
+#include "config.h"
+#include "metrics.h"
+#include "produce.h"
+#include "tree.h"
+
+#define DIR_TIMEOUT 1.0  /* directories change only through this mount */
+#define FILE_TIMEOUT 0.0 /* sizes and contents of files move all the time */
+
+struct dirent_rec {
+	char *name;
+	uint64_t ino;
+	mode_t mode;
+};
+
+struct fh {
+	struct tnode node;
+	pthread_mutex_t lock;
+	int readable, writable;
+
+	/* <p>/log reads */
+	struct ls_reader *reader;
+	uint64_t expect_off, map_pos;
+	char *rbuf;
+	size_t rcap;
+
+	/* produce */
+	struct producer prod;
+	int producing;
+
+	/* generated text, taken at open */
+	struct mbuf text;
+
+	/* .config writes */
+	struct mbuf cfgw;
+	size_t cfg_applied;   /* bytes of cfgw applied already */
+
+	/* directories */
+	struct dirent_rec *ents;
+	size_t nents;
+};
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static struct fh *get_fh(struct fuse_file_info *fi)
+{
+	return (struct fh *)(uintptr_t)fi->fh;
+}
+
+/* Replies err and writes the one log line of a refused operation. */
+static void __attribute__((format(printf, 4, 5)))
+refuse(fuse_req_t req, int err, enum metrics_op op, const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	tfs_warn("refused: %s (%s)", msg, strerror(err));
+	metrics_request(op, 0, err);
+	fuse_reply_err(req, err);
+}
+
+static void fill_entry(const struct tnode *n, struct fuse_entry_param *e)
+{
+	memset(e, 0, sizeof(*e));
+	e->ino = n->ino;
+	e->generation = 1;
+	tnode_stat(n, &e->attr);
+	e->attr_timeout = tnode_is_dir(n->kind) ? DIR_TIMEOUT : FILE_TIMEOUT;
+	e->entry_timeout = DIR_TIMEOUT;
+}
+
+/* ---- names ---------------------------------------------------------------- */
+
+static const char *const compressed_suffixes[] = {".gz", ".bz2", ".xz", ".zst", ".lz4",
+                                                  ".Z", ".lzma", ".lz", ".zip", ".br"};
+
+/* Why a producer file may not have this name, or NULL if it may. */
+static const char *pfile_name_problem(const char *name, int *err)
+{
+	size_t n = strlen(name);
+	*err = EINVAL;
+	if (n > REP_FILE_NAME_MAX)
+		return "name longer than 255 bytes";
+	if (strcmp(name, ".config") == 0 || strcmp(name, "groups") == 0)
+		return "name reserved for the topic's control files";
+	if (strspn(name, "0123456789") == n)
+		return "all-digit names are reserved for partition directories";
+	for (size_t i = 0; i < sizeof(compressed_suffixes) / sizeof(*compressed_suffixes); i++) {
+		size_t s = strlen(compressed_suffixes[i]);
+		if (n > s && strcmp(name + n - s, compressed_suffixes[i]) == 0) {
+			*err = EPERM;
+			return "compressed files cannot be produced as lines "
+			       "(log rotation: compress outside the topic directory)";
+		}
+	}
+	return NULL;
+}
+
+/* ---- lookup and attributes -------------------------------------------------- */
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	uint64_t t0 = now_ns();
+	struct tnode p, c;
+	int rc = tnode_resolve(parent, &p);
+	if (rc == 0) {
+		rc = tnode_lookup(&p, name, &c);
+		tnode_release(&p);
+	}
+	if (rc < 0) {
+		metrics_request(MOP_LOOKUP, now_ns() - t0, -rc);
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	struct fuse_entry_param e;
+	fill_entry(&c, &e);
+	tnode_release(&c);
+	metrics_request(MOP_LOOKUP, now_ns() - t0, 0);
+	fuse_reply_entry(req, &e);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)fi;
+	uint64_t t0 = now_ns();
+	struct tnode n;
+	struct stat st;
+	int rc = tnode_resolve(ino, &n);
+	if (rc == 0) {
+		rc = tnode_stat(&n, &st);
+		tnode_release(&n);
+	}
+	metrics_request(MOP_GETATTR, now_ns() - t0, rc < 0 ? -rc : 0);
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
+	else
+		fuse_reply_attr(req, &st, tnode_is_dir(n.kind) ? DIR_TIMEOUT : FILE_TIMEOUT);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+                       struct fuse_file_info *fi)
+{
+	(void)attr;
+	(void)fi;
+	struct tnode n;
+	int rc = tnode_resolve(ino, &n);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	char path[512];
+	tnode_path(&n, path, sizeof(path));
+	/* Appendable files accept truncate (it changes no data: records are
+	 * never removed by a writer), and mode/owner/time changes, which rotation
+	 * tools make on the files they create. */
+	int ok = n.kind == TN_PART_LOG || n.kind == TN_PFILE || n.kind == TN_CONFIG ||
+	         (tnode_is_dir(n.kind) && !(to_set & FUSE_SET_ATTR_SIZE));
+	if (!ok) {
+		tnode_release(&n);
+		refuse(req, EPERM, MOP_SETATTR, "setattr %s: read-only file", path);
+		return;
+	}
+	if ((to_set & FUSE_SET_ATTR_SIZE) && n.kind == TN_PART_LOG)
+		tfs_info("truncate %s: accepted, no records removed (use retention)", path);
+	struct stat st;
+	tnode_stat(&n, &st);
+	tnode_release(&n);
+	metrics_request(MOP_SETATTR, 0, 0);
+	fuse_reply_attr(req, &st, FILE_TIMEOUT);
+}
+
+/* ---- directories ------------------------------------------------------------ */
+
+struct listing {
+	struct dirent_rec *ents;
+	size_t n, cap;
+	int oom;
+	struct rep_topic *topic;
+};
+
+static void listing_add(struct listing *l, const char *name, uint64_t ino, mode_t mode)
+{
+	if (l->oom)
+		return;
+	if (l->n == l->cap) {
+		size_t c = l->cap ? l->cap * 2 : 16;
+		struct dirent_rec *e = realloc(l->ents, c * sizeof(*e));
+		if (!e) {
+			l->oom = 1;
+			return;
+		}
+		l->ents = e;
+		l->cap = c;
+	}
+	char *copy = strdup(name);
+	if (!copy) {
+		l->oom = 1;
+		return;
+	}
+	l->ents[l->n++] = (struct dirent_rec){copy, ino, mode};
+}
+
+static int list_topic(void *ctx, struct rep_topic *t)
+{
+	listing_add(ctx, rep_topic_name(t), tnode_ino(rep_topic_id(t), TN_TOPIC, 0), S_IFDIR);
+	return 0;
+}
+
+static int list_pfile(void *ctx, uint32_t id, const char *name)
+{
+	struct listing *l = ctx;
+	listing_add(l, name, tnode_ino(rep_topic_id(l->topic), TN_PFILE, id), S_IFREG);
+	return 0;
+}
+
+static void free_listing(struct dirent_rec *ents, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(ents[i].name);
+	free(ents);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct tnode n;
+	int rc = tnode_resolve(ino, &n);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	if (!tnode_is_dir(n.kind)) {
+		tnode_release(&n);
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	struct listing l = {.topic = n.topic};
+	listing_add(&l, ".", n.ino, S_IFDIR);
+	listing_add(&l, "..", INO_ROOT, S_IFDIR);
+	uint64_t tid = n.topic ? rep_topic_id(n.topic) : 0;
+	switch (n.kind) {
+	case TN_ROOT:
+		listing_add(&l, ".cluster", INO_CLUSTER, S_IFDIR);
+		rep_topic_foreach(tfs.rep, list_topic, &l);
+		break;
+	case TN_CLUSTER:
+		listing_add(&l, "nodes", INO_NODES, S_IFREG);
+		listing_add(&l, "metrics", INO_METRICS, S_IFREG);
+		break;
+	case TN_TOPIC: {
+		listing_add(&l, ".config", tnode_ino(tid, TN_CONFIG, 0), S_IFREG);
+		uint32_t np = rep_topic_partition_count(n.topic);
+		for (uint32_t p = 0; p < np; p++) {
+			char name[16];
+			snprintf(name, sizeof(name), "%u", p);
+			listing_add(&l, name, tnode_ino(tid, TN_PART_DIR, p), S_IFDIR);
+		}
+		listing_add(&l, "groups", tnode_ino(tid, TN_GROUPS, 0), S_IFDIR);
+		rep_pfile_foreach(n.topic, list_pfile, &l);
+		break;
+	}
+	case TN_PART_DIR:
+		listing_add(&l, "log", tnode_ino(tid, TN_PART_LOG, n.index), S_IFREG);
+		listing_add(&l, "state", tnode_ino(tid, TN_PART_STATE, n.index), S_IFREG);
+		break;
+	default:
+		break;
+	}
+	struct fh *h = calloc(1, sizeof(*h));
+	if (l.oom || !h) {
+		free_listing(l.ents, l.n);
+		free(h);
+		tnode_release(&n);
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	h->node = n;
+	h->ents = l.ents;
+	h->nents = l.n;
+	pthread_mutex_init(&h->lock, NULL);
+	fi->fh = (uintptr_t)h;
+	fi->cache_readdir = 0;
+	if (fuse_reply_open(req, fi) == -ENOENT) {
+		/* Interrupted: the kernel will not release it. */
+		free_listing(h->ents, h->nents);
+		tnode_release(&h->node);
+		pthread_mutex_destroy(&h->lock);
+		free(h);
+	}
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                       struct fuse_file_info *fi)
+{
+	(void)ino;
+	uint64_t t0 = now_ns();
+	struct fh *h = get_fh(fi);
+	char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t used = 0;
+	for (size_t i = (size_t)off; i < h->nents; i++) {
+		struct stat st = {.st_ino = h->ents[i].ino, .st_mode = h->ents[i].mode};
+		size_t need = fuse_add_direntry(req, buf + used, size - used, h->ents[i].name, &st,
+		                                (off_t)(i + 1));
+		if (need > size - used)
+			break;
+		used += need;
+	}
+	metrics_request(MOP_READDIR, now_ns() - t0, 0);
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	struct fh *h = get_fh(fi);
+	free_listing(h->ents, h->nents);
+	tnode_release(&h->node);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+	fuse_reply_err(req, 0);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	(void)mode;
+	uint64_t t0 = now_ns();
+	struct tnode p;
+	int rc = tnode_resolve(parent, &p);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	char ppath[512];
+	tnode_path(&p, ppath, sizeof(ppath));
+	enum tnode_kind pk = p.kind;
+	tnode_release(&p);
+	if (pk == TN_GROUPS) {
+		refuse(req, EOPNOTSUPP, MOP_MKDIR,
+		       "mkdir %s/%s: consumer groups are not available in this version", ppath,
+		       name);
+		return;
+	}
+	if (pk != TN_ROOT) {
+		refuse(req, EPERM, MOP_MKDIR,
+		       "mkdir %s/%s: directories are made only for topics (at the top) and "
+		       "groups (in groups/)",
+		       ppath, name);
+		return;
+	}
+	if (!rep_name_valid(name)) {
+		refuse(req, EINVAL, MOP_MKDIR,
+		       "mkdir '%.300s': topic names are 1-249 of [A-Za-z0-9._-], not starting "
+		       "with '.'",
+		       name);
+		return;
+	}
+	rc = rep_topic_create(tfs.rep, name);
+	if (rc < 0) {
+		refuse(req, tfs_errno(rc), MOP_MKDIR, "mkdir %s: %s", name,
+		       rc == -EEXIST ? "topic exists" : tfs_strerror(rc));
+		return;
+	}
+	struct tnode root = {.kind = TN_ROOT, .ino = INO_ROOT}, c;
+	rc = tnode_lookup(&root, name, &c);
+	if (rc < 0) {
+		/* Deleted again in between. */
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	struct fuse_entry_param e;
+	fill_entry(&c, &e);
+	tnode_release(&c);
+	metrics_request(MOP_MKDIR, now_ns() - t0, 0);
+	fuse_reply_entry(req, &e);
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	uint64_t t0 = now_ns();
+	struct tnode p;
+	int rc = tnode_resolve(parent, &p);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	enum tnode_kind pk = p.kind;
+	char ppath[512];
+	tnode_path(&p, ppath, sizeof(ppath));
+	tnode_release(&p);
+	if (pk == TN_ROOT && strcmp(name, ".cluster") != 0) {
+		rc = rep_topic_delete(tfs.rep, name);
+		if (rc < 0) {
+			if (rc == -ENOENT)
+				fuse_reply_err(req, ENOENT);
+			else
+				refuse(req, tfs_errno(rc), MOP_RMDIR, "rmdir %s: %s", name,
+				       tfs_strerror(rc));
+			return;
+		}
+		metrics_request(MOP_RMDIR, now_ns() - t0, 0);
+		fuse_reply_err(req, 0);
+		return;
+	}
+	if (pk == TN_GROUPS) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	refuse(req, EPERM, MOP_RMDIR, "rmdir %s/%s: only topics and groups can be removed",
+	       ppath, name);
+}
+
+/* ---- files ------------------------------------------------------------------ */
+
+static void fh_free(struct fh *h)
+{
+	if (h->reader)
+		ls_reader_close(h->reader);
+	if (h->producing)
+		producer_free(&h->prod);
+	free(h->rbuf);
+	mbuf_free(&h->text);
+	mbuf_free(&h->cfgw);
+	tnode_release(&h->node);
+	pthread_mutex_destroy(&h->lock);
+	free(h);
+}
+
+/* Makes the handle for an open of n (whose reference it takes). */
+static int fh_open(struct tnode *n, int flags, struct fuse_file_info *fi, const char *path)
+{
+	int acc = flags & O_ACCMODE;
+	struct fh *h = calloc(1, sizeof(*h));
+	if (!h)
+		return -ENOMEM;
+	pthread_mutex_init(&h->lock, NULL);
+	h->node = *n;
+	memset(n, 0, sizeof(*n));
+	h->readable = acc == O_RDONLY || acc == O_RDWR;
+	h->writable = acc == O_WRONLY || acc == O_RDWR;
+	int rc = 0;
+	switch (h->node.kind) {
+	case TN_NODES:
+	case TN_METRICS:
+	case TN_PART_STATE:
+		if (h->writable) {
+			tfs_warn("refused: open %s for writing: read-only file (%s)", path,
+			         strerror(EACCES));
+			rc = -EACCES;
+			break;
+		}
+		tnode_render(&h->node, NULL, &h->text);
+		if (h->text.oom)
+			rc = -ENOMEM;
+		break;
+	case TN_CONFIG:
+		if (h->readable)
+			tnode_render(&h->node, NULL, &h->text);
+		if (h->text.oom)
+			rc = -ENOMEM;
+		break;
+	case TN_PART_LOG:
+		if (h->readable)
+			rc = ls_reader_open(rep_partition_log(h->node.part), &h->reader);
+		/* fall through */
+	case TN_PFILE:
+		if (rc == 0 && h->writable) {
+			int64_t part = h->node.kind == TN_PART_LOG ? (int64_t)h->node.index : -1;
+			producer_init(&h->prod, h->node.topic, part, rep_new_producer_id(tfs.rep));
+			h->producing = 1;
+		}
+		break;
+	default:
+		rc = -EISDIR;
+		break;
+	}
+	if (rc < 0) {
+		fh_free(h);
+		return rc;
+	}
+	fi->fh = (uintptr_t)h;
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
+	fi->nonseekable = 0;
+	return 0;
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	uint64_t t0 = now_ns();
+	struct tnode n;
+	int rc = tnode_resolve(ino, &n);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	char path[512];
+	tnode_path(&n, path, sizeof(path));
+	rc = fh_open(&n, fi->flags, fi, path);
+	tnode_release(&n);
+	metrics_request(MOP_OPEN, now_ns() - t0, rc < 0 ? -rc : 0);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	if (fuse_reply_open(req, fi) == -ENOENT)
+		fh_free(get_fh(fi));
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                      struct fuse_file_info *fi)
+{
+	(void)mode;
+	uint64_t t0 = now_ns();
+	struct tnode p;
+	int rc = tnode_resolve(parent, &p);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	char ppath[512];
+	tnode_path(&p, ppath, sizeof(ppath));
+	if (p.kind != TN_TOPIC) {
+		tnode_release(&p);
+		refuse(req, EPERM, MOP_CREATE,
+		       "create %s/%s: files can be made only in a topic directory", ppath, name);
+		return;
+	}
+	int err;
+	const char *why = pfile_name_problem(name, &err);
+	if (why) {
+		tnode_release(&p);
+		refuse(req, err, MOP_CREATE, "create %s/%.300s: %s", ppath, name, why);
+		return;
+	}
+	uint32_t id;
+	rc = rep_pfile_create(p.topic, name, &id);
+	if (rc == -EEXIST)
+		rc = rep_pfile_lookup(p.topic, name, &id);
+	if (rc < 0) {
+		tnode_release(&p);
+		refuse(req, tfs_errno(rc), MOP_CREATE, "create %s/%.300s: %s", ppath, name,
+		       tfs_strerror(rc));
+		return;
+	}
+	struct tnode c = {.kind = TN_PFILE, .topic = p.topic, .index = id,
+	                  .ino = tnode_ino(rep_topic_id(p.topic), TN_PFILE, id)};
+	struct fuse_entry_param e;
+	fill_entry(&c, &e);
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/%.300s", ppath, name);
+	rc = fh_open(&c, fi->flags, fi, path); /* takes the topic reference */
+	metrics_request(MOP_CREATE, now_ns() - t0, rc < 0 ? -rc : 0);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	if (fuse_reply_create(req, &e, fi) == -ENOENT)
+		fh_free(get_fh(fi));
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+                     dev_t rdev)
+{
+	(void)parent;
+	(void)rdev;
+	refuse(req, EPERM, MOP_OTHER, "mknod %.300s (mode %o): only regular files via create",
+	       name, (unsigned)mode);
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	uint64_t t0 = now_ns();
+	struct tnode p, c;
+	int rc = tnode_resolve(parent, &p);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	rc = tnode_lookup(&p, name, &c);
+	if (rc < 0) {
+		tnode_release(&p);
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	char path[512];
+	tnode_path(&c, path, sizeof(path));
+	if (c.kind != TN_PFILE) {
+		tnode_release(&c);
+		tnode_release(&p);
+		refuse(req, EPERM, MOP_UNLINK,
+		       "unlink %s: control files cannot be removed (rmdir the topic instead)",
+		       path);
+		return;
+	}
+	rc = rep_pfile_unlink(p.topic, name);
+	tnode_release(&c);
+	tnode_release(&p);
+	if (rc < 0) {
+		refuse(req, tfs_errno(rc), MOP_UNLINK, "unlink %s: %s", path, tfs_strerror(rc));
+		return;
+	}
+	metrics_request(MOP_UNLINK, now_ns() - t0, 0);
+	fuse_reply_err(req, 0);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+                      fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	uint64_t t0 = now_ns();
+	struct tnode p, c;
+	int rc = tnode_resolve(parent, &p);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	rc = tnode_lookup(&p, name, &c);
+	if (rc < 0) {
+		tnode_release(&p);
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	char path[512];
+	tnode_path(&c, path, sizeof(path));
+	int err = 0;
+	const char *why = NULL;
+	if (c.kind != TN_PFILE) {
+		err = EPERM;
+		why = c.kind == TN_TOPIC ? "topics cannot be renamed" : "control files cannot be renamed";
+	} else if (newparent != parent) {
+		err = EXDEV;
+		why = "producer files can be renamed only within their topic";
+	} else if (flags & RENAME_EXCHANGE) {
+		err = EINVAL;
+		why = "RENAME_EXCHANGE is not supported";
+	} else {
+		why = pfile_name_problem(newname, &err);
+		if (!why && (flags & RENAME_NOREPLACE)) {
+			uint32_t id;
+			if (rep_pfile_lookup(p.topic, newname, &id) == 0) {
+				err = EEXIST;
+				why = "target exists";
+			}
+		}
+	}
+	if (why) {
+		tnode_release(&c);
+		tnode_release(&p);
+		refuse(req, err, MOP_RENAME, "rename %s to %.300s: %s", path, newname, why);
+		return;
+	}
+	rc = rep_pfile_rename(p.topic, name, newname);
+	tnode_release(&c);
+	tnode_release(&p);
+	if (rc < 0) {
+		refuse(req, tfs_errno(rc), MOP_RENAME, "rename %s to %.300s: %s", path, newname,
+		       tfs_strerror(rc));
+		return;
+	}
+	metrics_request(MOP_RENAME, now_ns() - t0, 0);
+	fuse_reply_err(req, 0);
+}
+
+/* ---- read and write ----------------------------------------------------------- */
+
+static void read_log(fuse_req_t req, struct fh *h, size_t size, off_t off)
+{
+	pthread_mutex_lock(&h->lock);
+	if (h->rcap < size) {
+		char *b = realloc(h->rbuf, size);
+		if (!b) {
+			pthread_mutex_unlock(&h->lock);
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		h->rbuf = b;
+		h->rcap = size;
+	}
+	uint64_t pos = (uint64_t)off == h->expect_off && h->expect_off ? h->map_pos : (uint64_t)off;
+	struct topic_config cfg;
+	rep_topic_config(h->node.topic, &cfg);
+	uint64_t actual = pos;
+	ssize_t n = ls_reader_read_view(h->reader, pos, h->rbuf, size,
+	                                cfg.key_separator ? cfg.key_separator : '\t', &actual);
+	if (n < 0) {
+		pthread_mutex_unlock(&h->lock);
+		char path[512];
+		tnode_path(&h->node, path, sizeof(path));
+		refuse(req, tfs_errno((int)n), MOP_READ, "read %s at %lld: %s", path, (long long)off,
+		       tfs_strerror((int)n));
+		return;
+	}
+	h->expect_off = (uint64_t)off + (uint64_t)n;
+	h->map_pos = actual + (uint64_t)n;
+	__atomic_add_fetch(&rep_partition_counters(h->node.part)->bytes_out, (uint64_t)n,
+	                   __ATOMIC_RELAXED);
+	fuse_reply_buf(req, h->rbuf, (size_t)n);
+	pthread_mutex_unlock(&h->lock);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+                    struct fuse_file_info *fi)
+{
+	(void)ino;
+	uint64_t t0 = now_ns();
+	struct fh *h = get_fh(fi);
+	switch (h->node.kind) {
+	case TN_PART_LOG:
+		read_log(req, h, size, off);
+		break;
+	case TN_PFILE:
+		fuse_reply_buf(req, NULL, 0); /* records are read from the partitions */
+		break;
+	default:
+		if ((size_t)off >= h->text.len)
+			fuse_reply_buf(req, NULL, 0);
+		else
+			fuse_reply_buf(req, h->text.data + off,
+			               size < h->text.len - (size_t)off ? size : h->text.len - (size_t)off);
+		break;
+	}
+	metrics_request(MOP_READ, now_ns() - t0, 0);
+}
+
+/* The line of `key:` in doc, for error messages about cross-key rules. */
+static int key_line(const char *doc, size_t len, const char *msg)
+{
+	const char *colon = strchr(msg, ':');
+	if (!colon)
+		return 1;
+	size_t klen = (size_t)(colon - msg);
+	int line = 1;
+	for (size_t i = 0; i < len; i++) {
+		if (i == 0 || doc[i - 1] == '\n') {
+			size_t j = i;
+			while (j < len && (doc[j] == ' ' || doc[j] == '\t'))
+				j++;
+			if (len - j > klen && memcmp(doc + j, msg, klen) == 0 && doc[j + klen] == ':')
+				return line;
+		}
+		if (doc[i] == '\n')
+			line++;
+	}
+	return 1;
+}
+
+/* Applies the YAML document written to .config so far. */
+static int config_apply(struct fh *h)
+{
+	struct rep_topic *t = h->node.topic;
+	struct topic_config changes;
+	uint32_t cleared = 0;
+	char err[512], msg[600];
+	memset(&changes, 0, sizeof(changes));
+	int rc = topic_config_parse(h->cfgw.data ? h->cfgw.data : "", h->cfgw.len, &changes,
+	                            &cleared, err, sizeof(err));
+	if (rc < 0) {
+		snprintf(msg, sizeof(msg), "%s", err);
+	} else {
+		rc = rep_topic_set_config(t, &changes, cleared, err, sizeof(err));
+		if (rc < 0)
+			snprintf(msg, sizeof(msg), "line %d: %s",
+			         key_line(h->cfgw.data, h->cfgw.len, err),
+			         err[0] ? err : tfs_strerror(rc));
+	}
+	if (rc < 0) {
+		tree_set_config_error(rep_topic_id(t), msg);
+		tfs_warn("refused: write %s/.config: %s (%s)", rep_topic_name(t), msg,
+		         strerror(tfs_errno(rc)));
+		return rc == -ENOENT ? rc : -EINVAL;
+	}
+	tree_set_config_error(rep_topic_id(t), NULL);
+	h->cfg_applied = h->cfgw.len;
+	return 0;
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+                     struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)off; /* every write is an append */
+	uint64_t t0 = now_ns();
+	struct fh *h = get_fh(fi);
+	int rc = 0;
+	pthread_mutex_lock(&h->lock);
+	if (h->node.kind == TN_CONFIG) {
+		size_t before = h->cfgw.len;
+		mbuf_printf(&h->cfgw, "%.*s", (int)size, buf);
+		if (h->cfgw.oom || h->cfgw.len != before + size) {
+			/* NUL bytes or no memory: not a YAML document we accept. */
+			rc = h->cfgw.oom ? -ENOMEM : -EINVAL;
+			if (rc == -EINVAL)
+				tfs_warn("refused: write %s/.config: NUL byte in document",
+				         rep_topic_name(h->node.topic));
+		} else if (size && buf[size - 1] == '\n') {
+			rc = config_apply(h);
+		}
+	} else if (h->producing) {
+		if (rep_topic_deleted(h->node.topic))
+			rc = -ENOENT;
+		else
+			rc = producer_write(&h->prod, buf, size);
+		if (rc < 0 && rc != -EMSGSIZE) {
+			char path[512];
+			tnode_path(&h->node, path, sizeof(path));
+			tfs_warn("refused: write %s: %s", path, tfs_strerror(rc));
+		}
+	} else {
+		rc = -EBADF;
+	}
+	pthread_mutex_unlock(&h->lock);
+	metrics_request(MOP_WRITE, now_ns() - t0, rc < 0 ? tfs_errno(rc) : 0);
+	if (rc < 0)
+		fuse_reply_err(req, tfs_errno(rc));
+	else
+		fuse_reply_write(req, size);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	uint64_t t0 = now_ns();
+	struct fh *h = get_fh(fi);
+	int rc = 0;
+	pthread_mutex_lock(&h->lock);
+	if (h->node.kind == TN_CONFIG && h->cfgw.len > h->cfg_applied)
+		rc = config_apply(h);
+	else if (h->producing)
+		rc = producer_flush(&h->prod);
+	pthread_mutex_unlock(&h->lock);
+	if (rc < 0 && h->node.kind != TN_CONFIG) {
+		char path[512];
+		tnode_path(&h->node, path, sizeof(path));
+		tfs_warn("refused: close %s: last line not produced: %s", path, tfs_strerror(rc));
+	}
+	metrics_request(MOP_FLUSH, now_ns() - t0, rc < 0 ? tfs_errno(rc) : 0);
+	fuse_reply_err(req, rc < 0 ? tfs_errno(rc) : 0);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	(void)ino;
+	(void)datasync;
+	uint64_t t0 = now_ns();
+	struct fh *h = get_fh(fi);
+	int rc = 0;
+	pthread_mutex_lock(&h->lock);
+	if (h->producing)
+		rc = producer_commit(&h->prod);
+	pthread_mutex_unlock(&h->lock);
+	metrics_request(MOP_FSYNC, now_ns() - t0, rc < 0 ? EIO : 0);
+	fuse_reply_err(req, rc < 0 ? EIO : 0);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	struct fh *h = get_fh(fi);
+	if (h->producing && h->prod.plen) {
+		/* No FLUSH came (the kernel always sends one on close, so only
+		 * unusual paths get here): the partial line still counts. */
+		int rc = producer_flush(&h->prod);
+		if (rc < 0)
+			tfs_warn("release: last line not produced: %s", tfs_strerror(rc));
+	}
+	fh_free(h);
+	metrics_request(MOP_RELEASE, 0, 0);
+	fuse_reply_err(req, 0);
+}
+
+static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+                     struct fuse_file_info *fi)
+{
+	(void)ino;
+	struct fh *h = get_fh(fi);
+	if (h->node.kind != TN_PART_LOG || (whence != SEEK_DATA && whence != SEEK_HOLE)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	struct ls_partition_info info;
+	ls_partition_get_info(rep_partition_log(h->node.part), &info);
+	if (off < 0 || (uint64_t)off >= info.hw_pos) {
+		fuse_reply_err(req, ENXIO);
+		return;
+	}
+	if (whence == SEEK_DATA)
+		fuse_reply_lseek(req, (uint64_t)off < info.start_pos ? (off_t)info.start_pos : off);
+	else
+		fuse_reply_lseek(req, (uint64_t)off < info.start_pos ? off : (off_t)info.hw_pos);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	(void)ino;
+	struct statvfs sv;
+	memset(&sv, 0, sizeof(sv));
+	if (statvfs(tfs.data_dir, &sv) < 0) {
+		sv.f_bsize = 4096;
+		sv.f_frsize = 4096;
+	}
+	sv.f_namemax = 255;
+	fuse_reply_statfs(req, &sv);
+}
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	conn->max_write = 1 << 20;
+	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
+		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	conn->want &= ~(unsigned)FUSE_CAP_WRITEBACK_CACHE;
+	conn->want &= ~(unsigned)FUSE_CAP_AUTO_INVAL_DATA;
+}
+
+const struct fuse_lowlevel_ops tfs_ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.releasedir = op_releasedir,
+	.mkdir = op_mkdir,
+	.rmdir = op_rmdir,
+	.mknod = op_mknod,
+	.create = op_create,
+	.open = op_open,
+	.read = op_read,
+	.write = op_write,
+	.flush = op_flush,
+	.fsync = op_fsync,
+	.release = op_release,
+	.unlink = op_unlink,
+	.rename = op_rename,
+	.lseek = op_lseek,
+	.statfs = op_statfs,
+};
+
+void tfs_partition_grew(void *ctx, uint64_t topic_id, uint32_t partition)
+{
+	(void)ctx;
+	if (!tfs.se)
+		return;
+	/* Attributes only (offset -1): tail -f's next fstat sees the new size. */
+	fuse_lowlevel_notify_inval_inode(tfs.se, tnode_ino(topic_id, TN_PART_LOG, partition), -1,
+	                                 0);
+}

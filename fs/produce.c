@@ -1,0 +1,335 @@
+/*
+ * produce.c - see produce.h.
+ *
+ * A write() is split at '\n'. The first line may continue the partial line
+ * the file kept from earlier writes; it is joined in pr->partial, the others
+ * point straight into the caller's buffer (no copy before encoding). Records
+ * are then grouped by partition and each group is appended as one batch.
+ *
+ * Over-long lines: once a line passes max_record_bytes (in one write or
+ * across several), the write that carries it past the limit fails with
+ * EMSGSIZE, the line is dropped up to and including its '\n', and everything
+ * after is produced as usual.
+ */
+#include "produce.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../logstore/log.h"
+
+void producer_init(struct producer *pr, struct rep_topic *t, int64_t partition,
+                   int64_t producer_id)
+{
+	memset(pr, 0, sizeof(*pr));
+	pr->topic = t;
+	pr->fixed_partition = partition;
+	pr->producer_id = producer_id;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	sticky_rr_init(&pr->rr, (uint32_t)(ts.tv_nsec ^ (uint64_t)producer_id));
+}
+
+void producer_free(struct producer *pr)
+{
+	free(pr->seq);
+	free(pr->written);
+	free(pr->partial);
+	free(pr->recs);
+	free(pr->rec_part);
+	free(pr->sorted);
+	memset(pr, 0, sizeof(*pr));
+}
+
+static int ensure_recs(struct producer *pr, size_t n)
+{
+	if (n <= pr->crecs)
+		return 0;
+	size_t c = pr->crecs ? pr->crecs : 256;
+	while (c < n)
+		c *= 2;
+	struct ls_rec *r = realloc(pr->recs, c * sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	pr->recs = r;
+	uint32_t *p = realloc(pr->rec_part, c * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	pr->rec_part = p;
+	struct ls_rec *s = realloc(pr->sorted, c * sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	pr->sorted = s;
+	pr->crecs = c;
+	return 0;
+}
+
+static int ensure_parts(struct producer *pr, uint32_t n)
+{
+	if (n <= pr->nparts_seen)
+		return 0;
+	int32_t *seq = realloc(pr->seq, n * sizeof(*seq));
+	if (!seq)
+		return -ENOMEM;
+	pr->seq = seq;
+	uint8_t *w = realloc(pr->written, n);
+	if (!w)
+		return -ENOMEM;
+	pr->written = w;
+	for (uint32_t i = pr->nparts_seen; i < n; i++) {
+		pr->seq[i] = 0;
+		pr->written[i] = 0;
+	}
+	pr->nparts_seen = n;
+	return 0;
+}
+
+static int partial_append(struct producer *pr, const char *buf, size_t len)
+{
+	if (pr->plen + len > pr->pcap) {
+		size_t c = pr->pcap ? pr->pcap : 256;
+		while (c < pr->plen + len)
+			c *= 2;
+		char *p = realloc(pr->partial, c);
+		if (!p)
+			return -ENOMEM;
+		pr->partial = p;
+		pr->pcap = c;
+	}
+	memcpy(pr->partial + pr->plen, buf, len);
+	pr->plen += len;
+	return 0;
+}
+
+/* Fills rec from one line (without its '\n'). */
+static void make_rec(struct ls_rec *rec, const char *line, size_t len,
+                     const struct topic_config *cfg)
+{
+	const char *sep = cfg->key_separator ? memchr(line, cfg->key_separator, len) : NULL;
+	if (sep) {
+		rec->key = line;
+		rec->key_len = (uint32_t)(sep - line);
+		rec->value = sep + 1;
+		rec->value_len = (uint32_t)(len - rec->key_len - 1);
+		if (rec->value_len == 0 && cfg->cleanup == LS_CLEANUP_COMPACT)
+			rec->value = NULL; /* tombstone */
+	} else {
+		rec->key = NULL;
+		rec->key_len = 0;
+		rec->value = line;
+		rec->value_len = (uint32_t)len;
+	}
+}
+
+/* Appends recs[0..n) (all for partition p) as one batch. */
+static int append_group(struct producer *pr, uint32_t p, const struct ls_rec *recs, uint32_t n)
+{
+	struct rep_partition *rp = rep_topic_partition(pr->topic, p);
+	if (!rp)
+		return -ENOENT;
+	struct ls_producer prod = {
+		.producer_id = pr->producer_id,
+		.producer_epoch = 0,
+		.base_sequence = pr->seq[p],
+	};
+	struct ls_append_result res;
+	int rc = rep_produce(rp, recs, n, pr->producer_id >= 0 ? &prod : NULL, &res);
+	if (rc < 0)
+		return rc;
+	pr->seq[p] += (int32_t)n;
+	pr->written[p] = 1;
+	return 0;
+}
+
+/* Routes and appends the n records in pr->recs. */
+static int dispatch(struct producer *pr, uint32_t n, uint32_t nparts)
+{
+	if (n == 0)
+		return 0;
+	if (pr->fixed_partition >= 0)
+		return append_group(pr, (uint32_t)pr->fixed_partition, pr->recs, n);
+
+	/* Partitioner: keyed records by hash, unkeyed ones all to this write's
+	 * sticky partition. */
+	int have_sticky = 0;
+	uint32_t sticky = 0, first = UINT32_MAX;
+	int mixed = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct ls_rec *r = &pr->recs[i];
+		uint32_t p;
+		if (r->key) {
+			p = partition_for_key(r->key, r->key_len, nparts);
+		} else {
+			if (!have_sticky) {
+				sticky = sticky_rr_pick(&pr->rr, nparts);
+				have_sticky = 1;
+			}
+			p = sticky;
+		}
+		pr->rec_part[i] = p;
+		if (first == UINT32_MAX)
+			first = p;
+		else if (p != first)
+			mixed = 1;
+	}
+	if (!mixed)
+		return append_group(pr, first, pr->recs, n);
+
+	/* Stable counting sort by partition, one batch per partition. */
+	uint32_t *count = calloc(nparts + 1, sizeof(*count));
+	if (!count)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < n; i++)
+		count[pr->rec_part[i] + 1]++;
+	for (uint32_t p = 0; p < nparts; p++)
+		count[p + 1] += count[p];
+	uint32_t *pos = malloc((nparts + 1) * sizeof(*pos));
+	if (!pos) {
+		free(count);
+		return -ENOMEM;
+	}
+	memcpy(pos, count, (nparts + 1) * sizeof(*pos));
+	for (uint32_t i = 0; i < n; i++)
+		pr->sorted[pos[pr->rec_part[i]]++] = pr->recs[i];
+	int rc = 0;
+	for (uint32_t p = 0; p < nparts && rc == 0; p++)
+		if (count[p + 1] > count[p])
+			rc = append_group(pr, p, pr->sorted + count[p], count[p + 1] - count[p]);
+	free(pos);
+	free(count);
+	return rc;
+}
+
+int producer_write(struct producer *pr, const char *buf, size_t len)
+{
+	struct topic_config cfg;
+	rep_topic_config(pr->topic, &cfg);
+	uint32_t nparts = cfg.partitions;
+	int rc = ensure_parts(pr, nparts);
+	if (rc < 0)
+		return rc;
+	if (pr->fixed_partition >= (int64_t)nparts)
+		return -ENOENT;
+
+	const char *p = buf, *end = buf + len;
+	uint32_t n = 0;
+	int too_long = 0;
+	size_t max = cfg.max_record_bytes;
+
+	/* The first line continues the partial line (or the discarded one). */
+	const char *nl = memchr(p, '\n', len);
+	if (pr->discarding) {
+		if (!nl)
+			return 0;
+		pr->discarding = 0;
+		p = nl + 1;
+	} else if (pr->plen) {
+		size_t piece = (size_t)((nl ? nl : end) - p);
+		if (pr->plen + piece > max) {
+			tfs_warn("%s: record of more than %zu bytes refused (max_record_bytes)",
+			         rep_topic_name(pr->topic), max);
+			too_long = 1;
+			pr->plen = 0;
+			if (!nl) {
+				pr->discarding = 1;
+				return -EMSGSIZE;
+			}
+		} else {
+			rc = partial_append(pr, p, piece);
+			if (rc < 0)
+				return rc;
+			if (!nl)
+				return 0;
+			rc = ensure_recs(pr, 1);
+			if (rc < 0)
+				return rc;
+			make_rec(&pr->recs[n++], pr->partial, pr->plen, &cfg);
+		}
+		p = nl + 1;
+	}
+
+	/* Whole lines. Count first so the scratch arrays are sized once. */
+	size_t lines = 0;
+	for (const char *q = p; q < end && (q = memchr(q, '\n', (size_t)(end - q))); q++)
+		lines++;
+	rc = ensure_recs(pr, n + lines);
+	if (rc < 0)
+		return rc;
+	while (p < end) {
+		nl = memchr(p, '\n', (size_t)(end - p));
+		if (!nl)
+			break;
+		size_t l = (size_t)(nl - p);
+		if (l > max) {
+			if (!too_long)
+				tfs_warn("%s: record of %zu bytes refused (max_record_bytes %zu)",
+				         rep_topic_name(pr->topic), l, max);
+			too_long = 1;
+		} else {
+			make_rec(&pr->recs[n++], p, l, &cfg);
+		}
+		p = nl + 1;
+	}
+
+	rc = dispatch(pr, n, nparts);
+	/* The first record may point into pr->partial: reset it only now. */
+	pr->plen = 0;
+	if (rc < 0)
+		return rc;
+
+	/* Keep the tail as the new partial line. */
+	if (p < end) {
+		size_t l = (size_t)(end - p);
+		if (l > max) {
+			if (!too_long)
+				tfs_warn("%s: record of more than %zu bytes refused (max_record_bytes)",
+				         rep_topic_name(pr->topic), max);
+			too_long = 1;
+			pr->discarding = 1;
+		} else {
+			rc = partial_append(pr, p, l);
+			if (rc < 0)
+				return rc;
+		}
+	}
+	return too_long ? -EMSGSIZE : 0;
+}
+
+int producer_flush(struct producer *pr)
+{
+	if (pr->discarding) {
+		pr->discarding = 0;
+		return 0;
+	}
+	if (!pr->plen)
+		return 0;
+	struct topic_config cfg;
+	rep_topic_config(pr->topic, &cfg);
+	int rc = ensure_parts(pr, cfg.partitions);
+	if (rc == 0)
+		rc = ensure_recs(pr, 1);
+	if (rc < 0)
+		return rc;
+	make_rec(&pr->recs[0], pr->partial, pr->plen, &cfg);
+	rc = dispatch(pr, 1, cfg.partitions);
+	pr->plen = 0;
+	return rc;
+}
+
+int producer_commit(struct producer *pr)
+{
+	int rc = 0;
+	for (uint32_t p = 0; p < pr->nparts_seen; p++) {
+		if (!pr->written[p])
+			continue;
+		struct rep_partition *rp = rep_topic_partition(pr->topic, p);
+		int r = rp ? rep_partition_commit(rp) : -EIO;
+		if (r < 0)
+			rc = -EIO;
+		else
+			pr->written[p] = 0;
+	}
+	return rc;
+}
