@@ -598,20 +598,11 @@ int rep_topic_set_config(struct rep_topic *t, const struct topic_config *changes
 		else if (changes->set_mask & (1u << k))
 			cfg_set(&neu, k, cfg_get(changes, k));
 	}
+	struct topic_config old_eff;
+	topic_config_effective(&r->opts.defaults, &t->overrides, &old_eff);
+	old_eff.partitions = t->nparts;
 	topic_config_effective(&r->opts.defaults, &neu, &eff);
-	if (eff.partitions < t->nparts) {
-		snprintf(err, errlen, "partitions: cannot shrink from %u to %u", t->nparts,
-		         eff.partitions);
-		rc = -EINVAL;
-	} else if (eff.replication > 1) {
-		snprintf(err, errlen, "replication: %u exceeds the 1 node(s) in the cluster",
-		         eff.replication);
-		rc = -EINVAL;
-	} else if (eff.min_insync > eff.replication) {
-		snprintf(err, errlen, "min_insync: %u exceeds replication %u", eff.min_insync,
-		         eff.replication);
-		rc = -EINVAL;
-	}
+	rc = topic_config_check(&old_eff, &eff, 1, err, errlen);
 	if (rc < 0) {
 		pthread_mutex_unlock(&t->lock);
 		goto out;
