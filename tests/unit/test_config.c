@@ -787,6 +787,36 @@ static void test_node_unreadable(void)
 	CHECK(node_config_load(unit_tmpdir(), &c, err, sizeof(err)) < 0);
 }
 
+/* The node files in mount-examples/ load as they are (run from the
+ * repository root, as `make unit` does). */
+static void test_mount_examples_load(void)
+{
+	static const struct {
+		const char *path;
+		unsigned id, nvoters;
+		const char *listen;
+	} ex[] = {
+		{ "mount-examples/single-node.yaml", 1, 0, "127.0.0.1" },
+		{ "mount-examples/three-nodes/node1.yaml", 1, 3, "127.0.0.1" },
+		{ "mount-examples/three-nodes/node2.yaml", 2, 3, "127.0.0.2" },
+		{ "mount-examples/three-nodes/node3.yaml", 3, 3, "127.0.0.3" },
+	};
+	for (size_t i = 0; i < sizeof(ex) / sizeof(ex[0]); i++) {
+		struct node_config c;
+		char err[512] = "";
+		int rc = node_config_load(ex[i].path, &c, err, sizeof(err));
+		CHECK_EQ_INT(rc, 0);
+		if (rc != 0) {
+			fprintf(stderr, "  %s\n", err);
+			continue;
+		}
+		CHECK_EQ_INT(c.id, ex[i].id);
+		CHECK_EQ_INT(c.nvoters, ex[i].nvoters);
+		CHECK(strcmp(c.listen_host, ex[i].listen) == 0);
+		CHECK_EQ_INT(c.listen_port, 7070);
+	}
+}
+
 int main(void)
 {
 	RUN(test_builtin_defaults);
@@ -810,5 +840,6 @@ int main(void)
 	RUN(test_node_refusals);
 	RUN(test_node_nothing_applied);
 	RUN(test_node_unreadable);
+	RUN(test_mount_examples_load);
 	return unit_report("test_config");
 }
