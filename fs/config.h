@@ -27,7 +27,8 @@ enum group_start { GROUP_START_EARLIEST = 0, GROUP_START_LATEST = 1 };
 struct node_config {
 	uint16_t id;                    /* node.id, 1..65535; default 1 */
 	char data_dir[4096];            /* node.data_dir; "" = not set */
-	char listen_host[64];           /* node.listen; default 127.0.0.1:7070 */
+	char listen_host[64];           /* node.listen; default this node's voter
+	                                   address if voters are given, else 127.0.0.1:7070 */
 	uint16_t listen_port;
 	char log_file[4096];            /* node.log_file; "" = DATA/topicfs.log when daemonised */
 	int log_level;                  /* node.log_level: debug|info|warn|error */
@@ -35,7 +36,8 @@ struct node_config {
 	struct node_voter voters[NODE_MAX_VOTERS];
 	struct topic_config defaults;   /* defaults: builtin overlaid with the file's keys */
 	enum group_start group_start;   /* groups.start: earliest|latest */
-	uint32_t flush_ms;              /* storage.flush_ms: background fsync period; 0 = never */
+	uint32_t flush_ms;              /* storage.flush_ms: background fsync period; 0 = never;
+	                                   default 1000 */
 	uint32_t retention_check_ms;    /* storage.retention_check_ms; default 5000 */
 };
 
