@@ -1,6 +1,8 @@
 /* unit.c - see unit.h. */
 #include "unit.h"
 
+#include "../../logstore/fsutil.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,12 +39,9 @@ const char *unit_tmpdir(void)
 
 int unit_report(const char *suite)
 {
-	for (int i = 0; i < ntmp; i++) {
-		char cmd[300];
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdirs[i]);
-		if (system(cmd) != 0)
+	for (int i = 0; i < ntmp; i++)
+		if (ls_fsutil_rm_rf(tmpdirs[i]) < 0)
 			fprintf(stderr, "could not remove %s\n", tmpdirs[i]);
-	}
 	printf("%s: %d passed, %d failed\n", suite, passed, failed);
 	return failed ? 1 : 0;
 }
