@@ -208,4 +208,25 @@ struct ls_record {
  * Returns 1 with *rec filled, 0 if there is none yet, or -errno. */
 int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec);
 
+/* ---- additions for replication (follower catch-up and compacted logs) ---- */
+
+/* Like ls_partition_read_batches, and also gives the view position of the
+ * first batch copied in *view_pos. Stops before a view hole (left by
+ * compaction), so the bytes copied always continue the view from *view_pos;
+ * ship *view_pos with them and append with ls_partition_append_batches_at. */
+ssize_t ls_partition_read_batches_at(struct ls_partition *p, int64_t from, void *buf,
+                                     size_t max, size_t *need, uint64_t *view_pos);
+
+/* Like ls_partition_append_batches, but the first batch lands at view
+ * position view_pos (>= end_pos; larger leaves a hole, as on the leader) and
+ * base offsets may skip forward (compacted leader data). */
+int ls_partition_append_batches_at(struct ls_partition *p, const void *buf, size_t len,
+                                   uint64_t view_pos) TFS_MUST_CHECK;
+
+/* Empties the partition and restarts it at offset / view position view_pos:
+ * a follower whose log is entirely behind the leader's log start (Kafka's
+ * truncateFullyAndStartAt). Start, end and high watermark all become offset. */
+int ls_partition_reset(struct ls_partition *p, int64_t offset,
+                       uint64_t view_pos) TFS_MUST_CHECK;
+
 #endif

@@ -1,0 +1,526 @@
+/*
+ * batch.c - Kafka v2 record batches (see batch.h for the API).
+ *
+ * Owns nothing but the format. A batch on disk and on the wire, big-endian:
+ *
+ *   off size field                 notes
+ *   --- ---- --------------------- -------------------------------------------
+ *     0    8 baseOffset            offset of the first record (stamped late)
+ *     8    4 batchLength           bytes after this field (total - 12)
+ *    12    4 partitionLeaderEpoch  stamped late; NOT covered by the CRC
+ *    16    1 magic                 2
+ *    17    4 crc                   CRC-32C of bytes 21..end
+ *    21    2 attributes            bits 0-2 codec (0 none, 4 zstd), 3 timestamp
+ *                                  type, 4 transactional, 5 control
+ *    23    4 lastOffsetDelta
+ *    27    8 baseTimestamp         ms since the epoch
+ *    35    8 maxTimestamp
+ *    43    8 producerId            -1: none
+ *    51    2 producerEpoch         -1: none
+ *    53    4 baseSequence          -1: none
+ *    57    4 recordCount
+ *    61    . records               zstd frame of the records when codec is 4
+ *
+ * A record (all varints are zigzag, as Kafka's ByteUtils.writeVarint):
+ *
+ *   length varint (bytes after this field) | attributes int8 (0) |
+ *   timestampDelta varlong | offsetDelta varint | keyLength varint (-1 null) |
+ *   key | valueLength varint (-1 null) | value | headerCount varint |
+ *   headers: (keyLength varint, key, valueLength varint, value) * count
+ *
+ * Invariants:
+ *  1. Encoders write every record with headerCount 0; decoders accept and
+ *     skip headers.
+ *  2. A decoded record never points outside the records section, and the
+ *     records must fill that section exactly (else LS_ECORRUPT).
+ *  3. baseOffset and partitionLeaderEpoch can be stamped after the CRC is
+ *     computed (they are outside it); anything else changes the CRC.
+ */
+#include "batch.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crc32c.h"
+
+/* ---- buffers ------------------------------------------------------------ */
+
+int ls_buf_reserve(struct ls_buf *b, size_t need)
+{
+	if (b->cap >= need)
+		return 0;
+	size_t cap = b->cap ? b->cap : 4096;
+	while (cap < need)
+		cap = cap * 2 > cap ? cap * 2 : need;
+	uint8_t *d = realloc(b->data, cap);
+	if (!d)
+		return -ENOMEM;
+	b->data = d;
+	b->cap = cap;
+	return 0;
+}
+
+void ls_buf_free(struct ls_buf *b)
+{
+	free(b->data);
+	b->data = NULL;
+	b->len = b->cap = 0;
+}
+
+/* ---- byte order and varints -------------------------------------------- */
+
+static inline void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+static inline void put32(uint8_t *p, uint32_t v)
+{
+	v = __builtin_bswap32(v);
+	memcpy(p, &v, 4);
+}
+static inline void put64(uint8_t *p, uint64_t v)
+{
+	v = __builtin_bswap64(v);
+	memcpy(p, &v, 8);
+}
+static inline uint16_t get16(const uint8_t *p)
+{
+	return (uint16_t)((p[0] << 8) | p[1]);
+}
+static inline uint32_t get32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return __builtin_bswap32(v);
+}
+static inline uint64_t get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return __builtin_bswap64(v);
+}
+
+static inline uint64_t zigzag(int64_t v)
+{
+	return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+}
+
+static inline size_t varint_size(int64_t v)
+{
+	uint64_t u = zigzag(v);
+	size_t n = 1;
+	while (u >= 0x80) {
+		u >>= 7;
+		n++;
+	}
+	return n;
+}
+
+static inline uint8_t *put_varint(uint8_t *p, int64_t v)
+{
+	uint64_t u = zigzag(v);
+	while (u >= 0x80) {
+		*p++ = (uint8_t)(u | 0x80);
+		u >>= 7;
+	}
+	*p++ = (uint8_t)u;
+	return p;
+}
+
+/* Reads a zigzag varint of at most maxbytes (5 for varint, 10 for varlong). */
+static inline int get_varint(const uint8_t **pp, const uint8_t *end, int maxbytes,
+                             int64_t *out)
+{
+	const uint8_t *p = *pp;
+	uint64_t u = 0;
+	for (int i = 0; i < maxbytes; i++) {
+		if (p >= end)
+			return LS_ECORRUPT;
+		uint8_t b = *p++;
+		u |= (uint64_t)(b & 0x7f) << (7 * i);
+		if (!(b & 0x80)) {
+			*pp = p;
+			*out = (int64_t)(u >> 1) ^ -(int64_t)(u & 1);
+			return 0;
+		}
+	}
+	return LS_ECORRUPT;
+}
+
+/* ---- header --------------------------------------------------------------- */
+
+int ls_batch_parse_header(const void *buf, size_t avail, struct ls_batch_header *h)
+{
+	const uint8_t *p = buf;
+	if (avail < LS_BATCH_HEADER_SIZE)
+		return LS_ECORRUPT;
+	h->base_offset = (int64_t)get64(p + 0);
+	h->length = (int32_t)get32(p + 8);
+	h->leader_epoch = (int32_t)get32(p + 12);
+	h->magic = (int8_t)p[16];
+	h->crc = get32(p + 17);
+	h->attributes = (int16_t)get16(p + 21);
+	h->last_offset_delta = (int32_t)get32(p + 23);
+	h->base_ts = (int64_t)get64(p + 27);
+	h->max_ts = (int64_t)get64(p + 35);
+	h->producer_id = (int64_t)get64(p + 43);
+	h->producer_epoch = (int16_t)get16(p + 51);
+	h->base_sequence = (int32_t)get32(p + 53);
+	h->record_count = (int32_t)get32(p + 57);
+	if (h->magic != LS_BATCH_MAGIC)
+		return LS_ECORRUPT;
+	if (h->length < LS_BATCH_HEADER_SIZE - LS_BATCH_LOG_OVERHEAD ||
+	    (uint64_t)h->length + LS_BATCH_LOG_OVERHEAD > LS_BATCH_MAX_SIZE)
+		return LS_ECORRUPT;
+	if (h->record_count < 0 || h->last_offset_delta < 0 || h->base_offset < 0)
+		return LS_ECORRUPT;
+	return 0;
+}
+
+int ls_batch_check_crc(const void *batch, const struct ls_batch_header *h)
+{
+	const uint8_t *p = batch;
+	uint32_t crc = ls_crc32c(0, p + LS_BATCH_OFF_ATTRS,
+	                         ls_batch_size(h) - LS_BATCH_OFF_ATTRS);
+	return crc == h->crc ? 0 : LS_ECORRUPT;
+}
+
+/* ---- decoding -------------------------------------------------------------- */
+
+/* Decompresses a zstd frame (or several) of src into scratch. The size is
+ * taken from the frame header when present, else grown as needed up to
+ * LS_BATCH_MAX_SIZE. */
+static int zstd_inflate(ZSTD_DCtx *dctx, const uint8_t *src, size_t len,
+                        struct ls_buf *scratch)
+{
+	int rc;
+	if (!dctx)
+		return -EINVAL;
+	unsigned long long want = ZSTD_getFrameContentSize(src, len);
+	if (want == ZSTD_CONTENTSIZE_ERROR)
+		return LS_ECORRUPT;
+	size_t guess = want == ZSTD_CONTENTSIZE_UNKNOWN ? len * 4 + 4096
+	                                                : (size_t)want;
+	if (guess > LS_BATCH_MAX_SIZE)
+		return LS_ECORRUPT;
+	if ((rc = ls_buf_reserve(scratch, guess ? guess : 1)) < 0)
+		return rc;
+	ZSTD_DCtx_reset(dctx, ZSTD_reset_session_only);
+	ZSTD_inBuffer in = {src, len, 0};
+	ZSTD_outBuffer out = {scratch->data, scratch->cap, 0};
+	for (;;) {
+		size_t r = ZSTD_decompressStream(dctx, &out, &in);
+		if (ZSTD_isError(r))
+			return LS_ECORRUPT;
+		if (in.pos == in.size && r == 0)
+			break;
+		if (out.pos < out.size && in.pos == in.size)
+			return LS_ECORRUPT; /* truncated frame */
+		if (out.pos == out.size) {
+			if (scratch->cap >= LS_BATCH_MAX_SIZE)
+				return LS_ECORRUPT;
+			if ((rc = ls_buf_reserve(scratch, scratch->cap * 2)) < 0)
+				return rc;
+			out.dst = scratch->data;
+			out.size = scratch->cap;
+		}
+	}
+	scratch->len = out.pos;
+	return 0;
+}
+
+int ls_batch_iter_init(struct ls_batch_iter *it, const void *batch,
+                       const struct ls_batch_header *h, struct ls_buf *scratch,
+                       ZSTD_DCtx *dctx)
+{
+	const uint8_t *p = batch;
+	const uint8_t *recs = p + LS_BATCH_HEADER_SIZE;
+	size_t len = ls_batch_size(h) - LS_BATCH_HEADER_SIZE;
+	int codec = h->attributes & LS_BATCH_ATTR_CODEC_MASK;
+
+	if (h->attributes & LS_BATCH_ATTR_UNSUPPORTED)
+		return -ENOTSUP;
+	if (codec == LS_CODEC_ZSTD) {
+		int rc = zstd_inflate(dctx, recs, len, scratch);
+		if (rc < 0)
+			return rc;
+		recs = scratch->data;
+		len = scratch->len;
+	} else if (codec != LS_CODEC_NONE) {
+		return -ENOTSUP;
+	}
+	it->p = recs;
+	it->end = recs + len;
+	it->left = h->record_count;
+	it->base_offset = h->base_offset;
+	it->base_ts = h->base_ts;
+	return 0;
+}
+
+int ls_batch_iter_next(struct ls_batch_iter *it, struct ls_batch_record *r)
+{
+	int64_t len, v, klen, vlen, nh;
+	if (it->left == 0)
+		return it->p == it->end ? 0 : LS_ECORRUPT;
+	if (get_varint(&it->p, it->end, 5, &len) < 0 || len < 0 ||
+	    len > it->end - it->p)
+		return LS_ECORRUPT;
+	const uint8_t *p = it->p, *end = it->p + len;
+	if (p >= end)
+		return LS_ECORRUPT;
+	p++; /* attributes: unused */
+	if (get_varint(&p, end, 10, &r->ts_delta) < 0)
+		return LS_ECORRUPT;
+	if (get_varint(&p, end, 5, &v) < 0 || v < 0 || v > INT32_MAX)
+		return LS_ECORRUPT;
+	r->offset_delta = (int32_t)v;
+	if (get_varint(&p, end, 5, &klen) < 0 || klen < -1 || klen > end - p)
+		return LS_ECORRUPT;
+	r->key = klen >= 0 ? p : NULL;
+	r->key_len = (int32_t)klen;
+	if (klen > 0)
+		p += klen;
+	if (get_varint(&p, end, 5, &vlen) < 0 || vlen < -1 || vlen > end - p)
+		return LS_ECORRUPT;
+	r->value = vlen >= 0 ? p : NULL;
+	r->value_len = (int32_t)vlen;
+	if (vlen > 0)
+		p += vlen;
+	if (get_varint(&p, end, 5, &nh) < 0 || nh < 0)
+		return LS_ECORRUPT;
+	for (int64_t i = 0; i < nh; i++) {
+		int64_t hk, hv;
+		if (get_varint(&p, end, 5, &hk) < 0 || hk < 0 || hk > end - p)
+			return LS_ECORRUPT;
+		p += hk;
+		if (get_varint(&p, end, 5, &hv) < 0 || hv < -1 || hv > end - p)
+			return LS_ECORRUPT;
+		if (hv > 0)
+			p += hv;
+	}
+	if (p != end)
+		return LS_ECORRUPT;
+	it->p = end;
+	it->left--;
+	r->offset = it->base_offset + r->offset_delta;
+	r->timestamp = it->base_ts + r->ts_delta;
+	r->view_size = (uint32_t)ls_batch_view_size(klen, vlen);
+	return 1;
+}
+
+int ls_batch_measure(const void *batch, const struct ls_batch_header *h,
+                     struct ls_buf *scratch, ZSTD_DCtx *dctx, uint64_t *view_size)
+{
+	struct ls_batch_iter it;
+	struct ls_batch_record r;
+	uint64_t total = 0;
+	int32_t prev_delta = -1;
+	int rc = ls_batch_iter_init(&it, batch, h, scratch, dctx);
+	if (rc < 0)
+		return rc;
+	while ((rc = ls_batch_iter_next(&it, &r)) == 1) {
+		if (r.offset_delta <= prev_delta || r.offset_delta > h->last_offset_delta)
+			return LS_ECORRUPT;
+		prev_delta = r.offset_delta;
+		total += r.view_size;
+	}
+	if (rc < 0)
+		return rc;
+	*view_size = total;
+	return 0;
+}
+
+/* ---- encoding -------------------------------------------------------------- */
+
+static inline size_t record_body_size(int64_t ts_delta, int32_t off_delta,
+                                      int64_t klen, int64_t vlen)
+{
+	return 1 + varint_size(ts_delta) + varint_size(off_delta) +
+	       varint_size(klen) + (size_t)(klen > 0 ? klen : 0) + varint_size(vlen) +
+	       (size_t)(vlen > 0 ? vlen : 0) + 1;
+}
+
+static inline uint8_t *put_record(uint8_t *p, size_t body, int64_t ts_delta,
+                                  int32_t off_delta, const void *key, int64_t klen,
+                                  const void *val, int64_t vlen)
+{
+	p = put_varint(p, (int64_t)body);
+	*p++ = 0;
+	p = put_varint(p, ts_delta);
+	p = put_varint(p, off_delta);
+	p = put_varint(p, klen);
+	if (klen > 0) {
+		memcpy(p, key, (size_t)klen);
+		p += klen;
+	}
+	p = put_varint(p, vlen);
+	if (vlen > 0) {
+		memcpy(p, val, (size_t)vlen);
+		p += vlen;
+	}
+	*p++ = 0; /* no headers */
+	return p;
+}
+
+static void put_header(uint8_t *p, const struct ls_batch_header *h)
+{
+	put64(p + 0, (uint64_t)h->base_offset);
+	put32(p + 8, (uint32_t)h->length);
+	put32(p + 12, (uint32_t)h->leader_epoch);
+	p[16] = LS_BATCH_MAGIC;
+	put32(p + 17, h->crc);
+	put16(p + 21, (uint16_t)h->attributes);
+	put32(p + 23, (uint32_t)h->last_offset_delta);
+	put64(p + 27, (uint64_t)h->base_ts);
+	put64(p + 35, (uint64_t)h->max_ts);
+	put64(p + 43, (uint64_t)h->producer_id);
+	put16(p + 51, (uint16_t)h->producer_epoch);
+	put32(p + 53, (uint32_t)h->base_sequence);
+	put32(p + 57, (uint32_t)h->record_count);
+}
+
+/* The records are in out->data + 61 (codec none) or in scratch (zstd):
+ * compresses if needed, then fills the header and the CRC. */
+static int finish_batch(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
+                        size_t rec_bytes, struct ls_batch_header *h,
+                        enum ls_codec codec, int level)
+{
+	int rc;
+	size_t body = rec_bytes;
+	h->attributes = (int16_t)((h->attributes & ~LS_BATCH_ATTR_CODEC_MASK) |
+	                          (codec == LS_CODEC_ZSTD ? LS_CODEC_ZSTD : 0));
+	if (codec == LS_CODEC_ZSTD) {
+		if (!cctx)
+			return -EINVAL;
+		size_t bound = ZSTD_compressBound(rec_bytes);
+		if ((rc = ls_buf_reserve(out, LS_BATCH_HEADER_SIZE + bound)) < 0)
+			return rc;
+		if (ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)))
+			return -EINVAL;
+		body = ZSTD_compress2(cctx, out->data + LS_BATCH_HEADER_SIZE, bound,
+		                      scratch->data, rec_bytes);
+		if (ZSTD_isError(body))
+			return -EIO;
+	}
+	if (LS_BATCH_HEADER_SIZE + body > LS_BATCH_MAX_SIZE)
+		return -EMSGSIZE;
+	out->len = LS_BATCH_HEADER_SIZE + body;
+	h->length = (int32_t)(out->len - LS_BATCH_LOG_OVERHEAD);
+	h->crc = 0;
+	put_header(out->data, h);
+	h->crc = ls_crc32c(0, out->data + LS_BATCH_OFF_ATTRS, out->len - LS_BATCH_OFF_ATTRS);
+	put32(out->data + LS_BATCH_OFF_CRC, h->crc);
+	return 0;
+}
+
+int ls_batch_encode(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
+                    const struct ls_rec *recs, uint32_t n, int64_t ts_ms,
+                    const struct ls_producer *prod, enum ls_codec codec, int level,
+                    uint64_t *view_size)
+{
+	int rc;
+	size_t total = 0;
+	uint64_t vsize = 0;
+	if (n == 0 || n > INT32_MAX)
+		return -EINVAL;
+	for (uint32_t i = 0; i < n; i++) {
+		int64_t klen = recs[i].key ? (int64_t)recs[i].key_len : -1;
+		int64_t vlen = recs[i].value ? (int64_t)recs[i].value_len : -1;
+		if (klen > INT32_MAX || vlen > INT32_MAX)
+			return -EMSGSIZE;
+		size_t body = record_body_size(0, (int32_t)i, klen, vlen);
+		total += varint_size((int64_t)body) + body;
+		vsize += ls_batch_view_size(klen, vlen);
+		if (total > LS_BATCH_MAX_SIZE)
+			return -EMSGSIZE;
+	}
+
+	struct ls_buf *dst = codec == LS_CODEC_ZSTD ? scratch : out;
+	size_t at = codec == LS_CODEC_ZSTD ? 0 : LS_BATCH_HEADER_SIZE;
+	if ((rc = ls_buf_reserve(dst, at + total)) < 0)
+		return rc;
+	uint8_t *p = dst->data + at;
+	for (uint32_t i = 0; i < n; i++) {
+		int64_t klen = recs[i].key ? (int64_t)recs[i].key_len : -1;
+		int64_t vlen = recs[i].value ? (int64_t)recs[i].value_len : -1;
+		size_t body = record_body_size(0, (int32_t)i, klen, vlen);
+		p = put_record(p, body, 0, (int32_t)i, recs[i].key, klen, recs[i].value, vlen);
+	}
+	if (codec == LS_CODEC_NONE)
+		out->len = LS_BATCH_HEADER_SIZE + total;
+
+	struct ls_batch_header h = {
+		.base_offset = 0,
+		.leader_epoch = 0,
+		.attributes = 0,
+		.last_offset_delta = (int32_t)(n - 1),
+		.base_ts = ts_ms,
+		.max_ts = ts_ms,
+		.producer_id = prod ? prod->producer_id : -1,
+		.producer_epoch = prod ? prod->producer_epoch : -1,
+		.base_sequence = prod ? prod->base_sequence : -1,
+		.record_count = (int32_t)n,
+	};
+	rc = finish_batch(out, scratch, cctx, total, &h, codec, level);
+	if (rc == 0)
+		*view_size = vsize;
+	return rc;
+}
+
+int ls_batch_encode_records(struct ls_buf *out, struct ls_buf *scratch,
+                            ZSTD_CCtx *cctx, const struct ls_batch_record *recs,
+                            uint32_t n, const struct ls_batch_header *tmpl,
+                            enum ls_codec codec, int level)
+{
+	int rc;
+	size_t total = 0;
+	int32_t last_delta = 0;
+	if (n > INT32_MAX)
+		return -EINVAL;
+	for (uint32_t i = 0; i < n; i++) {
+		size_t body = record_body_size(recs[i].ts_delta, recs[i].offset_delta,
+		                               recs[i].key_len, recs[i].value_len);
+		total += varint_size((int64_t)body) + body;
+		if (recs[i].offset_delta > last_delta)
+			last_delta = recs[i].offset_delta;
+		if (total > LS_BATCH_MAX_SIZE)
+			return -EMSGSIZE;
+	}
+	struct ls_buf *dst = codec == LS_CODEC_ZSTD ? scratch : out;
+	size_t at = codec == LS_CODEC_ZSTD ? 0 : LS_BATCH_HEADER_SIZE;
+	if ((rc = ls_buf_reserve(dst, at + total)) < 0)
+		return rc;
+	uint8_t *p = dst->data + at;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct ls_batch_record *r = &recs[i];
+		size_t body = record_body_size(r->ts_delta, r->offset_delta, r->key_len,
+		                               r->value_len);
+		p = put_record(p, body, r->ts_delta, r->offset_delta, r->key, r->key_len,
+		               r->value, r->value_len);
+	}
+	if (codec == LS_CODEC_NONE)
+		out->len = LS_BATCH_HEADER_SIZE + total;
+	struct ls_batch_header h = *tmpl;
+	h.record_count = (int32_t)n;
+	if (h.last_offset_delta < last_delta)
+		h.last_offset_delta = last_delta;
+	return finish_batch(out, scratch, cctx, total, &h, codec, level);
+}
+
+void ls_batch_stamp(void *batch, int64_t base_offset, int32_t leader_epoch)
+{
+	uint8_t *p = batch;
+	put64(p, (uint64_t)base_offset);
+	put32(p + LS_BATCH_OFF_EPOCH, (uint32_t)leader_epoch);
+}
+
+void ls_batch_set_timestamp(void *batch, size_t size, int64_t ts_ms)
+{
+	uint8_t *p = batch;
+	put64(p + 27, (uint64_t)ts_ms);
+	put64(p + 35, (uint64_t)ts_ms);
+	put32(p + LS_BATCH_OFF_CRC,
+	      ls_crc32c(0, p + LS_BATCH_OFF_ATTRS, size - LS_BATCH_OFF_ATTRS));
+}

@@ -1,0 +1,2203 @@
+/*
+ * partition.c - one partition: its segments, the view, durability, recovery,
+ * retention, leader epochs and producer dedup (API and invariants in
+ * logstore.h).
+ *
+ * Owns: the segment list of DIR, partition.meta, the clean marker, the
+ * in-memory state below, and the thread-local encode/decode contexts.
+ *
+ * partition.meta (text, replaced atomically; the crc line covers every byte
+ * before it):
+ *
+ *   topicfs-partition 1
+ *   start_offset N        oldest retained offset
+ *   start_pos N           its view position
+ *   recovery_offset N     base of the first segment to re-scan after a crash
+ *   recovery_pos N        view position where that segment starts
+ *   high_watermark N
+ *   leader_epoch N        epoch stamped on new batches
+ *   epoch E START         leader-epoch cache, one line per epoch, ascending
+ *   crc XXXXXXXX          CRC-32C (hex) of all bytes before this line
+ *
+ * Locks, always taken in this order:
+ *   maint_mu   retention, compaction, truncation: one at a time
+ *   append_mu  writers of the active segment, partition.meta, producer table
+ *   lock       rwlock: readers take it shared to look up the index and pread
+ *              a batch; writers take it exclusive only to publish (push an
+ *              index entry, move end offsets) or to change the segment list.
+ *   sync_mu    group commit state only (never held with the others).
+ * Batches are encoded and compressed before any lock is taken; only the base
+ * offset, epoch (outside the CRC) and, if another append raced ahead, the
+ * timestamp (then the CRC is recomputed) are stamped under append_mu.
+ *
+ * Lifecycle:
+ *
+ *   ls_partition_open ──> [recover] ──> OPEN ──(write/fsync fails)──> STICKY
+ *        │                               │                              │
+ *        └── unlink clean marker         └──────── ls_partition_close ──┴──> (freed)
+ *                                                  writes clean marker if not STICKY
+ *
+ * Invariants:
+ *  1. segs[] is sorted by base offset; segs[nsegs-1] is the active segment
+ *     and is never deleted by retention or rewritten by compaction.
+ *  2. Every segment with base < recovery_offset has been fsynced (log and
+ *     idx) and its .idx is trusted; segments at or after it are re-scanned
+ *     after an unclean shutdown. recovery_offset is the active segment's base.
+ *  3. A batch is published (visible to lookups) only after its bytes and
+ *     index entry are written; readers additionally stop at the high
+ *     watermark.
+ *  4. gen changes whenever published batch bytes change meaning (truncate,
+ *     compaction): readers drop their cached batch. layout changes whenever
+ *     segments leave segs[] (retention, truncate, compaction): readers
+ *     re-find their position.
+ *  5. After a failed fsync, or a failed write that could not be truncated
+ *     away, sticky != 0 and nothing more is written (never retry fsync).
+ */
+#include "logstore.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batch.h"
+#include "crc32c.h"
+#include "fsutil.h"
+#include "index.h"
+#include "log.h"
+#include "segment.h"
+
+#define META_NAME "partition.meta"
+#define CLEAN_NAME "clean"
+#define META_MAX (64 * 1024)
+#define MAX_EPOCHS 1024
+#define PRODUCER_WINDOW 5             /* batches remembered per producer */
+#define PRODUCER_BUCKETS 1024
+#define PRODUCER_MAX 8192             /* producers remembered per partition */
+#define PRODUCER_REBUILD_BYTES (8u << 20) /* tail of the log scanned at open */
+
+struct epoch_entry {
+	int32_t epoch;
+	int64_t start_offset;
+};
+
+struct pbatch {
+	int32_t first_seq, last_seq;
+	int64_t base_offset, last_offset;
+	uint64_t view_end;
+};
+
+struct pstate {
+	int64_t pid;
+	int16_t epoch;
+	uint8_t n, head;                  /* ring of the last n batches */
+	struct pbatch b[PRODUCER_WINDOW];
+	uint64_t touched;
+	struct pstate *next;
+};
+
+struct ls_partition {
+	char *dir;
+	int dirfd;
+	pthread_mutex_t maint_mu;
+	pthread_mutex_t append_mu;
+	pthread_rwlock_t lock;
+
+	/* [lock] written under append_mu (or maint_mu) + exclusive lock */
+	struct ls_config cfg;
+	struct ls_segment **segs;
+	size_t nsegs, segs_cap;
+	int64_t start_offset, end_offset, hw;
+	uint64_t start_pos, end_pos, hw_pos;
+	uint64_t bytes;
+	int64_t last_ts, last_append_ms;
+	int32_t leader_epoch;
+	struct epoch_entry *epochs;
+	size_t nepochs;
+	uint64_t gen, layout;
+	uint64_t append_seq;
+
+	/* [append_mu] */
+	int64_t recovery_offset;
+	uint64_t recovery_pos;
+	int meta_dirty;
+	struct pstate *pbuckets[PRODUCER_BUCKETS];
+	size_t nproducers;
+	uint64_t ptick;
+
+	atomic_int sticky;
+
+	/* [sync_mu] group commit */
+	pthread_mutex_t sync_mu;
+	pthread_cond_t sync_cv;
+	int syncing;
+	uint64_t synced_seq;
+};
+
+/* Where a batch is: segment index and entry index, valid for one layout. */
+struct loc {
+	size_t seg, idx;
+};
+
+/* ---- thread-local contexts ---------------------------------------------- */
+
+struct tls_ctx {
+	struct ls_buf enc, zscratch;
+	ZSTD_CCtx *cctx;
+	struct ls_scan_ctx scan;
+};
+
+static pthread_key_t tls_key;
+static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
+static int tls_ok;
+
+static void tls_free(void *v)
+{
+	struct tls_ctx *t = v;
+	ls_buf_free(&t->enc);
+	ls_buf_free(&t->zscratch);
+	ZSTD_freeCCtx(t->cctx);
+	ls_scan_ctx_free(&t->scan);
+	free(t);
+}
+
+static void tls_init(void)
+{
+	tls_ok = pthread_key_create(&tls_key, tls_free) == 0;
+}
+
+static struct tls_ctx *tls_get(void)
+{
+	pthread_once(&tls_once, tls_init);
+	if (!tls_ok)
+		return NULL;
+	struct tls_ctx *t = pthread_getspecific(tls_key);
+	if (t)
+		return t;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->scan.dctx = ZSTD_createDCtx();
+	if (!t->scan.dctx || pthread_setspecific(tls_key, t) != 0) {
+		tls_free(t);
+		return NULL;
+	}
+	return t;
+}
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static struct ls_segment *active(struct ls_partition *p)
+{
+	return p->segs[p->nsegs - 1];
+}
+
+static uint64_t seg_limit(const struct ls_partition *p)
+{
+	uint64_t lim = p->cfg.segment_bytes ? p->cfg.segment_bytes : 1;
+	return lim > UINT32_MAX ? UINT32_MAX : lim;
+}
+
+static void make_sticky(struct ls_partition *p, int rc, const char *what)
+{
+	int expected = 0;
+	if (rc >= 0)
+		rc = -EIO;
+	if (atomic_compare_exchange_strong(&p->sticky, &expected, rc))
+		tfs_error("%s: %s failed (%s); partition is read-only until reopened",
+		          p->dir, what, tfs_strerror(rc));
+}
+
+static int sticky_rc(struct ls_partition *p)
+{
+	return atomic_load(&p->sticky) ? LS_ESTICKY : 0;
+}
+
+/* ENOSPC-like failures leave the partition writable once undone. */
+static int is_space_error(int rc)
+{
+	return rc == -ENOSPC || rc == -EDQUOT || rc == -EFBIG;
+}
+
+void ls_config_default(struct ls_config *cfg)
+{
+	cfg->segment_bytes = 1ull << 30;
+	cfg->retention_ms = -1;
+	cfg->retention_bytes = -1;
+	cfg->compression = LS_CODEC_ZSTD;
+	cfg->compression_level = 1;
+	cfg->cleanup = LS_CLEANUP_DELETE;
+}
+
+/* ---- partition.meta ----------------------------------------------------- */
+
+struct meta {
+	int64_t start_offset, recovery_offset, hw;
+	uint64_t start_pos, recovery_pos;
+	int32_t leader_epoch;
+	struct epoch_entry *epochs;
+	size_t nepochs;
+};
+
+/* Caller holds append_mu (fields it reads are stable). */
+static int write_meta(struct ls_partition *p)
+{
+	int rc;
+	size_t cap = 512 + p->nepochs * 48, n = 0;
+	char *buf = malloc(cap);
+	if (!buf)
+		return -ENOMEM;
+	n += (size_t)snprintf(buf + n, cap - n,
+	                      "topicfs-partition 1\nstart_offset %" PRId64
+	                      "\nstart_pos %" PRIu64 "\nrecovery_offset %" PRId64
+	                      "\nrecovery_pos %" PRIu64 "\nhigh_watermark %" PRId64
+	                      "\nleader_epoch %" PRId32 "\n",
+	                      p->start_offset, p->start_pos, p->recovery_offset,
+	                      p->recovery_pos, p->hw, p->leader_epoch);
+	for (size_t i = 0; i < p->nepochs; i++)
+		n += (size_t)snprintf(buf + n, cap - n, "epoch %" PRId32 " %" PRId64 "\n",
+		                      p->epochs[i].epoch, p->epochs[i].start_offset);
+	n += (size_t)snprintf(buf + n, cap - n, "crc %08x\n", ls_crc32c(0, buf, n));
+	rc = ls_fsutil_write_atomic(p->dirfd, META_NAME, buf, n);
+	free(buf);
+	if (rc == 0)
+		p->meta_dirty = 0;
+	return rc;
+}
+
+/* Writes meta after a change that must be durable; a failure other than
+ * running out of space makes the partition read-only. */
+static int persist_meta(struct ls_partition *p, const char *why)
+{
+	int rc = write_meta(p);
+	if (rc < 0) {
+		p->meta_dirty = 1;
+		if (is_space_error(rc))
+			tfs_warn("%s: %s: writing %s: %s", p->dir, why, META_NAME,
+			         tfs_strerror(rc));
+		else
+			make_sticky(p, rc, "writing " META_NAME);
+	}
+	return rc;
+}
+
+static int read_meta(struct ls_partition *p, struct meta *m)
+{
+	char *buf = malloc(META_MAX + 1);
+	size_t len = 0;
+	int rc;
+	memset(m, 0, sizeof(*m));
+	if (!buf)
+		return -ENOMEM;
+	rc = ls_fsutil_read_file(p->dirfd, META_NAME, buf, META_MAX, &len);
+	if (rc < 0)
+		goto out;
+	buf[len] = '\0';
+	rc = LS_ECORRUPT;
+	char *crc_line = strstr(buf, "crc ");
+	unsigned crc;
+	if (!crc_line || (crc_line != buf && crc_line[-1] != '\n') ||
+	    sscanf(crc_line, "crc %8x", &crc) != 1 ||
+	    crc != ls_crc32c(0, buf, (size_t)(crc_line - buf)) ||
+	    strncmp(buf, "topicfs-partition 1\n", 20) != 0)
+		goto out;
+	*crc_line = '\0';
+	m->epochs = calloc(MAX_EPOCHS, sizeof(*m->epochs));
+	if (!m->epochs) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (char *line = strtok(buf + 20, "\n"); line; line = strtok(NULL, "\n")) {
+		int32_t e;
+		int64_t v;
+		uint64_t u;
+		if (sscanf(line, "start_offset %" SCNd64, &v) == 1)
+			m->start_offset = v;
+		else if (sscanf(line, "start_pos %" SCNu64, &u) == 1)
+			m->start_pos = u;
+		else if (sscanf(line, "recovery_offset %" SCNd64, &v) == 1)
+			m->recovery_offset = v;
+		else if (sscanf(line, "recovery_pos %" SCNu64, &u) == 1)
+			m->recovery_pos = u;
+		else if (sscanf(line, "high_watermark %" SCNd64, &v) == 1)
+			m->hw = v;
+		else if (sscanf(line, "leader_epoch %" SCNd32, &e) == 1)
+			m->leader_epoch = e;
+		else if (sscanf(line, "epoch %" SCNd32 " %" SCNd64, &e, &v) == 2) {
+			if (m->nepochs == MAX_EPOCHS)
+				goto out;
+			m->epochs[m->nepochs++] = (struct epoch_entry){e, v};
+		} else
+			goto out;
+	}
+	rc = 0;
+out:
+	if (rc < 0) {
+		free(m->epochs);
+		m->epochs = NULL;
+		m->nepochs = 0;
+	}
+	free(buf);
+	return rc;
+}
+
+/* ---- lookups (caller holds lock, shared or exclusive) --------------------- */
+
+/* Largest k with segs[k]->base_offset <= offset, or 0. */
+static size_t seg_for_offset(const struct ls_partition *p, int64_t offset)
+{
+	size_t lo = 0, hi = p->nsegs;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (p->segs[mid]->base_offset <= offset)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo ? lo - 1 : 0;
+}
+
+/* Largest k with segs[k]->start_pos <= pos, or 0. */
+static size_t seg_for_pos(const struct ls_partition *p, uint64_t pos)
+{
+	size_t lo = 0, hi = p->nsegs;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (p->segs[mid]->start_pos <= pos)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo ? lo - 1 : 0;
+}
+
+/* The batch with the largest base offset <= offset, or the first batch after
+ * offset. Returns 0 with *l set, or 1 if there is no such batch. The found
+ * batch may end before offset (a compaction gap): callers then step on. */
+static int find_by_offset(const struct ls_partition *p, int64_t offset, struct loc *l)
+{
+	for (size_t k = seg_for_offset(p, offset); k < p->nsegs; k++) {
+		const struct ls_segment *s = p->segs[k];
+		if (s->index.n == 0 || offset >= s->end_offset)
+			continue;
+		ssize_t i = ls_index_find_offset(&s->index, offset);
+		*l = (struct loc){k, i < 0 ? 0 : (size_t)i};
+		return 0;
+	}
+	return 1;
+}
+
+/* The batch whose view covers pos, or else the first one after pos.
+ * Returns 0 with *l set, or 1 if there is none. */
+static int find_by_pos(const struct ls_partition *p, uint64_t pos, struct loc *l)
+{
+	for (size_t k = seg_for_pos(p, pos); k < p->nsegs; k++) {
+		const struct ls_segment *s = p->segs[k];
+		if (s->index.n == 0)
+			continue;
+		ssize_t i = ls_index_find_pos(&s->index, pos);
+		if (i < 0)
+			i = 0;
+		const struct ls_index_entry *e = &s->index.e[i];
+		if (pos >= e->view_pos + e->view_size) {
+			if ((size_t)i + 1 < s->index.n) {
+				*l = (struct loc){k, (size_t)i + 1};
+				return 0;
+			}
+			continue;
+		}
+		*l = (struct loc){k, (size_t)i};
+		return 0;
+	}
+	return 1;
+}
+
+/* Steps to the batch after *l. 0, or 1 at the end. */
+static int next_loc(const struct ls_partition *p, struct loc *l)
+{
+	if (l->idx + 1 < p->segs[l->seg]->index.n) {
+		l->idx++;
+		return 0;
+	}
+	for (size_t k = l->seg + 1; k < p->nsegs; k++) {
+		if (p->segs[k]->index.n) {
+			*l = (struct loc){k, 0};
+			return 0;
+		}
+	}
+	return 1;
+}
+
+static const struct ls_index_entry *loc_entry(const struct ls_partition *p,
+                                              const struct loc *l)
+{
+	return &p->segs[l->seg]->index.e[l->idx];
+}
+
+/* Reads batch *l into buf, checks header and CRC (logging damage with dir,
+ * segment and byte) and fills *h. */
+static int read_batch_locked(const struct ls_partition *p, const struct loc *l,
+                             struct ls_buf *buf, struct ls_batch_header *h)
+{
+	const struct ls_segment *s = p->segs[l->seg];
+	const struct ls_index_entry *e = &s->index.e[l->idx];
+	size_t len = ls_segment_batch_len(s, l->idx);
+	int rc = ls_buf_reserve(buf, len);
+	if (rc < 0)
+		return rc;
+	if ((rc = ls_segment_read(s, e->file_pos, buf->data, len)) < 0)
+		return rc;
+	buf->len = len;
+	if (ls_batch_parse_header(buf->data, len, h) < 0 || ls_batch_size(h) != len ||
+	    h->base_offset != e->base_offset) {
+		tfs_error("%s segment %s: batch at byte %" PRIu32 ": bad header",
+		          p->dir, s->name, e->file_pos);
+		return LS_ECORRUPT;
+	}
+	if (ls_batch_check_crc(buf->data, h) < 0) {
+		tfs_error("%s segment %s: batch at byte %" PRIu32 ": crc mismatch",
+		          p->dir, s->name, e->file_pos);
+		return LS_ECORRUPT;
+	}
+	return 0;
+}
+
+/* View position of the first record at or after offset. Caller holds lock;
+ * may read and decode one batch. */
+static int pos_of_locked(struct ls_partition *p, int64_t offset, uint64_t *pos)
+{
+	struct loc l;
+	struct ls_batch_header h;
+	struct ls_batch_iter it;
+	struct ls_batch_record r;
+	int rc;
+	if (offset >= p->end_offset) {
+		*pos = p->end_pos;
+		return 0;
+	}
+	if (offset <= p->start_offset) {
+		*pos = p->start_pos;
+		return 0;
+	}
+	if (find_by_offset(p, offset, &l)) {
+		*pos = p->end_pos;
+		return 0;
+	}
+	const struct ls_index_entry *e = loc_entry(p, &l);
+	if (offset <= e->base_offset) {
+		*pos = e->view_pos;
+		return 0;
+	}
+	struct tls_ctx *t = tls_get();
+	if (!t)
+		return -ENOMEM;
+	if ((rc = read_batch_locked(p, &l, &t->scan.buf, &h)) < 0)
+		return rc;
+	if (offset > h.base_offset + h.last_offset_delta) {
+		if (next_loc(p, &l))
+			*pos = p->end_pos;
+		else
+			*pos = loc_entry(p, &l)->view_pos;
+		return 0;
+	}
+	uint64_t at = e->view_pos;
+	if ((rc = ls_batch_iter_init(&it, t->scan.buf.data, &h, &t->scan.scratch,
+	                             t->scan.dctx)) < 0)
+		return rc;
+	while ((rc = ls_batch_iter_next(&it, &r)) == 1 && r.offset < offset)
+		at += r.view_size;
+	if (rc < 0)
+		return rc;
+	*pos = at;
+	return 0;
+}
+
+/* ---- leader-epoch cache ----------------------------------------------------- */
+
+/* Records that epoch starts at start_offset (caller holds append_mu).
+ * Entries at or after start_offset are replaced. Returns 1 if changed. */
+static int epoch_assign(struct ls_partition *p, int32_t epoch, int64_t start_offset)
+{
+	if (p->nepochs && p->epochs[p->nepochs - 1].epoch >= epoch)
+		return 0;
+	pthread_rwlock_wrlock(&p->lock);
+	while (p->nepochs && p->epochs[p->nepochs - 1].start_offset >= start_offset)
+		p->nepochs--;
+	if (p->nepochs == MAX_EPOCHS) {
+		memmove(p->epochs, p->epochs + 1, (MAX_EPOCHS - 1) * sizeof(*p->epochs));
+		p->nepochs--;
+	}
+	p->epochs[p->nepochs++] = (struct epoch_entry){epoch, start_offset};
+	pthread_rwlock_unlock(&p->lock);
+	return 1;
+}
+
+/* Drops epochs starting after end (truncation). Caller holds exclusive lock. */
+static void epochs_truncate_end(struct ls_partition *p, int64_t end)
+{
+	while (p->nepochs && p->epochs[p->nepochs - 1].start_offset > end)
+		p->nepochs--;
+}
+
+/* Drops epochs wholly before start, keeping the one in force at start.
+ * Caller holds exclusive lock. */
+static void epochs_truncate_start(struct ls_partition *p, int64_t start)
+{
+	size_t drop = 0;
+	while (drop + 1 < p->nepochs && p->epochs[drop + 1].start_offset <= start)
+		drop++;
+	if (drop) {
+		memmove(p->epochs, p->epochs + drop, (p->nepochs - drop) * sizeof(*p->epochs));
+		p->nepochs -= drop;
+	}
+	if (p->nepochs && p->epochs[0].start_offset < start)
+		p->epochs[0].start_offset = start;
+}
+
+/* ---- idempotent producers (caller holds append_mu) --------------------- */
+
+static struct pstate **pbucket(struct ls_partition *p, int64_t pid)
+{
+	uint64_t h = (uint64_t)pid * 0x9E3779B97F4A7C15ull;
+	return &p->pbuckets[(h >> 32) % PRODUCER_BUCKETS];
+}
+
+static struct pstate *pfind(struct ls_partition *p, int64_t pid)
+{
+	for (struct pstate *s = *pbucket(p, pid); s; s = s->next)
+		if (s->pid == pid)
+			return s;
+	return NULL;
+}
+
+static void pclear(struct ls_partition *p)
+{
+	for (size_t i = 0; i < PRODUCER_BUCKETS; i++) {
+		while (p->pbuckets[i]) {
+			struct pstate *s = p->pbuckets[i];
+			p->pbuckets[i] = s->next;
+			free(s);
+		}
+	}
+	p->nproducers = 0;
+}
+
+static void pevict_oldest(struct ls_partition *p)
+{
+	struct pstate **victim = NULL;
+	for (size_t i = 0; i < PRODUCER_BUCKETS; i++)
+		for (struct pstate **pp = &p->pbuckets[i]; *pp; pp = &(*pp)->next)
+			if (!victim || (*pp)->touched < (*victim)->touched)
+				victim = pp;
+	if (victim) {
+		struct pstate *s = *victim;
+		*victim = s->next;
+		free(s);
+		p->nproducers--;
+	}
+}
+
+/* Checks prod against the table. Returns 0 (append), 1 (duplicate: *dup
+ * filled), -ESTALE (older producer epoch: fenced) or -EALREADY (a sequence
+ * already used but older than the remembered window). */
+static int pcheck(struct ls_partition *p, const struct ls_producer *prod, uint32_t n,
+                  struct pbatch *dup)
+{
+	if (!prod || prod->producer_id < 0 || prod->base_sequence < 0)
+		return 0;
+	struct pstate *s = pfind(p, prod->producer_id);
+	if (!s || prod->producer_epoch > s->epoch)
+		return 0;
+	if (prod->producer_epoch < s->epoch)
+		return -ESTALE;
+	int32_t last = (int32_t)((uint32_t)prod->base_sequence + n - 1);
+	for (uint8_t i = 0; i < s->n; i++) {
+		const struct pbatch *b = &s->b[i];
+		if (b->first_seq == prod->base_sequence && b->last_seq == last) {
+			*dup = *b;
+			return 1;
+		}
+	}
+	const struct pbatch *newest = &s->b[(s->head + PRODUCER_WINDOW - 1) % PRODUCER_WINDOW];
+	if ((int32_t)((uint32_t)prod->base_sequence - (uint32_t)newest->last_seq) <= 0)
+		return -EALREADY;
+	return 0;
+}
+
+static void precord(struct ls_partition *p, int64_t pid, int16_t epoch, int32_t first_seq,
+                    int32_t count, int64_t base, int64_t last, uint64_t view_end)
+{
+	if (pid < 0 || first_seq < 0)
+		return;
+	struct pstate *s = pfind(p, pid);
+	if (!s) {
+		if (p->nproducers >= PRODUCER_MAX)
+			pevict_oldest(p);
+		s = calloc(1, sizeof(*s));
+		if (!s)
+			return; /* dedup is best effort under memory pressure */
+		s->pid = pid;
+		s->epoch = epoch;
+		struct pstate **b = pbucket(p, pid);
+		s->next = *b;
+		*b = s;
+		p->nproducers++;
+	}
+	if (epoch != s->epoch) {
+		s->epoch = epoch;
+		s->n = s->head = 0;
+	}
+	s->b[s->head] = (struct pbatch){
+		first_seq, (int32_t)((uint32_t)first_seq + (uint32_t)count - 1), base, last,
+		view_end};
+	s->head = (uint8_t)((s->head + 1) % PRODUCER_WINDOW);
+	if (s->n < PRODUCER_WINDOW)
+		s->n++;
+	s->touched = ++p->ptick;
+}
+
+/* Rebuilds the producer table from the tail of the active segment (open,
+ * truncate). Best effort: damage was handled by recovery already. */
+static void prebuild(struct ls_partition *p)
+{
+	pclear(p);
+	struct ls_segment *s = active(p);
+	if (s->index.n == 0)
+		return;
+	size_t i = s->index.n;
+	while (i > 0 && s->size - s->index.e[i - 1].file_pos <= PRODUCER_REBUILD_BYTES)
+		i--;
+	if (i == s->index.n)
+		i = s->index.n - 1;
+	uint64_t from = s->index.e[i].file_pos;
+	size_t len = (size_t)(s->size - from);
+	uint8_t *buf = malloc(len);
+	if (!buf || ls_segment_read(s, from, buf, len) < 0) {
+		free(buf);
+		return;
+	}
+	for (; i < s->index.n; i++) {
+		struct ls_batch_header h;
+		const struct ls_index_entry *e = &s->index.e[i];
+		size_t at = (size_t)(e->file_pos - from);
+		if (ls_batch_parse_header(buf + at, len - at, &h) < 0)
+			break;
+		precord(p, h.producer_id, h.producer_epoch, h.base_sequence, h.record_count,
+		        h.base_offset, h.base_offset + h.last_offset_delta,
+		        e->view_pos + e->view_size);
+	}
+	free(buf);
+}
+
+/* ---- open / close ----------------------------------------------------------- */
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static int parse_segment_name(const char *name, const char *ext, int64_t *base)
+{
+	size_t n = strlen(name), el = strlen(ext);
+	if (n != 20 + 1 + el || name[20] != '.' || strcmp(name + 21, ext) != 0)
+		return 0;
+	int64_t v = 0;
+	for (int i = 0; i < 20; i++) {
+		if (name[i] < '0' || name[i] > '9')
+			return 0;
+		if (v > (INT64_MAX - 9) / 10)
+			return 0;
+		v = v * 10 + (name[i] - '0');
+	}
+	*base = v;
+	return 1;
+}
+
+/* Completes or discards a compaction that a crash interrupted: a remaining
+ * X.log.swap means its X.idx.swap (or X.idx, already renamed) is complete and
+ * fsynced, so the swap is finished by renaming. Stray *.tmp are removed. */
+static int finish_swaps(struct ls_partition *p, int *changed)
+{
+	int rc = 0;
+	int fd = dup(p->dirfd);
+	if (fd < 0)
+		return -errno;
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return -errno;
+	}
+	rewinddir(d);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		int64_t base;
+		char from[64], to[64];
+		size_t n = strlen(de->d_name);
+		if (n > 4 && !strcmp(de->d_name + n - 4, ".tmp")) {
+			unlinkat(p->dirfd, de->d_name, 0);
+			continue;
+		}
+		if (!parse_segment_name(de->d_name, "log.swap", &base))
+			continue;
+		ls_segment_filename(from, sizeof(from), base, "idx.swap");
+		ls_segment_filename(to, sizeof(to), base, "idx");
+		if (renameat(p->dirfd, from, p->dirfd, to) < 0 && errno != ENOENT) {
+			rc = -errno;
+			break;
+		}
+		ls_segment_filename(to, sizeof(to), base, "log");
+		if (renameat(p->dirfd, de->d_name, p->dirfd, to) < 0) {
+			rc = -errno;
+			break;
+		}
+		tfs_info("%s segment %020" PRId64 ": finished an interrupted compaction",
+		         p->dir, base);
+		*changed = 1;
+	}
+	closedir(d);
+	return rc;
+}
+
+static int list_segments(struct ls_partition *p, int64_t **out, size_t *n)
+{
+	int rc = 0;
+	size_t cap = 16;
+	int64_t *v = malloc(cap * sizeof(*v));
+	int fd = dup(p->dirfd);
+	DIR *d = NULL;
+	*n = 0;
+	if (!v || fd < 0) {
+		rc = v ? -errno : -ENOMEM;
+		goto err;
+	}
+	if (!(d = fdopendir(fd))) {
+		rc = -errno;
+		goto err;
+	}
+	fd = -1;
+	rewinddir(d);
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		int64_t base;
+		if (!parse_segment_name(de->d_name, "log", &base))
+			continue;
+		if (*n == cap) {
+			int64_t *nv = realloc(v, cap * 2 * sizeof(*v));
+			if (!nv) {
+				rc = -ENOMEM;
+				goto err;
+			}
+			v = nv;
+			cap *= 2;
+		}
+		v[(*n)++] = base;
+	}
+	closedir(d);
+	qsort(v, *n, sizeof(*v), cmp_i64);
+	*out = v;
+	return 0;
+err:
+	if (d)
+		closedir(d);
+	if (fd >= 0)
+		close(fd);
+	free(v);
+	return rc;
+}
+
+static int push_segment(struct ls_partition *p, struct ls_segment *s)
+{
+	if (p->nsegs == p->segs_cap) {
+		size_t cap = p->segs_cap ? p->segs_cap * 2 : 16;
+		struct ls_segment **n = realloc(p->segs, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		p->segs = n;
+		p->segs_cap = cap;
+	}
+	p->segs[p->nsegs++] = s;
+	return 0;
+}
+
+/* Loads every segment, trusting indexes below the recovery point (or all,
+ * after a clean shutdown) and re-scanning the rest; cuts the log at the
+ * first damaged batch. */
+static int load_segments(struct ls_partition *p, const int64_t *bases, size_t n,
+                         const struct meta *m, int have_meta, int clean,
+                         int *dir_changed)
+{
+	int rc = 0, cut = 0;
+	struct tls_ctx *t = tls_get();
+	if (!t)
+		return -ENOMEM;
+	for (size_t j = 0; j < n; j++) {
+		struct ls_segment *s = NULL, *prev = p->nsegs ? active(p) : NULL;
+		int64_t base = bases[j];
+		if (cut || (prev && base < prev->end_offset)) {
+			if (!cut)
+				tfs_error("%s segment %020" PRId64 ": overlaps the previous "
+				          "segment; removing it and every later segment",
+				          p->dir, base);
+			cut = 1;
+			if ((rc = ls_segment_unlink(p->dirfd, base)) < 0)
+				return rc;
+			*dir_changed = 1;
+			continue;
+		}
+		if ((rc = ls_segment_open(p->dirfd, p->dir, base, &s)) < 0)
+			return rc;
+		int trusted = clean || (have_meta && base < m->recovery_offset);
+		if (!trusted || ls_segment_check_index(s) < 0) {
+			int truncated = 0;
+			uint64_t start = have_meta && base == m->recovery_offset
+			                         ? m->recovery_pos
+			                 : prev     ? prev->end_pos
+			                 : have_meta ? m->start_pos
+			                             : 0;
+			int strict = !have_meta || base >= m->recovery_offset;
+			if (trusted)
+				tfs_warn("%s segment %s: index does not match the log; rebuilding",
+				         p->dir, s->name);
+			rc = ls_segment_recover(s, start, strict, &t->scan, &truncated);
+			if (rc == 0)
+				rc = ls_segment_sync(s);
+			if (rc < 0) {
+				ls_segment_close(s);
+				return rc;
+			}
+			cut = truncated;
+		} else if (s->index.n == 0) {
+			s->start_pos = s->end_pos = prev ? prev->end_pos
+			                            : have_meta ? m->start_pos : 0;
+		}
+		if ((rc = push_segment(p, s)) < 0) {
+			ls_segment_close(s);
+			return rc;
+		}
+	}
+	/* Segments wholly below the log start: retention removed them from
+	 * partition.meta but crashed before unlinking them. */
+	if (have_meta) {
+		size_t drop = 0;
+		while (drop + 1 < p->nsegs && p->segs[drop + 1]->base_offset <= m->start_offset)
+			drop++;
+		for (size_t k = 0; k < drop; k++) {
+			if ((rc = ls_segment_unlink(p->dirfd, p->segs[k]->base_offset)) < 0)
+				return rc;
+			ls_segment_close(p->segs[k]);
+			*dir_changed = 1;
+		}
+		memmove(p->segs, p->segs + drop, (p->nsegs - drop) * sizeof(*p->segs));
+		p->nsegs -= drop;
+	}
+	return 0;
+}
+
+static void partition_free(struct ls_partition *p)
+{
+	for (size_t i = 0; i < p->nsegs; i++)
+		ls_segment_close(p->segs[i]);
+	free(p->segs);
+	free(p->epochs);
+	pclear(p);
+	if (p->dirfd >= 0)
+		close(p->dirfd);
+	pthread_mutex_destroy(&p->maint_mu);
+	pthread_mutex_destroy(&p->append_mu);
+	pthread_rwlock_destroy(&p->lock);
+	pthread_mutex_destroy(&p->sync_mu);
+	pthread_cond_destroy(&p->sync_cv);
+	free(p->dir);
+	free(p);
+}
+
+int ls_partition_open(const char *dir, const struct ls_config *cfg,
+                      struct ls_partition **out)
+{
+	int rc, have_meta, clean, dir_changed = 0;
+	struct meta m;
+	int64_t *bases = NULL;
+	size_t nbases = 0;
+	pthread_rwlockattr_t ra;
+	struct ls_partition *p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->dirfd = -1;
+	pthread_mutex_init(&p->maint_mu, NULL);
+	pthread_mutex_init(&p->append_mu, NULL);
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&p->lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	pthread_mutex_init(&p->sync_mu, NULL);
+	pthread_cond_init(&p->sync_cv, NULL);
+	atomic_init(&p->sticky, 0);
+	if (cfg)
+		p->cfg = *cfg;
+	else
+		ls_config_default(&p->cfg);
+	p->epochs = calloc(MAX_EPOCHS, sizeof(*p->epochs));
+	p->dir = strdup(dir);
+	if (!p->dir || !p->epochs) {
+		rc = -ENOMEM;
+		goto err;
+	}
+	if ((rc = ls_fsutil_mkdir_p(dir)) < 0)
+		goto err;
+	p->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (p->dirfd < 0) {
+		rc = -errno;
+		goto err;
+	}
+
+	rc = read_meta(p, &m);
+	have_meta = rc == 0;
+	if (rc == LS_ECORRUPT)
+		tfs_error("%s: %s is damaged; recovering from the segments alone",
+		          dir, META_NAME);
+	else if (rc < 0 && rc != -ENOENT)
+		goto err;
+	clean = faccessat(p->dirfd, CLEAN_NAME, F_OK, 0) == 0;
+	if (!clean && have_meta)
+		tfs_info("%s: unclean shutdown; re-scanning from offset %" PRId64, dir,
+		         m.recovery_offset);
+
+	if ((rc = finish_swaps(p, &dir_changed)) < 0)
+		goto err_meta;
+	if ((rc = list_segments(p, &bases, &nbases)) < 0)
+		goto err_meta;
+	rc = load_segments(p, bases, nbases, &m, have_meta, clean, &dir_changed);
+	free(bases);
+	if (rc < 0)
+		goto err_meta;
+	if (p->nsegs == 0) {
+		struct ls_segment *s;
+		int64_t base = have_meta ? m.start_offset : 0;
+		uint64_t pos = have_meta ? m.start_pos : 0;
+		if ((rc = ls_segment_create(p->dirfd, p->dir, base, pos, &s)) < 0)
+			goto err_meta;
+		if ((rc = push_segment(p, s)) < 0) {
+			ls_segment_close(s);
+			goto err_meta;
+		}
+		dir_changed = 1;
+	}
+
+	struct ls_segment *first = p->segs[0], *last = active(p);
+	p->start_offset = first->base_offset;
+	p->start_pos = first->start_pos;
+	if (have_meta && m.start_offset >= first->base_offset &&
+	    m.start_offset <= last->end_offset) {
+		p->start_offset = m.start_offset;
+		p->start_pos = m.start_pos;
+	}
+	p->end_offset = last->end_offset;
+	p->end_pos = last->end_pos;
+	for (size_t i = 0; i < p->nsegs; i++) {
+		p->bytes += p->segs[i]->size;
+		if (p->segs[i]->max_ts > p->last_ts)
+			p->last_ts = p->segs[i]->max_ts;
+	}
+	if (have_meta) {
+		memcpy(p->epochs, m.epochs, m.nepochs * sizeof(*p->epochs));
+		p->nepochs = m.nepochs;
+		p->leader_epoch = m.leader_epoch;
+		epochs_truncate_end(p, p->end_offset);
+	}
+	p->hw = have_meta ? m.hw : 0;
+	if (p->hw < p->start_offset)
+		p->hw = p->start_offset;
+	if (p->hw > p->end_offset)
+		p->hw = p->end_offset;
+	if ((rc = pos_of_locked(p, p->hw, &p->hw_pos)) < 0)
+		goto err_meta;
+	prebuild(p);
+
+	/* The clean marker must be gone for good before anything is written. */
+	if (clean && unlinkat(p->dirfd, CLEAN_NAME, 0) < 0) {
+		rc = -errno;
+		goto err_meta;
+	}
+	if (dir_changed && (rc = ls_fsutil_fsync_fd(p->dirfd)) < 0)
+		goto err_meta;
+	p->recovery_offset = last->base_offset;
+	p->recovery_pos = last->start_pos;
+	if ((rc = write_meta(p)) < 0)
+		goto err_meta;
+	free(m.epochs);
+	*out = p;
+	return 0;
+
+err_meta:
+	if (have_meta)
+		free(m.epochs);
+err:
+	tfs_error("%s: cannot open partition: %s", dir, tfs_strerror(rc));
+	partition_free(p);
+	return rc;
+}
+
+int ls_partition_close(struct ls_partition *p)
+{
+	int rc = 0, fd;
+	if (!p)
+		return 0;
+	if (!sticky_rc(p))
+		rc = ls_partition_sync(p);
+	pthread_mutex_lock(&p->append_mu);
+	if (rc == 0 && !sticky_rc(p)) {
+		rc = ls_segment_sync(active(p));
+		if (rc < 0)
+			make_sticky(p, rc, "fdatasync");
+	}
+	if (rc == 0 && !sticky_rc(p)) {
+		p->recovery_offset = active(p)->base_offset;
+		p->recovery_pos = active(p)->start_pos;
+		rc = write_meta(p);
+	}
+	if (rc == 0 && !sticky_rc(p)) {
+		fd = openat(p->dirfd, CLEAN_NAME, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+		if (fd < 0 || close(fd) < 0)
+			rc = -errno;
+		else
+			rc = ls_fsutil_fsync_fd(p->dirfd);
+	}
+	pthread_mutex_unlock(&p->append_mu);
+	if (rc == 0 && sticky_rc(p))
+		rc = LS_ESTICKY;
+	if (rc < 0)
+		tfs_warn("%s: closed without a clean-shutdown marker: %s", p->dir,
+		         tfs_strerror(rc));
+	partition_free(p);
+	return rc;
+}
+
+int ls_partition_destroy(const char *dir)
+{
+	return ls_fsutil_rm_rf(dir);
+}
+
+void ls_partition_set_config(struct ls_partition *p, const struct ls_config *cfg)
+{
+	pthread_mutex_lock(&p->append_mu);
+	pthread_rwlock_wrlock(&p->lock);
+	p->cfg = *cfg;
+	pthread_rwlock_unlock(&p->lock);
+	pthread_mutex_unlock(&p->append_mu);
+}
+
+/* ---- appending ---------------------------------------------------------------- */
+
+/* Closes the active segment and starts a new one at end_offset. Caller
+ * holds append_mu. */
+static int roll_locked(struct ls_partition *p)
+{
+	int rc;
+	struct ls_segment *old = active(p), *s;
+	if ((rc = ls_segment_sync(old)) < 0) {
+		make_sticky(p, rc, "fdatasync at segment roll");
+		return rc;
+	}
+	if ((rc = ls_segment_create(p->dirfd, p->dir, p->end_offset, p->end_pos, &s)) < 0) {
+		tfs_warn("%s: cannot start segment %020" PRId64 ": %s", p->dir,
+		         p->end_offset, tfs_strerror(rc));
+		return rc;
+	}
+	if ((rc = ls_fsutil_fsync_fd(p->dirfd)) < 0) {
+		make_sticky(p, rc, "fsync of the directory");
+		goto err_after_create;
+	}
+	int64_t old_ro = p->recovery_offset;
+	uint64_t old_rp = p->recovery_pos;
+	p->recovery_offset = s->base_offset;
+	p->recovery_pos = s->start_pos;
+	if ((rc = persist_meta(p, "segment roll")) < 0) {
+		p->recovery_offset = old_ro;
+		p->recovery_pos = old_rp;
+		goto err_after_create;
+	}
+	pthread_rwlock_wrlock(&p->lock);
+	rc = push_segment(p, s);
+	pthread_rwlock_unlock(&p->lock);
+	if (rc < 0)
+		goto err_after_create; /* recovery point ahead of the end is harmless */
+	return 0;
+
+err_after_create:
+	ls_segment_close(s);
+	if (!sticky_rc(p) && ls_segment_unlink(p->dirfd, p->end_offset) < 0)
+		make_sticky(p, rc, "removing a half-made segment");
+	return rc;
+}
+
+/* What the writer knows of each batch it writes. */
+struct bdesc {
+	int64_t base_offset;
+	int64_t end_offset;     /* baseOffset + lastOffsetDelta + 1 */
+	uint32_t len;
+	uint32_t view_size;
+	int64_t max_ts;
+	int32_t epoch;
+};
+
+/* Writes n whole batches (len bytes in buf, described by d) at the end of the
+ * log and publishes them. Caller holds append_mu and has checked that
+ * d[0].base_offset continues the log. ents: room for n entries. */
+static int write_batches_locked(struct ls_partition *p, const uint8_t *buf, size_t len,
+                                const struct bdesc *d, size_t n, int64_t end_offset,
+                                struct ls_index_entry *ents)
+{
+	int rc, undo_failed;
+	struct ls_segment *s = active(p);
+	if (s->size > 0 && s->size + len > seg_limit(p)) {
+		if ((rc = roll_locked(p)) < 0)
+			return rc;
+		s = active(p);
+	}
+	if (s->size + len > UINT32_MAX)
+		return -EFBIG;
+	pthread_rwlock_wrlock(&p->lock);
+	rc = ls_index_reserve(&s->index, s->index.n + n);
+	pthread_rwlock_unlock(&p->lock);
+	if (rc < 0)
+		return rc;
+	uint64_t fp = s->size, vp = p->end_pos;
+	int64_t mts = s->max_ts, max_batch_ts = p->last_ts;
+	for (size_t i = 0; i < n; i++) {
+		if (d[i].max_ts > mts)
+			mts = d[i].max_ts;
+		if (d[i].max_ts > max_batch_ts)
+			max_batch_ts = d[i].max_ts;
+		ents[i] = (struct ls_index_entry){d[i].base_offset, vp, (uint32_t)fp,
+		                                  d[i].view_size, mts};
+		fp += d[i].len;
+		vp += d[i].view_size;
+	}
+	rc = ls_segment_write(s, buf, len, ents, n, &undo_failed);
+	if (rc < 0) {
+		if (undo_failed)
+			make_sticky(p, rc, "undoing a failed append");
+		tfs_warn("%s segment %s: append of %zu bytes at byte %" PRIu64 " refused: %s",
+		         p->dir, s->name, len, s->size, tfs_strerror(rc));
+		return rc;
+	}
+	pthread_rwlock_wrlock(&p->lock);
+	ls_segment_publish(s, ents, n, len, end_offset);
+	p->end_offset = end_offset;
+	p->end_pos = vp;
+	p->bytes += len;
+	p->last_ts = max_batch_ts;
+	p->last_append_ms = now_ms();
+	p->append_seq++;
+	pthread_rwlock_unlock(&p->lock);
+
+	int changed = 0;
+	for (size_t i = 0; i < n; i++)
+		changed |= epoch_assign(p, d[i].epoch, d[i].base_offset);
+	if (changed || p->meta_dirty)
+		(void)persist_meta(p, "new leader epoch");
+	return 0;
+}
+
+int ls_partition_append(struct ls_partition *p, const struct ls_rec *recs, uint32_t n,
+                        int64_t ts_ms, const struct ls_producer *prod,
+                        struct ls_append_result *res)
+{
+	int rc;
+	uint64_t vsize;
+	struct pbatch dup;
+	struct ls_index_entry ent;
+	if (!p || !recs || n == 0)
+		return -EINVAL;
+	if ((rc = sticky_rc(p)) < 0)
+		return rc;
+	struct tls_ctx *t = tls_get();
+	if (!t)
+		return -ENOMEM;
+
+	pthread_rwlock_rdlock(&p->lock);
+	enum ls_codec codec = p->cfg.compression;
+	int level = p->cfg.compression_level;
+	int64_t ts = ts_ms > p->last_ts ? ts_ms : p->last_ts;
+	pthread_rwlock_unlock(&p->lock);
+	if (codec == LS_CODEC_ZSTD && !t->cctx && !(t->cctx = ZSTD_createCCtx()))
+		return -ENOMEM;
+	rc = ls_batch_encode(&t->enc, &t->zscratch, t->cctx, recs, n, ts, prod, codec,
+	                     level, &vsize);
+	if (rc < 0)
+		return rc;
+	if (vsize > UINT32_MAX)
+		return -EMSGSIZE;
+
+	pthread_mutex_lock(&p->append_mu);
+	if ((rc = sticky_rc(p)) < 0)
+		goto out;
+	rc = pcheck(p, prod, n, &dup);
+	if (rc < 0)
+		goto out;
+	if (rc == 1) {
+		if (res)
+			*res = (struct ls_append_result){dup.base_offset, dup.last_offset,
+			                                 dup.view_end, 1};
+		rc = 0;
+		goto out;
+	}
+	if (ts < p->last_ts) { /* another append raced ahead: stay monotonic */
+		ts = p->last_ts;
+		ls_batch_set_timestamp(t->enc.data, t->enc.len, ts);
+	}
+	int64_t base = p->end_offset;
+	ls_batch_stamp(t->enc.data, base, p->leader_epoch);
+	struct bdesc d = {base, base + n, (uint32_t)t->enc.len, (uint32_t)vsize, ts,
+	                  p->leader_epoch};
+	rc = write_batches_locked(p, t->enc.data, t->enc.len, &d, 1, base + n, &ent);
+	if (rc < 0)
+		goto out;
+	if (prod)
+		precord(p, prod->producer_id, prod->producer_epoch, prod->base_sequence,
+		        (int32_t)n, base, base + n - 1, ent.view_pos + vsize);
+	if (res)
+		*res = (struct ls_append_result){base, base + n - 1, ent.view_pos + vsize, 0};
+out:
+	pthread_mutex_unlock(&p->append_mu);
+	return rc;
+}
+
+/* Checks a buffer of encoded batches (follower path) and describes each.
+ * Returns the number of batches, or LS_ECORRUPT / -ENOTSUP / -ENOMEM. */
+static ssize_t check_batches(struct ls_partition *p, const uint8_t *buf, size_t len,
+                             struct bdesc **out)
+{
+	int rc;
+	size_t n = 0, cap = 0, at = 0;
+	struct bdesc *d = NULL;
+	struct tls_ctx *t = tls_get();
+	if (!t)
+		return -ENOMEM;
+	while (at < len) {
+		struct ls_batch_header h;
+		uint64_t vsize;
+		if ((rc = ls_batch_parse_header(buf + at, len - at, &h)) < 0 ||
+		    ls_batch_size(&h) > len - at) {
+			tfs_warn("%s: replicated batch at byte %zu of %zu: bad or torn header",
+			         p->dir, at, len);
+			rc = LS_ECORRUPT;
+			goto err;
+		}
+		if ((rc = ls_batch_check_crc(buf + at, &h)) < 0) {
+			tfs_warn("%s: replicated batch at byte %zu (offset %" PRId64 "): crc mismatch",
+			         p->dir, at, h.base_offset);
+			goto err;
+		}
+		if ((rc = ls_batch_measure(buf + at, &h, &t->scan.scratch, t->scan.dctx,
+		                           &vsize)) < 0) {
+			tfs_warn("%s: replicated batch at byte %zu (offset %" PRId64 "): %s",
+			         p->dir, at, h.base_offset, tfs_strerror(rc));
+			goto err;
+		}
+		if (vsize > UINT32_MAX) {
+			rc = -EMSGSIZE;
+			goto err;
+		}
+		if (n == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct bdesc *nd = realloc(d, cap * sizeof(*nd));
+			if (!nd) {
+				rc = -ENOMEM;
+				goto err;
+			}
+			d = nd;
+		}
+		d[n++] = (struct bdesc){h.base_offset,
+		                        h.base_offset + h.last_offset_delta + 1,
+		                        (uint32_t)ls_batch_size(&h),
+		                        (uint32_t)vsize, h.max_ts, h.leader_epoch};
+		at += ls_batch_size(&h);
+	}
+	*out = d;
+	return (ssize_t)n;
+err:
+	free(d);
+	return rc;
+}
+
+/* The follower path; at_pos: view position of the first batch (UINT64_MAX:
+ * continue the view), gaps: base offsets may skip (compacted leader data). */
+static int append_batches(struct ls_partition *p, const void *buf, size_t len,
+                          uint64_t at_pos, int gaps)
+{
+	int rc;
+	struct bdesc *d = NULL;
+	struct ls_index_entry *ents = NULL;
+	struct ls_batch_header h;
+	if (!p || (!buf && len))
+		return -EINVAL;
+	if (len == 0)
+		return 0;
+	if ((rc = sticky_rc(p)) < 0)
+		return rc;
+	ssize_t n = check_batches(p, buf, len, &d);
+	if (n < 0)
+		return (int)n;
+	if (!(ents = malloc((size_t)n * sizeof(*ents)))) {
+		free(d);
+		return -ENOMEM;
+	}
+	pthread_mutex_lock(&p->append_mu);
+	if ((rc = sticky_rc(p)) < 0)
+		goto out;
+	int64_t next = p->end_offset;
+	for (ssize_t i = 0; i < n; i++) {
+		if (gaps ? d[i].base_offset < next : d[i].base_offset != next) {
+			tfs_warn("%s: replicated batch %zd has base offset %" PRId64
+			         " where %" PRId64 " was expected",
+			         p->dir, i, d[i].base_offset, next);
+			rc = LS_EOUTOFRANGE;
+			goto out;
+		}
+		next = d[i].end_offset;
+	}
+	if (at_pos != UINT64_MAX) {
+		if (at_pos < p->end_pos) {
+			rc = LS_EOUTOFRANGE;
+			goto out;
+		}
+		if (at_pos > p->end_pos) {
+			/* a view hole (compaction on the leader): entries carry it */
+			pthread_rwlock_wrlock(&p->lock);
+			p->end_pos = at_pos;
+			pthread_rwlock_unlock(&p->lock);
+		}
+	}
+	rc = write_batches_locked(p, buf, len, d, (size_t)n, next, ents);
+	if (rc < 0)
+		goto out;
+	const uint8_t *b = buf;
+	for (ssize_t i = 0, at = 0; i < n; at += d[i].len, i++) {
+		if (ls_batch_parse_header(b + at, len - (size_t)at, &h) == 0)
+			precord(p, h.producer_id, h.producer_epoch, h.base_sequence,
+			        h.record_count, h.base_offset,
+			        h.base_offset + h.last_offset_delta,
+			        ents[i].view_pos + ents[i].view_size);
+	}
+out:
+	pthread_mutex_unlock(&p->append_mu);
+	free(ents);
+	free(d);
+	return rc;
+}
+
+int ls_partition_append_batches(struct ls_partition *p, const void *buf, size_t len)
+{
+	return append_batches(p, buf, len, UINT64_MAX, 0);
+}
+
+int ls_partition_append_batches_at(struct ls_partition *p, const void *buf, size_t len,
+                                   uint64_t view_pos)
+{
+	return append_batches(p, buf, len, view_pos, 1);
+}
+
+static ssize_t read_batches(struct ls_partition *p, int64_t from, void *buf, size_t max,
+                            size_t *need, uint64_t *view_pos)
+{
+	ssize_t rc = 0;
+	struct loc l;
+	size_t copied = 0;
+	if (need)
+		*need = 0;
+	pthread_rwlock_rdlock(&p->lock);
+	if (from < p->start_offset) {
+		rc = LS_EOUTOFRANGE;
+		goto out;
+	}
+	if (from >= p->end_offset || find_by_offset(p, from, &l))
+		goto out;
+	/* skip the found batch if from lies in a gap after it */
+	{
+		uint8_t hb[LS_BATCH_HEADER_SIZE];
+		struct ls_batch_header h;
+		const struct ls_segment *s = p->segs[l.seg];
+		if ((rc = ls_segment_read(s, loc_entry(p, &l)->file_pos, hb, sizeof(hb))) < 0)
+			goto out;
+		if (ls_batch_parse_header(hb, sizeof(hb), &h) < 0) {
+			rc = LS_ECORRUPT;
+			goto out;
+		}
+		if (from > h.base_offset + h.last_offset_delta && next_loc(p, &l))
+			goto out;
+	}
+	if (view_pos)
+		*view_pos = loc_entry(p, &l)->view_pos;
+	for (;;) {
+		const struct ls_segment *s = p->segs[l.seg];
+		/* the run of batches of this segment that fit */
+		size_t first = l.idx, last = l.idx;
+		uint64_t fp = s->index.e[first].file_pos;
+		size_t run = ls_segment_batch_len(s, first);
+		if (copied + run > max) {
+			if (copied == 0 && need)
+				*need = run;
+			break;
+		}
+		while (last + 1 < s->index.n) {
+			const struct ls_index_entry *a = &s->index.e[last], *b = &s->index.e[last + 1];
+			size_t blen = ls_segment_batch_len(s, last + 1);
+			if (view_pos && a->view_pos + a->view_size != b->view_pos)
+				break; /* a view hole: the caller ships the next run with its position */
+			if (copied + run + blen > max)
+				break;
+			run += blen;
+			last++;
+		}
+		if ((rc = ls_segment_read(s, fp, (uint8_t *)buf + copied, run)) < 0)
+			goto out;
+		copied += run;
+		l.idx = last;
+		struct loc prev = l;
+		if (next_loc(p, &l))
+			break;
+		if (view_pos) {
+			const struct ls_index_entry *a = loc_entry(p, &prev), *b = loc_entry(p, &l);
+			if (a->view_pos + a->view_size != b->view_pos)
+				break;
+		}
+	}
+	rc = (ssize_t)copied;
+out:
+	pthread_rwlock_unlock(&p->lock);
+	return rc;
+}
+
+ssize_t ls_partition_read_batches(struct ls_partition *p, int64_t from, void *buf,
+                                  size_t max, size_t *need)
+{
+	return read_batches(p, from, buf, max, need, NULL);
+}
+
+ssize_t ls_partition_read_batches_at(struct ls_partition *p, int64_t from, void *buf,
+                                     size_t max, size_t *need, uint64_t *view_pos)
+{
+	uint64_t dummy;
+	return read_batches(p, from, buf, max, need, view_pos ? view_pos : &dummy);
+}
+
+/* ---- truncation, high watermark, epochs ------------------------------------ */
+
+int ls_partition_truncate(struct ls_partition *p, int64_t offset)
+{
+	int rc = 0, dir_changed = 0;
+	struct loc l;
+	pthread_mutex_lock(&p->maint_mu);
+	pthread_mutex_lock(&p->append_mu);
+	if ((rc = sticky_rc(p)) < 0)
+		goto out;
+	if (offset >= p->end_offset)
+		goto out;
+	if (offset < p->start_offset) {
+		rc = LS_EOUTOFRANGE;
+		goto out;
+	}
+	pthread_rwlock_wrlock(&p->lock);
+	size_t k, cut_idx;
+	if (find_by_offset(p, offset, &l)) {
+		k = p->nsegs - 1;
+		cut_idx = p->segs[k]->index.n;
+	} else {
+		const struct ls_index_entry *e = loc_entry(p, &l);
+		k = l.seg;
+		cut_idx = l.idx;
+		if (offset > e->base_offset) {
+			uint8_t hb[LS_BATCH_HEADER_SIZE];
+			struct ls_batch_header h;
+			rc = ls_segment_read(p->segs[k], e->file_pos, hb, sizeof(hb));
+			if (rc == 0 && ls_batch_parse_header(hb, sizeof(hb), &h) < 0)
+				rc = LS_ECORRUPT;
+			if (rc < 0) {
+				pthread_rwlock_unlock(&p->lock);
+				goto out;
+			}
+			if (offset > h.base_offset + h.last_offset_delta)
+				cut_idx++; /* offset is in a gap after the batch */
+			else
+				tfs_info("%s: truncation to %" PRId64 " falls inside the batch at "
+				         "%" PRId64 "; removing the whole batch",
+				         p->dir, offset, h.base_offset);
+		}
+	}
+	/* segments after k go entirely; the one at k may become empty and
+	 * stays as the active segment */
+	for (size_t j = p->nsegs; j-- > k + 1;) {
+		struct ls_segment *s = p->segs[j];
+		p->bytes -= s->size;
+		rc = ls_segment_unlink(p->dirfd, s->base_offset);
+		ls_segment_close(s);
+		p->nsegs--;
+		dir_changed = 1;
+		if (rc < 0) {
+			pthread_rwlock_unlock(&p->lock);
+			make_sticky(p, rc, "removing a truncated segment");
+			goto out;
+		}
+	}
+	struct ls_segment *s = p->segs[k];
+	uint64_t old_size = s->size;
+	rc = ls_segment_truncate(s, cut_idx);
+	p->bytes -= old_size - s->size;
+	if (rc == 0)
+		rc = ls_segment_sync(s);
+	if (rc < 0) {
+		pthread_rwlock_unlock(&p->lock);
+		make_sticky(p, rc, "truncating a segment");
+		goto out;
+	}
+	p->end_offset = s->end_offset;
+	p->end_pos = s->end_pos;
+	if (p->end_offset < p->start_offset) { /* emptied a compacted prefix */
+		p->end_offset = p->start_offset;
+		p->end_pos = p->start_pos;
+	}
+	if (p->hw > p->end_offset) {
+		p->hw = p->end_offset;
+		p->hw_pos = p->end_pos;
+	}
+	epochs_truncate_end(p, p->end_offset);
+	p->gen++;
+	p->layout++;
+	p->append_seq++;
+	pthread_rwlock_unlock(&p->lock);
+	tfs_info("%s: truncated to offset %" PRId64 " (view position %" PRIu64 ")", p->dir,
+	         p->end_offset, p->end_pos);
+
+	if (dir_changed && (rc = ls_fsutil_fsync_fd(p->dirfd)) < 0) {
+		make_sticky(p, rc, "fsync of the directory");
+		goto out;
+	}
+	if (p->recovery_offset > active(p)->base_offset) {
+		p->recovery_offset = active(p)->base_offset;
+		p->recovery_pos = active(p)->start_pos;
+	}
+	rc = persist_meta(p, "truncation");
+	prebuild(p);
+out:
+	pthread_mutex_unlock(&p->append_mu);
+	pthread_mutex_unlock(&p->maint_mu);
+	return rc;
+}
+
+int ls_partition_reset(struct ls_partition *p, int64_t offset, uint64_t view_pos)
+{
+	int rc = 0;
+	struct ls_segment *s = NULL;
+	if (offset < 0)
+		return -EINVAL;
+	pthread_mutex_lock(&p->maint_mu);
+	pthread_mutex_lock(&p->append_mu);
+	if ((rc = sticky_rc(p)) < 0)
+		goto out;
+	/* a segment of the same name is truncated by the create and not unlinked */
+	if ((rc = ls_segment_create(p->dirfd, p->dir, offset, view_pos, &s)) < 0)
+		goto out;
+	pthread_rwlock_wrlock(&p->lock);
+	for (size_t i = 0; i < p->nsegs; i++) {
+		if (p->segs[i]->base_offset != offset &&
+		    ls_segment_unlink(p->dirfd, p->segs[i]->base_offset) < 0)
+			tfs_warn("%s segment %s: cannot remove at reset", p->dir,
+			         p->segs[i]->name);
+		ls_segment_close(p->segs[i]);
+	}
+	p->segs[0] = s;
+	p->nsegs = 1;
+	p->start_offset = p->end_offset = p->hw = offset;
+	p->start_pos = p->end_pos = p->hw_pos = view_pos;
+	p->bytes = 0;
+	p->nepochs = 0;
+	p->gen++;
+	p->layout++;
+	p->append_seq++;
+	pthread_rwlock_unlock(&p->lock);
+	p->recovery_offset = offset;
+	p->recovery_pos = view_pos;
+	if ((rc = ls_fsutil_fsync_fd(p->dirfd)) < 0) {
+		make_sticky(p, rc, "fsync of the directory");
+		goto out;
+	}
+	rc = persist_meta(p, "reset");
+	pclear(p);
+	tfs_info("%s: reset to start at offset %" PRId64 " (view position %" PRIu64 ")",
+	         p->dir, offset, view_pos);
+out:
+	pthread_mutex_unlock(&p->append_mu);
+	pthread_mutex_unlock(&p->maint_mu);
+	return rc;
+}
+
+void ls_partition_set_hw(struct ls_partition *p, int64_t hw)
+{
+	pthread_rwlock_wrlock(&p->lock);
+	if (hw < p->start_offset)
+		hw = p->start_offset;
+	if (hw > p->end_offset)
+		hw = p->end_offset;
+	if (hw != p->hw) {
+		uint64_t pos;
+		if (pos_of_locked(p, hw, &pos) == 0) {
+			p->hw = hw;
+			p->hw_pos = pos;
+		}
+	}
+	pthread_rwlock_unlock(&p->lock);
+}
+
+int ls_partition_set_leader_epoch(struct ls_partition *p, int32_t epoch)
+{
+	int rc = 0;
+	if (epoch < 0)
+		return -EINVAL;
+	pthread_mutex_lock(&p->append_mu);
+	if ((rc = sticky_rc(p)) < 0)
+		goto out;
+	if (epoch < p->leader_epoch) {
+		rc = -EINVAL;
+		goto out;
+	}
+	int changed = epoch_assign(p, epoch, p->end_offset);
+	pthread_rwlock_wrlock(&p->lock);
+	changed |= p->leader_epoch != epoch;
+	p->leader_epoch = epoch;
+	pthread_rwlock_unlock(&p->lock);
+	if (changed)
+		rc = persist_meta(p, "leader epoch");
+out:
+	pthread_mutex_unlock(&p->append_mu);
+	return rc;
+}
+
+int64_t ls_partition_epoch_end_offset(struct ls_partition *p, int32_t epoch)
+{
+	int64_t r = -1;
+	pthread_rwlock_rdlock(&p->lock);
+	if (p->nepochs == 0 || epoch < p->epochs[0].epoch)
+		goto out;
+	if (epoch == p->epochs[p->nepochs - 1].epoch) {
+		r = p->end_offset;
+		goto out;
+	}
+	for (size_t i = 0; i < p->nepochs; i++) {
+		if (p->epochs[i].epoch > epoch) {
+			r = p->epochs[i].start_offset;
+			break;
+		}
+	}
+out:
+	pthread_rwlock_unlock(&p->lock);
+	return r;
+}
+
+/* ---- durability ------------------------------------------------------------- */
+
+int ls_partition_sync(struct ls_partition *p)
+{
+	int rc;
+	pthread_rwlock_rdlock(&p->lock);
+	uint64_t target = p->append_seq;
+	pthread_rwlock_unlock(&p->lock);
+
+	pthread_mutex_lock(&p->sync_mu);
+	for (;;) {
+		if ((rc = sticky_rc(p)) < 0)
+			goto out;
+		if (p->synced_seq >= target)
+			goto out;
+		if (!p->syncing)
+			break;
+		pthread_cond_wait(&p->sync_cv, &p->sync_mu);
+	}
+	p->syncing = 1;
+	pthread_mutex_unlock(&p->sync_mu);
+
+	/* Earlier segments were fsynced at roll: only the active one is dirty. */
+	pthread_rwlock_rdlock(&p->lock);
+	uint64_t seq = p->append_seq;
+	int fd = dup(active(p)->fd);
+	pthread_rwlock_unlock(&p->lock);
+	int fsync_failed = 0;
+	if (fd < 0) {
+		rc = -errno;
+	} else {
+		if (fdatasync(fd) < 0) {
+			rc = -errno;
+			fsync_failed = 1;
+		}
+		close(fd);
+	}
+
+	pthread_mutex_lock(&p->sync_mu);
+	p->syncing = 0;
+	if (rc == 0 && seq > p->synced_seq)
+		p->synced_seq = seq;
+	if (fsync_failed)
+		make_sticky(p, rc, "fdatasync");
+	pthread_cond_broadcast(&p->sync_cv);
+out:
+	pthread_mutex_unlock(&p->sync_mu);
+	return rc;
+}
+
+/* ---- information -------------------------------------------------------------- */
+
+void ls_partition_get_info(struct ls_partition *p, struct ls_partition_info *out)
+{
+	pthread_rwlock_rdlock(&p->lock);
+	*out = (struct ls_partition_info){
+		.start_offset = p->start_offset,
+		.end_offset = p->end_offset,
+		.high_watermark = p->hw,
+		.start_pos = p->start_pos,
+		.hw_pos = p->hw_pos,
+		.end_pos = p->end_pos,
+		.bytes = p->bytes,
+		.segments = (uint32_t)p->nsegs,
+		.leader_epoch = p->leader_epoch,
+		.last_append_ms = p->last_append_ms,
+		.sticky_error = atomic_load(&p->sticky),
+	};
+	pthread_rwlock_unlock(&p->lock);
+}
+
+int ls_partition_pos_of(struct ls_partition *p, int64_t offset, uint64_t *pos)
+{
+	int rc;
+	pthread_rwlock_rdlock(&p->lock);
+	if (offset < p->start_offset || offset > p->end_offset)
+		rc = LS_EOUTOFRANGE;
+	else
+		rc = pos_of_locked(p, offset, pos);
+	pthread_rwlock_unlock(&p->lock);
+	return rc;
+}
+
+int64_t ls_partition_offset_for_time(struct ls_partition *p, int64_t ts_ms)
+{
+	int64_t r;
+	struct ls_batch_header h;
+	struct ls_batch_iter it;
+	struct ls_batch_record rec;
+	struct tls_ctx *t = tls_get();
+	pthread_rwlock_rdlock(&p->lock);
+	r = p->end_offset;
+	for (size_t k = 0; k < p->nsegs; k++) {
+		const struct ls_segment *s = p->segs[k];
+		if (s->index.n == 0 || s->max_ts < ts_ms)
+			continue;
+		struct loc l = {k, ls_index_find_time(&s->index, ts_ms)};
+		if (l.idx >= s->index.n)
+			continue;
+		r = loc_entry(p, &l)->base_offset;
+		/* our batches carry one timestamp; others need a look inside */
+		if (!t || read_batch_locked(p, &l, &t->scan.buf, &h) < 0)
+			break;
+		if (h.base_ts >= ts_ms)
+			break;
+		if (ls_batch_iter_init(&it, t->scan.buf.data, &h, &t->scan.scratch,
+		                       t->scan.dctx) < 0)
+			break;
+		while (ls_batch_iter_next(&it, &rec) == 1) {
+			if (rec.timestamp >= ts_ms) {
+				r = rec.offset;
+				break;
+			}
+		}
+		break;
+	}
+	if (r < p->start_offset)
+		r = p->start_offset;
+	pthread_rwlock_unlock(&p->lock);
+	return r;
+}
+
+/* ---- retention ---------------------------------------------------------------- */
+
+int ls_partition_enforce_retention(struct ls_partition *p, int64_t now_ms)
+{
+	int rc = 0;
+	size_t count = 0;
+	pthread_mutex_lock(&p->maint_mu);
+	pthread_mutex_lock(&p->append_mu);
+	if ((rc = sticky_rc(p)) < 0)
+		goto out;
+	int64_t rms = p->cfg.retention_ms, rbytes = p->cfg.retention_bytes;
+	uint64_t total = p->bytes;
+	while (count + 1 < p->nsegs) {
+		const struct ls_segment *s = p->segs[count];
+		int by_time = rms >= 0 && s->max_ts < now_ms - rms;
+		int by_size = rbytes >= 0 && total - s->size >= (uint64_t)rbytes;
+		if (!(by_time || by_size) || s->end_offset > p->hw)
+			break;
+		total -= s->size;
+		count++;
+	}
+	if (count == 0)
+		goto out;
+	struct ls_segment *keep = p->segs[count];
+	int64_t old_start = p->start_offset;
+	uint64_t old_pos = p->start_pos;
+	size_t old_nepochs = p->nepochs;
+	struct epoch_entry *old_epochs = malloc((p->nepochs + 1) * sizeof(*old_epochs));
+	if (!old_epochs) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	memcpy(old_epochs, p->epochs, p->nepochs * sizeof(*old_epochs));
+	/* partition.meta first: a crash before the unlinks leaves segments that
+	 * open removes; the other way round would lose the start position. */
+	pthread_rwlock_wrlock(&p->lock);
+	p->start_offset = keep->base_offset;
+	p->start_pos = keep->index.n ? keep->index.e[0].view_pos : keep->start_pos;
+	epochs_truncate_start(p, p->start_offset);
+	pthread_rwlock_unlock(&p->lock);
+	rc = write_meta(p);
+	if (rc < 0) {
+		pthread_rwlock_wrlock(&p->lock);
+		p->start_offset = old_start;
+		p->start_pos = old_pos;
+		memcpy(p->epochs, old_epochs, old_nepochs * sizeof(*old_epochs));
+		p->nepochs = old_nepochs;
+		pthread_rwlock_unlock(&p->lock);
+		free(old_epochs);
+		if (!is_space_error(rc))
+			make_sticky(p, rc, "writing " META_NAME);
+		goto out;
+	}
+	free(old_epochs);
+	pthread_rwlock_wrlock(&p->lock);
+	struct ls_segment **gone = malloc(count * sizeof(*gone));
+	if (gone)
+		memcpy(gone, p->segs, count * sizeof(*gone));
+	for (size_t i = 0; i < count; i++)
+		p->bytes -= p->segs[i]->size;
+	if (gone) {
+		memmove(p->segs, p->segs + count, (p->nsegs - count) * sizeof(*p->segs));
+		p->nsegs -= count;
+		p->layout++;
+	}
+	pthread_rwlock_unlock(&p->lock);
+	if (!gone) { /* the files stay until the next open removes them */
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < count; i++) {
+		tfs_info("%s segment %s: removed by retention", p->dir, gone[i]->name);
+		int r = ls_segment_unlink(p->dirfd, gone[i]->base_offset);
+		if (r < 0)
+			tfs_warn("%s segment %s: cannot remove: %s", p->dir, gone[i]->name,
+			         tfs_strerror(r));
+		ls_segment_close(gone[i]);
+	}
+	free(gone);
+	if ((rc = ls_fsutil_fsync_fd(p->dirfd)) < 0)
+		make_sticky(p, rc, "fsync of the directory");
+	else
+		rc = (int)count;
+out:
+	pthread_mutex_unlock(&p->append_mu);
+	pthread_mutex_unlock(&p->maint_mu);
+	return rc;
+}
+
+/* ---- compaction ----------------------------------------------------------------- */
+
+int ls_partition_compact(struct ls_partition *p)
+{
+	(void)p;
+	return -ENOTSUP;
+}
+
+/* ---- readers -------------------------------------------------------------------- */
+
+struct rrec {
+	struct ls_batch_record r;
+	uint64_t view_pos;
+};
+
+struct ls_reader {
+	struct ls_partition *p;
+	struct ls_buf raw;          /* the cached batch as stored */
+	struct ls_buf dec;          /* its records, decompressed */
+	struct ls_buf view;         /* its view, rendered with view_sep */
+	struct rrec *recs;
+	size_t nrecs, recs_cap;
+	int have, have_view;
+	char view_sep;
+	uint64_t gen, layout;
+	struct loc loc;
+	struct ls_index_entry ent;  /* index entry of the cached batch */
+	int64_t batch_end;          /* baseOffset + lastOffsetDelta + 1 */
+	char seg_name[24];
+};
+
+int ls_reader_open(struct ls_partition *p, struct ls_reader **out)
+{
+	struct ls_reader *r = calloc(1, sizeof(*r));
+	if (!r)
+		return -ENOMEM;
+	r->p = p;
+	*out = r;
+	return 0;
+}
+
+void ls_reader_close(struct ls_reader *r)
+{
+	if (!r)
+		return;
+	ls_buf_free(&r->raw);
+	ls_buf_free(&r->dec);
+	ls_buf_free(&r->view);
+	free(r->recs);
+	free(r);
+}
+
+/* Loads batch l (caller holds lock shared): copies its bytes; decoding
+ * happens after the lock is dropped (reader_decode). */
+static int reader_fetch_locked(struct ls_reader *r, const struct loc *l)
+{
+	struct ls_partition *p = r->p;
+	const struct ls_segment *s = p->segs[l->seg];
+	size_t len = ls_segment_batch_len(s, l->idx);
+	int rc;
+	r->have = r->have_view = 0;
+	if ((rc = ls_buf_reserve(&r->raw, len)) < 0)
+		return rc;
+	r->ent = s->index.e[l->idx];
+	if ((rc = ls_segment_read(s, r->ent.file_pos, r->raw.data, len)) < 0)
+		return rc;
+	r->raw.len = len;
+	r->loc = *l;
+	r->gen = p->gen;
+	r->layout = p->layout;
+	memcpy(r->seg_name, s->name, sizeof(r->seg_name));
+	return 0;
+}
+
+static int reader_decode(struct ls_reader *r)
+{
+	struct ls_batch_header h;
+	struct ls_batch_iter it;
+	int rc;
+	const char *dir = r->p->dir;
+	struct tls_ctx *t = tls_get();
+	if (!t)
+		return -ENOMEM;
+	if (ls_batch_parse_header(r->raw.data, r->raw.len, &h) < 0 ||
+	    ls_batch_size(&h) != r->raw.len || h.base_offset != r->ent.base_offset) {
+		tfs_error("%s segment %s: batch at byte %" PRIu32 ": bad header", dir,
+		          r->seg_name, r->ent.file_pos);
+		return LS_ECORRUPT;
+	}
+	if (ls_batch_check_crc(r->raw.data, &h) < 0) {
+		tfs_error("%s segment %s: batch at byte %" PRIu32 ": crc mismatch", dir,
+		          r->seg_name, r->ent.file_pos);
+		return LS_ECORRUPT;
+	}
+	if ((rc = ls_batch_iter_init(&it, r->raw.data, &h, &r->dec, t->scan.dctx)) < 0)
+		goto bad;
+	r->nrecs = 0;
+	uint64_t vp = r->ent.view_pos;
+	struct ls_batch_record rec;
+	while ((rc = ls_batch_iter_next(&it, &rec)) == 1) {
+		if (r->nrecs == r->recs_cap) {
+			size_t cap = r->recs_cap ? r->recs_cap * 2 : 256;
+			struct rrec *n = realloc(r->recs, cap * sizeof(*n));
+			if (!n)
+				return -ENOMEM;
+			r->recs = n;
+			r->recs_cap = cap;
+		}
+		r->recs[r->nrecs++] = (struct rrec){rec, vp};
+		vp += rec.view_size;
+	}
+	if (rc < 0)
+		goto bad;
+	if (vp - r->ent.view_pos != r->ent.view_size) {
+		rc = LS_ECORRUPT;
+		goto bad;
+	}
+	r->batch_end = h.base_offset + h.last_offset_delta + 1;
+	r->have = 1;
+	return 0;
+bad:
+	if (rc == -ENOMEM)
+		return rc;
+	tfs_error("%s segment %s: batch at byte %" PRIu32 ": undecodable records (%s)", dir,
+	          r->seg_name, r->ent.file_pos, tfs_strerror(rc));
+	return rc == -ENOTSUP ? rc : LS_ECORRUPT;
+}
+
+static int reader_render(struct ls_reader *r, char sep)
+{
+	int rc;
+	if (r->have_view && r->view_sep == sep)
+		return 0;
+	if ((rc = ls_buf_reserve(&r->view, r->ent.view_size ? r->ent.view_size : 1)) < 0)
+		return rc;
+	uint8_t *o = r->view.data;
+	for (size_t i = 0; i < r->nrecs; i++) {
+		const struct ls_batch_record *x = &r->recs[i].r;
+		if (x->key_len >= 0) {
+			memcpy(o, x->key, (size_t)x->key_len);
+			o += x->key_len;
+			*o++ = (uint8_t)sep;
+		}
+		if (x->value_len > 0) {
+			memcpy(o, x->value, (size_t)x->value_len);
+			o += x->value_len;
+		}
+		*o++ = '\n';
+	}
+	r->view.len = (size_t)(o - r->view.data);
+	r->view_sep = sep;
+	r->have_view = 1;
+	return 0;
+}
+
+ssize_t ls_reader_read_view(struct ls_reader *r, uint64_t pos, void *buf, size_t size,
+                            char sep, uint64_t *actual)
+{
+	struct ls_partition *p = r->p;
+	size_t copied = 0;
+	int rc;
+	pthread_rwlock_rdlock(&p->lock);
+	uint64_t start = p->start_pos, hw_pos = p->hw_pos, gen = p->gen;
+	pthread_rwlock_unlock(&p->lock);
+	if (pos < start)
+		pos = start;
+	if (actual)
+		*actual = pos;
+	while (copied < size && pos < hw_pos) {
+		if (!(r->have && r->gen == gen && pos >= r->ent.view_pos &&
+		      pos < r->ent.view_pos + r->ent.view_size)) {
+			struct loc l;
+			pthread_rwlock_rdlock(&p->lock);
+			if (find_by_pos(p, pos, &l)) {
+				pthread_rwlock_unlock(&p->lock);
+				break;
+			}
+			rc = reader_fetch_locked(r, &l);
+			pthread_rwlock_unlock(&p->lock);
+			if (rc == 0)
+				rc = reader_decode(r);
+			if (rc < 0)
+				return copied ? (ssize_t)copied : rc;
+			gen = r->gen;
+			if (pos < r->ent.view_pos) { /* a hole: skip to the next record */
+				if (copied)
+					break;
+				pos = r->ent.view_pos;
+				if (actual)
+					*actual = pos;
+				if (pos >= hw_pos)
+					break;
+			}
+		}
+		if ((rc = reader_render(r, sep)) < 0)
+			return copied ? (ssize_t)copied : rc;
+		uint64_t end = r->ent.view_pos + r->ent.view_size;
+		if (end > hw_pos)
+			end = hw_pos;
+		size_t n = (size_t)(end - pos);
+		if (n > size - copied)
+			n = size - copied;
+		memcpy((uint8_t *)buf + copied, r->view.data + (pos - r->ent.view_pos), n);
+		copied += n;
+		pos += n;
+	}
+	return (ssize_t)copied;
+}
+
+int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
+{
+	struct ls_partition *p = r->p;
+	int rc;
+	pthread_rwlock_rdlock(&p->lock);
+	int64_t start = p->start_offset, hw = p->hw;
+	uint64_t gen = p->gen, layout = p->layout;
+	pthread_rwlock_unlock(&p->lock);
+	if (offset < start)
+		offset = start;
+	for (;;) {
+		if (offset >= hw)
+			return 0;
+		if (r->have && r->gen == gen && offset >= r->ent.base_offset &&
+		    offset < r->batch_end) {
+			size_t lo = 0, hi = r->nrecs;
+			while (lo < hi) {
+				size_t mid = lo + (hi - lo) / 2;
+				if (r->recs[mid].r.offset < offset)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			if (lo < r->nrecs) {
+				const struct rrec *x = &r->recs[lo];
+				if (x->r.offset >= hw)
+					return 0;
+				*rec = (struct ls_record){
+					.offset = x->r.offset,
+					.timestamp_ms = x->r.timestamp,
+					.key = x->r.key_len >= 0 ? x->r.key : NULL,
+					.key_len = x->r.key_len > 0 ? (uint32_t)x->r.key_len : 0,
+					.value = x->r.value_len >= 0 ? x->r.value : NULL,
+					.value_len = x->r.value_len > 0 ? (uint32_t)x->r.value_len : 0,
+					.view_pos = x->view_pos,
+				};
+				return 1;
+			}
+			offset = r->batch_end; /* a gap after the last record */
+			continue;
+		}
+		struct loc l;
+		int cached_next = r->have && r->gen == gen && r->layout == layout &&
+		                  offset == r->batch_end;
+		pthread_rwlock_rdlock(&p->lock);
+		if (cached_next && p->layout == layout) {
+			l = r->loc;
+			rc = next_loc(p, &l);
+		} else {
+			rc = find_by_offset(p, offset, &l);
+			/* the found batch may end before offset (compaction gap) */
+			if (rc == 0 && r->have && r->gen == gen &&
+			    loc_entry(p, &l)->base_offset == r->ent.base_offset)
+				rc = next_loc(p, &l);
+		}
+		if (rc) {
+			pthread_rwlock_unlock(&p->lock);
+			return 0;
+		}
+		rc = reader_fetch_locked(r, &l);
+		pthread_rwlock_unlock(&p->lock);
+		if (rc == 0)
+			rc = reader_decode(r);
+		if (rc < 0)
+			return rc;
+		layout = r->layout;
+		gen = r->gen;
+		if (offset < r->ent.base_offset)
+			offset = r->ent.base_offset;
+	}
+}
