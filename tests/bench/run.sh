@@ -96,9 +96,9 @@ run_timed() {
 	shift
 	t0=$EPOCHREALTIME
 	case $mode in
-	cat_append) timeout -k 5 "$STEP_TIMEOUT" cat "$1" >>"$2" 2>"$T/step.err" || rc=$? ;;
-	cat_read) timeout -k 5 "$STEP_TIMEOUT" cat "$1" >/dev/null 2>"$T/step.err" || rc=$? ;;
-	appends) timeout -k 5 "$STEP_TIMEOUT" bash -c \
+	cat_append) timeout --foreground -k 5 "$STEP_TIMEOUT" cat "$1" >>"$2" 2>"$T/step.err" || rc=$? ;;
+	cat_read) timeout --foreground -k 5 "$STEP_TIMEOUT" cat "$1" >/dev/null 2>"$T/step.err" || rc=$? ;;
+	appends) timeout --foreground -k 5 "$STEP_TIMEOUT" bash -c \
 		'for ((i = 0; i < $3; i++)); do echo "$2" >>"$1" || exit 1; done' _ "$@" \
 		2>"$T/step.err" || rc=$? ;;
 	*) say "run_timed: bad mode $mode"; return 2 ;;
@@ -200,7 +200,7 @@ if mountpoint -q "$NULLMNT"; then
 	ts=()
 	for ((r = 1; r <= RUNS; r++)); do run_timed appends "$NULLMNT/t/0/log" "$LINE" "$APPENDS" && ts+=("$SECS"); done
 	NULL_A=$(median "${ts[@]}")
-	fusermount3 -u "$NULLMNT"
+	# stays mounted: the small-append runs of topicfs alternate with its own
 fi
 mkdir -p "$T/plain"
 ts=() ts2=() ts3=()
@@ -220,12 +220,6 @@ ceiling_row() { # KEY LABEL SECS
 }
 ceiling_row c1 "ceiling: null FUSE, cat $MB MB >> t/0/log" "$NULL_W"
 ceiling_row c2 "ceiling: null FUSE, cat $MB MB file > /dev/null" "$NULL_R"
-if [[ -n $NULL_A ]]; then
-	row c3 "ceiling: null FUSE, $APPENDS × echo >> t/0/log" "$(calc '%.3f' "$NULL_A") s" \
-		"$(commify "$(calc '%.0f' "$APPENDS / $NULL_A")")" "—" "1 (ceiling)" "—" "—"
-else
-	na c3 "ceiling: null FUSE, $APPENDS × echo >> t/0/log" "null FUSE mount failed" "—"
-fi
 rates "$PLAIN_W"
 row c4 "plain file on the same disk: cat >> file" "$(calc '%.3f' "$PLAIN_W") s" "$(commify "$RECS")" "$MBPS" "—" "—" "—"
 rates "$PLAIN_R"
@@ -341,7 +335,7 @@ consume_bench() {
 	# shellcheck disable=SC2059
 	f=$topic/$(printf "$fmt" 0)
 	[[ $fmt == groups/* ]] && { try mkdir -p "$(dirname "$f")" || { na "$key" "$label" "mkdir group: $ERR" "≥ 0.25"; return; }; }
-	got=$(timeout -k 5 "$STEP_TIMEOUT" cat "$f" 2>"$T/step.err" | wc -c) || true
+	got=$(timeout --foreground -k 5 "$STEP_TIMEOUT" cat "$f" 2>"$T/step.err" | wc -c) || true
 	if ((got != BYTES)); then
 		if ((got == 0)); then
 			na "$key" "$label" "cat ${f#$topic/}: $(tail -n 1 "$T/step.err" | sed 's/^[^:]*: //' | cut -c1-80)" "≥ 0.25"
@@ -357,7 +351,7 @@ consume_bench() {
 		if ! run_timed cat_read "$f"; then na "$key" "$label" "cat ${f#$topic/}: $ERR" "≥ 0.25"; return; fi
 		ts+=("$SECS")
 		if [[ $fmt == groups/* ]]; then
-			got=$(timeout -k 5 "$STEP_TIMEOUT" cat "$f" 2>/dev/null | wc -c) || true
+			got=$(timeout --foreground -k 5 "$STEP_TIMEOUT" cat "$f" 2>/dev/null | wc -c) || true
 			if ((got != 0)); then
 				row "$key" "$label" "invalid: $got bytes still pending after cat" "—" "—" "—" "≥ 0.25" FAIL
 				return
@@ -387,8 +381,12 @@ if tfs_start tfs; then
 	elif ! try mkdir "$TFS_MNT/small"; then
 		na s1 "$lbl" "mkdir topic: $ERR" "≤ 2×"
 	else
-		ts=() why=
+		ts=() tn=() why=
 		for ((r = 1; r <= RUNS; r++)); do
+			# null FUSE and topicfs take turns, so both see the same machine state
+			if mountpoint -q "$NULLMNT" && run_timed appends "$NULLMNT/t/0/log" "$LINE" "$APPENDS"; then
+				tn+=("$SECS")
+			fi
 			before=$(fsize "$TFS_MNT/small/0/log")
 			if ! run_timed appends "$TFS_MNT/small/0/log" "$LINE" "$APPENDS"; then why="echo >> log: $ERR"; break; fi
 			ts+=("$SECS")
@@ -404,6 +402,7 @@ if tfs_start tfs; then
 			na s1 "$lbl" "$why" "≤ 2×"
 		else
 			SECS=$(median "${ts[@]}")
+			((${#tn[@]} == 0)) || NULL_A=$(median "${tn[@]}")
 			if [[ -n $NULL_A ]]; then
 				x=$(calc '%.2f' "$SECS / $NULL_A")
 				if ge 2 "$x"; then v=PASS; else v=FAIL; fi
@@ -417,6 +416,8 @@ if tfs_start tfs; then
 		fi
 	fi
 
+	mountpoint -q "$NULLMNT" && fusermount3 -u "$NULLMNT"
+
 	consume_bench r1 "consume: cat t/groups/g/pending > /dev/null (zstd topic)" "groups/g%d/pending" "$TFS_MNT/p1-1"
 	consume_bench r2 "consume: cat t/0/log > /dev/null (zstd topic)" "0/log" "$TFS_MNT/p1-1"
 	consume_bench r3 "consume: cat t/0/log > /dev/null (uncompressed topic)" "0/log" "$TFS_MNT/p2-1"
@@ -429,7 +430,7 @@ if tfs_start tfs; then
 	elif ! try mkdir "$TFS_MNT/lat"; then
 		na l1 "$lbl p50" "mkdir topic: $ERR" "—"
 		na l2 "$lbl p99" "mkdir topic: $ERR" "≤ 1 ms"
-	elif out=$(timeout -k 5 "$STEP_TIMEOUT" "$BIN/latency" "$TFS_MNT/lat" "$LAT_SAMPLES" 3000 50 2>"$T/step.err"); then
+	elif out=$(timeout --foreground -k 5 "$STEP_TIMEOUT" "$BIN/latency" "$TFS_MNT/lat" "$LAT_SAMPLES" 3000 50 2>"$T/step.err"); then
 		p50=$(sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p' <<<"$out")
 		p99=$(sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p' <<<"$out")
 		pmax=$(sed -n 's/.*max_us=\([0-9.]*\).*/\1/p' <<<"$out")
@@ -455,6 +456,13 @@ else
 	na l1 "latency write() on log → blocked cursor read, 1 node p50" "$TFS_WHY" "—"
 	na l2 "latency write() on log → blocked cursor read, 1 node p99" "$TFS_WHY" "≤ 1 ms"
 	note "topicfs rows n.a.: $TFS_WHY"
+fi
+mountpoint -q "$NULLMNT" && fusermount3 -u "$NULLMNT"
+if [[ -n $NULL_A ]]; then
+	row c3 "ceiling: null FUSE, $APPENDS × echo >> t/0/log" "$(calc '%.3f' "$NULL_A") s" \
+		"$(commify "$(calc '%.0f' "$APPENDS / $NULL_A")")" "—" "1 (ceiling)" "—" "—"
+else
+	na c3 "ceiling: null FUSE, $APPENDS × echo >> t/0/log" "null FUSE mount failed" "—"
 fi
 row l3 "latency write() → cursor, 3 nodes, acks: all, p99" "n.a. (not measured: cluster not built yet)" "—" "—" "—" "—" "n.a."
 
@@ -504,12 +512,12 @@ peer_bench() {
 	local name=$1 client=$2 port=$3 prefix=$4 r out ps=() cs=()
 	PEER_P= PEER_C= PEER_WHY=
 	for ((r = 1; r <= PEER_RUNS; r++)); do
-		if ! out=$(timeout -k 5 "$STEP_TIMEOUT" "$BIN/$client" 127.0.0.1 "$port" "$DATA" produce "$prefix$r" 2>"$T/step.err"); then
+		if ! out=$(timeout --foreground -k 5 "$STEP_TIMEOUT" "$BIN/$client" 127.0.0.1 "$port" "$DATA" produce "$prefix$r" 2>"$T/step.err"); then
 			PEER_WHY="produce: $(tail -n 1 "$T/step.err" | cut -c1-80)"
 			return 1
 		fi
 		ps+=("$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out")")
-		if ! out=$(timeout -k 5 "$STEP_TIMEOUT" "$BIN/$client" 127.0.0.1 "$port" "$DATA" consume "$prefix$r" 2>"$T/step.err"); then
+		if ! out=$(timeout --foreground -k 5 "$STEP_TIMEOUT" "$BIN/$client" 127.0.0.1 "$port" "$DATA" consume "$prefix$r" 2>"$T/step.err"); then
 			PEER_WHY="consume: $(tail -n 1 "$T/step.err" | cut -c1-80)"
 			return 1
 		fi
@@ -596,6 +604,7 @@ vs_row v3 "topicfs consume (r1) vs Redis Streams consume" "$TFS_CONSUME_RECS" "$
 vs_row v4 "topicfs consume (r1) vs NATS JetStream consume" "$TFS_CONSUME_RECS" "$NATS_C" NATS
 
 # ---- report ----------------------------------------------------------------------
+ORDER="c1 c2 c3 c4 c5 c6 p1 p2 p3 s1 r1 r2 r3 l1 l2 l3 m1 m2 xp xc np nc v1 v2 v3 v4"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 elapsed=$(calc '%.0f' "$EPOCHREALTIME - $suite_t0")
@@ -610,7 +619,10 @@ md=$T/report.md
 	echo
 	echo "| # | measurement | median | records/s | MB/s | vs ceiling | target | verdict |"
 	echo "|---|---|---|---|---|---|---|---|"
-	awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, $5, $6, $7, $8 }' "$ROWS"
+	awk -F'\t' -v order="$ORDER" '
+		BEGIN { n = split(order, o, " ") }
+		{ line[$1] = sprintf("| %s | %s | %s | %s | %s | %s | %s | %s |", $1, $2, $3, $4, $5, $6, $7, $8) }
+		END { for (i = 1; i <= n; i++) if (o[i] in line) print line[o[i]] }' "$ROWS"
 } >"$md"
 
 # chart: fraction of the ceiling per row with its target, and records/s vs peers
@@ -618,8 +630,8 @@ png=
 if need gnuplot; then
 	# ceiling.dat: x, label, fraction of ceiling (0 if n.a.), target, text
 	awk -F'\t' '
-		BEGIN { n["p1"] = "produce\\nzstd"; n["p2"] = "produce\\nnone"; n["p3"] = "producer file\\n6 partitions"
-			n["s1"] = "small appends\\n(null/topicfs)"; n["r1"] = "consume\\npending"
+		BEGIN { n["p1"] = "produce\\nzstd"; n["p2"] = "produce\\nnone"; n["p3"] = "producer file\\n6 parts"
+			n["s1"] = "small\\nappends"; n["r1"] = "consume\\npending"
 			n["r2"] = "read log\\nzstd"; n["r3"] = "read log\\nnone" }
 		$1 in n {
 			v = $6; t = $7
