@@ -65,7 +65,7 @@ static void copy_dir(const char *from, const char *to)
 	CHECK(d != NULL);
 	CHECK_EQ_INT(ls_fsutil_mkdir_p(to), 0);
 	while (d && (de = readdir(d))) {
-		char a[4096], b[4096], buf[65536];
+		char a[8192], b[8192], buf[65536];
 		if (de->d_name[0] == '.')
 			continue;
 		snprintf(a, sizeof(a), "%s/%s", from, de->d_name);
@@ -135,7 +135,7 @@ static int append_batch(struct ls_partition *p, int b)
 
 static uint64_t file_size(const char *dir, const char *name)
 {
-	char path[4096];
+	char path[8192];
 	struct stat st;
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
 	return stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
@@ -229,7 +229,7 @@ static void cut_every_byte(enum ls_codec codec)
 	int before = unit_failed_checks;
 	for (uint64_t len = from; len < to && unit_failed_checks == before; len++) {
 		const char *d = scratch_dir();
-		char path[4096];
+		char path[8192];
 		copy_dir(crash, d);
 		snprintf(path, sizeof(path), "%s/00000000000000000000.log", d);
 		CHECK_EQ_INT(truncate(path, (off_t)len), 0);
@@ -262,7 +262,7 @@ static void flip_every_byte(enum ls_codec codec)
 		if (at - from >= 12 && at - from < 16)
 			continue;
 		const char *d = scratch_dir();
-		char path[4096];
+		char path[8192];
 		copy_dir(crash, d);
 		snprintf(path, sizeof(path), "%s/00000000000000000000.log", d);
 		int fd = open(path, O_RDWR);
@@ -291,7 +291,7 @@ static void test_index_rebuilt(void)
 	const char *crash = build_pristine(LS_CODEC_NONE, NB);
 	for (int mode = 0; mode < 3; mode++) {
 		const char *d = scratch_dir();
-		char path[4096];
+		char path[8192];
 		copy_dir(crash, d);
 		snprintf(path, sizeof(path), "%s/00000000000000000000.idx", d);
 		if (mode == 0) {
@@ -338,7 +338,7 @@ static void test_multi_segment_crash(void)
 			snprintf(name, sizeof(name), "%s", de->d_name);
 	closedir(dd);
 	uint64_t sz = file_size(crash, name);
-	char path[4096];
+	char path[8192];
 	snprintf(path, sizeof(path), "%s/%s", crash, name);
 	CHECK_EQ_INT(truncate(path, (off_t)(sz - 5)), 0);
 
