@@ -25,6 +25,7 @@
 
 load '/usr/lib/bats/bats-support/load'
 load '/usr/lib/bats/bats-assert/load'
+bats_require_minimum_version 1.5.0
 
 : "${TOPICFS:=$BATS_TEST_DIRNAME/../../bin/topicfs}"
 

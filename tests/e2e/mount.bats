@@ -126,3 +126,49 @@ load helper
 	[[ -n $n ]] || { echo "no records_in sample for t/0"; false; }
 	[[ $n == 5 ]]
 }
+
+# mount(8) runs /sbin/mount.fuse3 for fuse.* types, which runs
+# `topicfs SOURCE MOUNTPOINT -o OPTS` through sh with the PATH mount(8) sets
+# (the system one). So that the binary under test is the one found without
+# installing it, these call mount.fuse3 exactly as mount(8) does, with a
+# private PATH directory holding `topicfs`.
+mount_fuse3() {
+	[[ -x /sbin/mount.fuse3 ]] || skip "no /sbin/mount.fuse3"
+	mkdir -p "$T/bin"
+	ln -sf "$(readlink -f "$TOPICFS")" "$T/bin/topicfs"
+	PATH=$T/bin:$PATH /sbin/mount.fuse3 "$@" >"$T/out" 2>&1 3>&- || { cat "$T/out"; false; }
+}
+
+@test "mount -t fuse.topicfs topicfs MNT -o data=DIR mounts a usable node" {
+	mount_fuse3 topicfs "$MNT" -t fuse.topicfs -o data="$DATA"
+	mountpoint -q "$MNT"
+	mkdir "$MNT/t"
+	echo via-mount >>"$MNT/t/0/log"
+	[[ $(cat "$MNT/t/0/log") == via-mount ]]
+	# the data went to the data= directory
+	[[ -n $(find "$DATA" -name '*.log' -type f) ]]
+	findmnt -n -o FSTYPE "$MNT" | grep -qx fuse.topicfs
+}
+
+@test "mount -t fuse.topicfs CONFIG.yaml MNT uses the config file as the source" {
+	printf 'node:\n  id: 1\n  data_dir: %s\ndefaults:\n  partitions: 2\n' "$DATA" >"$T/cfg.yaml"
+	mount_fuse3 "$T/cfg.yaml" "$MNT" -t fuse.topicfs -o rw
+	mkdir "$MNT/t"
+	[[ -f $MNT/t/1/log ]]
+	[[ -n $(find "$DATA" -path '*/topics/t/*' -type d) ]]
+}
+
+@test "mount -t fuse 'PROG#SOURCE' through mount(8), then umount" {
+	[[ -x /sbin/mount.fuse3 || -x /sbin/mount.fuse ]] || skip "no mount.fuse helper"
+	mount -t fuse "$(readlink -f "$TOPICFS")#topicfs" "$MNT" -o data="$DATA" >"$T/out" 2>&1 3>&- ||
+		{ cat "$T/out"; false; }
+	mkdir "$MNT/t"
+	echo r >>"$MNT/t/0/log"
+	umount "$MNT"
+	run mountpoint -q "$MNT"
+	assert_failure
+	wait_until '[[ -z $(tfs_pids) ]]'     # the daemon exits after umount
+	# the records are there at the next mount
+	tfs_start
+	[[ $(cat "$MNT/t/0/log") == r ]]
+}
