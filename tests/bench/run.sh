@@ -81,7 +81,10 @@ row() {
 	for f in "$@"; do out+=("$(printf '%s' "$f" | tr '\t\n|' '  /')"); done
 	(IFS=$'\t'; printf '%s\n' "${out[*]}") >>"$ROWS"
 }
-na() { row "$1" "$2" "n.a. ($3)" "—" "—" "—" "$4" "n.a."; }   # na KEY LABEL REASON TARGET
+na() { # na KEY LABEL REASON TARGET (temporary paths are cut from REASON)
+	local why=${3//"$T/tfs/"/}
+	row "$1" "$2" "n.a. (${why//"$T/"/})" "—" "—" "—" "$4" "n.a."
+}
 
 # ---- timing ------------------------------------------------------------------
 # run_timed MODE ARGS...: one timed command under a timeout; sets SECS, and
@@ -118,7 +121,7 @@ run_timed() {
 try() {
 	ERR=
 	if ! "$@" 2>"$T/step.err"; then
-		ERR="$(tail -n 1 "$T/step.err" | cut -c1-100)"
+		ERR="$(tail -n 1 "$T/step.err" | sed 's/.*: //' | cut -c1-100)"
 		[[ -n $ERR ]] || ERR="'$*' failed"
 		return 1
 	fi
