@@ -817,6 +817,7 @@ static int config_apply(struct fh *h)
 			         key_line(h->cfgw.data, h->cfgw.len, err),
 			         err[0] ? err : tfs_strerror(rc));
 	}
+	h->cfg_applied = h->cfgw.len; /* applied or refused: not again at close */
 	if (rc < 0) {
 		tree_set_config_error(rep_topic_id(t), msg);
 		tfs_warn("refused: write %s/.config: %s (%s)", rep_topic_name(t), msg,
@@ -824,7 +825,6 @@ static int config_apply(struct fh *h)
 		return rc == -ENOENT ? rc : -EINVAL;
 	}
 	tree_set_config_error(rep_topic_id(t), NULL);
-	h->cfg_applied = h->cfgw.len;
 	return 0;
 }
 
@@ -854,10 +854,14 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 			rc = -ENOENT;
 		else
 			rc = producer_write(&h->prod, buf, size);
-		if (rc < 0 && rc != -EMSGSIZE) {
+		if (rc < 0) {
 			char path[512];
 			tnode_path(&h->node, path, sizeof(path));
-			tfs_warn("refused: write %s: %s", path, tfs_strerror(rc));
+			if (rc == -EMSGSIZE)
+				tfs_warn("refused: write %s: a line over max_record_bytes was "
+				         "dropped (%s)", path, tfs_strerror(rc));
+			else
+				tfs_warn("refused: write %s: %s", path, tfs_strerror(rc));
 		}
 	} else {
 		rc = -EBADF;

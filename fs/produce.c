@@ -228,8 +228,6 @@ int producer_write(struct producer *pr, const char *buf, size_t len)
 	} else if (pr->plen) {
 		size_t piece = (size_t)((nl ? nl : end) - p);
 		if (pr->plen + piece > max) {
-			tfs_warn("%s: record of more than %zu bytes refused (max_record_bytes)",
-			         rep_topic_name(pr->topic), max);
 			too_long = 1;
 			pr->plen = 0;
 			if (!nl) {
@@ -263,9 +261,6 @@ int producer_write(struct producer *pr, const char *buf, size_t len)
 			break;
 		size_t l = (size_t)(nl - p);
 		if (l > max) {
-			if (!too_long)
-				tfs_warn("%s: record of %zu bytes refused (max_record_bytes %zu)",
-				         rep_topic_name(pr->topic), l, max);
 			too_long = 1;
 		} else {
 			make_rec(&pr->recs[n++], p, l, &cfg);
@@ -283,9 +278,6 @@ int producer_write(struct producer *pr, const char *buf, size_t len)
 	if (p < end) {
 		size_t l = (size_t)(end - p);
 		if (l > max) {
-			if (!too_long)
-				tfs_warn("%s: record of more than %zu bytes refused (max_record_bytes)",
-				         rep_topic_name(pr->topic), max);
 			too_long = 1;
 			pr->discarding = 1;
 		} else {
