@@ -17,7 +17,9 @@
 #   BENCH_LINES        records in the data set [1000000, ~100 bytes each]
 #   BENCH_APPENDS      `echo >> log` calls in the small-append test [2000]
 #   BENCH_LAT_SAMPLES  latency samples [1000]
-#   BENCH_STEP_TIMEOUT seconds before one timed command is abandoned [60]
+#   BENCH_STEP_TIMEOUT seconds before one command is abandoned [30]
+#   BENCH_ROW_BUDGET   seconds after which a row stops adding runs [20]
+#   BENCH_BUDGET       seconds after which no new row starts (n.a.) [540]
 #   BENCH_PEERS=0      skip Redis and NATS;  BENCH_INSTALL=0  never apt-get
 #   BENCH_OUT          results directory [bench/results]
 set -euo pipefail
@@ -30,7 +32,9 @@ PEER_RUNS=${BENCH_PEER_RUNS:-3}
 LINES=${BENCH_LINES:-1000000}
 APPENDS=${BENCH_APPENDS:-2000}
 LAT_SAMPLES=${BENCH_LAT_SAMPLES:-1000}
-STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-60}
+STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-30}
+ROW_BUDGET=${BENCH_ROW_BUDGET:-20}
+BUDGET=${BENCH_BUDGET:-540}
 OUT=${BENCH_OUT:-$root/bench/results}
 BIN=$root/build/bench
 suite_t0=$EPOCHREALTIME
@@ -117,16 +121,40 @@ run_timed() {
 	return $rc
 }
 
-# try CMD...: run an untimed set-up command; on failure set ERR and fail.
+# try CMD...: run an untimed set-up command (under the step timeout); on
+# failure set ERR to its errno text and fail. `try write_file PATH TEXT`
+# writes TEXT and a newline to PATH (echo TEXT > PATH).
 try() {
+	local rc=0
 	ERR=
-	if ! "$@" 2>"$T/step.err"; then
-		ERR="$(tail -n 1 "$T/step.err" | sed 's/.*: //' | cut -c1-100)"
-		[[ -n $ERR ]] || ERR="'$*' failed"
+	if [[ $1 == write_file ]]; then
+		timeout --foreground -k 5 "$STEP_TIMEOUT" bash -c 'printf "%s\n" "$2" >"$1"' _ "$2" "$3" \
+			2>"$T/step.err" || rc=$?
+	else
+		timeout --foreground -k 5 "$STEP_TIMEOUT" "$@" 2>"$T/step.err" || rc=$?
+	fi
+	((rc != 0)) || return 0
+	ERR="$(tail -n 1 "$T/step.err" | sed 's/.*: //' | cut -c1-100)"
+	((rc == 124 || rc == 137)) && ERR="timed out after ${STEP_TIMEOUT} s"
+	[[ -n $ERR ]] || ERR="exit status $rc"
+	return 1
+}
+
+# more R ROW_T0: may run number R of a row started at ROW_T0 go ahead? Not
+# once the suite has used its BUDGET (then BUDGET_WHY says so); runs after
+# the first only while the row has used less than ROW_BUDGET seconds. This
+# keeps a slow topicfs within the suite's 10 minutes.
+BUDGET_WHY=
+more() {
+	local now=$EPOCHREALTIME
+	if gt "$(calc '%.3f' "$now - $suite_t0")" "$BUDGET"; then
+		BUDGET_WHY="suite time budget of $BUDGET s used up"
 		return 1
 	fi
+	(($1 == 1)) || ! gt "$(calc '%.3f' "$now - $2")" "$ROW_BUDGET"
 }
-write_file() { printf '%s\n' "$2" >"$1"; }   # write_file PATH TEXT
+# runs_note K: " (K runs)" when fewer than RUNS runs made the median.
+runs_note() { (($1 >= RUNS)) || { (($1 == 1)) && echo " (1 run)" || echo " ($1 runs)"; }; }
 fsize() { stat -c %s "$1" 2>/dev/null || echo 0; }
 
 # ---- set-up ------------------------------------------------------------------
@@ -276,7 +304,7 @@ alive() {
 }
 proc_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; } # PID FIELD
 
-# ratio_row KEY LABEL SECS CEIL TARGET_MIN: throughput row vs a ceiling time.
+# ratio_row KEY LABEL SECS CEIL TARGET_MIN NRUNS: throughput row vs a ceiling time.
 ratio_row() {
 	local ratio verdict=— target=—
 	rates "$3"
@@ -290,7 +318,7 @@ ratio_row() {
 		ratio="n.a. (no ceiling)"
 		[[ -n $5 ]] && target="≥ $5" && verdict=n.a.
 	fi
-	row "$1" "$2" "$(calc '%.3f' "$3") s" "$(commify "$RECS")" "$MBPS" "$ratio" "$target" "$verdict"
+	row "$1" "$2" "$(calc '%.3f' "$3") s$(runs_note "$6")" "$(commify "$RECS")" "$MBPS" "$ratio" "$target" "$verdict"
 }
 
 # produce_bench KEY LABEL TARGET CONFIG FILE: RUNS times, a fresh topic
@@ -298,8 +326,9 @@ ratio_row() {
 # checks that the topic holds every byte afterwards.
 TFS_PRODUCE_RECS=
 produce_bench() {
-	local key=$1 label=$2 target=$3 config=$4 file=$5 r topic ts=() got p
+	local key=$1 label=$2 target=$3 config=$4 file=$5 r topic ts=() got p row_t0=$EPOCHREALTIME
 	for ((r = 1; r <= RUNS; r++)); do
+		more "$r" "$row_t0" || break
 		alive || { na "$key" "$label" "$TFS_WHY" "${target:+≥ $target}"; return; }
 		topic=$TFS_MNT/$key-$r
 		if ! try mkdir "$topic"; then na "$key" "$label" "mkdir topic: $ERR" "${target:+≥ $target}"; return; fi
@@ -320,8 +349,9 @@ produce_bench() {
 			return
 		fi
 	done
+	((${#ts[@]})) || { na "$key" "$label" "$BUDGET_WHY" "${target:+≥ $target}"; return; }
 	SECS=$(median "${ts[@]}")
-	ratio_row "$key" "$label" "$SECS" "$NULL_W" "$target"
+	ratio_row "$key" "$label" "$SECS" "$NULL_W" "$target" "${#ts[@]}"
 	[[ $key == p1 ]] && TFS_PRODUCE_RECS=$RECS
 	note "$label: median $SECS s"
 }
@@ -332,7 +362,8 @@ produce_bench() {
 # pending must be empty.
 TFS_CONSUME_RECS=
 consume_bench() {
-	local key=$1 label=$2 fmt=$3 topic=$4 r f ts=() got
+	local key=$1 label=$2 fmt=$3 topic=$4 r f ts=() got row_t0=$EPOCHREALTIME
+	more 1 "$row_t0" || { na "$key" "$label" "$BUDGET_WHY" "≥ 0.25"; return; }
 	alive || { na "$key" "$label" "$TFS_WHY" "≥ 0.25"; return; }
 	[[ -d $topic ]] || { na "$key" "$label" "no topic to read: its produce failed" "≥ 0.25"; return; }
 	# shellcheck disable=SC2059
@@ -347,7 +378,9 @@ consume_bench() {
 		fi
 		return
 	fi
+	row_t0=$EPOCHREALTIME
 	for ((r = 1; r <= RUNS; r++)); do
+		more "$r" "$row_t0" || break
 		# shellcheck disable=SC2059
 		f=$topic/$(printf "$fmt" "$r")
 		[[ $fmt == groups/* ]] && mkdir -p "$(dirname "$f")"
@@ -361,8 +394,9 @@ consume_bench() {
 			fi
 		fi
 	done
+	((${#ts[@]})) || { na "$key" "$label" "$BUDGET_WHY" "≥ 0.25"; return; }
 	SECS=$(median "${ts[@]}")
-	ratio_row "$key" "$label" "$SECS" "$NULL_R" 0.25
+	ratio_row "$key" "$label" "$SECS" "$NULL_R" 0.25 "${#ts[@]}"
 	[[ $key == r1 ]] && TFS_CONSUME_RECS=$RECS
 	note "$label: median $SECS s"
 }
@@ -384,8 +418,9 @@ if tfs_start tfs; then
 	elif ! try mkdir "$TFS_MNT/small"; then
 		na s1 "$lbl" "mkdir topic: $ERR" "≤ 2×"
 	else
-		ts=() tn=() why=
+		ts=() tn=() why= row_t0=$EPOCHREALTIME
 		for ((r = 1; r <= RUNS; r++)); do
+			more "$r" "$row_t0" || { ((r > 1)) || why=$BUDGET_WHY; break; }
 			# null FUSE and topicfs take turns, so both see the same machine state
 			if mountpoint -q "$NULLMNT" && run_timed appends "$NULLMNT/t/0/log" "$LINE" "$APPENDS"; then
 				tn+=("$SECS")
@@ -413,7 +448,7 @@ if tfs_start tfs; then
 			else
 				x="n.a. (no ceiling)" v=n.a.
 			fi
-			row s1 "$lbl" "$(calc '%.3f' "$SECS") s ($(calc '%.0f' "$SECS / $APPENDS * 1e6") µs each)" \
+			row s1 "$lbl" "$(calc '%.3f' "$SECS") s ($(calc '%.0f' "$SECS / $APPENDS * 1e6") µs each)$(runs_note "${#ts[@]}")" \
 				"$(commify "$(calc '%.0f' "$APPENDS / $SECS")")" "—" "$x" "≤ 2×" "$v"
 			note "$lbl: median $SECS s"
 		fi
@@ -427,13 +462,16 @@ if tfs_start tfs; then
 
 	# latency
 	lbl="latency write() on log → blocked cursor read, 1 node"
-	if ! alive; then
+	if ! more 1 "$EPOCHREALTIME"; then
+		na l1 "$lbl p50" "$BUDGET_WHY" "—"
+		na l2 "$lbl p99" "$BUDGET_WHY" "≤ 1 ms"
+	elif ! alive; then
 		na l1 "$lbl p50" "$TFS_WHY" "—"
 		na l2 "$lbl p99" "$TFS_WHY" "≤ 1 ms"
 	elif ! try mkdir "$TFS_MNT/lat"; then
 		na l1 "$lbl p50" "mkdir topic: $ERR" "—"
 		na l2 "$lbl p99" "mkdir topic: $ERR" "≤ 1 ms"
-	elif out=$(timeout --foreground -k 5 "$STEP_TIMEOUT" "$BIN/latency" "$TFS_MNT/lat" "$LAT_SAMPLES" 3000 50 2>"$T/step.err"); then
+	elif out=$(timeout --foreground -k 5 60 "$BIN/latency" "$TFS_MNT/lat" "$LAT_SAMPLES" 3000 50 2>"$T/step.err"); then
 		p50=$(sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p' <<<"$out")
 		p99=$(sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p' <<<"$out")
 		pmax=$(sed -n 's/.*max_us=\([0-9.]*\).*/\1/p' <<<"$out")
@@ -472,7 +510,9 @@ row l3 "latency write() → cursor, 3 nodes, acks: all, p99" "n.a. (not measured
 # memory: a fresh daemon with 100 topics × 10 partitions, then idle
 lbl="memory: daemon RSS idle, 100 topics × 10 partitions"
 TFS_NAME=tfsmem
-if tfs_start tfsmem; then
+if ! more 1 "$EPOCHREALTIME"; then
+	na m1 "$lbl" "$BUDGET_WHY" "≤ 64 MiB"
+elif tfs_start tfsmem; then
 	why=
 	for ((i = 0; i < 100; i++)); do
 		t=$(printf '%s/m%03d' "$TFS_MNT" "$i")
@@ -512,9 +552,11 @@ REDIS_P= REDIS_C= NATS_P= NATS_C=
 # peer_bench NAME CLIENT PORT KEYPREFIX: PEER_RUNS times produce then consume;
 # sets PEER_P / PEER_C (median records/s) or PEER_WHY.
 peer_bench() {
-	local name=$1 client=$2 port=$3 prefix=$4 r out ps=() cs=()
+	local name=$1 client=$2 port=$3 prefix=$4 r out ps=() cs=() row_t0=$EPOCHREALTIME
 	PEER_P= PEER_C= PEER_WHY=
 	for ((r = 1; r <= PEER_RUNS; r++)); do
+		# peers are steady: only the suite budget cuts their runs short
+		more 1 "$row_t0" || { ((r > 1)) || { PEER_WHY=$BUDGET_WHY; return 1; }; break; }
 		if ! out=$(timeout --foreground -k 5 "$STEP_TIMEOUT" "$BIN/$client" 127.0.0.1 "$port" "$DATA" produce "$prefix$r" 2>"$T/step.err"); then
 			PEER_WHY="produce: $(tail -n 1 "$T/step.err" | cut -c1-80)"
 			return 1
