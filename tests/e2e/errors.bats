@@ -22,7 +22,7 @@ new_log() { tail -n +$((LOG_MARK + 1)) "$LOG"; }
 	tfs_start
 	mkdir "$MNT/t"
 	mark_log
-	run sh -c 'echo "bogus_key: 1" >"$1"' _ "$MNT/t/.config"
+	run bash -c 'echo "bogus_key: 1" >"$1"' _ "$MNT/t/.config"
 	assert_failure
 	wait_until 'new_log | grep -q bogus_key'
 }
@@ -32,7 +32,7 @@ new_log() { tail -n +$((LOG_MARK + 1)) "$LOG"; }
 	mkdir "$MNT/t"
 	echo 'max_record_bytes: 100' >"$MNT/t/.config"
 	mark_log
-	run sh -c 'head -c 500 /dev/zero | tr "\0" q >>"$1"; echo >>"$1"' _ "$MNT/t/0/log"
+	run bash -c 'printf "%0500d\n" 0 >>"$1"' _ "$MNT/t/0/log"
 	assert_failure
 	assert_output --partial "Message too long"
 	wait_until 'new_log | grep -Eqi "t/0|record|too long|EMSGSIZE"'
@@ -41,7 +41,7 @@ new_log() { tail -n +$((LOG_MARK + 1)) "$LOG"; }
 @test "writing to .cluster/nodes is refused with a permission errno" {
 	tfs_start
 	cp "$MNT/.cluster/nodes" "$T/before"
-	run sh -c 'echo "2 127.0.0.2:7070 up follower" >>"$1"' _ "$MNT/.cluster/nodes"
+	run bash -c 'echo "2 127.0.0.2:7070 up follower" >>"$1"' _ "$MNT/.cluster/nodes"
 	assert_failure
 	assert_output --regexp 'Permission denied|Read-only file system|Operation not permitted'
 	cmp "$T/before" "$MNT/.cluster/nodes"
@@ -49,7 +49,7 @@ new_log() { tail -n +$((LOG_MARK + 1)) "$LOG"; }
 
 @test "creating a file or directory in .cluster is refused" {
 	tfs_start
-	run sh -c 'echo x >"$1"' _ "$MNT/.cluster/extra"
+	run bash -c 'echo x >"$1"' _ "$MNT/.cluster/extra"
 	assert_failure
 	refute_output --partial "Input/output error"
 	run mkdir "$MNT/.cluster/sub"
@@ -86,7 +86,7 @@ new_log() { tail -n +$((LOG_MARK + 1)) "$LOG"; }
 @test "a file cannot be created inside a partition directory" {
 	tfs_start
 	mkdir "$MNT/t"
-	run sh -c 'echo x >"$1"' _ "$MNT/t/0/extra"
+	run bash -c 'echo x >"$1"' _ "$MNT/t/0/extra"
 	assert_failure
 	refute_output --partial "Input/output error"
 	[[ ! -e $MNT/t/0/extra ]]

@@ -122,7 +122,7 @@ setup() {
 @test "cat of a file with a too-long line reports 'Message too long'" {
 	set_config t 'max_record_bytes: 100'
 	{ echo ok1; head -c 300 /dev/zero | tr '\0' z; echo; echo ok2; } >"$T/in"
-	run sh -c 'cat "$1" >>"$2"' _ "$T/in" "$L"
+	run bash -c 'cat "$1" >>"$2"' _ "$T/in" "$L"
 	assert_failure
 	assert_output --partial "Message too long"
 	# nothing of the long line was produced
@@ -155,7 +155,7 @@ setup() {
 @test "writing to state is refused and changes nothing" {
 	echo r >>"$L"
 	cp "$MNT/t/0/state" "$T/before"
-	run sh -c 'echo "end_offset: 99" >>"$1"' _ "$MNT/t/0/state"
+	run bash -c 'echo "end_offset: 99" >>"$1"' _ "$MNT/t/0/state"
 	assert_failure
 	refute_output --partial "Input/output error"
 	cmp "$T/before" "$MNT/t/0/state"

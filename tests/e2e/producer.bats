@@ -141,7 +141,7 @@ setup() {
 @test "producer file names with a compression suffix are refused with EPERM" {
 	local s
 	for s in gz bz2 xz zst lz4 Z; do
-		run sh -c 'echo x >"$1"' _ "$MNT/t/app.log.1.$s"
+		run bash -c 'echo x >"$1"' _ "$MNT/t/app.log.1.$s"
 		[[ $status -ne 0 ]] || { echo "app.log.1.$s was accepted"; false; }
 		[[ $output == *"Operation not permitted"* ]] || { echo "$s: $output"; false; }
 		[[ ! -e $MNT/t/app.log.1.$s ]]
