@@ -16,6 +16,57 @@ new_log() { tail -n +$((LOG_MARK + 1)) "$LOG"; }
 	assert_output --partial "Invalid argument"
 	wait_for grep -qF 'bad*name' "$LOG"
 	[[ $(new_log | grep -cF 'bad*name') -eq 1 ]]
+	new_log | grep -F 'bad*name' | grep -q mkdir
+}
+
+# refused_once CMD NEEDLE: CMD (run in $MNT) fails with an errno other than
+# EIO, and exactly one new daemon log line names NEEDLE.
+refused_once() {
+	mark_log
+	run bash -c "cd \"\$1\" && $1" _ "$MNT"
+	[[ $status -ne 0 ]] || { echo "accepted: $1"; return 1; }
+	[[ $output != *"Input/output error"* ]] || { echo "EIO: $1"; return 1; }
+	wait_until "new_log | grep -qF -- '$2'" || { echo "no log line for: $1"; return 1; }
+	local n
+	n=$(new_log | grep -cF -- "$2")
+	[[ $n -eq 1 ]] || { echo "$n log lines for: $1"; new_log; return 1; }
+}
+
+@test "each refused operation logs exactly one line naming its target" {
+	tfs_start
+	mkdir "$MNT/t" "$MNT/topic1"
+	echo r >>"$MNT/t/0/log"
+	refused_once 'mkdir "bad*name"' 'bad*name'
+	refused_once 'rm -f t/0/log' 't/0/log'
+	refused_once 'rm -f t/0/state' 't/0/state'
+	refused_once 'rmdir t/0' 't/0'
+	refused_once 'echo x >>.cluster/nodes' '.cluster/nodes'
+	refused_once 'echo x >t/0/new' 't/0/new'
+	refused_once 'echo x >t/f.gz' 't/f.gz'
+	refused_once 'echo x >>t/0/state' 't/0/state'
+	refused_once 'mv t/0/log t/0/log2' 't/0/log'
+	refused_once 'mv topic1 topic2' 'topic1'
+	refused_once 'mkdir t/0/d' 't/0/d'
+	# and the daemon still serves
+	[[ $(cat "$MNT/t/0/log") == r ]]
+}
+
+@test "links in a topic are refused with a specific errno and a log line" {
+	tfs_start
+	mkdir "$MNT/t"
+	echo r >"$MNT/t/app.log"
+	refused_once 'ln -s app.log t/sym' 't/sym'
+	refused_once 'ln t/app.log t/hard' 't/hard'
+}
+
+@test "truncating a partition log never removes records" {
+	tfs_start
+	mkdir "$MNT/t"
+	seq 1 5 >>"$MNT/t/0/log"
+	truncate -s 0 "$MNT/t/0/log" 2>/dev/null || true
+	python3 -c 'import os, sys; os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_TRUNC))' "$MNT/t/0/log" 2>/dev/null || true
+	diff <(seq 1 5) "$MNT/t/0/log"
+	[[ $(stat -c %s "$MNT/t/0/log") == 10 ]]
 }
 
 @test "a refused .config write is logged with its reason" {
