@@ -16,12 +16,14 @@
 #   BENCH_PEER_RUNS    runs per peer measurement [3]
 #   BENCH_LINES        records in the data set [1000000, ~100 bytes each]
 #   BENCH_APPENDS      `echo >> log` calls in the small-append test [2000]
+#   BENCH_APPEND_RUNS  runs of that test, alternating with null FUSE [9]
 #   BENCH_LAT_SAMPLES  latency samples [1000]
 #   BENCH_STEP_TIMEOUT seconds before one command is abandoned [30]
 #   BENCH_ROW_BUDGET   seconds after which a row stops adding runs [20]
 #   BENCH_BUDGET       seconds after which no new row starts (n.a.) [540]
 #   BENCH_PEERS=0      skip Redis and NATS;  BENCH_INSTALL=0  never apt-get
 #   BENCH_OUT          results directory [bench/results]
+# shellcheck disable=SC2016 # the bash -c scripts are single-quoted on purpose
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +33,7 @@ RUNS=${BENCH_RUNS:-5}
 PEER_RUNS=${BENCH_PEER_RUNS:-3}
 LINES=${BENCH_LINES:-1000000}
 APPENDS=${BENCH_APPENDS:-2000}
+APPEND_RUNS=${BENCH_APPEND_RUNS:-9}
 LAT_SAMPLES=${BENCH_LAT_SAMPLES:-1000}
 STEP_TIMEOUT=${BENCH_STEP_TIMEOUT:-30}
 ROW_BUDGET=${BENCH_ROW_BUDGET:-20}
@@ -81,9 +84,9 @@ commify() { awk -v n="$1" 'BEGIN { s = sprintf("%.0f", n); r = "";
 # key, measurement, median, records/s, MB/s, vs ceiling, target, verdict
 ROWS=
 row() {
-	local f out=()
-	for f in "$@"; do out+=("$(printf '%s' "$f" | tr '\t\n|' '  /')"); done
-	(IFS=$'\t'; printf '%s\n' "${out[*]}") >>"$ROWS"
+	local f cells=()
+	for f in "$@"; do cells+=("$(printf '%s' "$f" | tr '\t\n|' '  /')"); done
+	(IFS=$'\t'; printf '%s\n' "${cells[*]}") >>"$ROWS"
 }
 na() { # na KEY LABEL REASON TARGET (temporary paths are cut from REASON)
 	local why=${3//"$T/tfs/"/}
@@ -153,8 +156,8 @@ more() {
 	fi
 	(($1 == 1)) || ! gt "$(calc '%.3f' "$now - $2")" "$ROW_BUDGET"
 }
-# runs_note K: " (K runs)" when fewer than RUNS runs made the median.
-runs_note() { (($1 >= RUNS)) || { (($1 == 1)) && echo " (1 run)" || echo " ($1 runs)"; }; }
+# runs_note K [WANT]: " (K runs)" when fewer than WANT (RUNS) runs made the median.
+runs_note() { (($1 >= ${2:-$RUNS})) || { (($1 == 1)) && echo " (1 run)" || echo " ($1 runs)"; }; }
 fsize() { stat -c %s "$1" 2>/dev/null || echo 0; }
 
 # ---- set-up ------------------------------------------------------------------
@@ -191,9 +194,11 @@ fi
 need gnuplot || missing+=(gnuplot-nox)
 ((${#missing[@]} == 0)) || apt_install "${missing[@]}" || true
 
-say "-- building bench tools into ${BIN#$root/}/"
+say "-- building bench tools into ${BIN#"$root"/}/"
 CF=(-std=c17 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror)
-gcc "${CF[@]}" $(pkg-config --cflags fuse3) -o "$BIN/nullfs" "$here/nullfs.c" $(pkg-config --libs fuse3)
+read -ra FUSE_CF <<<"$(pkg-config --cflags fuse3)"
+read -ra FUSE_LIBS <<<"$(pkg-config --libs fuse3)"
+gcc "${CF[@]}" "${FUSE_CF[@]}" -o "$BIN/nullfs" "$here/nullfs.c" "${FUSE_LIBS[@]}"
 gcc "${CF[@]}" -o "$BIN/genlog" "$here/genlog.c"
 for prog in latency redis_client nats_client; do
 	gcc "${CF[@]}" -pthread -o "$BIN/$prog" "$here/$prog.c"
@@ -213,7 +218,7 @@ rates() {
 }
 
 # ---- ceilings: null FUSE and a plain file --------------------------------------
-NULL_W= NULL_R= NULL_A= PLAIN_W= PLAIN_R= PLAIN_A=
+NULL_W='' NULL_R='' NULL_A='' PLAIN_W='' PLAIN_R='' PLAIN_A=''
 NULLMNT=$T/null
 mkdir -p "$NULLMNT"
 say "-- ceilings"
@@ -267,9 +272,9 @@ TFS_WHY=
 # TFS_MNT, or TFS_WHY on failure.
 tfs_start() {
 	local name=$1
-	TFS_MNT=$T/$name TFS_PID= TFS_WHY=
+	TFS_MNT=$T/$name TFS_PID='' TFS_WHY=''
 	if [[ ! -x $TOPICFS ]]; then
-		TFS_WHY="${TOPICFS#$root/} not built"
+		TFS_WHY="${TOPICFS#"$root"/} not built"
 		return 1
 	fi
 	mkdir -p "$TFS_MNT" "$T/$name.data"
@@ -290,7 +295,7 @@ tfs_start() {
 }
 tfs_stop() {
 	[[ -n $TFS_PID ]] || return 0
-	mountpoint -q "$TFS_MNT" && { fusermount3 -u "$TFS_MNT" || fusermount3 -uz "$TFS_MNT"; }
+	if mountpoint -q "$TFS_MNT"; then fusermount3 -u "$TFS_MNT" || fusermount3 -uz "$TFS_MNT" || true; fi
 	for _ in $(seq 100); do kill -0 "$TFS_PID" 2>/dev/null || break; sleep 0.05; done
 	kill -9 "$TFS_PID" 2>/dev/null || true
 	wait "$TFS_PID" 2>/dev/null || true
@@ -302,7 +307,7 @@ alive() {
 	TFS_WHY="topicfs died earlier: $(tail -n 1 "$T/$TFS_NAME.log" 2>/dev/null | cut -c1-80)"
 	return 1
 }
-proc_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; } # PID FIELD
+proc_kib() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || true; } # PID FIELD
 
 # ratio_row KEY LABEL SECS CEIL TARGET_MIN NRUNS: throughput row vs a ceiling time.
 ratio_row() {
@@ -372,7 +377,7 @@ consume_bench() {
 	got=$(timeout --foreground -k 5 "$STEP_TIMEOUT" cat "$f" 2>"$T/step.err" | wc -c) || true
 	if ((got != BYTES)); then
 		if ((got == 0)); then
-			na "$key" "$label" "cat ${f#$topic/}: $(tail -n 1 "$T/step.err" | sed 's/^[^:]*: //' | cut -c1-80)" "≥ 0.25"
+			na "$key" "$label" "cat ${f#"$topic"/}: $(tail -n 1 "$T/step.err" | sed 's/^[^:]*: //' | cut -c1-80)" "≥ 0.25"
 		else
 			row "$key" "$label" "invalid: read $got of $BYTES bytes" "—" "—" "—" "≥ 0.25" FAIL
 		fi
@@ -383,8 +388,11 @@ consume_bench() {
 		more "$r" "$row_t0" || break
 		# shellcheck disable=SC2059
 		f=$topic/$(printf "$fmt" "$r")
-		[[ $fmt == groups/* ]] && mkdir -p "$(dirname "$f")"
-		if ! run_timed cat_read "$f"; then na "$key" "$label" "cat ${f#$topic/}: $ERR" "≥ 0.25"; return; fi
+		if [[ $fmt == groups/* ]] && ! try mkdir -p "$(dirname "$f")"; then
+			na "$key" "$label" "mkdir group: $ERR" "≥ 0.25"
+			return
+		fi
+		if ! run_timed cat_read "$f"; then na "$key" "$label" "cat ${f#"$topic"/}: $ERR" "≥ 0.25"; return; fi
 		ts+=("$SECS")
 		if [[ $fmt == groups/* ]]; then
 			got=$(timeout --foreground -k 5 "$STEP_TIMEOUT" cat "$f" 2>/dev/null | wc -c) || true
@@ -405,7 +413,7 @@ say "-- topicfs"
 TFS_PEAK_KIB=
 TFS_NAME=tfs
 if tfs_start tfs; then
-	note "mounted ${TOPICFS#$root/} (pid $TFS_PID)"
+	note "mounted ${TOPICFS#"$root"/} (pid $TFS_PID)"
 	produce_bench p1 "produce: cat $MB MB >> t/0/log, compression zstd" 0.15 "compression: zstd" 0/log
 	produce_bench p2 "produce: cat $MB MB >> t/0/log, compression none" 0.25 "compression: none" 0/log
 	alive && TFS_PEAK_KIB=$(proc_kib "$TFS_PID" VmHWM)
@@ -418,8 +426,8 @@ if tfs_start tfs; then
 	elif ! try mkdir "$TFS_MNT/small"; then
 		na s1 "$lbl" "mkdir topic: $ERR" "≤ 2×"
 	else
-		ts=() tn=() why= row_t0=$EPOCHREALTIME
-		for ((r = 1; r <= RUNS; r++)); do
+		ts=() tn=() why='' row_t0=$EPOCHREALTIME
+		for ((r = 1; r <= APPEND_RUNS; r++)); do
 			more "$r" "$row_t0" || { ((r > 1)) || why=$BUDGET_WHY; break; }
 			# null FUSE and topicfs take turns, so both see the same machine state
 			if mountpoint -q "$NULLMNT" && run_timed appends "$NULLMNT/t/0/log" "$LINE" "$APPENDS"; then
@@ -448,13 +456,13 @@ if tfs_start tfs; then
 			else
 				x="n.a. (no ceiling)" v=n.a.
 			fi
-			row s1 "$lbl" "$(calc '%.3f' "$SECS") s ($(calc '%.0f' "$SECS / $APPENDS * 1e6") µs each)$(runs_note "${#ts[@]}")" \
+			row s1 "$lbl" "$(calc '%.3f' "$SECS") s ($(calc '%.0f' "$SECS / $APPENDS * 1e6") µs each)$(runs_note "${#ts[@]}" "$APPEND_RUNS")" \
 				"$(commify "$(calc '%.0f' "$APPENDS / $SECS")")" "—" "$x" "≤ 2×" "$v"
 			note "$lbl: median $SECS s"
 		fi
 	fi
 
-	mountpoint -q "$NULLMNT" && fusermount3 -u "$NULLMNT"
+	if mountpoint -q "$NULLMNT"; then fusermount3 -u "$NULLMNT" || true; fi
 
 	consume_bench r1 "consume: cat t/groups/g/pending > /dev/null (zstd topic)" "groups/g%d/pending" "$TFS_MNT/p1-1"
 	consume_bench r2 "consume: cat t/0/log > /dev/null (zstd topic)" "0/log" "$TFS_MNT/p1-1"
@@ -498,7 +506,7 @@ else
 	na l2 "latency write() on log → blocked cursor read, 1 node p99" "$TFS_WHY" "≤ 1 ms"
 	note "topicfs rows n.a.: $TFS_WHY"
 fi
-mountpoint -q "$NULLMNT" && fusermount3 -u "$NULLMNT"
+if mountpoint -q "$NULLMNT"; then fusermount3 -u "$NULLMNT" || true; fi
 if [[ -n $NULL_A ]]; then
 	row c3 "ceiling: null FUSE, $APPENDS × echo >> t/0/log" "$(calc '%.3f' "$NULL_A") s" \
 		"$(commify "$(calc '%.0f' "$APPENDS / $NULL_A")")" "—" "1 (ceiling)" "—" "—"
@@ -548,12 +556,12 @@ fi
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-REDIS_P= REDIS_C= NATS_P= NATS_C=
+REDIS_P='' REDIS_C='' NATS_P='' NATS_C=''
 # peer_bench NAME CLIENT PORT KEYPREFIX: PEER_RUNS times produce then consume;
 # sets PEER_P / PEER_C (median records/s) or PEER_WHY.
 peer_bench() {
 	local name=$1 client=$2 port=$3 prefix=$4 r out ps=() cs=() row_t0=$EPOCHREALTIME
-	PEER_P= PEER_C= PEER_WHY=
+	PEER_P='' PEER_C='' PEER_WHY=''
 	for ((r = 1; r <= PEER_RUNS; r++)); do
 		# peers are steady: only the suite budget cuts their runs short
 		more 1 "$row_t0" || { ((r > 1)) || { PEER_WHY=$BUDGET_WHY; return 1; }; break; }
@@ -567,7 +575,7 @@ peer_bench() {
 			return 1
 		fi
 		cs+=("$(sed -n 's/.*seconds=\([0-9.]*\).*/\1/p' <<<"$out")")
-		[[ $name == redis ]] && redis-cli -p "$port" DEL "$prefix$r" >/dev/null 2>&1
+		[[ $name != redis ]] || redis-cli -p "$port" DEL "$prefix$r" >/dev/null 2>&1 || true
 	done
 	PEER_P=$(median "${ps[@]}")
 	PEER_C=$(median "${cs[@]}")
@@ -587,7 +595,7 @@ peer_rows() { # KEY NAME WHAT
 
 if [[ ${BENCH_PEERS:-1} == 1 ]]; then
 	say "-- peers"
-	PEER_P= PEER_C= PEER_WHY=
+	PEER_P='' PEER_C='' PEER_WHY=''
 	if ! need redis-server || ! need redis-cli; then
 		PEER_WHY="redis-server not installed"
 	else
@@ -610,7 +618,7 @@ if [[ ${BENCH_PEERS:-1} == 1 ]]; then
 	peer_rows x "Redis ${REDIS_V:-} Streams" "XADD pipelined, 1000/batch, AOF everysec" "XRANGE COUNT 10000"
 	REDIS_P=$PEER_P REDIS_C=$PEER_C
 
-	PEER_P= PEER_C= PEER_WHY=
+	PEER_P='' PEER_C='' PEER_WHY=''
 	if ! need nats-server; then
 		PEER_WHY="nats-server not installed"
 	else
@@ -722,4 +730,4 @@ fi
 echo
 cat "$md"
 echo
-say "results: ${OUT#$root/}/$stamp.md${png:+ and $stamp.png} (also latest.*)"
+say "results: ${OUT#"$root"/}/$stamp.md${png:+ and $stamp.png} (also latest.*)"
