@@ -449,14 +449,13 @@ static const struct ls_index_entry *loc_entry(const struct ls_partition *p,
 	return &p->segs[l->seg]->index.e[l->idx];
 }
 
-/* Reads batch *l into buf, checks header and CRC (logging damage with dir,
- * segment and byte) and fills *h. */
-static int read_batch_locked(const struct ls_partition *p, const struct loc *l,
-                             struct ls_buf *buf, struct ls_batch_header *h)
+/* Reads batch i of segment s into buf, checks header and CRC (logging
+ * damage with dir, segment and byte) and fills *h. */
+static int read_batch_at(const struct ls_partition *p, const struct ls_segment *s,
+                         size_t i, struct ls_buf *buf, struct ls_batch_header *h)
 {
-	const struct ls_segment *s = p->segs[l->seg];
-	const struct ls_index_entry *e = &s->index.e[l->idx];
-	size_t len = ls_segment_batch_len(s, l->idx);
+	const struct ls_index_entry *e = &s->index.e[i];
+	size_t len = ls_segment_batch_len(s, i);
 	int rc = ls_buf_reserve(buf, len);
 	if (rc < 0)
 		return rc;
@@ -475,6 +474,12 @@ static int read_batch_locked(const struct ls_partition *p, const struct loc *l,
 		return LS_ECORRUPT;
 	}
 	return 0;
+}
+
+static int read_batch_locked(const struct ls_partition *p, const struct loc *l,
+                             struct ls_buf *buf, struct ls_batch_header *h)
+{
+	return read_batch_at(p, p->segs[l->seg], l->idx, buf, h);
 }
 
 /* View position of the first record at or after offset. Caller holds lock;
@@ -1002,8 +1007,9 @@ int ls_partition_open(const char *dir, const struct ls_config *cfg,
 	struct ls_segment *first = p->segs[0], *last = active(p);
 	p->start_offset = first->base_offset;
 	p->start_pos = first->start_pos;
-	if (have_meta && m.start_offset >= first->base_offset &&
-	    m.start_offset <= last->end_offset) {
+	/* compaction may have removed leading segments: the start stays put */
+	if (have_meta && m.start_offset <= last->end_offset &&
+	    (m.start_offset >= first->base_offset || m.start_pos <= first->start_pos)) {
 		p->start_offset = m.start_offset;
 		p->start_pos = m.start_pos;
 	}
@@ -1923,10 +1929,381 @@ out:
 
 /* ---- compaction ----------------------------------------------------------------- */
 
+/* The newest offset of every key: an open-addressing table owning copies of
+ * the keys. */
+struct kentry {
+	uint64_t hash;
+	int64_t offset;     /* -1: empty slot */
+	uint32_t klen;
+	uint8_t *key;
+};
+
+struct kmap {
+	struct kentry *e;
+	size_t cap, n;
+};
+
+static uint64_t key_hash(const void *key, uint32_t len)
+{
+	const uint8_t *k = key;
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (uint32_t i = 0; i < len; i++)
+		h = (h ^ k[i]) * 0x100000001b3ull;
+	return h ^ (h >> 29);
+}
+
+static struct kentry *kmap_slot(const struct kmap *m, uint64_t h, const void *key,
+                                uint32_t len)
+{
+	for (size_t i = h & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+		struct kentry *e = &m->e[i];
+		if (e->offset < 0 || (e->hash == h && e->klen == len &&
+		                      memcmp(e->key, key, len) == 0))
+			return e;
+	}
+}
+
+static int kmap_put(struct kmap *m, const void *key, uint32_t len, int64_t offset)
+{
+	if ((m->n + 1) * 2 > m->cap) {
+		struct kmap g = {calloc(m->cap ? m->cap * 2 : 1024, sizeof(struct kentry)),
+		                 m->cap ? m->cap * 2 : 1024, m->n};
+		if (!g.e)
+			return -ENOMEM;
+		for (size_t i = 0; i < g.cap; i++)
+			g.e[i].offset = -1;
+		for (size_t i = 0; i < m->cap; i++)
+			if (m->e[i].offset >= 0)
+				*kmap_slot(&g, m->e[i].hash, m->e[i].key, m->e[i].klen) = m->e[i];
+		free(m->e);
+		*m = g;
+	}
+	uint64_t h = key_hash(key, len);
+	struct kentry *e = kmap_slot(m, h, key, len);
+	if (e->offset < 0) {
+		uint8_t *copy = malloc(len ? len : 1);
+		if (!copy)
+			return -ENOMEM;
+		memcpy(copy, key, len);
+		*e = (struct kentry){h, offset, len, copy};
+		m->n++;
+	} else if (offset > e->offset) {
+		e->offset = offset;
+	}
+	return 0;
+}
+
+static int64_t kmap_get(const struct kmap *m, const void *key, uint32_t len)
+{
+	if (!m->cap)
+		return -1;
+	return kmap_slot(m, key_hash(key, len), key, len)->offset;
+}
+
+static void kmap_free(struct kmap *m)
+{
+	for (size_t i = 0; i < m->cap; i++)
+		if (m->e[i].offset >= 0)
+			free(m->e[i].key);
+	free(m->e);
+}
+
+/* Decodes every record of batch i of s into *recs (pointers into t's
+ * buffers, valid until the next batch is read). */
+static int decode_batch(struct ls_partition *p, struct ls_segment *s, size_t i,
+                        struct tls_ctx *t, struct ls_batch_header *h,
+                        struct ls_batch_record **recs, size_t *n, size_t *cap)
+{
+	struct ls_batch_iter it;
+	struct ls_batch_record r;
+	int rc = read_batch_at(p, s, i, &t->scan.buf, h);
+	if (rc < 0)
+		return rc;
+	if ((rc = ls_batch_iter_init(&it, t->scan.buf.data, h, &t->scan.scratch,
+	                             t->scan.dctx)) < 0)
+		return rc;
+	*n = 0;
+	while ((rc = ls_batch_iter_next(&it, &r)) == 1) {
+		if (*n == *cap) {
+			size_t nc = *cap ? *cap * 2 : 256;
+			struct ls_batch_record *nr = realloc(*recs, nc * sizeof(*nr));
+			if (!nr)
+				return -ENOMEM;
+			*recs = nr;
+			*cap = nc;
+		}
+		(*recs)[(*n)++] = r;
+	}
+	return rc < 0 ? rc : 0;
+}
+
+/* A record survives compaction if it has no key, or it is the newest record
+ * of its key and not a tombstone. */
+static int survives(const struct kmap *km, const struct ls_batch_record *r)
+{
+	if (r->key_len < 0)
+		return 1;
+	return r->value_len >= 0 && kmap_get(km, r->key, (uint32_t)r->key_len) == r->offset;
+}
+
+/* Writes the compacted copy of closed segment s as X.log.swap / X.idx.swap
+ * (fsynced) and returns it as a ready segment in *out (NULL if nothing
+ * survives: the swap files are then removed). *removed counts dropped
+ * records. Runs of surviving records become batches of their own so every
+ * batch's view stays contiguous; untouched batches are copied verbatim. */
+static int compact_segment(struct ls_partition *p, struct ls_segment *s,
+                           const struct kmap *km, struct tls_ctx *t,
+                           struct ls_segment **out, uint64_t *removed)
+{
+	int rc = 0;
+	char lname[64], iname[64];
+	struct ls_batch_record *recs = NULL;
+	size_t nrecs = 0, rcap = 0;
+	struct ls_buf enc = {0}, zs = {0};
+	struct ls_batch_header h;
+	struct ls_segment *ns = calloc(1, sizeof(*ns));
+	*out = NULL;
+	*removed = 0;
+	if (!ns)
+		return -ENOMEM;
+	ls_segment_filename(lname, sizeof(lname), s->base_offset, "log.swap");
+	ls_segment_filename(iname, sizeof(iname), s->base_offset, "idx.swap");
+	*ns = (struct ls_segment){.dir = p->dir, .base_offset = s->base_offset,
+	                          .end_offset = s->base_offset, .start_pos = s->start_pos,
+	                          .end_pos = s->start_pos, .max_ts = -1, .fd = -1,
+	                          .index = {.fd = -1}};
+	memcpy(ns->name, s->name, sizeof(ns->name));
+	ns->fd = openat(p->dirfd, lname, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	ns->index.fd = openat(p->dirfd, iname, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (ns->fd < 0 || ns->index.fd < 0) {
+		rc = -errno;
+		goto err;
+	}
+	for (size_t i = 0; i < s->index.n; i++) {
+		const struct ls_index_entry *e = &s->index.e[i];
+		if ((rc = decode_batch(p, s, i, t, &h, &recs, &nrecs, &rcap)) < 0)
+			goto err;
+		size_t kept = 0;
+		for (size_t k = 0; k < nrecs; k++)
+			kept += survives(km, &recs[k]);
+		*removed += nrecs - kept;
+		uint64_t vp = e->view_pos;
+		for (size_t a = 0; a < nrecs;) {
+			size_t b = a;
+			if (!survives(km, &recs[a])) {
+				vp += recs[a++].view_size;
+				continue;
+			}
+			uint64_t run_view = 0;
+			while (b < nrecs && survives(km, &recs[b]))
+				run_view += recs[b++].view_size;
+			const void *bytes;
+			size_t len;
+			struct ls_batch_header th = h;
+			if (kept == nrecs) {
+				bytes = t->scan.buf.data; /* untouched: copy as stored */
+				len = t->scan.buf.len;
+			} else {
+				th.base_offset = recs[a].offset;
+				th.last_offset_delta = (int32_t)(recs[b - 1].offset - recs[a].offset);
+				if (h.base_sequence >= 0)
+					th.base_sequence = (int32_t)((uint32_t)h.base_sequence +
+					                             (uint32_t)(recs[a].offset - h.base_offset));
+				for (size_t k = a; k < b; k++)
+					recs[k].offset_delta = (int32_t)(recs[k].offset - th.base_offset);
+				enum ls_codec codec = (h.attributes & LS_BATCH_ATTR_CODEC_MASK) ==
+				                              LS_CODEC_ZSTD ? LS_CODEC_ZSTD : LS_CODEC_NONE;
+				if (codec == LS_CODEC_ZSTD && !t->cctx && !(t->cctx = ZSTD_createCCtx())) {
+					rc = -ENOMEM;
+					goto err;
+				}
+				if ((rc = ls_batch_encode_records(&enc, &zs, t->cctx, recs + a,
+				                                  (uint32_t)(b - a), &th, codec,
+				                                  p->cfg.compression_level)) < 0)
+					goto err;
+				ls_batch_stamp(enc.data, th.base_offset, h.leader_epoch);
+				bytes = enc.data;
+				len = enc.len;
+			}
+			if ((rc = ls_fsutil_pwrite_all(ns->fd, bytes, len, (off_t)ns->size)) < 0)
+				goto err;
+			if (h.max_ts > ns->max_ts)
+				ns->max_ts = h.max_ts;
+			struct ls_index_entry ne = {th.base_offset, vp, (uint32_t)ns->size,
+			                            (uint32_t)run_view, ns->max_ts};
+			if ((rc = ls_index_reserve(&ns->index, ns->index.n + 1)) < 0)
+				goto err;
+			ls_index_push(&ns->index, &ne);
+			ns->size += len;
+			ns->end_offset = th.base_offset + th.last_offset_delta + 1;
+			ns->end_pos = vp + run_view;
+			vp += run_view;
+			a = b;
+		}
+	}
+	if (ns->index.n == 0) {
+		ls_segment_close(ns);
+		ns = NULL;
+		unlinkat(p->dirfd, lname, 0);
+		unlinkat(p->dirfd, iname, 0);
+		goto out;
+	}
+	ns->start_pos = ns->index.e[0].view_pos;
+	if ((rc = ls_index_rewrite(&ns->index)) < 0 || (rc = ls_segment_sync(ns)) < 0)
+		goto err;
+	*out = ns;
+	goto out;
+err:
+	ls_segment_close(ns);
+	unlinkat(p->dirfd, lname, 0);
+	unlinkat(p->dirfd, iname, 0);
+out:
+	free(recs);
+	ls_buf_free(&enc);
+	ls_buf_free(&zs);
+	return rc;
+}
+
+/* Puts the compacted copy ns (NULL: delete) in place of closed segment s:
+ * renames the swap files over the originals (index first: a leftover
+ * X.log.swap tells open to finish the job) under the exclusive lock. */
+static int compact_swap(struct ls_partition *p, struct ls_segment *s, struct ls_segment *ns)
+{
+	int rc = 0;
+	char from[64], to[64];
+	pthread_rwlock_wrlock(&p->lock);
+	size_t k = 0;
+	while (k < p->nsegs && p->segs[k] != s)
+		k++;
+	if (ns) {
+		ls_segment_filename(from, sizeof(from), s->base_offset, "idx.swap");
+		ls_segment_filename(to, sizeof(to), s->base_offset, "idx");
+		if (renameat(p->dirfd, from, p->dirfd, to) < 0) {
+			rc = -errno;
+			goto out;
+		}
+		ls_segment_filename(from, sizeof(from), s->base_offset, "log.swap");
+		ls_segment_filename(to, sizeof(to), s->base_offset, "log");
+		if (renameat(p->dirfd, from, p->dirfd, to) < 0) {
+			rc = -errno;
+			make_sticky(p, rc, "compaction swap");
+			goto out;
+		}
+		p->segs[k] = ns;
+		p->bytes = p->bytes - s->size + ns->size;
+	} else {
+		if ((rc = ls_segment_unlink(p->dirfd, s->base_offset)) < 0)
+			goto out;
+		memmove(p->segs + k, p->segs + k + 1, (p->nsegs - k - 1) * sizeof(*p->segs));
+		p->nsegs--;
+		p->bytes -= s->size;
+	}
+	p->gen++;
+	p->layout++;
+out:
+	pthread_rwlock_unlock(&p->lock);
+	if (rc == 0)
+		ls_segment_close(s);
+	return rc;
+}
+
 int ls_partition_compact(struct ls_partition *p)
 {
-	(void)p;
-	return -ENOTSUP;
+	int rc = 0;
+	struct kmap km = {0};
+	struct ls_batch_record *recs = NULL;
+	size_t nrecs = 0, rcap = 0, nclosed;
+	struct ls_segment **snap = NULL;
+	uint64_t total_removed = 0;
+	struct tls_ctx *t = tls_get();
+	if (!t)
+		return -ENOMEM;
+	pthread_mutex_lock(&p->maint_mu);
+	if ((rc = sticky_rc(p)) < 0)
+		goto out;
+
+	/* Closed segments cannot change while maint_mu is held; the active one
+	 * only grows, so its batches up to the snapshot are stable too. */
+	pthread_rwlock_rdlock(&p->lock);
+	size_t nsnap = p->nsegs;
+	size_t active_n = active(p)->index.n;
+	snap = malloc(nsnap * sizeof(*snap));
+	if (snap)
+		memcpy(snap, p->segs, nsnap * sizeof(*snap));
+	pthread_rwlock_unlock(&p->lock);
+	if (!snap) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	nclosed = nsnap - 1;
+	if (nclosed == 0)
+		goto out;
+
+	/* 1: the newest offset of every key, over the whole log */
+	for (size_t k = 0; k < nsnap; k++) {
+		struct ls_segment *s = snap[k];
+		size_t n = k == nclosed ? active_n : s->index.n;
+		for (size_t i = 0; i < n; i++) {
+			struct ls_batch_header h;
+			if (k == nclosed)
+				pthread_rwlock_rdlock(&p->lock);
+			rc = decode_batch(p, s, i, t, &h, &recs, &nrecs, &rcap);
+			if (k == nclosed)
+				pthread_rwlock_unlock(&p->lock);
+			if (rc < 0)
+				goto out;
+			for (size_t j = 0; j < nrecs; j++)
+				if (recs[j].key_len >= 0 &&
+				    (rc = kmap_put(&km, recs[j].key, (uint32_t)recs[j].key_len,
+				                   recs[j].offset)) < 0)
+					goto out;
+		}
+	}
+
+	/* 2: rewrite each closed segment that loses records */
+	for (size_t k = 0; k < nclosed; k++) {
+		struct ls_segment *s = snap[k], *ns;
+		int64_t base = s->base_offset; /* s is freed by the swap */
+		uint64_t removed = 0;
+		size_t dropping = 0;
+		for (size_t i = 0; i < s->index.n && !dropping; i++) {
+			struct ls_batch_header h;
+			if ((rc = decode_batch(p, s, i, t, &h, &recs, &nrecs, &rcap)) < 0)
+				goto out;
+			for (size_t j = 0; j < nrecs; j++)
+				dropping += !survives(&km, &recs[j]);
+		}
+		if (!dropping)
+			continue;
+		if ((rc = compact_segment(p, s, &km, t, &ns, &removed)) < 0)
+			goto out;
+		if ((rc = ls_fsutil_fsync_fd(p->dirfd)) < 0) {
+			make_sticky(p, rc, "fsync of the directory");
+			ls_segment_close(ns);
+			goto out;
+		}
+		if ((rc = compact_swap(p, s, ns)) < 0) {
+			ls_segment_close(ns);
+			goto out;
+		}
+		if ((rc = ls_fsutil_fsync_fd(p->dirfd)) < 0) {
+			make_sticky(p, rc, "fsync of the directory");
+			goto out;
+		}
+		tfs_info("%s segment %020" PRId64 ": compacted, %" PRIu64 " records removed",
+		         p->dir, base, removed);
+		total_removed += removed;
+	}
+out:
+	pthread_mutex_unlock(&p->maint_mu);
+	free(snap);
+	free(recs);
+	kmap_free(&km);
+	if (rc < 0) {
+		tfs_warn("%s: compaction stopped: %s", p->dir, tfs_strerror(rc));
+		return rc;
+	}
+	return total_removed > INT32_MAX ? INT32_MAX : (int)total_removed;
 }
 
 /* ---- readers -------------------------------------------------------------------- */

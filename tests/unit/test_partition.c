@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../../logstore/log.h"
 #include "../../logstore/logstore.h"
 #include "unit.h"
 
@@ -231,6 +232,573 @@ static void test_segments_and_reopen(void)
 	CHECK_EQ_INT(ls_partition_close(p), 0);
 }
 
+/* Appends one batch of keyed records "k<key>"="v<val>" (val < 0: tombstone). */
+static struct ls_append_result append_kv(struct ls_partition *p, const int *keys,
+                                         const int *vals, int n, int64_t ts)
+{
+	struct ls_rec recs[64];
+	char kb[64][16], vb[64][16];
+	struct ls_append_result res = {0};
+	for (int i = 0; i < n; i++) {
+		recs[i].key_len = (uint32_t)snprintf(kb[i], 16, "k%d", keys[i]);
+		recs[i].key = kb[i];
+		if (vals[i] < 0) {
+			recs[i].value = NULL;
+			recs[i].value_len = 0;
+		} else {
+			recs[i].value_len = (uint32_t)snprintf(vb[i], 16, "v%d", vals[i]);
+			recs[i].value = vb[i];
+		}
+	}
+	CHECK_EQ_INT(ls_partition_append(p, recs, (uint32_t)n, ts, NULL, &res), 0);
+	ls_partition_set_hw(p, res.last_offset + 1);
+	return res;
+}
+
+/* Time lookups find the first batch at or after a timestamp; timestamps
+ * are made monotonic. */
+static void test_offset_for_time(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c = cfg_none();
+	c.segment_bytes = 200;
+	struct ls_partition *p = open_p(dir, &c);
+	for (int b = 0; b < 20; b++)
+		append_lines(p, "t", 2, 1000 + b * 100); /* batch b: offsets 2b, 2b+1 */
+	CHECK_EQ_INT(ls_partition_offset_for_time(p, 0), 0);
+	CHECK_EQ_INT(ls_partition_offset_for_time(p, 1000), 0);
+	CHECK_EQ_INT(ls_partition_offset_for_time(p, 1001), 2);
+	CHECK_EQ_INT(ls_partition_offset_for_time(p, 1500), 10);
+	CHECK_EQ_INT(ls_partition_offset_for_time(p, 2900), 38);
+	CHECK_EQ_INT(ls_partition_offset_for_time(p, 2901), 40);
+	/* a batch stamped in the past takes the newest timestamp so far */
+	append_lines(p, "old", 1, 10); /* offset 40, stamped 2900 */
+	CHECK_EQ_INT(ls_partition_offset_for_time(p, 2900), 38);
+	CHECK_EQ_INT(ls_partition_offset_for_time(p, 2901), 41);
+	struct ls_reader *r;
+	struct ls_record rec;
+	CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+	CHECK_EQ_INT(ls_reader_next(r, 40, &rec), 1);
+	CHECK_EQ_INT(rec.timestamp_ms, 2900);
+	ls_reader_close(r);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
+/* Retention removes whole old segments by time and by size, never the
+ * active one; the log start moves and is kept across reopen; reads before
+ * the start begin at the oldest record. */
+static void test_retention(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c = cfg_none();
+	c.segment_bytes = 250;
+	struct ls_partition *p = open_p(dir, &c);
+	for (int b = 0; b < 30; b++)
+		append_lines(p, "r", 3, 1000 + b);
+	struct ls_partition_info before, info;
+	ls_partition_get_info(p, &before);
+	CHECK(before.segments > 6);
+	CHECK_EQ_INT(ls_partition_enforce_retention(p, 5000), 0); /* nothing set */
+
+	c.retention_ms = 10;
+	ls_partition_set_config(p, &c);
+	CHECK_EQ_INT(ls_partition_enforce_retention(p, 1010), 0); /* all too young */
+	int removed = ls_partition_enforce_retention(p, 1015);
+	CHECK(removed > 0);
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.segments, before.segments - (uint32_t)removed);
+	CHECK(info.start_offset > 0);
+	CHECK(info.start_pos > 0);
+	CHECK(info.bytes < before.bytes);
+	CHECK_EQ_INT(info.end_offset, before.end_offset);
+	CHECK_EQ_INT(info.hw_pos, before.hw_pos);
+	/* the oldest retained record is the first of its batch at/after ts 1005 */
+	struct ls_reader *r;
+	struct ls_record rec;
+	CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+	CHECK_EQ_INT(ls_reader_next(r, 0, &rec), 1);
+	/* segments hold two batches: {1000,1001} and {1002,1003} were older
+	 * than 1005; {1004,1005} is not wholly older and stays */
+	CHECK_EQ_INT(info.start_offset, 12);
+	CHECK_EQ_INT(rec.offset, info.start_offset);
+	CHECK_EQ_INT(rec.timestamp_ms, 1004);
+	CHECK_EQ_INT(rec.view_pos, info.start_pos);
+	char buf[64];
+	uint64_t actual = 0;
+	ssize_t n = ls_reader_read_view(r, 0, buf, sizeof(buf), '\t', &actual);
+	CHECK(n > 0);
+	CHECK_EQ_INT(actual, info.start_pos);
+	CHECK(n > 0 && buf[0] == 'r');
+	ls_reader_close(r);
+
+	/* size: keep at most ~600 bytes (plus the active segment) */
+	c.retention_ms = -1;
+	c.retention_bytes = 600;
+	ls_partition_set_config(p, &c);
+	CHECK(ls_partition_enforce_retention(p, 0) > 0);
+	ls_partition_get_info(p, &info);
+	CHECK(info.bytes <= 600 + 250);
+	CHECK(info.segments >= 1);
+	/* never the active segment, and never data at/after the high watermark */
+	c.retention_bytes = 0;
+	ls_partition_set_config(p, &c);
+	ls_partition_set_hw(p, info.end_offset - 1);
+	ls_partition_enforce_retention(p, 0);
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.segments, 1);
+	CHECK_EQ_INT(info.start_offset, 84); /* the active segment: 84..89 */
+	CHECK_EQ_INT(ls_partition_pos_of(p, 0, &actual), LS_EOUTOFRANGE);
+	ls_partition_set_hw(p, info.end_offset);
+	char *s = read_all(p, 0, '\t', 100, &actual);
+	CHECK_EQ_INT(actual, info.start_pos);
+	CHECK(strcmp(s, "r-0\nr-1\nr-2\nr-0\nr-1\nr-2\n") == 0);
+	free(s);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+
+	struct ls_partition_info again;
+	p = open_p(dir, &c);
+	ls_partition_get_info(p, &again);
+	CHECK_EQ_INT(again.start_offset, info.start_offset);
+	CHECK_EQ_INT(again.start_pos, info.start_pos);
+	CHECK_EQ_INT(again.end_pos, info.end_pos);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
+/* The follower path: batches read from a leader append unchanged on a
+ * follower, which then shows the same view; damage and gaps are refused
+ * whole. */
+static void test_replication_path(void)
+{
+	const char *ldir = unit_tmpdir(), *fdir = unit_tmpdir();
+	struct ls_config c;
+	ls_config_default(&c);
+	c.segment_bytes = 500;
+	struct ls_partition *l = open_p(ldir, &c), *f = open_p(fdir, &c);
+	CHECK_EQ_INT(ls_partition_set_leader_epoch(l, 3), 0);
+	for (int b = 0; b < 25; b++)
+		append_lines(l, "rep", 1 + b % 5, 100 + b);
+	struct ls_partition_info li, fi;
+	ls_partition_get_info(l, &li);
+
+	static uint8_t buf[1 << 16];
+	size_t need = 0;
+	/* too small for the first batch: need says how much */
+	CHECK_EQ_INT(ls_partition_read_batches(l, 0, buf, 10, &need), 0);
+	CHECK(need > 10);
+	CHECK_EQ_INT(ls_partition_read_batches(l, li.end_offset, buf, sizeof(buf), &need), 0);
+	CHECK_EQ_INT(need, 0);
+
+	/* a damaged copy is refused and appends nothing */
+	ssize_t n = ls_partition_read_batches(l, 0, buf, 300, &need);
+	CHECK(n > 0);
+	buf[n - 3] ^= 1;
+	tfs_log_set_level(TFS_LOG_ERROR);
+	CHECK_EQ_INT(ls_partition_append_batches(f, buf, (size_t)n), LS_ECORRUPT);
+	buf[n - 3] ^= 1;
+	/* a gap is refused */
+	ssize_t n2 = ls_partition_read_batches(l, 5, buf, sizeof(buf), &need);
+	CHECK(n2 > 0);
+	CHECK_EQ_INT(ls_partition_append_batches(f, buf, (size_t)n2), LS_EOUTOFRANGE);
+	tfs_log_set_level(TFS_LOG_INFO);
+	ls_partition_get_info(f, &fi);
+	CHECK_EQ_INT(fi.end_offset, 0);
+
+	/* fetch loop in small pieces */
+	int64_t at = 0;
+	while (at < li.end_offset) {
+		n = ls_partition_read_batches(l, at, buf, 700, &need);
+		CHECK(n > 0);
+		if (n <= 0)
+			break;
+		CHECK_EQ_INT(ls_partition_append_batches(f, buf, (size_t)n), 0);
+		ls_partition_get_info(f, &fi);
+		at = fi.end_offset;
+	}
+	ls_partition_get_info(f, &fi);
+	CHECK_EQ_INT(fi.end_offset, li.end_offset);
+	CHECK_EQ_INT(fi.end_pos, li.end_pos);
+	CHECK_EQ_INT(fi.high_watermark, 0); /* followers learn the HW separately */
+	ls_partition_set_hw(f, fi.end_offset);
+	char *a = read_all(l, 0, '\t', 1000, NULL), *b = read_all(f, 0, '\t', 1000, NULL);
+	CHECK(strcmp(a, b) == 0);
+	free(a);
+	free(b);
+	/* the leader epoch travelled with the batches */
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(f, 3), fi.end_offset);
+	CHECK_EQ_INT(ls_partition_close(l), 0);
+	CHECK_EQ_INT(ls_partition_close(f), 0);
+}
+
+/* Truncation removes whole batches from an offset on, across segments;
+ * appends continue there with the right view position, also after reopen. */
+static void test_truncate(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c = cfg_none();
+	c.segment_bytes = 200;
+	struct ls_partition *p = open_p(dir, &c);
+	for (int b = 0; b < 20; b++)
+		append_lines(p, "tr", 2, b);
+	struct ls_partition_info info;
+	uint64_t pos10;
+	CHECK_EQ_INT(ls_partition_pos_of(p, 10, &pos10), 0);
+	char *full = read_all(p, 0, '\t', 1000, NULL);
+	CHECK_EQ_INT(ls_partition_truncate(p, 10), 0);
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.end_offset, 10);
+	CHECK_EQ_INT(info.end_pos, pos10);
+	CHECK_EQ_INT(info.high_watermark, 10);
+	CHECK_EQ_INT(info.hw_pos, pos10);
+	char *s = read_all(p, 0, '\t', 1000, NULL);
+	CHECK(strlen(s) == pos10 && strncmp(s, full, pos10) == 0);
+	free(s);
+	/* inside a batch: the whole batch goes */
+	CHECK_EQ_INT(ls_partition_truncate(p, 7), 0);
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.end_offset, 6);
+	CHECK_EQ_INT(ls_partition_truncate(p, 100), 0); /* past the end: nothing */
+	CHECK_EQ_INT(append_lines(p, "new", 3, 50), 6);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+	p = open_p(dir, &c);
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.end_offset, 9);
+	ls_partition_set_hw(p, 9);
+	s = read_all(p, 0, '\t', 1000, NULL);
+	uint64_t pos6;
+	CHECK_EQ_INT(ls_partition_pos_of(p, 6, &pos6), 0);
+	CHECK(strncmp(s, full, pos6) == 0 && strcmp(s + pos6, "new-0\nnew-1\nnew-2\n") == 0);
+	free(s);
+	free(full);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
+/* The leader-epoch cache answers KIP-101 end offsets, follows truncation
+ * and survives reopen. */
+static void test_leader_epochs(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c = cfg_none();
+	struct ls_partition *p = open_p(dir, &c);
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 0), -1);
+	CHECK_EQ_INT(ls_partition_set_leader_epoch(p, 1), 0);
+	append_lines(p, "e1", 3, 1);              /* 0..2 in epoch 1 */
+	CHECK_EQ_INT(ls_partition_set_leader_epoch(p, 2), 0);
+	append_lines(p, "e2", 2, 2);              /* 3..4 in epoch 2 */
+	CHECK_EQ_INT(ls_partition_set_leader_epoch(p, 5), 0);
+	append_lines(p, "e5", 4, 3);              /* 5..8 in epoch 5 */
+	CHECK_EQ_INT(ls_partition_set_leader_epoch(p, 4), -EINVAL); /* backwards */
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 0), -1);
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 1), 3);
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 2), 5);
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 3), 5); /* unknown epoch in between */
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 5), 9);
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 6), -1);
+	struct ls_partition_info info;
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.leader_epoch, 5);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+
+	p = open_p(dir, &c);
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 1), 3);
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 5), 9);
+	CHECK_EQ_INT(ls_partition_truncate(p, 4), 0); /* drops epoch 5 */
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 2), 3);
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 5), -1);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
+/* A retried producer batch (same id, epoch, sequence) is not appended again
+ * and reports the original offsets, also after reopen; an older epoch is
+ * fenced. */
+static void test_idempotent_producer(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c = cfg_none();
+	struct ls_partition *p = open_p(dir, &c);
+	struct ls_rec recs[2] = {{NULL, 0, "a", 1}, {NULL, 0, "b", 1}};
+	struct ls_producer prod = {7, 0, 0};
+	struct ls_append_result r1, r2, r3;
+	append_lines(p, "x", 1, 1);
+	CHECK_EQ_INT(ls_partition_append(p, recs, 2, 1, &prod, &r1), 0);
+	CHECK_EQ_INT(r1.base_offset, 1);
+	CHECK_EQ_INT(r1.duplicate, 0);
+	CHECK_EQ_INT(ls_partition_append(p, recs, 2, 1, &prod, &r2), 0);
+	CHECK_EQ_INT(r2.duplicate, 1);
+	CHECK_EQ_INT(r2.base_offset, 1);
+	CHECK_EQ_INT(r2.last_offset, 2);
+	CHECK_EQ_INT(r2.view_end, r1.view_end);
+	prod.base_sequence = 2;
+	CHECK_EQ_INT(ls_partition_append(p, recs, 1, 1, &prod, &r3), 0);
+	CHECK_EQ_INT(r3.duplicate, 0);
+	CHECK_EQ_INT(r3.base_offset, 3);
+	struct ls_producer other = {8, 0, 0}; /* another producer, same sequence */
+	CHECK_EQ_INT(ls_partition_append(p, recs, 2, 1, &other, &r3), 0);
+	CHECK_EQ_INT(r3.duplicate, 0);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+
+	p = open_p(dir, &c);
+	prod.base_sequence = 0;
+	CHECK_EQ_INT(ls_partition_append(p, recs, 2, 1, &prod, &r2), 0);
+	CHECK_EQ_INT(r2.duplicate, 1);
+	CHECK_EQ_INT(r2.base_offset, 1);
+	prod.producer_epoch = 1; /* a new epoch starts over */
+	CHECK_EQ_INT(ls_partition_append(p, recs, 2, 1, &prod, &r2), 0);
+	CHECK_EQ_INT(r2.duplicate, 0);
+	prod.producer_epoch = 0;
+	CHECK_EQ_INT(ls_partition_append(p, recs, 2, 1, &prod, &r2), -ESTALE);
+	struct ls_partition_info info;
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.end_offset, 8);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
+/* Compaction keeps the newest record per key (and unkeyed records), drops
+ * tombstones in closed segments, and leaves offsets and view positions of
+ * kept records unchanged; reads in holes skip to the next record. */
+static void test_compaction(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c;
+	ls_config_default(&c); /* zstd: rewritten batches are recompressed */
+	c.segment_bytes = 300;
+	c.cleanup = LS_CLEANUP_COMPACT;
+	struct ls_partition *p = open_p(dir, &c);
+	/* 40 batches of 4 records over 10 keys; key 3 deleted at the end */
+	static int64_t newest[1100];
+	static uint64_t newest_pos[1100];
+	for (int b = 0; b < 40; b++) {
+		int keys[4], vals[4];
+		for (int i = 0; i < 4; i++) {
+			keys[i] = (b * 7 + i * 3) % 10;
+			if (i == 1 && b % 5 == 0)
+				keys[i] = 1000 + b; /* never superseded: a survivor mid-batch */
+			vals[i] = b * 4 + i;
+		}
+		struct ls_append_result r = append_kv(p, keys, vals, 4, b);
+		(void)r;
+	}
+	int tk = 3, tv = -1;
+	append_kv(p, &tk, &tv, 1, 100); /* tombstone for k3 in the active segment */
+	int one = 1, v1 = 999;
+	append_kv(p, &one, &v1, 1, 101);
+	struct ls_partition_info before;
+	ls_partition_get_info(p, &before);
+	CHECK(before.segments > 5);
+	/* remember the newest offset and position of each key */
+	struct ls_reader *r;
+	struct ls_record rec;
+	CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+	for (int k = 0; k < 1100; k++)
+		newest[k] = -1;
+	for (int64_t o = 0; ls_reader_next(r, o, &rec) == 1; o = rec.offset + 1) {
+		int k = atoi((const char *)rec.key + 1);
+		newest[k] = rec.offset;
+		newest_pos[k] = rec.view_pos;
+	}
+	char *full = read_all(p, 0, '\t', 4096, NULL);
+
+	int removed = ls_partition_compact(p);
+	CHECK(removed > 100);
+	struct ls_partition_info after;
+	ls_partition_get_info(p, &after);
+	CHECK_EQ_INT(after.end_offset, before.end_offset);
+	CHECK_EQ_INT(after.end_pos, before.end_pos);
+	CHECK(after.bytes < before.bytes);
+
+	/* every remaining record: newest of its key (or in the active segment),
+	 * at its old position with its old bytes */
+	int seen = 0;
+	for (int64_t o = 0; ls_reader_next(r, o, &rec) == 1; o = rec.offset + 1) {
+		int k = atoi((const char *)rec.key + 1);
+		if (rec.offset < before.end_offset - 2) {
+			CHECK_EQ_INT(rec.offset, newest[k]);
+			CHECK(k != 3);
+		}
+		CHECK_EQ_INT(rec.view_pos, rec.offset == newest[k] ? newest_pos[k] : rec.view_pos);
+		size_t len = rec.key_len + 1 + rec.value_len + 1;
+		CHECK(memcmp(full + rec.view_pos, rec.key, rec.key_len) == 0);
+		CHECK(!rec.value ||
+		      memcmp(full + rec.view_pos + rec.key_len + 1, rec.value, rec.value_len) == 0);
+		CHECK(full[rec.view_pos + len - 1] == '\n');
+		seen++;
+	}
+	CHECK(seen >= 9 + 8 && seen <= 12 + 8);
+	/* the view: reading from 0 gives the records with holes skipped */
+	uint64_t actual;
+	char buf[256];
+	ssize_t n = ls_reader_read_view(r, 0, buf, sizeof(buf), '\t', &actual);
+	CHECK(n > 0);
+	CHECK(actual > 0);
+	CHECK(memcmp(buf, full + actual, (size_t)n) == 0);
+	ls_reader_close(r);
+	/* positions inside a hole map to the next record */
+	uint64_t hole = newest_pos[0] > 0 ? newest_pos[0] - 1 : 0;
+	CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+	n = ls_reader_read_view(r, hole, buf, 7, '\t', &actual);
+	CHECK(n > 0 && actual >= hole && memcmp(buf, full + actual, (size_t)n) == 0);
+	ls_reader_close(r);
+	CHECK_EQ_INT(ls_partition_compact(p), 0); /* idempotent */
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+
+	/* after reopen (clean and unclean alike) the holes are still there */
+	p = open_p(dir, &c);
+	ls_partition_get_info(p, &after);
+	CHECK_EQ_INT(after.end_pos, before.end_pos);
+	CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+	for (int64_t o = 0; ls_reader_next(r, o, &rec) == 1; o = rec.offset + 1) {
+		int k = atoi((const char *)rec.key + 1);
+		if (rec.offset < before.end_offset - 2)
+			CHECK_EQ_INT(rec.view_pos, newest_pos[k]);
+	}
+	ls_reader_close(r);
+
+	/* a follower copies the compacted log run by run and gets the same view */
+	const char *fdir = unit_tmpdir();
+	struct ls_partition *f = open_p(fdir, &c);
+	static uint8_t bb[1 << 16];
+	int64_t at = 0;
+	uint64_t vpos;
+	size_t need;
+	CHECK_EQ_INT(ls_partition_reset(f, after.start_offset, after.start_pos), 0);
+	for (;;) {
+		ssize_t got = ls_partition_read_batches_at(p, at, bb, sizeof(bb), &need, &vpos);
+		CHECK(got >= 0);
+		if (got < 0)
+			fprintf(stderr, "read_batches_at(%" PRId64 "): %s\n", at, tfs_strerror((int)got));
+		if (got <= 0)
+			break;
+		CHECK_EQ_INT(ls_partition_append_batches_at(f, bb, (size_t)got, vpos), 0);
+		struct ls_partition_info fi;
+		ls_partition_get_info(f, &fi);
+		at = fi.end_offset;
+	}
+	struct ls_partition_info fi;
+	ls_partition_get_info(f, &fi);
+	CHECK_EQ_INT(fi.end_offset, after.end_offset);
+	CHECK_EQ_INT(fi.end_pos, after.end_pos);
+	ls_partition_set_hw(f, fi.end_offset);
+	char *a = read_all(p, 0, '\t', 100, NULL), *b = read_all(f, 0, '\t', 100, NULL);
+	CHECK(strcmp(a, b) == 0);
+	free(a);
+	free(b);
+	CHECK_EQ_INT(ls_partition_close(f), 0);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+	free(full);
+}
+
+/* A batch damaged on disk is never served: readers get LS_ECORRUPT. */
+static void test_corrupt_batch_not_served(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c = cfg_none();
+	struct ls_partition *p = open_p(dir, &c);
+	append_lines(p, "good", 3, 1);
+	append_lines(p, "bad", 3, 2);
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/00000000000000000000.log", dir);
+	struct stat st;
+	CHECK_EQ_INT(stat(path, &st), 0);
+	FILE *fp = fopen(path, "r+");
+	fseek(fp, st.st_size - 4, SEEK_SET);
+	fputc('X', fp);
+	fclose(fp);
+	struct ls_reader *r;
+	char buf[256];
+	uint64_t actual;
+	struct ls_record rec;
+	tfs_log_set_level(TFS_LOG_ERROR + 1);
+	CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+	CHECK_EQ_INT(ls_reader_read_view(r, 0, buf, 18, '\t', &actual), 18);
+	/* the rest of the good batch comes first, the damaged one fails */
+	CHECK_EQ_INT(ls_reader_read_view(r, 18, buf, sizeof(buf), '\t', &actual), 3);
+	CHECK_EQ_INT(ls_reader_read_view(r, 21, buf, sizeof(buf), '\t', &actual), LS_ECORRUPT);
+	CHECK_EQ_INT(ls_reader_next(r, 3, &rec), LS_ECORRUPT);
+	ls_reader_close(r);
+	tfs_log_set_level(TFS_LOG_INFO);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
+#include <pthread.h>
+
+struct worker {
+	struct ls_partition *p;
+	int id, n;
+	int fail;
+};
+
+static void *writer(void *arg)
+{
+	struct worker *w = arg;
+	char val[64];
+	for (int i = 0; i < w->n; i++) {
+		struct ls_rec recs[3];
+		for (int k = 0; k < 3; k++) {
+			recs[k].key = NULL;
+			recs[k].value = val;
+			recs[k].value_len = (uint32_t)snprintf(val, sizeof(val), "w%d-%05d", w->id, i);
+		}
+		struct ls_append_result res;
+		if (ls_partition_append(w->p, recs, 3, i, NULL, &res) != 0)
+			w->fail++;
+		ls_partition_set_hw(w->p, res.last_offset + 1);
+		if (i % 50 == 0 && ls_partition_sync(w->p) != 0)
+			w->fail++;
+	}
+	return NULL;
+}
+
+static void *reader(void *arg)
+{
+	struct worker *w = arg;
+	struct ls_reader *r;
+	char buf[4096];
+	if (ls_reader_open(w->p, &r) != 0) {
+		w->fail++;
+		return NULL;
+	}
+	uint64_t pos = 0;
+	for (int i = 0; i < w->n; i++) {
+		uint64_t actual;
+		ssize_t n = ls_reader_read_view(r, pos, buf, sizeof(buf), '\t', &actual);
+		if (n < 0 || actual != pos)
+			w->fail++;
+		/* every record is "wN-NNNNN\n": 9 bytes */
+		for (ssize_t k = 0; k < n; k++)
+			if ((pos + (uint64_t)k) % 9 == 8 ? buf[k] != '\n' : buf[k] == '\n')
+				w->fail++;
+		if (n > 0)
+			pos += (uint64_t)n;
+	}
+	ls_reader_close(r);
+	return NULL;
+}
+
+/* Concurrent appenders, syncers and readers: offsets stay dense, readers
+ * only ever see whole records, everything is there at the end. */
+static void test_concurrency(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c;
+	ls_config_default(&c);
+	c.segment_bytes = 8192;
+	struct ls_partition *p = open_p(dir, &c);
+	pthread_t th[6];
+	struct worker w[6];
+	for (int i = 0; i < 6; i++) {
+		w[i] = (struct worker){p, i, 400, 0};
+		pthread_create(&th[i], NULL, i < 4 ? writer : reader, &w[i]);
+	}
+	for (int i = 0; i < 6; i++) {
+		pthread_join(th[i], NULL);
+		CHECK_EQ_INT(w[i].fail, 0);
+	}
+	struct ls_partition_info info;
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.end_offset, 4 * 400 * 3);
+	CHECK_EQ_INT(info.end_pos, 4 * 400 * 3 * 9);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -309,6 +877,15 @@ int main(int argc, char **argv)
 	RUN(test_append_and_view);
 	RUN(test_reader_next);
 	RUN(test_segments_and_reopen);
+	RUN(test_offset_for_time);
+	RUN(test_retention);
+	RUN(test_replication_path);
+	RUN(test_truncate);
+	RUN(test_leader_epochs);
+	RUN(test_idempotent_producer);
+	RUN(test_compaction);
+	RUN(test_corrupt_batch_not_served);
+	RUN(test_concurrency);
 	if (argc > 1 || getenv("TFS_BENCH")) {
 		RUN(test_throughput_none);
 		RUN(test_throughput_zstd);
