@@ -131,3 +131,19 @@ setup() {
 	diff "$T/before" <(grep -v '^#' "$MNT/t/.config")
 	[[ -f $MNT/t/2/log ]]
 }
+
+@test "replication above the number of nodes is refused on a single node" {
+	run bash -c 'echo "replication: 3" >"$1"' _ "$C"
+	assert_failure
+	assert_output --partial "Invalid argument"
+	[[ $(cfg_value t replication) == 1 ]]
+	run head -1 "$C"
+	assert_output --regexp '^# error: line 1: .+'
+}
+
+@test "min_insync above replication is refused" {
+	run bash -c 'echo "min_insync: 2" >"$1"' _ "$C"
+	assert_failure
+	assert_output --partial "Invalid argument"
+	[[ $(cfg_value t min_insync) == 1 ]]
+}

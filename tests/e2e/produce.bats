@@ -161,3 +161,32 @@ setup() {
 	cmp "$T/before" "$MNT/t/0/state"
 	[[ $(cat "$L") == r ]]
 }
+
+@test "a reader never sees part of a write: records of one write() appear together" {
+	python3 - "$L" <<-'EOF'
+		import os, sys, threading, time
+		path, per_write, writes = sys.argv[1], 400, 60
+		done = threading.Event()
+		seen = []
+		def reader():
+		    while not done.is_set():
+		        data = open(path, "rb").read()
+		        assert data == b"" or data.endswith(b"\n"), "a partial record was visible"
+		        n = data.count(b"\n")
+		        assert n % per_write == 0, "saw %d records: part of a write" % n
+		        seen.append(n)
+		t = threading.Thread(target=reader)
+		t.start()
+		fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+		try:
+		    for w in range(writes):
+		        os.write(fd, b"".join(b"w%03d-r%03d\n" % (w, r) for r in range(per_write)))
+		        time.sleep(0.01)      # give the reader time to look between writes
+		finally:
+		    os.close(fd)
+		    done.set()
+		    t.join()
+		assert len(set(seen)) > 2, "the reader never overlapped the writer"
+	EOF
+	[[ $(wc -l <"$L") == 24000 ]]
+}
