@@ -37,6 +37,18 @@
  *        └── unlink clean marker         └──────── ls_partition_close ──┴──> (freed)
  *                                                  writes clean marker if not STICKY
  *
+ * Compaction (ls_partition_compact), for each closed segment X that loses
+ * records:
+ *   write X.log.cleaned + X.idx.cleaned, fsync both
+ *   rename X.idx.cleaned -> X.idx.swap, then X.log.cleaned -> X.log.swap; fsync dir
+ *   under the exclusive lock: rename X.idx.swap -> X.idx, X.log.swap -> X.log
+ *   fsync dir
+ * A crash anywhere leaves the old segment (plus *.cleaned or an orphan
+ * X.idx.swap, removed at open) or a complete X.log.swap that open finishes.
+ * Each run of consecutive surviving records becomes a batch of its own, so
+ * no batch has a view hole inside it: the hole between runs is visible in
+ * the index (view_pos of the next entry > view_pos + view_size).
+ *
  * Invariants:
  *  1. segs[] is sorted by base offset; segs[nsegs-1] is the active segment
  *     and is never deleted by retention or rewritten by compaction.
@@ -734,9 +746,17 @@ static int parse_segment_name(const char *name, const char *ext, int64_t *base)
 	return 1;
 }
 
-/* Completes or discards a compaction that a crash interrupted: a remaining
- * X.log.swap means its X.idx.swap (or X.idx, already renamed) is complete and
- * fsynced, so the swap is finished by renaming. Stray *.tmp are removed. */
+static int has_suffix(const char *name, const char *suffix)
+{
+	size_t n = strlen(name), s = strlen(suffix);
+	return n > s && !strcmp(name + n - s, suffix);
+}
+
+/* Completes or discards a compaction that a crash interrupted (see
+ * "Compaction" below): X.*.cleaned are unfinished and removed; a remaining
+ * X.log.swap means its index (X.idx.swap, or X.idx if already renamed) is
+ * complete and fsynced, so the swap is finished by renaming; an X.idx.swap
+ * without X.log.swap never got its log and is removed. Stray *.tmp go too. */
 static int finish_swaps(struct ls_partition *p, int *changed)
 {
 	int rc = 0;
@@ -753,9 +773,9 @@ static int finish_swaps(struct ls_partition *p, int *changed)
 	while ((de = readdir(d)) != NULL) {
 		int64_t base;
 		char from[64], to[64];
-		size_t n = strlen(de->d_name);
-		if (n > 4 && !strcmp(de->d_name + n - 4, ".tmp")) {
+		if (has_suffix(de->d_name, ".tmp") || has_suffix(de->d_name, ".cleaned")) {
 			unlinkat(p->dirfd, de->d_name, 0);
+			*changed = 1;
 			continue;
 		}
 		if (!parse_segment_name(de->d_name, "log.swap", &base))
@@ -774,6 +794,13 @@ static int finish_swaps(struct ls_partition *p, int *changed)
 		tfs_info("%s segment %020" PRId64 ": finished an interrupted compaction",
 		         p->dir, base);
 		*changed = 1;
+	}
+	rewinddir(d);
+	while (rc == 0 && (de = readdir(d)) != NULL) {
+		if (has_suffix(de->d_name, ".idx.swap")) {
+			unlinkat(p->dirfd, de->d_name, 0);
+			*changed = 1;
+		}
 	}
 	closedir(d);
 	return rc;
@@ -1044,7 +1071,15 @@ int ls_partition_open(const char *dir, const struct ls_config *cfg,
 		goto err_meta;
 	p->recovery_offset = last->base_offset;
 	p->recovery_pos = last->start_pos;
-	if ((rc = write_meta(p)) < 0)
+	rc = write_meta(p);
+	if (is_space_error(rc)) {
+		/* the old partition.meta stays valid (an older recovery point
+		 * only means more re-scanning); try again at the next change */
+		tfs_warn("%s: cannot update %s: %s", dir, META_NAME, tfs_strerror(rc));
+		p->meta_dirty = 1;
+		rc = 0;
+	}
+	if (rc < 0)
 		goto err_meta;
 	free(m.epochs);
 	*out = p;
@@ -2046,8 +2081,9 @@ static int survives(const struct kmap *km, const struct ls_batch_record *r)
 	return r->value_len >= 0 && kmap_get(km, r->key, (uint32_t)r->key_len) == r->offset;
 }
 
-/* Writes the compacted copy of closed segment s as X.log.swap / X.idx.swap
- * (fsynced) and returns it as a ready segment in *out (NULL if nothing
+/* Writes the compacted copy of closed segment s as X.log.cleaned /
+ * X.idx.cleaned, fsyncs both and renames them to X.idx.swap, X.log.swap (in
+ * that order), and returns it as a ready segment in *out (NULL if nothing
  * survives: the swap files are then removed). *removed counts dropped
  * records. Runs of surviving records become batches of their own so every
  * batch's view stays contiguous; untouched batches are copied verbatim. */
@@ -2066,8 +2102,8 @@ static int compact_segment(struct ls_partition *p, struct ls_segment *s,
 	*removed = 0;
 	if (!ns)
 		return -ENOMEM;
-	ls_segment_filename(lname, sizeof(lname), s->base_offset, "log.swap");
-	ls_segment_filename(iname, sizeof(iname), s->base_offset, "idx.swap");
+	ls_segment_filename(lname, sizeof(lname), s->base_offset, "log.cleaned");
+	ls_segment_filename(iname, sizeof(iname), s->base_offset, "idx.cleaned");
 	*ns = (struct ls_segment){.dir = p->dir, .base_offset = s->base_offset,
 	                          .end_offset = s->base_offset, .start_pos = s->start_pos,
 	                          .end_pos = s->start_pos, .max_ts = -1, .fd = -1,
@@ -2151,6 +2187,20 @@ static int compact_segment(struct ls_partition *p, struct ls_segment *s,
 	ns->start_pos = ns->index.e[0].view_pos;
 	if ((rc = ls_index_rewrite(&ns->index)) < 0 || (rc = ls_segment_sync(ns)) < 0)
 		goto err;
+	/* complete and durable: promote to .swap, index first (see finish_swaps) */
+	char to[64];
+	ls_segment_filename(to, sizeof(to), s->base_offset, "idx.swap");
+	if (renameat(p->dirfd, iname, p->dirfd, to) < 0) {
+		rc = -errno;
+		goto err;
+	}
+	ls_segment_filename(to, sizeof(to), s->base_offset, "log.swap");
+	if (renameat(p->dirfd, lname, p->dirfd, to) < 0) {
+		rc = -errno;
+		ls_segment_filename(to, sizeof(to), s->base_offset, "idx.swap");
+		unlinkat(p->dirfd, to, 0);
+		goto err;
+	}
 	*out = ns;
 	goto out;
 err:

@@ -453,6 +453,138 @@ static void test_full_tmpfs(void)
 	CHECK_EQ_INT(umount(dir), 0);
 }
 
+static void copy_file(const char *from_dir, const char *from, const char *to_dir,
+                      const char *to)
+{
+	char a[8192], b[8192], buf[65536];
+	snprintf(a, sizeof(a), "%s/%s", from_dir, from);
+	snprintf(b, sizeof(b), "%s/%s", to_dir, to);
+	int in = open(a, O_RDONLY), out = open(b, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ssize_t n;
+	CHECK(in >= 0 && out >= 0);
+	while ((n = read(in, buf, sizeof(buf))) > 0)
+		CHECK_EQ_INT(write(out, buf, (size_t)n), n);
+	close(in);
+	close(out);
+}
+
+/* Everything a reader can observe, as one string: offsets, positions, view. */
+static char *describe(const char *dir)
+{
+	struct ls_config c;
+	ls_config_default(&c);
+	struct ls_partition *p = open_p(dir, &c);
+	struct ls_partition_info info;
+	ls_partition_get_info(p, &info);
+	ls_partition_set_hw(p, info.end_offset);
+	size_t cap = 1 << 16, len = 0;
+	char *out = malloc(cap);
+	len += (size_t)snprintf(out, cap, "end %" PRId64 " pos %" PRIu64 "\n",
+	                        info.end_offset, info.end_pos);
+	struct ls_reader *r;
+	struct ls_record rec;
+	CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+	for (int64_t o = 0; ls_reader_next(r, o, &rec) == 1; o = rec.offset + 1) {
+		if (len + 128 > cap)
+			out = realloc(out, cap *= 2);
+		len += (size_t)snprintf(out + len, cap - len, "%" PRId64 "@%" PRIu64 " %.*s\n",
+		                        rec.offset, rec.view_pos, (int)rec.value_len,
+		                        rec.value ? (const char *)rec.value : "");
+	}
+	ls_reader_close(r);
+	char *v = read_view(p);
+	out = realloc(out, len + strlen(v) + 1);
+	strcpy(out + len, v);
+	free(v);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+	return out;
+}
+
+/* A crash at any step of compaction leaves either the old or the new
+ * segment, never a mix: unfinished *.cleaned files are ignored, a complete
+ * *.swap is finished at open. */
+static void test_compaction_crash(void)
+{
+	const char *dir = scratch_dir(), *pre = scratch_dir(), *post = scratch_dir();
+	struct ls_config c;
+	ls_config_default(&c);
+	c.segment_bytes = 1 << 20;
+	struct ls_partition *p = open_p(dir, &c);
+	for (int b = 0; b < 20; b++) {
+		char vals[4][16], keys[4][16];
+		struct ls_rec recs[4];
+		for (int i = 0; i < 4; i++) {
+			recs[i].key_len = (uint32_t)snprintf(keys[i], 16, "k%d", (b + i) % 6);
+			recs[i].key = keys[i];
+			recs[i].value_len = (uint32_t)snprintf(vals[i], 16, "v%d", b * 4 + i);
+			recs[i].value = vals[i];
+		}
+		struct ls_append_result res;
+		CHECK_EQ_INT(ls_partition_append(p, recs, 4, b, NULL, &res), 0);
+	}
+	/* roll by shrinking the segment size: the first segment becomes closed */
+	c.segment_bytes = 1;
+	ls_partition_set_config(p, &c);
+	struct ls_rec last = {"k0", 2, "final", 5};
+	struct ls_append_result res;
+	CHECK_EQ_INT(ls_partition_append(p, &last, 1, 99, NULL, &res), 0);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+	copy_dir(dir, pre);
+	p = open_p(dir, &c);
+	CHECK(ls_partition_compact(p) > 0);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+	copy_dir(dir, post);
+	char *want_pre = describe(pre), *want_post = describe(post);
+	CHECK(strcmp(want_pre, want_post) != 0);
+	const char *seg = "00000000000000000000";
+	char l[64], i[64], name[64];
+	snprintf(l, sizeof(l), "%s.log", seg);
+	snprintf(i, sizeof(i), "%s.idx", seg);
+
+	for (int step = 0; step < 4; step++) {
+		const char *d = scratch_dir();
+		copy_dir(pre, d);
+		const char *want = want_pre;
+		if (step == 0) { /* crashed while writing the cleaned files */
+			snprintf(name, sizeof(name), "%s.log.cleaned", seg);
+			copy_file(post, l, d, name);
+			char path[8192];
+			snprintf(path, sizeof(path), "%s/%s", d, name);
+			CHECK_EQ_INT(truncate(path, 30), 0);
+		} else if (step == 1) { /* index promoted to .swap, log not yet */
+			snprintf(name, sizeof(name), "%s.idx.swap", seg);
+			copy_file(post, i, d, name);
+			snprintf(name, sizeof(name), "%s.log.cleaned", seg);
+			copy_file(post, l, d, name);
+		} else if (step == 2) { /* both .swap: finished at open */
+			snprintf(name, sizeof(name), "%s.idx.swap", seg);
+			copy_file(post, i, d, name);
+			snprintf(name, sizeof(name), "%s.log.swap", seg);
+			copy_file(post, l, d, name);
+			want = want_post;
+		} else { /* the index already renamed over the old one */
+			copy_file(post, i, d, i);
+			snprintf(name, sizeof(name), "%s.log.swap", seg);
+			copy_file(post, l, d, name);
+			want = want_post;
+		}
+		char *got = describe(d);
+		CHECK(strcmp(got, want) == 0);
+		if (strcmp(got, want) != 0)
+			fprintf(stderr, "  ... compaction crash step %d:\n%s\n--- want:\n%s\n", step,
+			        got, want);
+		free(got);
+		/* no leftovers */
+		DIR *dd = opendir(d);
+		struct dirent *de;
+		while ((de = readdir(dd)))
+			CHECK(!strstr(de->d_name, ".swap") && !strstr(de->d_name, ".cleaned"));
+		closedir(dd);
+	}
+	free(want_pre);
+	free(want_post);
+}
+
 int main(void)
 {
 	tfs_log_set_level(TFS_LOG_ERROR); /* the damage is deliberate */
@@ -463,6 +595,7 @@ int main(void)
 	RUN(test_index_rebuilt);
 	RUN(test_multi_segment_crash);
 	RUN(test_write_failure_is_undone);
+	RUN(test_compaction_crash);
 	RUN(test_full_tmpfs);
 	return unit_report("test_recovery");
 }
