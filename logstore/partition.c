@@ -136,6 +136,12 @@ struct ls_partition {
 	size_t nepochs;
 	uint64_t gen, layout;
 	uint64_t append_seq;
+	uint64_t appended_bytes;   /* total ever written by appends */
+
+	/* [maint_mu] what the last compaction saw */
+	int64_t compact_end;       /* end offset; -1: never ran */
+	int64_t compact_active;    /* base of the active segment */
+	uint64_t compact_appended; /* appended_bytes */
 
 	/* [append_mu] */
 	int64_t recovery_offset;
@@ -894,7 +900,11 @@ static int load_segments(struct ls_partition *p, const int64_t *bases, size_t n,
 		}
 		if ((rc = ls_segment_open(p->dirfd, p->dir, base, &s)) < 0)
 			return rc;
-		int trusted = clean || (have_meta && base < m->recovery_offset);
+		/* without partition.meta, closed segments are checked like trusted
+		 * ones (a strict re-scan would cut compacted segments at their
+		 * first offset gap); only the last is re-scanned strictly */
+		int last = j + 1 == n;
+		int trusted = clean || (have_meta ? base < m->recovery_offset : !last);
 		if (!trusted || ls_segment_check_index(s) < 0) {
 			int truncated = 0;
 			uint64_t start = have_meta && base == m->recovery_offset
@@ -902,7 +912,7 @@ static int load_segments(struct ls_partition *p, const int64_t *bases, size_t n,
 			                 : prev     ? prev->end_pos
 			                 : have_meta ? m->start_pos
 			                             : 0;
-			int strict = !have_meta || base >= m->recovery_offset;
+			int strict = have_meta ? base >= m->recovery_offset : last;
 			if (trusted)
 				tfs_warn("%s segment %s: index does not match the log; rebuilding",
 				         p->dir, s->name);
@@ -980,6 +990,7 @@ int ls_partition_open(const char *dir, const struct ls_config *cfg,
 	pthread_mutex_init(&p->sync_mu, NULL);
 	pthread_cond_init(&p->sync_cv, NULL);
 	atomic_init(&p->sticky, 0);
+	p->compact_end = -1;
 	if (cfg)
 		p->cfg = *cfg;
 	else
@@ -1243,6 +1254,7 @@ static int write_batches_locked(struct ls_partition *p, const uint8_t *buf, size
 	p->end_offset = end_offset;
 	p->end_pos = vp;
 	p->bytes += len;
+	p->appended_bytes += len;
 	p->last_ts = max_batch_ts;
 	p->last_append_ms = now_ms();
 	p->append_seq++;
@@ -2088,7 +2100,7 @@ static int survives(const struct kmap *km, const struct ls_batch_record *r)
  * records. Runs of surviving records become batches of their own so every
  * batch's view stays contiguous; untouched batches are copied verbatim. */
 static int compact_segment(struct ls_partition *p, struct ls_segment *s,
-                           const struct kmap *km, struct tls_ctx *t,
+                           const struct kmap *km, struct tls_ctx *t, int level,
                            struct ls_segment **out, uint64_t *removed)
 {
 	int rc = 0;
@@ -2155,7 +2167,7 @@ static int compact_segment(struct ls_partition *p, struct ls_segment *s,
 				}
 				if ((rc = ls_batch_encode_records(&enc, &zs, t->cctx, recs + a,
 				                                  (uint32_t)(b - a), &th, codec,
-				                                  p->cfg.compression_level)) < 0)
+				                                  level)) < 0)
 					goto err;
 				ls_batch_stamp(enc.data, th.base_offset, h.leader_epoch);
 				bytes = enc.data;
@@ -2275,8 +2287,18 @@ int ls_partition_compact(struct ls_partition *p)
 	/* Closed segments cannot change while maint_mu is held; the active one
 	 * only grows, so its batches up to the snapshot are stable too. */
 	pthread_rwlock_rdlock(&p->lock);
+	/* Like Kafka's min.cleanable.dirty.ratio: only when something new can
+	 * have superseded records in closed segments, and enough of it. */
+	int dirty = p->compact_end < 0 ||
+	            (p->end_offset != p->compact_end &&
+	             (active(p)->base_offset != p->compact_active ||
+	              (p->appended_bytes - p->compact_appended) * 2 >= p->bytes));
+	p->compact_end = p->end_offset;
+	p->compact_active = active(p)->base_offset;
+	p->compact_appended = p->appended_bytes;
 	size_t nsnap = p->nsegs;
 	size_t active_n = active(p)->index.n;
+	int level = p->cfg.compression_level;
 	snap = malloc(nsnap * sizeof(*snap));
 	if (snap)
 		memcpy(snap, p->segs, nsnap * sizeof(*snap));
@@ -2286,7 +2308,7 @@ int ls_partition_compact(struct ls_partition *p)
 		goto out;
 	}
 	nclosed = nsnap - 1;
-	if (nclosed == 0)
+	if (nclosed == 0 || !dirty)
 		goto out;
 
 	/* 1: the newest offset of every key, over the whole log */
@@ -2325,7 +2347,7 @@ int ls_partition_compact(struct ls_partition *p)
 		}
 		if (!dropping)
 			continue;
-		if ((rc = compact_segment(p, s, &km, t, &ns, &removed)) < 0)
+		if ((rc = compact_segment(p, s, &km, t, level, &ns, &removed)) < 0)
 			goto out;
 		if ((rc = ls_fsutil_fsync_fd(p->dirfd)) < 0) {
 			make_sticky(p, rc, "fsync of the directory");
@@ -2345,6 +2367,8 @@ int ls_partition_compact(struct ls_partition *p)
 		total_removed += removed;
 	}
 out:
+	if (rc < 0)
+		p->compact_end = -1; /* try again next time */
 	pthread_mutex_unlock(&p->maint_mu);
 	free(snap);
 	free(recs);

@@ -541,9 +541,9 @@ static void test_compaction_crash(void)
 	snprintf(l, sizeof(l), "%s.log", seg);
 	snprintf(i, sizeof(i), "%s.idx", seg);
 
-	for (int step = 0; step < 4; step++) {
+	for (int step = 0; step < 5; step++) {
 		const char *d = scratch_dir();
-		copy_dir(pre, d);
+		copy_dir(step == 4 ? post : pre, d);
 		const char *want = want_pre;
 		if (step == 0) { /* crashed while writing the cleaned files */
 			snprintf(name, sizeof(name), "%s.log.cleaned", seg);
@@ -562,10 +562,17 @@ static void test_compaction_crash(void)
 			snprintf(name, sizeof(name), "%s.log.swap", seg);
 			copy_file(post, l, d, name);
 			want = want_post;
-		} else { /* the index already renamed over the old one */
+		} else if (step == 3) { /* the index already renamed over the old one */
 			copy_file(post, i, d, i);
 			snprintf(name, sizeof(name), "%s.log.swap", seg);
 			copy_file(post, l, d, name);
+			want = want_post;
+		} else { /* partition.meta and the clean marker lost: holes survive */
+			char path[8192];
+			snprintf(path, sizeof(path), "%s/partition.meta", d);
+			CHECK_EQ_INT(unlink(path), 0);
+			snprintf(path, sizeof(path), "%s/clean", d);
+			CHECK_EQ_INT(unlink(path), 0);
 			want = want_post;
 		}
 		char *got = describe(d);
