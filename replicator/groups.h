@@ -65,7 +65,17 @@ enum rep_group_start { REP_GROUP_EARLIEST = 0, REP_GROUP_LATEST = 1 };
 /* Opens the coordinator on rep's data directory: replays DATA/__groups/.
  * Groups of topics that no longer exist are dropped. */
 int rep_groups_open(struct rep *r, enum rep_group_start start) TFS_MUST_CHECK;
+/* Frees every group and member (members still joined leave WITHOUT commit);
+ * no group or member pointer may be used afterwards. Idempotent; rep_close()
+ * calls it too if the daemon did not. */
 void rep_groups_close(struct rep *r);
+
+/* Makes every offsets append so far durable (fsync of DATA/__groups/, only if
+ * something was appended since the last call; a failure is logged). Called
+ * by the housekeeping flush; rep_groups_close() syncs too. */
+void rep_groups_sync(struct rep *r);
+/* Compacts DATA/__groups/ (newest record per key). Called with retention. */
+void rep_groups_compact(struct rep *r);
 
 /* Called by the replicator when partition p of topic t has new committed
  * records (from the notifier thread): wakes members assigned p. */
@@ -140,7 +150,9 @@ int rep_member_join(struct rep_group *g, void (*waker)(void *ctx), void *ctx,
 
 /* Leaves: with commit != 0 commits what it took first (normal close); with
  * commit == 0 those records go back to the group. Its partitions are
- * released and reassigned. Frees m. */
+ * released and reassigned. Frees m. If m's waker is running in another
+ * thread, waits for it to return (so no waker runs after leave returns):
+ * never call it while holding a lock that m's waker takes. */
 void rep_member_leave(struct rep_member *m, int commit);
 
 /* One record for the member. Pointers stay valid until the next peek/take/

@@ -51,6 +51,8 @@
 
 #include "../logstore/fsutil.h"
 #include "../logstore/log.h"
+#include "groups.h"
+#include "internal.h"
 
 struct rep_partition {
 	struct rep_topic *topic;
@@ -114,7 +116,16 @@ struct rep {
 	pthread_t housekeeping, notifier;
 	struct notify_item *queue;
 	size_t nqueue, cqueue;
+
+	struct rep_groups *groups;    /* group coordinator (groups.c), NULL until opened */
 };
+
+/* ---- accessors for groups.c (internal.h) -------------------------------- */
+
+const char *rep_data_dir(const struct rep *r) { return r->data_dir; }
+struct rep *rep_topic_rep(struct rep_topic *t) { return t->rep; }
+struct rep_groups *rep_groups_state(struct rep *r) { return r->groups; }
+void rep_set_groups_state(struct rep *r, struct rep_groups *g) { r->groups = g; }
 
 static int64_t now_ms(void)
 {
@@ -571,6 +582,7 @@ int rep_topic_delete(struct rep *r, const char *name)
 	tfs_info("topic %s deleted", name);
 	pthread_rwlock_unlock(&r->topics_lock);
 	pthread_mutex_unlock(&r->meta_lock);
+	rep_groups_topic_deleted(r, t->id); /* groups hook: no lock held */
 	rep_topic_put(t); /* the list's reference */
 	return 0;
 out:
@@ -583,7 +595,7 @@ int rep_topic_set_config(struct rep_topic *t, const struct topic_config *changes
                          uint32_t cleared, char *err, size_t errlen)
 {
 	struct rep *r = t->rep;
-	int rc = 0;
+	int rc = 0, grew = 0;
 	err[0] = 0;
 	pthread_mutex_lock(&r->meta_lock);
 	if (rep_topic_deleted(t)) {
@@ -635,10 +647,14 @@ int rep_topic_set_config(struct rep_topic *t, const struct topic_config *changes
 		snprintf(err, errlen, "could not save metadata: %s", tfs_strerror(rc));
 		goto out;
 	}
-	if (eff.partitions != old_parts)
+	if (eff.partitions != old_parts) {
 		tfs_info("topic %s: partitions %u -> %u", t->name, old_parts, eff.partitions);
+		grew = 1;
+	}
 out:
 	pthread_mutex_unlock(&r->meta_lock);
+	if (grew)
+		rep_groups_topic_changed(r, t); /* groups hook: rebalance, no lock held */
 	return rc;
 }
 
@@ -1093,6 +1109,10 @@ static void *housekeeping_main(void *arg)
 			rep_topic_put(t);
 		}
 		free(ts_);
+		if (flush)
+			rep_groups_sync(r);    /* groups hook: the offsets log */
+		if (retention)
+			rep_groups_compact(r); /* groups hook */
 		pthread_mutex_lock(&r->bg_lock);
 	}
 	pthread_mutex_unlock(&r->bg_lock);
@@ -1129,6 +1149,8 @@ static void *notifier_main(void *arg)
 			if (r->listener.partition_grew)
 				r->listener.partition_grew(r->listener.ctx, batch[i].topic_id,
 				                           batch[i].partition);
+			/* groups hook: wakes the members reading this partition */
+			rep_groups_partition_grew(r, batch[i].topic_id, batch[i].partition);
 			rep_topic_put(t);
 		}
 		pthread_mutex_lock(&r->bg_lock);
@@ -1265,6 +1287,7 @@ void rep_close(struct rep *r)
 		pthread_join(r->housekeeping, NULL);
 		pthread_join(r->notifier, NULL);
 	}
+	rep_groups_close(r); /* groups hook: no-op if the daemon closed them */
 	for (size_t i = 0; i < r->ntopics; i++) {
 		struct rep_topic *t = r->topics[i];
 		int rc = topic_close_partitions(t);

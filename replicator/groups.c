@@ -1,0 +1,1519 @@
+/*
+ * groups.c - the group coordinator of groups.h on one node: the group
+ * registry, membership and sticky cooperative assignment, per-member
+ * delivery (peek/take), commits, resets, and the durable offsets log.
+ *
+ * Objects (all owned here):
+ *
+ *   struct rep_groups   one per node, hung on struct rep (internal.h);
+ *                       rep_groups_open() .. rep_groups_close().
+ *     gtopic[]          one entry per topic id that has groups
+ *       rep_group *[]   in creation order; ids per topic, never reused
+ *                       while the daemon runs
+ *         gpart[]       per partition: committed offset, owner, owner's
+ *                       base (position at its last commit point) and pos
+ *         rep_member *[] in join order
+ *
+ * On disk: DATA/__groups/ is a logstore partition (cleanup: compact), one
+ * record per fact, newest per key wins:
+ *
+ *   key                              value                  meaning
+ *   "<topic id>/<group>"             "created"              the group exists
+ *   "<topic id>/<group>"             NULL (tombstone)       the group was deleted
+ *   "<topic id>/<group>/<partition>" "<offset>" (decimal)   committed offset
+ *   "<topic id>/<group>/<partition>" NULL (tombstone)       forgotten with the group
+ *
+ * One rep_member_commit (or reset, create, delete) is ONE batch, so a crash
+ * never splits it. Appends are not fsynced one by one: rep_groups_sync()
+ * (the housekeeping flush) and rep_groups_close() sync the partition.
+ * rep_groups_open() replays the log from its start, in order.
+ *
+ * Partition states within a group (arrows name the functions):
+ *
+ *            rebalance (target owner)              take
+ *   free ───────────────────────────────> owned ──────> owned, pos > base
+ *    ^                                      │  ^            │
+ *    │        rebalance, pos == base and    │  └── commit ──┘ (base = pos)
+ *    │        no peek pending on it         │      rewind     (pos = base)
+ *    ├──────────────────────────────────────┘
+ *    │                                      │ rebalance, records in flight
+ *    │  commit / rewind / leave             v
+ *    └────────────────────────────────── revoking  (peek skips it)
+ *
+ * Invariants:
+ *  1. A partition has at most one owner; only the owner reads it; owner and
+ *     revoking are changed only under the group lock.
+ *  2. A partition changes owner only when its owner has nothing taken and
+ *     uncommitted on it (pos == base) and no peeked record pending on it, so
+ *     no record is delivered twice in normal operation.
+ *  3. committed (in memory) is what the durable log says once the append
+ *     returned; a failed append changes nothing in memory (a failed commit
+ *     rewinds the member: its records are delivered again).
+ *  4. base == pos == resolve(committed) when a partition is given to a member.
+ *
+ * Locks, outermost first: registry_lock (the coordinator pointer; read-held
+ * by every entry point that starts from a struct rep or a topic) >
+ * c->mu (topics and group lists) > m->mu (one member's calls, its readers) >
+ * g->mu (everything in a group, every member's peek state) > c->log_mu
+ * (append + high watermark of the internal log). local.c's locks are taken
+ * only inside rep_topic_* calls, never around a call into this file.
+ * Wakers are collected under g->mu (m->wake_refs++) and called after every
+ * lock is dropped; rep_member_leave waits for wake_refs to drain so a waker
+ * never runs after its member left.
+ */
+#include "groups.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../logstore/log.h"
+#include "internal.h"
+
+#define GKEY_MAX (20 + 1 + REP_NAME_MAX + 1 + 10 + 1)
+#define GVAL_MAX 24
+#define GROUPS_DIR "__groups"
+
+struct gpart {
+	int64_t committed;          /* the group's committed offset; -1: none yet */
+	struct rep_member *owner;   /* NULL: unassigned */
+	int64_t base;               /* owner's position at its last commit point */
+	int64_t pos;                /* owner's next offset: base + what it took */
+	int revoking;               /* owner releases it at its next commit point */
+};
+
+struct rep_member {
+	struct rep_group *g;        /* holds a group reference */
+	void (*waker)(void *ctx);
+	void *ctx;
+	size_t idx;                 /* position in g->members (under g->mu) */
+	pthread_mutex_t mu;         /* serialises this member's calls; guards below */
+	struct ls_reader **readers; /* by partition; NULL until first read */
+	uint32_t nreaders;
+	uint32_t *cand;             /* peek snapshot: partitions, positions */
+	int64_t *cand_pos;
+	uint32_t ccand;
+	/* under g->mu: */
+	uint32_t rr;                /* round robin: partition to try first */
+	int peek_valid;             /* the last peek returned a record not yet taken */
+	uint32_t peek_p;
+	int64_t peek_off;           /* its offset */
+	int64_t peek_pos;           /* the partition's pos when it was peeked */
+	int wake_refs;              /* waker calls collected but not finished */
+};
+
+struct rep_group {
+	struct rep_groups *c;
+	struct rep_topic *topic;    /* a reference; NULL only during replay */
+	uint64_t topic_id;
+	uint32_t id;
+	char name[REP_NAME_MAX + 1];
+	atomic_int refs;            /* the registry's (while listed) + gets + members */
+	pthread_mutex_t mu;
+	pthread_cond_t cond;        /* a member's wake_refs reached 0 */
+	int deleted;
+	uint32_t nparts;
+	struct gpart *parts;
+	struct rep_member **members;
+	size_t nmembers, cmembers;
+};
+
+struct gtopic {
+	uint64_t topic_id;
+	struct rep_group **groups;  /* creation order; one registry reference each */
+	size_t n;
+	uint32_t next_id;
+};
+
+struct rep_groups {
+	struct rep *rep;
+	enum rep_group_start start;
+	pthread_mutex_t mu;         /* topics and their group lists */
+	struct gtopic *topics;
+	size_t ntopics;
+	pthread_mutex_t log_mu;     /* append + high watermark of `log` */
+	struct ls_partition *log;   /* DATA/__groups/ */
+	atomic_bool dirty;          /* appended since the last sync */
+};
+
+/* Guards the coordinator pointer in struct rep: rep_groups_close() takes it
+ * for writing, so no hook from a background thread runs on a freed
+ * coordinator. One per process; held for reading on every entry point. */
+static pthread_rwlock_t registry_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The coordinator of r with registry_lock read-held, or NULL (lock dropped). */
+static struct rep_groups *coord_enter(struct rep *r)
+{
+	pthread_rwlock_rdlock(&registry_lock);
+	struct rep_groups *c = rep_groups_state(r);
+	if (!c)
+		pthread_rwlock_unlock(&registry_lock);
+	return c;
+}
+
+static void coord_leave(void)
+{
+	pthread_rwlock_unlock(&registry_lock);
+}
+
+/* ---- wakeups ------------------------------------------------------------ */
+
+struct wakeups {
+	struct rep_member **m;
+	size_t n, cap;
+};
+
+/* Queues m's waker. Caller holds m->g->mu. */
+static void wake_add(struct wakeups *w, struct rep_member *m)
+{
+	if (!m->waker)
+		return;
+	for (size_t i = 0; i < w->n; i++)
+		if (w->m[i] == m)
+			return;
+	if (w->n == w->cap) {
+		size_t cap = w->cap ? 2 * w->cap : 8;
+		struct rep_member **n = realloc(w->m, cap * sizeof(*n));
+		if (!n) {
+			tfs_error("groups: out of memory queueing a wakeup; a reader may wait "
+			          "for its next event");
+			return;
+		}
+		w->m = n;
+		w->cap = cap;
+	}
+	w->m[w->n++] = m;
+	m->wake_refs++;
+}
+
+/* Calls the queued wakers. No lock may be held. */
+static void wake_run(struct wakeups *w)
+{
+	for (size_t i = 0; i < w->n; i++) {
+		struct rep_member *m = w->m[i];
+		struct rep_group *g = m->g;
+		m->waker(m->ctx);
+		pthread_mutex_lock(&g->mu);
+		if (--m->wake_refs == 0)
+			pthread_cond_broadcast(&g->cond);
+		pthread_mutex_unlock(&g->mu);
+	}
+	free(w->m);
+	*w = (struct wakeups){0};
+}
+
+/* ---- the internal log --------------------------------------------------- */
+
+/* Records for one append; keys and values live in the batch. */
+struct gbatch {
+	uint32_t n, cap;
+	struct ls_rec *recs;
+	char (*keys)[GKEY_MAX];
+	char (*vals)[GVAL_MAX];
+};
+
+/* Adds key "<tid>/<group>" (part < 0) or "<tid>/<group>/<part>" with value
+ * (NULL: a tombstone). */
+static int gbatch_add(struct gbatch *b, uint64_t tid, const char *group, int64_t part,
+                      const char *value)
+{
+	if (b->n == b->cap) {
+		uint32_t cap = b->cap ? 2 * b->cap : 8;
+		struct ls_rec *recs = realloc(b->recs, cap * sizeof(*recs));
+		if (recs)
+			b->recs = recs;
+		char(*keys)[GKEY_MAX] = recs ? realloc(b->keys, cap * sizeof(*keys)) : NULL;
+		if (keys)
+			b->keys = keys;
+		char(*vals)[GVAL_MAX] = keys ? realloc(b->vals, cap * sizeof(*vals)) : NULL;
+		if (!vals)
+			return -ENOMEM;
+		b->vals = vals;
+		b->cap = cap;
+	}
+	uint32_t i = b->n;
+	int kl = part < 0 ? snprintf(b->keys[i], GKEY_MAX, "%" PRIu64 "/%s", tid, group)
+	                  : snprintf(b->keys[i], GKEY_MAX, "%" PRIu64 "/%s/%" PRId64, tid,
+	                             group, part);
+	if (kl < 0 || kl >= GKEY_MAX)
+		return -ENAMETOOLONG;
+	b->recs[i] = (struct ls_rec){.key_len = (uint32_t)kl};
+	if (value) {
+		int vl = snprintf(b->vals[i], GVAL_MAX, "%s", value);
+		if (vl < 0 || vl >= GVAL_MAX)
+			return -EINVAL;
+		b->recs[i].value = b->vals[i]; /* fixed up in glog_append */
+		b->recs[i].value_len = (uint32_t)vl;
+	}
+	b->n++;
+	return 0;
+}
+
+static int gbatch_add_offset(struct gbatch *b, uint64_t tid, const char *group, uint32_t part,
+                             int64_t off)
+{
+	char v[GVAL_MAX];
+	snprintf(v, sizeof(v), "%" PRId64, off);
+	return gbatch_add(b, tid, group, part, v);
+}
+
+static void gbatch_free(struct gbatch *b)
+{
+	free(b->recs);
+	free(b->keys);
+	free(b->vals);
+	*b = (struct gbatch){0};
+}
+
+/* Appends the batch as one logstore batch (no fsync). */
+static int glog_append(struct rep_groups *c, struct gbatch *b)
+{
+	if (b->n == 0)
+		return 0;
+	for (uint32_t i = 0; i < b->n; i++) {
+		b->recs[i].key = b->keys[i];
+		if (b->recs[i].value)
+			b->recs[i].value = b->vals[i];
+	}
+	struct ls_append_result res;
+	pthread_mutex_lock(&c->log_mu);
+	int rc = ls_partition_append(c->log, b->recs, b->n, now_ms(), NULL, &res);
+	if (rc == 0) {
+		ls_partition_set_hw(c->log, res.last_offset + 1);
+		atomic_store(&c->dirty, true);
+	}
+	pthread_mutex_unlock(&c->log_mu);
+	if (rc < 0) {
+		tfs_error("%s/" GROUPS_DIR ": append of %u record(s) failed: %s",
+		          rep_data_dir(c->rep), b->n, tfs_strerror(rc));
+		if (rc == LS_ESTICKY)
+			rc = -EROFS;
+	}
+	return rc;
+}
+
+/* ---- groups: lists and partitions --------------------------------------- */
+
+static struct gtopic *gtopic_find(struct rep_groups *c, uint64_t tid, int create)
+{
+	for (size_t i = 0; i < c->ntopics; i++)
+		if (c->topics[i].topic_id == tid)
+			return &c->topics[i];
+	if (!create)
+		return NULL;
+	struct gtopic *ts = realloc(c->topics, (c->ntopics + 1) * sizeof(*ts));
+	if (!ts)
+		return NULL;
+	c->topics = ts;
+	ts[c->ntopics] = (struct gtopic){.topic_id = tid, .next_id = 1};
+	return &ts[c->ntopics++];
+}
+
+static void gtopic_drop(struct rep_groups *c, struct gtopic *gt)
+{
+	free(gt->groups);
+	size_t i = (size_t)(gt - c->topics);
+	memmove(gt, gt + 1, (c->ntopics - i - 1) * sizeof(*gt));
+	c->ntopics--;
+}
+
+static ssize_t gtopic_index(const struct gtopic *gt, const char *name)
+{
+	for (size_t i = 0; gt && i < gt->n; i++)
+		if (strcmp(gt->groups[i]->name, name) == 0)
+			return (ssize_t)i;
+	return -1;
+}
+
+static int gtopic_add(struct gtopic *gt, struct rep_group *g)
+{
+	struct rep_group **gs = realloc(gt->groups, (gt->n + 1) * sizeof(*gs));
+	if (!gs)
+		return -ENOMEM;
+	gt->groups = gs;
+	gs[gt->n++] = g;
+	g->id = gt->next_id++;
+	return 0;
+}
+
+static void gtopic_remove(struct gtopic *gt, size_t i)
+{
+	memmove(&gt->groups[i], &gt->groups[i + 1], (gt->n - i - 1) * sizeof(*gt->groups));
+	gt->n--;
+}
+
+/* A group with one (the registry's) reference. t may be NULL (replay of a
+ * topic that is gone); otherwise the group takes its own topic reference. */
+static struct rep_group *group_new(struct rep_groups *c, struct rep_topic *t, uint64_t tid,
+                                   const char *name)
+{
+	struct rep_group *g = calloc(1, sizeof(*g));
+	if (!g)
+		return NULL;
+	g->c = c;
+	g->topic = t ? rep_topic_hold(t) : NULL;
+	g->topic_id = tid;
+	snprintf(g->name, sizeof(g->name), "%s", name);
+	atomic_init(&g->refs, 1);
+	pthread_mutex_init(&g->mu, NULL);
+	pthread_cond_init(&g->cond, NULL);
+	return g;
+}
+
+static void group_destroy(struct rep_group *g)
+{
+	if (g->topic)
+		rep_topic_put(g->topic);
+	free(g->parts);
+	free(g->members);
+	pthread_cond_destroy(&g->cond);
+	pthread_mutex_destroy(&g->mu);
+	free(g);
+}
+
+/* Grows g->parts to n partitions (new ones have no committed offset). */
+static int group_ensure_parts(struct rep_group *g, uint32_t n)
+{
+	if (n <= g->nparts)
+		return 0;
+	struct gpart *ps = realloc(g->parts, n * sizeof(*ps));
+	if (!ps)
+		return -ENOMEM;
+	for (uint32_t p = g->nparts; p < n; p++)
+		ps[p] = (struct gpart){.committed = -1};
+	g->parts = ps;
+	g->nparts = n;
+	return 0;
+}
+
+/* Catches up with the topic's partition count. Caller holds g->mu. */
+static int group_sync_parts(struct rep_group *g)
+{
+	return group_ensure_parts(g, rep_topic_partition_count(g->topic));
+}
+
+static struct ls_partition *part_log(struct rep_group *g, uint32_t p)
+{
+	struct rep_partition *rp = rep_topic_partition(g->topic, p);
+	return rp ? rep_partition_log(rp) : NULL;
+}
+
+/* Where a reader of p starts given committed offset c: never below the
+ * partition's start; no committed offset = the start ("earliest"). */
+static int64_t resolve(struct rep_group *g, uint32_t p, int64_t c)
+{
+	struct ls_partition *log = part_log(g, p);
+	if (!log)
+		return c < 0 ? 0 : c;
+	struct ls_partition_info info;
+	ls_partition_get_info(log, &info);
+	return c < info.start_offset ? info.start_offset : c;
+}
+
+/* ---- assignment --------------------------------------------------------- */
+
+/*
+ * Computes the target owner of every partition and moves what may move.
+ * Quotas: floor(P/M) or ceil(P/M), the larger ones to the members holding
+ * most (ties: join order), so nobody gives up a partition it could keep.
+ * Each member keeps up to its quota of what it holds (partitions it is not
+ * revoking first), the rest go to members under quota. A partition whose
+ * owner changes moves now if nothing of it is in flight (invariant 2), else
+ * it is marked revoking and moves at the owner's commit point, when this
+ * runs again. Caller holds g->mu; newly assigned members go into w.
+ */
+static void rebalance(struct rep_group *g, struct wakeups *w)
+{
+	uint32_t np = g->nparts;
+	size_t k = g->nmembers;
+	if (k == 0 || np == 0)
+		return;
+	size_t *quota = calloc(k, sizeof(*quota)), *kept = calloc(k, sizeof(*kept));
+	size_t *held = calloc(k, sizeof(*held)), *order = calloc(k, sizeof(*order));
+	struct rep_member **target = calloc(np, sizeof(*target));
+	if (!quota || !kept || !held || !order || !target) {
+		tfs_error("groups: %s: out of memory in rebalance; assignment unchanged",
+		          g->name);
+		goto out;
+	}
+	for (uint32_t p = 0; p < np; p++)
+		if (g->parts[p].owner)
+			held[g->parts[p].owner->idx]++;
+	for (size_t i = 0; i < k; i++) { /* insertion sort: held desc, join order */
+		size_t j = i;
+		while (j > 0 && held[order[j - 1]] < held[i]) {
+			order[j] = order[j - 1];
+			j--;
+		}
+		order[j] = i;
+	}
+	size_t base = np / k, extra = np % k;
+	for (size_t i = 0; i < k; i++)
+		quota[order[i]] = base + (i < extra ? 1 : 0);
+	for (int pass = 0; pass < 2; pass++) {
+		for (uint32_t p = 0; p < np; p++) {
+			struct gpart *gp = &g->parts[p];
+			if (!gp->owner || target[p] || (pass == 0 && gp->revoking))
+				continue;
+			size_t i = gp->owner->idx;
+			if (kept[i] < quota[i]) {
+				target[p] = gp->owner;
+				kept[i]++;
+			}
+		}
+	}
+	size_t next = 0;
+	for (uint32_t p = 0; p < np; p++) {
+		if (target[p])
+			continue;
+		for (size_t tries = 0; tries < k; tries++, next = (next + 1) % k) {
+			if (kept[next] < quota[next]) {
+				target[p] = g->members[next];
+				kept[next]++;
+				break;
+			}
+		}
+	}
+	for (uint32_t p = 0; p < np; p++) {
+		struct gpart *gp = &g->parts[p];
+		struct rep_member *o = gp->owner, *t = target[p];
+		if (o == t) {
+			gp->revoking = 0;
+			continue;
+		}
+		if (o && (gp->pos != gp->base || (o->peek_valid && o->peek_p == p))) {
+			gp->revoking = 1;
+			continue;
+		}
+		gp->owner = t;
+		gp->revoking = 0;
+		if (t) {
+			gp->pos = gp->base = resolve(g, p, gp->committed);
+			wake_add(w, t);
+		}
+	}
+out:
+	free(quota);
+	free(kept);
+	free(held);
+	free(order);
+	free(target);
+}
+
+/* ---- the coordinator ---------------------------------------------------- */
+
+static int parse_dec(const char *s, size_t len, int64_t max, int64_t *out)
+{
+	int64_t v = 0;
+	if (len == 0 || len > 19)
+		return -EINVAL;
+	for (size_t i = 0; i < len; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return -EINVAL;
+		v = v * 10 + (s[i] - '0');
+	}
+	if (v > max)
+		return -EINVAL;
+	*out = v;
+	return 0;
+}
+
+/* Splits "<tid>/<group>[/<p>]"; *part = -1 for a group key. */
+static int gkey_parse(const void *key, uint32_t len, uint64_t *tid, char *group,
+                      int64_t *part)
+{
+	char buf[GKEY_MAX];
+	if (!key || len == 0 || len >= sizeof(buf) || memchr(key, 0, len))
+		return -EINVAL;
+	memcpy(buf, key, len);
+	buf[len] = 0;
+	char *s1 = strchr(buf, '/');
+	if (!s1)
+		return -EINVAL;
+	int64_t v;
+	if (parse_dec(buf, (size_t)(s1 - buf), INT64_MAX, &v) < 0)
+		return -EINVAL;
+	*tid = (uint64_t)v;
+	char *name = s1 + 1, *s2 = strchr(name, '/');
+	*part = -1;
+	if (s2) {
+		*s2 = 0;
+		if (parse_dec(s2 + 1, strlen(s2 + 1), UINT32_MAX - 1, part) < 0)
+			return -EINVAL;
+	}
+	if (!rep_name_valid(name))
+		return -EINVAL;
+	strcpy(group, name);
+	return 0;
+}
+
+/* Applies one record of DATA/__groups/ during replay. Groups of topics that
+ * are gone are kept with topic == NULL until replay ends. */
+static int replay_one(struct rep_groups *c, const struct ls_record *rec)
+{
+	uint64_t tid;
+	int64_t part;
+	char name[REP_NAME_MAX + 1];
+	if (gkey_parse(rec->key, rec->key_len, &tid, name, &part) < 0) {
+		tfs_warn("%s/" GROUPS_DIR ": offset %" PRId64 ": unreadable key, skipped",
+		         rep_data_dir(c->rep), rec->offset);
+		return 0;
+	}
+	struct gtopic *gt = gtopic_find(c, tid, part < 0 && rec->value);
+	ssize_t i = gtopic_index(gt, name);
+	if (part < 0) {
+		if (!rec->value) { /* deleted */
+			if (i >= 0) {
+				struct rep_group *g = gt->groups[i];
+				gtopic_remove(gt, (size_t)i);
+				group_destroy(g);
+			}
+			return 0;
+		}
+		if (!gt)
+			return -ENOMEM;
+		if (i >= 0)
+			return 0;
+		struct rep_topic *t = rep_topic_get_id(c->rep, tid);
+		struct rep_group *g = group_new(c, t, tid, name);
+		rep_topic_put(t);
+		if (!g)
+			return -ENOMEM;
+		if (gtopic_add(gt, g) < 0) {
+			group_destroy(g);
+			return -ENOMEM;
+		}
+		return 0;
+	}
+	if (i < 0)
+		return 0; /* offsets of a group deleted since */
+	struct rep_group *g = gt->groups[i];
+	int64_t off = -1;
+	if (rec->value && parse_dec(rec->value, rec->value_len, INT64_MAX, &off) < 0) {
+		tfs_warn("%s/" GROUPS_DIR ": offset %" PRId64 ": unreadable value, skipped",
+		         rep_data_dir(c->rep), rec->offset);
+		return 0;
+	}
+	if (group_ensure_parts(g, (uint32_t)part + 1) < 0)
+		return -ENOMEM;
+	g->parts[part].committed = off;
+	return 0;
+}
+
+static int replay(struct rep_groups *c)
+{
+	struct ls_reader *rd;
+	struct ls_record rec;
+	int rc = ls_reader_open(c->log, &rd);
+	if (rc < 0)
+		return rc;
+	int64_t off = 0;
+	while ((rc = ls_reader_next(rd, off, &rec)) == 1) {
+		off = rec.offset + 1;
+		if ((rc = replay_one(c, &rec)) < 0)
+			break;
+	}
+	ls_reader_close(rd);
+	if (rc < 0)
+		tfs_error("%s/" GROUPS_DIR ": replay failed near offset %" PRId64 ": %s",
+		          rep_data_dir(c->rep), off, tfs_strerror(rc));
+	return rc;
+}
+
+/* After replay: tombstones for groups of topics that are gone, partition
+ * arrays fitted to the live topics. */
+static int replay_finish(struct rep_groups *c)
+{
+	struct gbatch b = {0};
+	int rc = 0;
+	for (size_t i = 0; i < c->ntopics && rc == 0; i++) {
+		struct gtopic *gt = &c->topics[i];
+		for (size_t j = 0; j < gt->n && rc == 0; j++) {
+			struct rep_group *g = gt->groups[j];
+			if (g->topic)
+				continue;
+			rc = gbatch_add(&b, g->topic_id, g->name, -1, NULL);
+			for (uint32_t p = 0; p < g->nparts && rc == 0; p++)
+				rc = gbatch_add(&b, g->topic_id, g->name, p, NULL);
+		}
+	}
+	if (rc == 0)
+		rc = glog_append(c, &b);
+	gbatch_free(&b);
+	if (rc < 0)
+		return rc;
+	for (size_t i = 0; i < c->ntopics;) {
+		struct gtopic *gt = &c->topics[i];
+		for (size_t j = 0; j < gt->n;) {
+			struct rep_group *g = gt->groups[j];
+			if (!g->topic) {
+				tfs_info("groups: dropped group %s of deleted topic %" PRIu64, g->name,
+				         g->topic_id);
+				gtopic_remove(gt, j);
+				group_destroy(g);
+				continue;
+			}
+			uint32_t n = rep_topic_partition_count(g->topic);
+			if (g->nparts > n)
+				g->nparts = n; /* offsets of partitions that do not exist */
+			if ((rc = group_ensure_parts(g, n)) < 0)
+				return rc;
+			j++;
+		}
+		if (gt->n == 0)
+			gtopic_drop(c, gt);
+		else
+			i++;
+	}
+	return 0;
+}
+
+/* Frees a group and any member still joined, whatever its references. */
+static void group_force_destroy(struct rep_group *g)
+{
+	for (size_t i = 0; i < g->nmembers; i++) {
+		struct rep_member *m = g->members[i];
+		for (uint32_t p = 0; p < m->nreaders; p++)
+			ls_reader_close(m->readers[p]);
+		free(m->readers);
+		free(m->cand);
+		free(m->cand_pos);
+		pthread_mutex_destroy(&m->mu);
+		free(m);
+	}
+	g->nmembers = 0;
+	group_destroy(g);
+}
+
+static void coord_free(struct rep_groups *c)
+{
+	for (size_t i = 0; i < c->ntopics; i++) {
+		for (size_t j = 0; j < c->topics[i].n; j++)
+			group_force_destroy(c->topics[i].groups[j]);
+		free(c->topics[i].groups);
+	}
+	free(c->topics);
+	if (c->log) {
+		int rc = ls_partition_close(c->log);
+		if (rc < 0)
+			tfs_error("%s/" GROUPS_DIR ": close: %s", rep_data_dir(c->rep),
+			          tfs_strerror(rc));
+	}
+	pthread_mutex_destroy(&c->mu);
+	pthread_mutex_destroy(&c->log_mu);
+	free(c);
+}
+
+int rep_groups_open(struct rep *r, enum rep_group_start start)
+{
+	char dir[PATH_MAX];
+	int rc;
+	if (snprintf(dir, sizeof(dir), "%s/" GROUPS_DIR, rep_data_dir(r)) >= (int)sizeof(dir))
+		return -ENAMETOOLONG;
+	struct rep_groups *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->rep = r;
+	c->start = start;
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_mutex_init(&c->log_mu, NULL);
+	atomic_init(&c->dirty, false);
+	struct ls_config cfg;
+	ls_config_default(&cfg);
+	cfg.cleanup = LS_CLEANUP_COMPACT;
+	cfg.compression = LS_CODEC_NONE;
+	cfg.segment_bytes = 4u << 20; /* closed segments are what compaction rewrites */
+	rc = ls_partition_open(dir, &cfg, &c->log);
+	if (rc < 0) {
+		tfs_error("%s: cannot open the group offsets log: %s", dir, tfs_strerror(rc));
+		c->log = NULL;
+		goto err;
+	}
+	struct ls_partition_info info;
+	ls_partition_get_info(c->log, &info);
+	ls_partition_set_hw(c->log, info.end_offset); /* one node: all of it is ours */
+	if ((rc = replay(c)) < 0 || (rc = replay_finish(c)) < 0)
+		goto err;
+	pthread_rwlock_wrlock(&registry_lock);
+	if (rep_groups_state(r)) {
+		pthread_rwlock_unlock(&registry_lock);
+		rc = -EBUSY;
+		goto err;
+	}
+	rep_set_groups_state(r, c);
+	pthread_rwlock_unlock(&registry_lock);
+	size_t n = 0;
+	for (size_t i = 0; i < c->ntopics; i++)
+		n += c->topics[i].n;
+	tfs_info("groups: %zu group(s) loaded from %s (start: %s)", n, dir,
+	         start == REP_GROUP_LATEST ? "latest" : "earliest");
+	return 0;
+err:
+	coord_free(c);
+	return rc;
+}
+
+void rep_groups_close(struct rep *r)
+{
+	pthread_rwlock_wrlock(&registry_lock);
+	struct rep_groups *c = rep_groups_state(r);
+	rep_set_groups_state(r, NULL);
+	pthread_rwlock_unlock(&registry_lock);
+	if (c)
+		coord_free(c);
+}
+
+void rep_groups_sync(struct rep *r)
+{
+	struct rep_groups *c = coord_enter(r);
+	if (!c)
+		return;
+	if (atomic_exchange(&c->dirty, false)) {
+		int rc = ls_partition_sync(c->log);
+		if (rc < 0)
+			tfs_error("%s/" GROUPS_DIR ": background fsync failed: %s",
+			          rep_data_dir(r), tfs_strerror(rc));
+	}
+	coord_leave();
+}
+
+void rep_groups_compact(struct rep *r)
+{
+	struct rep_groups *c = coord_enter(r);
+	if (!c)
+		return;
+	int rc = ls_partition_compact(c->log);
+	if (rc > 0)
+		tfs_info("%s/" GROUPS_DIR ": compaction removed %d record(s)", rep_data_dir(r), rc);
+	else if (rc < 0 && rc != -ENOTSUP)
+		tfs_warn("%s/" GROUPS_DIR ": compaction: %s", rep_data_dir(r), tfs_strerror(rc));
+	coord_leave();
+}
+
+/* References to every group of topic tid (caller puts each), or NULL with
+ * *n = 0. */
+static struct rep_group **groups_of(struct rep_groups *c, uint64_t tid, size_t *n)
+{
+	struct rep_group **out = NULL;
+	*n = 0;
+	pthread_mutex_lock(&c->mu);
+	struct gtopic *gt = gtopic_find(c, tid, 0);
+	if (gt && gt->n && (out = malloc(gt->n * sizeof(*out)))) {
+		for (size_t i = 0; i < gt->n; i++) {
+			out[i] = gt->groups[i];
+			atomic_fetch_add(&out[i]->refs, 1);
+		}
+		*n = gt->n;
+	}
+	pthread_mutex_unlock(&c->mu);
+	return out;
+}
+
+void rep_groups_partition_grew(struct rep *r, uint64_t topic_id, uint32_t p)
+{
+	struct rep_groups *c = coord_enter(r);
+	if (!c)
+		return;
+	size_t n;
+	struct rep_group **gs = groups_of(c, topic_id, &n);
+	struct wakeups w = {0};
+	for (size_t i = 0; i < n; i++) {
+		struct rep_group *g = gs[i];
+		pthread_mutex_lock(&g->mu);
+		if (p >= g->nparts && group_sync_parts(g) == 0)
+			rebalance(g, &w); /* grew before rep_groups_topic_changed ran */
+		if (p < g->nparts && g->parts[p].owner && !g->parts[p].revoking)
+			wake_add(&w, g->parts[p].owner);
+		pthread_mutex_unlock(&g->mu);
+	}
+	coord_leave();
+	wake_run(&w);
+	for (size_t i = 0; i < n; i++)
+		rep_group_put(gs[i]);
+	free(gs);
+}
+
+void rep_groups_topic_changed(struct rep *r, struct rep_topic *t)
+{
+	struct rep_groups *c = coord_enter(r);
+	if (!c)
+		return;
+	size_t n;
+	struct rep_group **gs = groups_of(c, rep_topic_id(t), &n);
+	struct wakeups w = {0};
+	for (size_t i = 0; i < n; i++) {
+		struct rep_group *g = gs[i];
+		pthread_mutex_lock(&g->mu);
+		if (group_sync_parts(g) < 0)
+			tfs_error("groups: %s/%s: out of memory growing partitions", rep_topic_name(t),
+			          g->name);
+		rebalance(g, &w);
+		pthread_mutex_unlock(&g->mu);
+	}
+	coord_leave();
+	wake_run(&w);
+	for (size_t i = 0; i < n; i++)
+		rep_group_put(gs[i]);
+	free(gs);
+}
+
+void rep_groups_topic_deleted(struct rep *r, uint64_t topic_id)
+{
+	struct rep_groups *c = coord_enter(r);
+	if (!c)
+		return;
+	struct gbatch b = {0};
+	int rc = 0;
+	pthread_mutex_lock(&c->mu);
+	struct gtopic *gt = gtopic_find(c, topic_id, 0);
+	if (!gt) {
+		pthread_mutex_unlock(&c->mu);
+		coord_leave();
+		return;
+	}
+	size_t n = gt->n;
+	struct rep_group **gs = gt->groups;
+	gt->groups = NULL;
+	gtopic_drop(c, gt);
+	for (size_t i = 0; i < n; i++) {
+		struct rep_group *g = gs[i];
+		pthread_mutex_lock(&g->mu);
+		g->deleted = 1;
+		if (rc == 0)
+			rc = gbatch_add(&b, topic_id, g->name, -1, NULL);
+		for (uint32_t p = 0; p < g->nparts && rc == 0; p++)
+			rc = gbatch_add(&b, topic_id, g->name, p, NULL);
+		pthread_mutex_unlock(&g->mu);
+	}
+	if (rc == 0)
+		rc = glog_append(c, &b);
+	if (rc < 0) /* replay drops them anyway: their topic is gone */
+		tfs_warn("groups: topic %" PRIu64 ": tombstones not written: %s", topic_id,
+		         tfs_strerror(rc));
+	pthread_mutex_unlock(&c->mu);
+	coord_leave();
+	gbatch_free(&b);
+	for (size_t i = 0; i < n; i++)
+		rep_group_put(gs[i]); /* the registry's references */
+	free(gs);
+}
+
+void rep_groups_foreach_lag(struct rep *r,
+                            void (*fn)(void *ctx, const char *topic, const char *group,
+                                       uint32_t partition, int64_t committed, int64_t lag),
+                            void *ctx)
+{
+	struct rep_groups *c = coord_enter(r);
+	if (!c)
+		return;
+	struct rep_group **gs = NULL;
+	size_t n = 0;
+	pthread_mutex_lock(&c->mu);
+	for (size_t i = 0; i < c->ntopics; i++)
+		n += c->topics[i].n;
+	if (n && (gs = malloc(n * sizeof(*gs)))) {
+		size_t k = 0;
+		for (size_t i = 0; i < c->ntopics; i++)
+			for (size_t j = 0; j < c->topics[i].n; j++) {
+				gs[k] = c->topics[i].groups[j];
+				atomic_fetch_add(&gs[k++]->refs, 1);
+			}
+	} else {
+		n = 0;
+	}
+	pthread_mutex_unlock(&c->mu);
+	coord_leave();
+	for (size_t i = 0; i < n; i++) {
+		struct rep_group *g = gs[i];
+		uint32_t np = rep_topic_partition_count(g->topic);
+		struct rep_group_offset *rows = malloc((np ? np : 1) * sizeof(*rows));
+		size_t k = rows ? rep_group_offsets(g, rows, np) : 0;
+		for (size_t j = 0; j < k; j++)
+			fn(ctx, rep_topic_name(g->topic), g->name, rows[j].partition,
+			   rows[j].committed, rows[j].lag);
+		free(rows);
+		rep_group_put(g);
+	}
+	free(gs);
+}
+
+/* ---- groups ------------------------------------------------------------- */
+
+/* Finds or creates group name of t. Caller holds registry_lock; takes c->mu.
+ * Returns a new reference in *out when out != NULL. */
+static int group_lookup(struct rep_groups *c, struct rep_topic *t, const char *name,
+                        int create, int excl, struct rep_group **out)
+{
+	if (!rep_name_valid(name))
+		return -EINVAL;
+	uint64_t tid = rep_topic_id(t);
+	int rc = 0;
+	struct gbatch b = {0};
+	pthread_mutex_lock(&c->mu);
+	struct gtopic *gt = gtopic_find(c, tid, 0);
+	ssize_t i = gtopic_index(gt, name);
+	struct rep_group *g = i >= 0 ? gt->groups[i] : NULL;
+	if (g) {
+		if (excl)
+			rc = -EEXIST;
+		goto found;
+	}
+	if (!create || rep_topic_deleted(t)) {
+		rc = -ENOENT;
+		goto out;
+	}
+	if (!(gt = gtopic_find(c, tid, 1)) || !(g = group_new(c, t, tid, name))) {
+		rc = -ENOMEM;
+		goto out_drop_empty;
+	}
+	if ((rc = group_sync_parts(g)) < 0)
+		goto err_group;
+	/* "latest": the end of every partition now is where the group starts;
+	 * written with the creation so a restart does not move it. Partitions
+	 * added later start at their beginning (all of it came after). */
+	rc = gbatch_add(&b, tid, name, -1, "created");
+	for (uint32_t p = 0; p < g->nparts && rc == 0 && c->start == REP_GROUP_LATEST; p++) {
+		struct ls_partition *log = part_log(g, p);
+		struct ls_partition_info info = {0};
+		if (log)
+			ls_partition_get_info(log, &info);
+		g->parts[p].committed = info.high_watermark;
+		rc = gbatch_add_offset(&b, tid, name, p, info.high_watermark);
+	}
+	if (rc < 0 || (rc = gtopic_add(gt, g)) < 0)
+		goto err_group;
+	if ((rc = glog_append(c, &b)) < 0) {
+		gtopic_remove(gt, gt->n - 1);
+		gt->next_id--; /* never handed out */
+		goto err_group;
+	}
+	tfs_info("group %s/%s created (id %" PRIu32 ")", rep_topic_name(t), name, g->id);
+found:
+	if (rc == 0 && out) {
+		atomic_fetch_add(&g->refs, 1);
+		*out = g;
+	}
+	goto out;
+err_group:
+	group_destroy(g);
+out_drop_empty:
+	if (gt && gt->n == 0)
+		gtopic_drop(c, gt);
+out:
+	pthread_mutex_unlock(&c->mu);
+	gbatch_free(&b);
+	return rc;
+}
+
+int rep_group_create(struct rep_topic *t, const char *name)
+{
+	struct rep_groups *c = coord_enter(rep_topic_rep(t));
+	if (!c)
+		return -ENOTCONN;
+	int rc = group_lookup(c, t, name, 1, 1, NULL);
+	coord_leave();
+	return rc;
+}
+
+int rep_group_get(struct rep_topic *t, const char *name, int create, struct rep_group **out)
+{
+	struct rep_groups *c = coord_enter(rep_topic_rep(t));
+	if (!c)
+		return -ENOTCONN;
+	int rc = group_lookup(c, t, name, create, 0, out);
+	coord_leave();
+	return rc;
+}
+
+struct rep_group *rep_group_get_id(struct rep_topic *t, uint32_t id)
+{
+	struct rep_groups *c = coord_enter(rep_topic_rep(t));
+	if (!c)
+		return NULL;
+	struct rep_group *g = NULL;
+	pthread_mutex_lock(&c->mu);
+	struct gtopic *gt = gtopic_find(c, rep_topic_id(t), 0);
+	for (size_t i = 0; gt && i < gt->n; i++) {
+		if (gt->groups[i]->id == id) {
+			g = gt->groups[i];
+			atomic_fetch_add(&g->refs, 1);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+	coord_leave();
+	return g;
+}
+
+void rep_group_put(struct rep_group *g)
+{
+	if (g && atomic_fetch_sub(&g->refs, 1) == 1)
+		group_destroy(g);
+}
+
+int rep_group_delete(struct rep_topic *t, const char *name)
+{
+	struct rep_groups *c = coord_enter(rep_topic_rep(t));
+	if (!c)
+		return -ENOTCONN;
+	uint64_t tid = rep_topic_id(t);
+	struct gbatch b = {0};
+	struct rep_group *g = NULL;
+	int rc = 0;
+	pthread_mutex_lock(&c->mu);
+	struct gtopic *gt = gtopic_find(c, tid, 0);
+	ssize_t i = gtopic_index(gt, name);
+	if (i < 0) {
+		rc = -ENOENT;
+		goto out;
+	}
+	g = gt->groups[i];
+	pthread_mutex_lock(&g->mu);
+	if (g->nmembers) {
+		tfs_warn("rmdir %s/groups/%s: the group has %zu member(s)", rep_topic_name(t), name,
+		         g->nmembers);
+		rc = -EBUSY;
+		goto out_group;
+	}
+	rc = gbatch_add(&b, tid, name, -1, NULL);
+	for (uint32_t p = 0; p < g->nparts && rc == 0; p++)
+		rc = gbatch_add(&b, tid, name, p, NULL);
+	if (rc == 0)
+		rc = glog_append(c, &b);
+	if (rc < 0)
+		goto out_group;
+	g->deleted = 1;
+	gtopic_remove(gt, (size_t)i);
+	if (gt->n == 0)
+		gtopic_drop(c, gt);
+	tfs_info("group %s/%s deleted", rep_topic_name(t), name);
+out_group:
+	pthread_mutex_unlock(&g->mu);
+out:
+	pthread_mutex_unlock(&c->mu);
+	coord_leave();
+	gbatch_free(&b);
+	if (rc == 0)
+		rep_group_put(g); /* the registry's reference */
+	return rc;
+}
+
+void rep_group_foreach(struct rep_topic *t,
+                       int (*fn)(void *ctx, uint32_t id, const char *name), void *ctx)
+{
+	struct rep_groups *c = coord_enter(rep_topic_rep(t));
+	if (!c)
+		return;
+	size_t n = 0;
+	struct rep_group **gs = groups_of(c, rep_topic_id(t), &n);
+	coord_leave();
+	size_t i = 0;
+	for (; i < n; i++)
+		if (fn(ctx, gs[i]->id, gs[i]->name))
+			break;
+	for (i = 0; i < n; i++)
+		rep_group_put(gs[i]);
+	free(gs);
+}
+
+uint32_t rep_group_id(const struct rep_group *g) { return g->id; }
+const char *rep_group_name(const struct rep_group *g) { return g->name; }
+
+int rep_group_deleted(const struct rep_group *g)
+{
+	struct rep_group *mg = (struct rep_group *)g;
+	pthread_mutex_lock(&mg->mu);
+	int d = mg->deleted;
+	pthread_mutex_unlock(&mg->mu);
+	return d;
+}
+
+size_t rep_group_offsets(struct rep_group *g, struct rep_group_offset *out, size_t max)
+{
+	size_t n = 0;
+	pthread_mutex_lock(&g->mu);
+	if (group_sync_parts(g) < 0)
+		tfs_warn("groups: %s: out of memory growing partitions", g->name);
+	for (uint32_t p = 0; p < g->nparts && n < max; p++) {
+		struct ls_partition *log = part_log(g, p);
+		struct ls_partition_info info = {0};
+		if (log)
+			ls_partition_get_info(log, &info);
+		int64_t c = g->parts[p].committed;
+		if (c < info.start_offset)
+			c = info.start_offset;
+		out[n++] = (struct rep_group_offset){
+			.partition = p,
+			.committed = c,
+			.end = info.high_watermark,
+			.lag = info.high_watermark > c ? info.high_watermark - c : 0,
+		};
+	}
+	pthread_mutex_unlock(&g->mu);
+	return n;
+}
+
+int rep_group_reset(struct rep_group *g, enum rep_reset how, int64_t partition, int64_t value)
+{
+	struct gbatch b = {0};
+	struct wakeups w = {0};
+	int64_t *to = NULL;
+	int rc = 0;
+	pthread_mutex_lock(&g->mu);
+	if (g->deleted) {
+		rc = -ENOENT;
+		goto out;
+	}
+	if ((rc = group_sync_parts(g)) < 0)
+		goto out;
+	if (partition >= (int64_t)g->nparts) {
+		tfs_warn("%s/groups/%s/offsets: no partition %" PRId64 " (the topic has %u)",
+		         rep_topic_name(g->topic), g->name, partition, g->nparts);
+		rc = -EINVAL;
+		goto out;
+	}
+	uint32_t lo = partition < 0 ? 0 : (uint32_t)partition;
+	uint32_t hi = partition < 0 ? g->nparts : lo + 1;
+	if (!(to = calloc(g->nparts ? g->nparts : 1, sizeof(*to)))) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	for (uint32_t p = lo; p < hi && rc == 0; p++) {
+		struct ls_partition *log = part_log(g, p);
+		struct ls_partition_info info = {0};
+		if (log)
+			ls_partition_get_info(log, &info);
+		int64_t o = 0;
+		switch (how) {
+		case REP_RESET_EARLIEST: o = info.start_offset; break;
+		case REP_RESET_LATEST: o = info.high_watermark; break;
+		case REP_RESET_OFFSET: o = value; break;
+		case REP_RESET_TIME: o = log ? ls_partition_offset_for_time(log, value) : 0; break;
+		}
+		if (o > info.high_watermark)
+			o = info.high_watermark;
+		if (o < info.start_offset)
+			o = info.start_offset;
+		to[p] = o;
+		rc = gbatch_add_offset(&b, g->topic_id, g->name, p, o);
+	}
+	if (rc < 0 || (rc = glog_append(g->c, &b)) < 0)
+		goto out;
+	for (uint32_t p = lo; p < hi; p++) {
+		struct gpart *gp = &g->parts[p];
+		gp->committed = to[p];
+		if (gp->owner) {
+			gp->pos = gp->base = to[p];
+			if (gp->owner->peek_valid && gp->owner->peek_p == p)
+				gp->owner->peek_valid = 0;
+		}
+	}
+	for (size_t i = 0; i < g->nmembers; i++)
+		wake_add(&w, g->members[i]);
+	rebalance(g, &w); /* revoking partitions have nothing in flight now */
+	tfs_info("group %s/%s: offsets reset", rep_topic_name(g->topic), g->name);
+out:
+	pthread_mutex_unlock(&g->mu);
+	free(to);
+	gbatch_free(&b);
+	wake_run(&w);
+	return rc;
+}
+
+/* ---- members ------------------------------------------------------------ */
+
+int rep_member_join(struct rep_group *g, void (*waker)(void *ctx), void *ctx,
+                    struct rep_member **out)
+{
+	struct wakeups w = {0};
+	struct rep_member *m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->g = g;
+	m->waker = waker;
+	m->ctx = ctx;
+	pthread_mutex_init(&m->mu, NULL);
+	int rc = 0;
+	pthread_mutex_lock(&g->mu);
+	if (g->deleted) {
+		rc = -ENOENT;
+		goto err;
+	}
+	if ((rc = group_sync_parts(g)) < 0)
+		goto err;
+	if (g->nmembers == g->cmembers) {
+		size_t cap = g->cmembers ? 2 * g->cmembers : 4;
+		struct rep_member **ms = realloc(g->members, cap * sizeof(*ms));
+		if (!ms) {
+			rc = -ENOMEM;
+			goto err;
+		}
+		g->members = ms;
+		g->cmembers = cap;
+	}
+	m->idx = g->nmembers;
+	g->members[g->nmembers++] = m;
+	atomic_fetch_add(&g->refs, 1);
+	rebalance(g, &w);
+	pthread_mutex_unlock(&g->mu);
+	*out = m;
+	wake_run(&w);
+	return 0;
+err:
+	pthread_mutex_unlock(&g->mu);
+	pthread_mutex_destroy(&m->mu);
+	free(m);
+	return rc;
+}
+
+/* Commits what m took: one batch, then committed = base = pos. On failure
+ * the member is rewound (its records are delivered again). Caller holds
+ * m->mu and g->mu. */
+static int commit_locked(struct rep_member *m)
+{
+	struct rep_group *g = m->g;
+	struct gbatch b = {0};
+	int rc = 0;
+	for (uint32_t p = 0; p < g->nparts && rc == 0; p++) {
+		struct gpart *gp = &g->parts[p];
+		if (gp->owner == m && gp->pos != gp->base)
+			rc = gbatch_add_offset(&b, g->topic_id, g->name, p, gp->pos);
+	}
+	if (rc == 0 && b.n && !g->deleted)
+		rc = glog_append(g->c, &b);
+	gbatch_free(&b);
+	for (uint32_t p = 0; p < g->nparts; p++) {
+		struct gpart *gp = &g->parts[p];
+		if (gp->owner != m || gp->pos == gp->base)
+			continue;
+		if (rc < 0) {
+			gp->pos = gp->base;
+		} else {
+			gp->committed = gp->pos;
+			gp->base = gp->pos;
+		}
+	}
+	if (rc < 0)
+		tfs_warn("group %s/%s: commit failed (%s): the records will be delivered again",
+		         rep_topic_name(g->topic), g->name, tfs_strerror(rc));
+	return rc;
+}
+
+void rep_member_leave(struct rep_member *m, int commit)
+{
+	struct rep_group *g = m->g;
+	struct wakeups w = {0};
+	pthread_mutex_lock(&m->mu);
+	pthread_mutex_lock(&g->mu);
+	m->peek_valid = 0;
+	if (commit) /* on failure the records go back to the group */
+		(void)commit_locked(m);
+	for (uint32_t p = 0; p < g->nparts; p++) {
+		if (g->parts[p].owner == m) {
+			g->parts[p].owner = NULL;
+			g->parts[p].revoking = 0;
+		}
+	}
+	memmove(&g->members[m->idx], &g->members[m->idx + 1],
+	        (g->nmembers - m->idx - 1) * sizeof(*g->members));
+	g->nmembers--;
+	for (size_t i = m->idx; i < g->nmembers; i++)
+		g->members[i]->idx = i;
+	rebalance(g, &w);
+	while (m->wake_refs > 0) /* a waker of m is running in another thread */
+		pthread_cond_wait(&g->cond, &g->mu);
+	pthread_mutex_unlock(&g->mu);
+	pthread_mutex_unlock(&m->mu);
+	wake_run(&w);
+	for (uint32_t p = 0; p < m->nreaders; p++)
+		ls_reader_close(m->readers[p]);
+	free(m->readers);
+	free(m->cand);
+	free(m->cand_pos);
+	pthread_mutex_destroy(&m->mu);
+	free(m);
+	rep_group_put(g);
+}
+
+/* Sizes the member's per-partition arrays for n partitions. Holds m->mu. */
+static int member_fit(struct rep_member *m, uint32_t n)
+{
+	if (n > m->nreaders) {
+		struct ls_reader **rs = realloc(m->readers, n * sizeof(*rs));
+		if (!rs)
+			return -ENOMEM;
+		memset(rs + m->nreaders, 0, (n - m->nreaders) * sizeof(*rs));
+		m->readers = rs;
+		m->nreaders = n;
+	}
+	if (n > m->ccand) {
+		uint32_t *cand = realloc(m->cand, n * sizeof(*cand));
+		if (cand)
+			m->cand = cand;
+		int64_t *pos = cand ? realloc(m->cand_pos, n * sizeof(*pos)) : NULL;
+		if (!pos)
+			return -ENOMEM;
+		m->cand_pos = pos;
+		m->ccand = n;
+	}
+	return 0;
+}
+
+int rep_member_peek(struct rep_member *m, struct rep_delivery *d)
+{
+	struct rep_group *g = m->g;
+	int rc = 0;
+	pthread_mutex_lock(&m->mu);
+	for (;;) {
+		/* Snapshot what m may read, round robin from m->rr; readers of
+		 * partitions m no longer owns are dropped. */
+		uint32_t n = 0;
+		pthread_mutex_lock(&g->mu);
+		m->peek_valid = 0;
+		uint32_t np = g->nparts;
+		if ((rc = member_fit(m, np)) < 0) {
+			pthread_mutex_unlock(&g->mu);
+			goto out;
+		}
+		for (uint32_t i = 0; i < np; i++) {
+			uint32_t p = (m->rr + i) % np;
+			const struct gpart *gp = &g->parts[p];
+			if (gp->owner == m && !gp->revoking) {
+				m->cand[n] = p;
+				m->cand_pos[n++] = gp->pos;
+			} else if (gp->owner != m && m->readers[p]) {
+				ls_reader_close(m->readers[p]);
+				m->readers[p] = NULL;
+			}
+		}
+		pthread_mutex_unlock(&g->mu);
+
+		int changed = 0;
+		for (uint32_t i = 0; i < n && !changed; i++) {
+			uint32_t p = m->cand[i];
+			struct ls_record rec;
+			if (!m->readers[p]) {
+				struct ls_partition *log = part_log(g, p);
+				if (!log)
+					continue;
+				if ((rc = ls_reader_open(log, &m->readers[p])) < 0)
+					goto out;
+			}
+			rc = ls_reader_next(m->readers[p], m->cand_pos[i], &rec);
+			if (rc < 0) {
+				tfs_error("group %s/%s: partition %u at offset %" PRId64 ": %s",
+				          rep_topic_name(g->topic), g->name, p, m->cand_pos[i],
+				          tfs_strerror(rc));
+				goto out;
+			}
+			if (rc == 0)
+				continue;
+			/* Still ours, still where it was? (reset, revoke race) */
+			pthread_mutex_lock(&g->mu);
+			const struct gpart *gp = &g->parts[p];
+			if (gp->owner == m && !gp->revoking && gp->pos == m->cand_pos[i]) {
+				m->peek_valid = 1;
+				m->peek_p = p;
+				m->peek_off = rec.offset;
+				m->peek_pos = gp->pos;
+			} else {
+				changed = 1;
+			}
+			pthread_mutex_unlock(&g->mu);
+			if (changed)
+				break;
+			*d = (struct rep_delivery){
+				.partition = p,
+				.offset = rec.offset,
+				.timestamp_ms = rec.timestamp_ms,
+				.key = rec.key,
+				.key_len = rec.key_len,
+				.value = rec.value,
+				.value_len = rec.value_len,
+			};
+			rc = 1;
+			goto out;
+		}
+		if (!changed) {
+			rc = 0;
+			goto out;
+		}
+	}
+out:
+	pthread_mutex_unlock(&m->mu);
+	return rc;
+}
+
+void rep_member_take(struct rep_member *m)
+{
+	struct rep_group *g = m->g;
+	pthread_mutex_lock(&m->mu);
+	pthread_mutex_lock(&g->mu);
+	if (m->peek_valid) {
+		struct gpart *gp = &g->parts[m->peek_p];
+		if (gp->owner == m && gp->pos == m->peek_pos) {
+			gp->pos = m->peek_off + 1;
+			m->rr = (m->peek_p + 1) % g->nparts;
+		}
+		m->peek_valid = 0;
+	}
+	pthread_mutex_unlock(&g->mu);
+	pthread_mutex_unlock(&m->mu);
+}
+
+int rep_member_commit(struct rep_member *m)
+{
+	struct rep_group *g = m->g;
+	struct wakeups w = {0};
+	pthread_mutex_lock(&m->mu);
+	pthread_mutex_lock(&g->mu);
+	m->peek_valid = 0;
+	int rc = commit_locked(m);
+	rebalance(g, &w); /* hands over what m was revoking */
+	pthread_mutex_unlock(&g->mu);
+	pthread_mutex_unlock(&m->mu);
+	wake_run(&w);
+	return rc;
+}
+
+void rep_member_rewind(struct rep_member *m)
+{
+	struct rep_group *g = m->g;
+	struct wakeups w = {0};
+	pthread_mutex_lock(&m->mu);
+	pthread_mutex_lock(&g->mu);
+	m->peek_valid = 0;
+	for (uint32_t p = 0; p < g->nparts; p++)
+		if (g->parts[p].owner == m)
+			g->parts[p].pos = g->parts[p].base;
+	rebalance(g, &w);
+	pthread_mutex_unlock(&g->mu);
+	pthread_mutex_unlock(&m->mu);
+	wake_run(&w);
+}
+
+size_t rep_member_assignment(struct rep_member *m, uint32_t *out, size_t max)
+{
+	struct rep_group *g = m->g;
+	size_t n = 0;
+	pthread_mutex_lock(&g->mu);
+	for (uint32_t p = 0; p < g->nparts && n < max; p++)
+		if (g->parts[p].owner == m)
+			out[n++] = p;
+	pthread_mutex_unlock(&g->mu);
+	return n;
+}
