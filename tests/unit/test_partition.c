@@ -399,7 +399,7 @@ static void test_replication_path(void)
 	ssize_t n2 = ls_partition_read_batches(l, 5, buf, sizeof(buf), &need);
 	CHECK(n2 > 0);
 	CHECK_EQ_INT(ls_partition_append_batches(f, buf, (size_t)n2), LS_EOUTOFRANGE);
-	tfs_log_set_level(TFS_LOG_INFO);
+	tfs_log_set_level(TFS_LOG_WARN);
 	ls_partition_get_info(f, &fi);
 	CHECK_EQ_INT(fi.end_offset, 0);
 
@@ -714,7 +714,7 @@ static void test_corrupt_batch_not_served(void)
 	CHECK_EQ_INT(ls_reader_read_view(r, 21, buf, sizeof(buf), '\t', &actual), LS_ECORRUPT);
 	CHECK_EQ_INT(ls_reader_next(r, 3, &rec), LS_ECORRUPT);
 	ls_reader_close(r);
-	tfs_log_set_level(TFS_LOG_INFO);
+	tfs_log_set_level(TFS_LOG_WARN);
 	CHECK_EQ_INT(ls_partition_close(p), 0);
 }
 
@@ -874,6 +874,7 @@ static void test_throughput_zstd(void) { measure(LS_CODEC_ZSTD); }
 int main(int argc, char **argv)
 {
 	(void)argv;
+	tfs_log_set_level(TFS_LOG_WARN);
 	RUN(test_append_and_view);
 	RUN(test_reader_next);
 	RUN(test_segments_and_reopen);
