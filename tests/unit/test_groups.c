@@ -1,0 +1,963 @@
+/* test_groups.c - the group coordinator (replicator/groups.c) on a real
+ * single-node replicator: assignment, cooperative handover at commit points,
+ * redelivery on leave without commit, durable offsets (clean and unclean
+ * restart), resets, offsets rows, delete, groups.start, wakers, partition
+ * growth, and exactly-once consumption (single-threaded and threaded). */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../replicator/groups.h"
+#include "../../replicator/replicator.h"
+#include "unit.h"
+
+#define MAXP 8
+#define MAXOFF 4096
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+/* A node on dir with `parts` partitions per new topic; threads: rep_start. */
+static struct rep *node_open(const char *dir, uint32_t parts, enum rep_group_start start,
+                             int threads)
+{
+	struct rep_options o = {.node_id = 1, .data_dir = dir, .listen = "127.0.0.1:7070"};
+	topic_config_builtin(&o.defaults);
+	o.defaults.partitions = parts;
+	o.defaults.compression = LS_CODEC_NONE;
+	o.flush_ms = threads ? 50 : 0;
+	struct rep *r = NULL;
+	int rc = rep_open(&o, &r);
+	CHECK_EQ_INT(rc, 0);
+	if (rc < 0)
+		exit(1);
+	rc = rep_groups_open(r, start);
+	CHECK_EQ_INT(rc, 0);
+	if (rc < 0)
+		exit(1);
+	if (threads) {
+		rc = rep_start(r, NULL);
+		CHECK_EQ_INT(rc, 0);
+	}
+	return r;
+}
+
+static void node_close(struct rep *r)
+{
+	rep_groups_close(r);
+	rep_close(r);
+}
+
+static struct rep_topic *topic(struct rep *r, const char *name)
+{
+	int rc = rep_topic_create(r, name);
+	CHECK(rc == 0 || rc == -EEXIST);
+	struct rep_topic *t = rep_topic_get(r, name);
+	CHECK(t != NULL);
+	if (!t)
+		exit(1);
+	return t;
+}
+
+/* Appends n records "p<p>-<i>" to partition p as one batch. */
+static void produce(struct rep_topic *t, uint32_t p, int n)
+{
+	struct ls_rec recs[64];
+	char vals[64][32];
+	while (n > 0) {
+		int k = n > 64 ? 64 : n;
+		for (int i = 0; i < k; i++) {
+			int len = snprintf(vals[i], sizeof(vals[i]), "p%u-%d", p, i);
+			recs[i] = (struct ls_rec){.value = vals[i], .value_len = (uint32_t)len};
+		}
+		struct ls_append_result res;
+		int rc = rep_produce(rep_topic_partition(t, p), recs, (uint32_t)k, NULL, &res);
+		CHECK_EQ_INT(rc, 0);
+		n -= k;
+	}
+}
+
+static struct rep_group *group(struct rep_topic *t, const char *name)
+{
+	struct rep_group *g = NULL;
+	int rc = rep_group_get(t, name, 1, &g);
+	CHECK_EQ_INT(rc, 0);
+	if (!g)
+		exit(1);
+	return g;
+}
+
+static struct rep_member *join(struct rep_group *g, void (*w)(void *), void *ctx)
+{
+	struct rep_member *m = NULL;
+	int rc = rep_member_join(g, w, ctx, &m);
+	CHECK_EQ_INT(rc, 0);
+	if (!m)
+		exit(1);
+	return m;
+}
+
+/* What was delivered: count per (partition, offset). */
+struct seen {
+	uint16_t n[MAXP][MAXOFF];
+	int total;
+	int dups;
+};
+
+/* Peeks and takes up to max records into s (NULL: not recorded). */
+static int take(struct rep_member *m, int max, struct seen *s)
+{
+	int got = 0;
+	struct rep_delivery d;
+	while (got < max) {
+		int rc = rep_member_peek(m, &d);
+		CHECK(rc >= 0);
+		if (rc != 1)
+			break;
+		rep_member_take(m);
+		got++;
+		if (s && d.partition < MAXP && d.offset >= 0 && d.offset < MAXOFF) {
+			if (s->n[d.partition][d.offset]++)
+				s->dups++;
+			s->total++;
+		}
+	}
+	return got;
+}
+
+static size_t assignment(struct rep_member *m, uint32_t *out)
+{
+	return rep_member_assignment(m, out, MAXP);
+}
+
+static int has(const uint32_t *a, size_t n, uint32_t p)
+{
+	for (size_t i = 0; i < n; i++)
+		if (a[i] == p)
+			return 1;
+	return 0;
+}
+
+static int64_t committed(struct rep_group *g, uint32_t p)
+{
+	struct rep_group_offset rows[MAXP];
+	size_t n = rep_group_offsets(g, rows, MAXP);
+	return p < n ? rows[p].committed : -100;
+}
+
+/* ---- tests ---------------------------------------------------------------- */
+
+/* Two members split six partitions three and three, without overlap. */
+static void test_two_members_share(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 6, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "orders");
+	struct rep_group *g = group(t, "billing");
+	struct rep_member *a = join(g, NULL, NULL), *b = join(g, NULL, NULL);
+	uint32_t pa[MAXP], pb[MAXP];
+	size_t na = assignment(a, pa), nb = assignment(b, pb);
+	CHECK_EQ_INT(na, 3);
+	CHECK_EQ_INT(nb, 3);
+	for (uint32_t p = 0; p < 6; p++)
+		CHECK_EQ_INT(has(pa, na, p) + has(pb, nb, p), 1);
+	rep_member_leave(a, 1);
+	rep_member_leave(b, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* A third member gets partitions only once their owners commit; nothing is
+ * delivered twice across the handover. */
+static void test_join_waits_for_commit(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 6, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "orders");
+	for (uint32_t p = 0; p < 6; p++)
+		produce(t, p, 20);
+	struct rep_group *g = group(t, "billing");
+	struct seen *s = calloc(1, sizeof(*s));
+	struct rep_member *a = join(g, NULL, NULL), *b = join(g, NULL, NULL);
+	CHECK_EQ_INT(take(a, 6, s), 6); /* two from each of its three */
+	CHECK_EQ_INT(take(b, 6, s), 6);
+	struct rep_member *c = join(g, NULL, NULL);
+	uint32_t pc[MAXP], pa[MAXP], pb[MAXP];
+	CHECK_EQ_INT(assignment(c, pc), 0);
+	CHECK_EQ_INT(take(c, 100, s), 0);
+	CHECK_EQ_INT(rep_member_commit(a), 0);
+	size_t nc = assignment(c, pc);
+	CHECK_EQ_INT(nc, 1); /* a released its revoked one */
+	CHECK_EQ_INT(rep_member_commit(b), 0);
+	nc = assignment(c, pc);
+	size_t na = assignment(a, pa), nb = assignment(b, pb);
+	CHECK_EQ_INT(na, 2);
+	CHECK_EQ_INT(nb, 2);
+	CHECK_EQ_INT(nc, 2);
+	for (uint32_t p = 0; p < 6; p++)
+		CHECK_EQ_INT(has(pa, na, p) + has(pb, nb, p) + has(pc, nc, p), 1);
+	/* drain: everything exactly once */
+	for (int round = 0; round < 100 && s->total < 120; round++) {
+		take(a, 3, s);
+		CHECK_EQ_INT(rep_member_commit(a), 0);
+		take(b, 3, s);
+		CHECK_EQ_INT(rep_member_commit(b), 0);
+		take(c, 3, s);
+		CHECK_EQ_INT(rep_member_commit(c), 0);
+	}
+	CHECK_EQ_INT(s->total, 120);
+	CHECK_EQ_INT(s->dups, 0);
+	rep_member_leave(a, 1);
+	rep_member_leave(b, 1);
+	rep_member_leave(c, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+	free(s);
+}
+
+/* A member idle since its last commit hands a partition over at once. */
+static void test_idle_member_hands_over_at_once(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 6, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "orders");
+	struct rep_group *g = group(t, "g");
+	struct rep_member *a = join(g, NULL, NULL);
+	uint32_t pa[MAXP], pb[MAXP];
+	CHECK_EQ_INT(assignment(a, pa), 6);
+	struct rep_member *b = join(g, NULL, NULL);
+	CHECK_EQ_INT(assignment(a, pa), 3);
+	CHECK_EQ_INT(assignment(b, pb), 3);
+	/* members beyond the partition count idle until one leaves */
+	struct rep_member *more[5];
+	for (int i = 0; i < 5; i++)
+		more[i] = join(g, NULL, NULL);
+	size_t idle = 0, total = 0;
+	for (int i = 0; i < 5; i++) {
+		size_t n = assignment(more[i], pb);
+		idle += n == 0;
+		total += n;
+	}
+	total += assignment(a, pa) + assignment(b, pb);
+	CHECK_EQ_INT(total, 6);
+	CHECK_EQ_INT(idle, 1);
+	for (int i = 0; i < 5; i++)
+		rep_member_leave(more[i], 0);
+	CHECK_EQ_INT(assignment(a, pa) + assignment(b, pb), 6);
+	rep_member_leave(a, 1);
+	rep_member_leave(b, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* Leave without commit: another member gets those records again. With
+ * commit: it does not. */
+static void test_leave_commit_or_not(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 6, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "orders");
+	for (uint32_t p = 0; p < 6; p++)
+		produce(t, p, 4);
+	struct rep_group *g = group(t, "g");
+	struct rep_member *a = join(g, NULL, NULL), *b = join(g, NULL, NULL);
+	struct seen *sa = calloc(1, sizeof(*sa)), *sb = calloc(1, sizeof(*sb));
+	CHECK_EQ_INT(take(a, 5, sa), 5);
+	rep_member_leave(a, 0); /* killed: not committed */
+	uint32_t pb[MAXP];
+	CHECK_EQ_INT(assignment(b, pb), 6);
+	CHECK_EQ_INT(take(b, 100, sb), 24);
+	for (uint32_t p = 0; p < 6; p++)
+		for (int o = 0; o < 4; o++)
+			CHECK_EQ_INT(sb->n[p][o], 1); /* including a's five */
+	CHECK_EQ_INT(rep_member_commit(b), 0);
+
+	for (uint32_t p = 0; p < 6; p++)
+		produce(t, p, 4);
+	memset(sa, 0, sizeof(*sa));
+	memset(sb, 0, sizeof(*sb));
+	a = join(g, NULL, NULL);
+	CHECK_EQ_INT(take(b, 5, sb), 5);
+	rep_member_leave(b, 1); /* normal close: committed */
+	CHECK_EQ_INT(take(a, 100, sa), 19);
+	for (uint32_t p = 0; p < 6; p++)
+		for (int o = 4; o < 8; o++)
+			CHECK_EQ_INT(sa->n[p][o] + sb->n[p][o], 1);
+	rep_member_leave(a, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+	free(sa);
+	free(sb);
+}
+
+/* Rewind: what was taken since the commit is read again by the same member. */
+static void test_rewind(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 1, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 5);
+	struct rep_group *g = group(t, "g");
+	struct rep_member *a = join(g, NULL, NULL);
+	struct rep_delivery d;
+	CHECK_EQ_INT(take(a, 2, NULL), 2);
+	CHECK_EQ_INT(rep_member_commit(a), 0);
+	CHECK_EQ_INT(take(a, 2, NULL), 2);
+	rep_member_rewind(a);
+	CHECK_EQ_INT(rep_member_peek(a, &d), 1);
+	CHECK_EQ_INT(d.offset, 2);
+	CHECK(d.value_len == 4 && memcmp(d.value, "p0-2", 4) == 0);
+	/* peek is idempotent; take without a peek takes nothing */
+	CHECK_EQ_INT(rep_member_peek(a, &d), 1);
+	CHECK_EQ_INT(d.offset, 2);
+	rep_member_take(a);
+	rep_member_take(a);
+	CHECK_EQ_INT(rep_member_peek(a, &d), 1);
+	CHECK_EQ_INT(d.offset, 3);
+	rep_member_leave(a, 0);
+	CHECK_EQ_INT(committed(g, 0), 2);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* Committed offsets survive a clean restart. */
+static void test_commit_persists(void)
+{
+	const char *dir = unit_tmpdir();
+	struct rep *r = node_open(dir, 6, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "orders");
+	for (uint32_t p = 0; p < 6; p++)
+		produce(t, p, 10);
+	struct rep_group *g = group(t, "g");
+	struct rep_member *a = join(g, NULL, NULL);
+	CHECK_EQ_INT(take(a, 18, NULL), 18);
+	CHECK_EQ_INT(rep_member_commit(a), 0);
+	CHECK_EQ_INT(take(a, 6, NULL), 6); /* taken, never committed */
+	rep_member_leave(a, 0);
+	uint32_t gid = rep_group_id(g);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+
+	r = node_open(dir, 6, REP_GROUP_EARLIEST, 0);
+	t = rep_topic_get(r, "orders");
+	CHECK(t != NULL);
+	g = rep_group_get_id(t, gid);
+	CHECK(g != NULL);
+	CHECK_EQ_INT(strcmp(rep_group_name(g), "g"), 0);
+	for (uint32_t p = 0; p < 6; p++)
+		CHECK_EQ_INT(committed(g, p), 3);
+	struct seen *s = calloc(1, sizeof(*s));
+	a = join(g, NULL, NULL);
+	CHECK_EQ_INT(take(a, 100, s), 42);
+	for (uint32_t p = 0; p < 6; p++)
+		CHECK_EQ_INT(s->n[p][3], 1);
+	CHECK_EQ_INT(s->dups, 0);
+	rep_member_leave(a, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+	free(s);
+}
+
+/* Committed offsets survive a crash: a copy of the data directory taken
+ * while the node runs (no clean close, no fsync) opens with them. */
+static void test_commit_persists_unclean(void)
+{
+	const char *dir = unit_tmpdir(), *copy = unit_tmpdir();
+	struct rep *r = node_open(dir, 3, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "orders");
+	for (uint32_t p = 0; p < 3; p++)
+		produce(t, p, 10);
+	struct rep_group *g = group(t, "g");
+	struct rep_member *a = join(g, NULL, NULL);
+	CHECK_EQ_INT(take(a, 12, NULL), 12);
+	CHECK_EQ_INT(rep_member_commit(a), 0);
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "cp -a '%s/.' '%s/'", dir, copy);
+	CHECK_EQ_INT(system(cmd), 0);
+	rep_member_leave(a, 0);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+
+	r = node_open(copy, 3, REP_GROUP_EARLIEST, 0);
+	t = rep_topic_get(r, "orders");
+	CHECK(t != NULL);
+	g = NULL;
+	CHECK_EQ_INT(rep_group_get(t, "g", 0, &g), 0);
+	for (uint32_t p = 0; g && p < 3; p++)
+		CHECK_EQ_INT(committed(g, p), 4);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* Resets: earliest, latest, an offset (clamped), a time; members drop what
+ * they took and read from the new positions; their wakers are called. */
+static void count_waker(void *ctx)
+{
+	atomic_fetch_add((atomic_int *)ctx, 1);
+}
+
+static void test_reset(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 2, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 5);
+	produce(t, 1, 5);
+	sleep_ms(30);
+	int64_t mid = now_ms();
+	sleep_ms(5);
+	produce(t, 0, 5);
+	struct rep_group *g = group(t, "g");
+	atomic_int woken = 0;
+	struct rep_member *a = join(g, count_waker, &woken);
+	CHECK_EQ_INT(take(a, 4, NULL), 4);
+	int before = atomic_load(&woken);
+
+	CHECK_EQ_INT(rep_group_reset(g, REP_RESET_LATEST, -1, 0), 0);
+	CHECK_EQ_INT(committed(g, 0), 10);
+	CHECK_EQ_INT(committed(g, 1), 5);
+	CHECK(atomic_load(&woken) > before);
+	struct rep_delivery d;
+	CHECK_EQ_INT(rep_member_peek(a, &d), 0);
+
+	CHECK_EQ_INT(rep_group_reset(g, REP_RESET_TIME, 0, mid), 0);
+	CHECK_EQ_INT(committed(g, 0), 5);
+	CHECK_EQ_INT(committed(g, 1), 5);
+	CHECK_EQ_INT(rep_member_peek(a, &d), 1);
+	CHECK_EQ_INT(d.partition, 0);
+	CHECK_EQ_INT(d.offset, 5);
+	CHECK_EQ_INT(rep_group_reset(g, REP_RESET_TIME, -1, 0), 0);
+	CHECK_EQ_INT(committed(g, 0), 0);
+	CHECK_EQ_INT(committed(g, 1), 0);
+	CHECK_EQ_INT(rep_group_reset(g, REP_RESET_TIME, -1, now_ms() + 100000), 0);
+	CHECK_EQ_INT(committed(g, 0), 10);
+
+	CHECK_EQ_INT(rep_group_reset(g, REP_RESET_OFFSET, 1, 3), 0);
+	CHECK_EQ_INT(committed(g, 1), 3);
+	CHECK_EQ_INT(committed(g, 0), 10);
+	CHECK_EQ_INT(rep_group_reset(g, REP_RESET_OFFSET, 1, 99), 0);
+	CHECK_EQ_INT(committed(g, 1), 5);
+	CHECK_EQ_INT(rep_group_reset(g, REP_RESET_OFFSET, 0, -7), 0);
+	CHECK_EQ_INT(committed(g, 0), 0);
+	CHECK_EQ_INT(rep_group_reset(g, REP_RESET_OFFSET, 2, 0), -EINVAL);
+
+	CHECK_EQ_INT(take(a, 3, NULL), 3);
+	CHECK_EQ_INT(rep_group_reset(g, REP_RESET_EARLIEST, -1, 0), 0);
+	CHECK_EQ_INT(committed(g, 0), 0);
+	CHECK_EQ_INT(committed(g, 1), 0);
+	struct seen *s = calloc(1, sizeof(*s));
+	CHECK_EQ_INT(take(a, 100, s), 15);
+	CHECK_EQ_INT(s->dups, 0);
+	rep_member_leave(a, 1);
+	CHECK_EQ_INT(committed(g, 0), 10);
+	CHECK_EQ_INT(committed(g, 1), 5);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+	free(s);
+}
+
+/* Offsets rows: committed, end, lag per partition. */
+static void test_offsets_rows(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 3, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 7);
+	produce(t, 2, 2);
+	struct rep_group *g = group(t, "g");
+	struct rep_group_offset rows[MAXP];
+	CHECK_EQ_INT(rep_group_offsets(g, rows, MAXP), 3);
+	CHECK_EQ_INT(rows[0].partition, 0);
+	CHECK_EQ_INT(rows[0].committed, 0);
+	CHECK_EQ_INT(rows[0].end, 7);
+	CHECK_EQ_INT(rows[0].lag, 7);
+	CHECK_EQ_INT(rows[1].end, 0);
+	CHECK_EQ_INT(rows[1].lag, 0);
+	CHECK_EQ_INT(rows[2].lag, 2);
+	CHECK_EQ_INT(rep_group_offsets(g, rows, 2), 2);
+	struct rep_member *a = join(g, NULL, NULL);
+	CHECK_EQ_INT(take(a, 4, NULL), 4);
+	CHECK_EQ_INT(rep_group_offsets(g, rows, MAXP), 3);
+	CHECK_EQ_INT(rows[0].committed + rows[2].committed, 0); /* not yet committed */
+	CHECK_EQ_INT(rep_member_commit(a), 0);
+	CHECK_EQ_INT(rep_group_offsets(g, rows, MAXP), 3);
+	CHECK_EQ_INT(rows[0].committed, 2); /* round robin: 0, 2, 0, 2 */
+	CHECK_EQ_INT(rows[0].lag, 5);
+	CHECK_EQ_INT(rows[2].committed, 2);
+	CHECK_EQ_INT(rows[2].lag, 0);
+	rep_member_leave(a, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* Round robin: one busy partition does not starve the others. */
+static void test_round_robin(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 3, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 100);
+	produce(t, 1, 2);
+	produce(t, 2, 2);
+	struct rep_group *g = group(t, "g");
+	struct rep_member *a = join(g, NULL, NULL);
+	struct seen *s = calloc(1, sizeof(*s));
+	CHECK_EQ_INT(take(a, 6, s), 6);
+	CHECK_EQ_INT(s->n[1][0] + s->n[1][1] + s->n[2][0] + s->n[2][1], 4);
+	rep_member_leave(a, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+	free(s);
+}
+
+/* Delete: EBUSY with members, ENOENT after; offsets gone, also after a
+ * restart; names are checked; ids are never reused. */
+static int collect_ids(void *ctx, uint32_t id, const char *name)
+{
+	char *buf = ctx;
+	char one[300];
+	snprintf(one, sizeof(one), "%u:%s ", id, name);
+	strcat(buf, one);
+	return 0;
+}
+
+static void test_delete_and_names(void)
+{
+	const char *dir = unit_tmpdir();
+	struct rep *r = node_open(dir, 2, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 3);
+	CHECK_EQ_INT(rep_group_create(t, "bad/name"), -EINVAL);
+	CHECK_EQ_INT(rep_group_create(t, ".hidden"), -EINVAL);
+	CHECK_EQ_INT(rep_group_create(t, ""), -EINVAL);
+	struct rep_group *x = NULL;
+	CHECK_EQ_INT(rep_group_get(t, "nope", 0, &x), -ENOENT);
+	CHECK_EQ_INT(rep_group_create(t, "a"), 0);
+	CHECK_EQ_INT(rep_group_create(t, "a"), -EEXIST);
+	CHECK_EQ_INT(rep_group_create(t, "b"), 0);
+	struct rep_group *a = group(t, "a");
+	CHECK_EQ_INT(rep_group_id(a), 1);
+	struct rep_member *m = join(a, NULL, NULL);
+	CHECK_EQ_INT(take(m, 3, NULL), 3);
+	CHECK_EQ_INT(rep_group_delete(t, "a"), -EBUSY);
+	rep_member_leave(m, 1);
+	CHECK_EQ_INT(committed(a, 0), 3);
+	CHECK_EQ_INT(rep_group_delete(t, "a"), 0);
+	CHECK(rep_group_deleted(a));
+	CHECK_EQ_INT(rep_member_join(a, NULL, NULL, &m), -ENOENT);
+	rep_group_put(a);
+	CHECK_EQ_INT(rep_group_delete(t, "a"), -ENOENT);
+	CHECK(rep_group_get_id(t, 1) == NULL);
+	CHECK_EQ_INT(rep_group_create(t, "c"), 0);
+	char ids[256] = "";
+	rep_group_foreach(t, collect_ids, ids);
+	CHECK_EQ_INT(strcmp(ids, "2:b 3:c "), 0);
+	a = group(t, "a"); /* made again: a new id, no offsets */
+	CHECK_EQ_INT(rep_group_id(a), 4);
+	CHECK_EQ_INT(committed(a, 0), 0);
+	rep_group_put(a);
+	CHECK_EQ_INT(rep_group_delete(t, "a"), 0);
+	rep_topic_put(t);
+	node_close(r);
+
+	r = node_open(dir, 2, REP_GROUP_EARLIEST, 0);
+	t = rep_topic_get(r, "t");
+	ids[0] = 0;
+	rep_group_foreach(t, collect_ids, ids);
+	/* creation order kept (ids are only stable while the daemon runs) */
+	char *pb = strstr(ids, ":b "), *pc = strstr(ids, ":c ");
+	CHECK(pb && pc && pb < pc && !strstr(ids, ":a "));
+	CHECK_EQ_INT(rep_group_get(t, "a", 0, &x), -ENOENT);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* Deleting a topic forgets its groups, also after a restart. */
+static void test_topic_deleted(void)
+{
+	const char *dir = unit_tmpdir();
+	struct rep *r = node_open(dir, 2, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 3);
+	struct rep_group *g = group(t, "g");
+	struct rep_member *m = join(g, NULL, NULL);
+	CHECK_EQ_INT(take(m, 3, NULL), 3);
+	CHECK_EQ_INT(rep_member_commit(m), 0);
+	rep_topic_put(t);
+	CHECK_EQ_INT(rep_topic_delete(r, "t"), 0);
+	CHECK(rep_group_deleted(g));
+	CHECK_EQ_INT(take(m, 3, NULL), 0);
+	CHECK_EQ_INT(rep_member_commit(m), 0);
+	rep_member_leave(m, 1);
+	rep_group_put(g);
+	t = topic(r, "t");
+	struct rep_group *x = NULL;
+	CHECK_EQ_INT(rep_group_get(t, "g", 0, &x), -ENOENT);
+	rep_topic_put(t);
+	node_close(r);
+	r = node_open(dir, 2, REP_GROUP_EARLIEST, 0);
+	t = rep_topic_get(r, "t");
+	CHECK_EQ_INT(rep_group_get(t, "g", 0, &x), -ENOENT);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* groups.start latest: a new group starts at the end as it was at
+ * creation, also after a restart; partitions added later start at 0. */
+static void test_start_latest(void)
+{
+	const char *dir = unit_tmpdir();
+	struct rep *r = node_open(dir, 2, REP_GROUP_LATEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 5);
+	struct rep_group *g = group(t, "g");
+	produce(t, 0, 3);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+
+	r = node_open(dir, 2, REP_GROUP_EARLIEST, 0);
+	t = rep_topic_get(r, "t");
+	g = group(t, "g");
+	CHECK_EQ_INT(committed(g, 0), 5);
+	struct rep_member *m = join(g, NULL, NULL);
+	struct seen *s = calloc(1, sizeof(*s));
+	CHECK_EQ_INT(take(m, 100, s), 3);
+	CHECK_EQ_INT(s->n[0][5] + s->n[0][6] + s->n[0][7], 3);
+	rep_member_leave(m, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+	free(s);
+}
+
+/* Partition growth rebalances; new partitions are read from their start. */
+static void test_partition_growth(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 2, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	struct rep_group *g = group(t, "g");
+	struct rep_member *a = join(g, NULL, NULL), *b = join(g, NULL, NULL);
+	uint32_t pa[MAXP], pb[MAXP];
+	CHECK_EQ_INT(assignment(a, pa) + assignment(b, pb), 2);
+	struct topic_config ch = {0};
+	ch.partitions = 4;
+	ch.set_mask = 1u << TC_PARTITIONS;
+	char err[200];
+	CHECK_EQ_INT(rep_topic_set_config(t, &ch, 0, err, sizeof(err)), 0);
+	size_t na = assignment(a, pa), nb = assignment(b, pb);
+	CHECK_EQ_INT(na, 2);
+	CHECK_EQ_INT(nb, 2);
+	for (uint32_t p = 0; p < 4; p++)
+		CHECK_EQ_INT(has(pa, na, p) + has(pb, nb, p), 1);
+	produce(t, 3, 2);
+	struct seen *s = calloc(1, sizeof(*s));
+	take(a, 10, s);
+	take(b, 10, s);
+	CHECK_EQ_INT(s->n[3][0] + s->n[3][1], 2);
+	rep_member_leave(a, 1);
+	rep_member_leave(b, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+	free(s);
+}
+
+/* Wakers: on assignment, on an append to an assigned partition (from the
+ * notifier thread), on handover after the old owner's commit. */
+static int wait_count(atomic_int *c, int above)
+{
+	for (int i = 0; i < 400 && atomic_load(c) <= above; i++)
+		sleep_ms(5);
+	return atomic_load(c) > above;
+}
+
+static void test_wakers(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 2, REP_GROUP_EARLIEST, 1);
+	struct rep_topic *t = topic(r, "t");
+	struct rep_group *g = group(t, "g");
+	atomic_int wa = 0, wb = 0;
+	struct rep_member *a = join(g, count_waker, &wa);
+	CHECK(atomic_load(&wa) >= 1); /* assigned both partitions */
+	int before = atomic_load(&wa);
+	produce(t, 1, 1);
+	CHECK(wait_count(&wa, before));
+	produce(t, 0, 1);
+	CHECK_EQ_INT(take(a, 2, NULL), 2);
+	sleep_ms(50); /* let the notifier drain */
+	struct rep_member *b = join(g, count_waker, &wb);
+	CHECK_EQ_INT(atomic_load(&wb), 0); /* both partitions in flight on a */
+	CHECK_EQ_INT(rep_member_commit(a), 0);
+	CHECK_EQ_INT(atomic_load(&wb), 1); /* handed over */
+	uint32_t pb[MAXP];
+	CHECK_EQ_INT(assignment(b, pb), 1);
+	int bb = atomic_load(&wb), ab = atomic_load(&wa);
+	produce(t, pb[0], 1);
+	CHECK(wait_count(&wb, bb));
+	sleep_ms(50);
+	CHECK_EQ_INT(atomic_load(&wa), ab); /* not a's partition */
+	rep_member_leave(a, 1);
+	rep_member_leave(b, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* Three members, six partitions, 3000 records: each consumed exactly once,
+ * with a member leaving (committing) and coming back halfway. */
+static void test_exactly_once_single_thread(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 6, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	struct rep_group *g = group(t, "g");
+	struct rep_member *m[3];
+	for (int i = 0; i < 3; i++)
+		m[i] = join(g, NULL, NULL);
+	struct seen *s = calloc(1, sizeof(*s));
+	unsigned seed = 7;
+	int produced = 0;
+	for (int round = 0; round < 5000 && s->total < 3000; round++) {
+		if (produced < 3000) {
+			uint32_t p = rand_r(&seed) % 6;
+			int n = 1 + rand_r(&seed) % 20;
+			if (n > 3000 - produced)
+				n = 3000 - produced;
+			produce(t, p, n);
+			produced += n;
+		}
+		int i = round % 3;
+		take(m[i], 1 + rand_r(&seed) % 7, s);
+		CHECK_EQ_INT(rep_member_commit(m[i]), 0);
+		if (round % 97 == 50) {
+			rep_member_leave(m[i], 1);
+			m[i] = join(g, NULL, NULL);
+		}
+	}
+	CHECK_EQ_INT(produced, 3000);
+	CHECK_EQ_INT(s->total, 3000);
+	CHECK_EQ_INT(s->dups, 0);
+	for (int i = 0; i < 3; i++)
+		rep_member_leave(m[i], 1);
+	struct rep_group_offset rows[MAXP];
+	size_t n = rep_group_offsets(g, rows, MAXP);
+	int64_t lag = 0;
+	for (size_t i = 0; i < n; i++)
+		lag += rows[i].lag;
+	CHECK_EQ_INT(lag, 0);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+	free(s);
+}
+
+/* Threads peek/take/commit (and leave, rewind, crash and rejoin) while
+ * another appends: every record is consumed exactly once, in offset order
+ * per partition. */
+struct stress {
+	struct rep_topic *t;
+	struct rep_group *g;
+	pthread_mutex_t mu;
+	struct seen s;
+	int64_t last[MAXP];
+	int disorder;
+	atomic_int produced_done;
+	atomic_int wakes;
+};
+
+#define STRESS_TOTAL 3000
+
+static void *stress_producer(void *arg)
+{
+	struct stress *st = arg;
+	unsigned seed = 99;
+	for (int done = 0; done < STRESS_TOTAL;) {
+		int n = 1 + rand_r(&seed) % 10;
+		if (n > STRESS_TOTAL - done)
+			n = STRESS_TOTAL - done;
+		produce(st->t, rand_r(&seed) % 6, n);
+		done += n;
+		if (rand_r(&seed) % 8 == 0)
+			sched_yield();
+	}
+	atomic_store(&st->produced_done, 1);
+	return NULL;
+}
+
+static void stress_wake(void *ctx)
+{
+	atomic_fetch_add(&((struct stress *)ctx)->wakes, 1);
+}
+
+static void *stress_consumer(void *arg)
+{
+	struct stress *st = arg;
+	unsigned seed = (unsigned)(uintptr_t)pthread_self();
+	struct rep_member *m = join(st->g, stress_wake, st);
+	struct rep_delivery d;
+	struct {
+		uint32_t p;
+		int64_t off;
+	} batch[8];
+	for (int idle = 0; idle < 2000;) {
+		pthread_mutex_lock(&st->mu);
+		int finished = st->s.total >= STRESS_TOTAL;
+		pthread_mutex_unlock(&st->mu);
+		if (finished)
+			break;
+		int want = 1 + rand_r(&seed) % 8, n = 0;
+		while (n < want) {
+			int rc = rep_member_peek(m, &d);
+			CHECK(rc >= 0);
+			if (rc != 1)
+				break;
+			rep_member_take(m);
+			batch[n].p = d.partition;
+			batch[n++].off = d.offset;
+		}
+		int fate = rand_r(&seed) % 50;
+		if (n && fate == 0) { /* killed: nothing of this batch was handled */
+			rep_member_leave(m, 0);
+			m = join(st->g, stress_wake, st);
+			continue;
+		}
+		if (n && fate == 1) { /* the file is still open elsewhere */
+			rep_member_rewind(m);
+			continue;
+		}
+		pthread_mutex_lock(&st->mu);
+		for (int i = 0; i < n; i++) {
+			uint32_t p = batch[i].p;
+			int64_t off = batch[i].off;
+			if (p >= MAXP || off < 0 || off >= MAXOFF)
+				continue;
+			if (st->s.n[p][off]++)
+				st->s.dups++;
+			if (off <= st->last[p])
+				st->disorder++;
+			st->last[p] = off;
+			st->s.total++;
+		}
+		pthread_mutex_unlock(&st->mu);
+		if (fate == 2) {
+			rep_member_leave(m, 1);
+			m = join(st->g, stress_wake, st);
+		} else {
+			CHECK_EQ_INT(rep_member_commit(m), 0);
+		}
+		if (n == 0) {
+			if (atomic_load(&st->produced_done))
+				idle++;
+			sleep_ms(1);
+		}
+	}
+	rep_member_leave(m, 1);
+	return NULL;
+}
+
+static void test_exactly_once_threads(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 6, REP_GROUP_EARLIEST, 1);
+	struct stress *st = calloc(1, sizeof(*st));
+	st->t = topic(r, "t");
+	st->g = group(st->t, "g");
+	pthread_mutex_init(&st->mu, NULL);
+	for (int p = 0; p < MAXP; p++)
+		st->last[p] = -1;
+	pthread_t prod, cons[3];
+	pthread_create(&prod, NULL, stress_producer, st);
+	for (int i = 0; i < 3; i++)
+		pthread_create(&cons[i], NULL, stress_consumer, st);
+	pthread_join(prod, NULL);
+	for (int i = 0; i < 3; i++)
+		pthread_join(cons[i], NULL);
+	CHECK_EQ_INT(st->s.total, STRESS_TOTAL);
+	CHECK_EQ_INT(st->s.dups, 0);
+	CHECK_EQ_INT(st->disorder, 0);
+	CHECK(atomic_load(&st->wakes) > 0);
+	struct rep_group_offset rows[MAXP];
+	size_t n = rep_group_offsets(st->g, rows, MAXP);
+	int64_t lag = 0;
+	for (size_t i = 0; i < n; i++)
+		lag += rows[i].lag;
+	CHECK_EQ_INT(lag, 0);
+	rep_group_put(st->g);
+	rep_topic_put(st->t);
+	node_close(r);
+	pthread_mutex_destroy(&st->mu);
+	free(st);
+}
+
+/* Lag for metrics: one call per group partition. */
+static void lag_fn(void *ctx, const char *topic_, const char *group_, uint32_t p,
+                   int64_t committed_, int64_t lag)
+{
+	int64_t *sum = ctx;
+	(void)committed_;
+	CHECK_EQ_INT(strcmp(topic_, "t"), 0);
+	CHECK_EQ_INT(strcmp(group_, "g"), 0);
+	CHECK(p < 2);
+	sum[0] += lag;
+	sum[1]++;
+}
+
+static void test_foreach_lag(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 2, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 4);
+	produce(t, 1, 3);
+	struct rep_group *g = group(t, "g");
+	int64_t sum[2] = {0, 0};
+	rep_groups_foreach_lag(r, lag_fn, sum);
+	CHECK_EQ_INT(sum[0], 7);
+	CHECK_EQ_INT(sum[1], 2);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+int main(void)
+{
+	RUN(test_two_members_share);
+	RUN(test_join_waits_for_commit);
+	RUN(test_idle_member_hands_over_at_once);
+	RUN(test_leave_commit_or_not);
+	RUN(test_rewind);
+	RUN(test_commit_persists);
+	RUN(test_commit_persists_unclean);
+	RUN(test_reset);
+	RUN(test_offsets_rows);
+	RUN(test_round_robin);
+	RUN(test_delete_and_names);
+	RUN(test_topic_deleted);
+	RUN(test_start_latest);
+	RUN(test_partition_growth);
+	RUN(test_wakers);
+	RUN(test_exactly_once_single_thread);
+	RUN(test_exactly_once_threads);
+	RUN(test_foreach_lag);
+	return unit_report("test_groups");
+}
