@@ -1156,9 +1156,10 @@ void ls_partition_set_config(struct ls_partition *p, const struct ls_config *cfg
 
 /* ---- appending ---------------------------------------------------------------- */
 
-/* Closes the active segment and starts a new one at end_offset. Caller
- * holds append_mu. */
-static int roll_locked(struct ls_partition *p)
+/* Closes the active segment and starts a new one at end_offset, its view
+ * starting at start_pos (end_pos, or beyond it after a replicated hole).
+ * Caller holds append_mu. */
+static int roll_locked(struct ls_partition *p, uint64_t start_pos)
 {
 	int rc;
 	struct ls_segment *old = active(p), *s;
@@ -1166,7 +1167,7 @@ static int roll_locked(struct ls_partition *p)
 		make_sticky(p, rc, "fdatasync at segment roll");
 		return rc;
 	}
-	if ((rc = ls_segment_create(p->dirfd, p->dir, p->end_offset, p->end_pos, &s)) < 0) {
+	if ((rc = ls_segment_create(p->dirfd, p->dir, p->end_offset, start_pos, &s)) < 0) {
 		tfs_warn("%s: cannot start segment %020" PRId64 ": %s", p->dir,
 		         p->end_offset, tfs_strerror(rc));
 		return rc;
@@ -1209,16 +1210,17 @@ struct bdesc {
 };
 
 /* Writes n whole batches (len bytes in buf, described by d) at the end of the
- * log and publishes them. Caller holds append_mu and has checked that
- * d[0].base_offset continues the log. ents: room for n entries. */
+ * log, the first at view position vp0 (> end_pos only for a replicated
+ * compaction hole), and publishes them. Caller holds append_mu and has
+ * checked that d[0].base_offset continues the log. ents: room for n. */
 static int write_batches_locked(struct ls_partition *p, const uint8_t *buf, size_t len,
                                 const struct bdesc *d, size_t n, int64_t end_offset,
-                                struct ls_index_entry *ents)
+                                uint64_t vp0, struct ls_index_entry *ents)
 {
 	int rc, undo_failed;
 	struct ls_segment *s = active(p);
 	if (s->size > 0 && s->size + len > seg_limit(p)) {
-		if ((rc = roll_locked(p)) < 0)
+		if ((rc = roll_locked(p, vp0)) < 0)
 			return rc;
 		s = active(p);
 	}
@@ -1229,7 +1231,7 @@ static int write_batches_locked(struct ls_partition *p, const uint8_t *buf, size
 	pthread_rwlock_unlock(&p->lock);
 	if (rc < 0)
 		return rc;
-	uint64_t fp = s->size, vp = p->end_pos;
+	uint64_t fp = s->size, vp = vp0;
 	int64_t mts = s->max_ts, max_batch_ts = p->last_ts;
 	for (size_t i = 0; i < n; i++) {
 		if (d[i].max_ts > mts)
@@ -1319,7 +1321,8 @@ int ls_partition_append(struct ls_partition *p, const struct ls_rec *recs, uint3
 	ls_batch_stamp(t->enc.data, base, p->leader_epoch);
 	struct bdesc d = {base, base + n, (uint32_t)t->enc.len, (uint32_t)vsize, ts,
 	                  p->leader_epoch};
-	rc = write_batches_locked(p, t->enc.data, t->enc.len, &d, 1, base + n, &ent);
+	rc = write_batches_locked(p, t->enc.data, t->enc.len, &d, 1, base + n, p->end_pos,
+	                          &ent);
 	if (rc < 0)
 		goto out;
 	if (prod)
@@ -1426,21 +1429,28 @@ static int append_batches(struct ls_partition *p, const void *buf, size_t len,
 		}
 		next = d[i].end_offset;
 	}
+	uint64_t vp0 = p->end_pos;
+	int hole = at_pos != UINT64_MAX && at_pos > p->end_pos;
 	if (at_pos != UINT64_MAX) {
 		if (at_pos < p->end_pos) {
 			rc = LS_EOUTOFRANGE;
 			goto out;
 		}
-		if (at_pos > p->end_pos) {
-			/* a view hole (compaction on the leader): entries carry it */
-			pthread_rwlock_wrlock(&p->lock);
-			p->end_pos = at_pos;
-			pthread_rwlock_unlock(&p->lock);
-		}
+		vp0 = at_pos;
 	}
-	rc = write_batches_locked(p, buf, len, d, (size_t)n, next, ents);
+	rc = write_batches_locked(p, buf, len, d, (size_t)n, next, vp0, ents);
 	if (rc < 0)
 		goto out;
+	if (hole) {
+		/* a view hole in the active segment must survive an unclean
+		 * restart: make the index entry carrying it durable now (a
+		 * re-scan keeps jumps it finds in the old index, segment.c) */
+		struct ls_segment *s = active(p);
+		if ((rc = ls_segment_sync(s)) < 0) {
+			make_sticky(p, rc, "fdatasync after a replicated hole");
+			goto out;
+		}
+	}
 	const uint8_t *b = buf;
 	for (ssize_t i = 0, at = 0; i < n; at += d[i].len, i++) {
 		if (ls_batch_parse_header(b + at, len - (size_t)at, &h) == 0)

@@ -26,6 +26,13 @@
  *     end_pos = last entry's view_pos + view_size.
  *  4. On recovery, the file is cut at the first batch that fails any check;
  *     nothing after it is kept in this segment.
+ *  5. View positions are recomputed by a re-scan, except that a jump (a
+ *     compaction hole) recorded in the old index for the same batch (same
+ *     base offset and file position) is kept, and so is a jump in offsets
+ *     (a compaction gap) that a strict re-scan would otherwise refuse:
+ *     whoever writes an entry with a jump fsyncs the index before relying
+ *     on it (compaction, replicated holes), so such an entry is never
+ *     garbage.
  */
 #include "segment.h"
 
@@ -183,6 +190,13 @@ int ls_segment_recover(struct ls_segment *s, uint64_t start_pos, int strict,
 	if (fstat(s->fd, &st) < 0)
 		return -errno;
 	uint64_t fsize = (uint64_t)st.st_size;
+	/* the old entries, for the jumps they record (invariant 5) */
+	size_t old_n = s->index.n;
+	struct ls_index_entry *old = NULL;
+	if (old_n && !(old = malloc(old_n * sizeof(*old))))
+		return -ENOMEM;
+	if (old_n)
+		memcpy(old, s->index.e, old_n * sizeof(*old));
 	s->index.n = 0;
 	ctx->buf.len = 0;
 
@@ -218,7 +232,12 @@ int ls_segment_recover(struct ls_segment *s, uint64_t start_pos, int strict,
 			snprintf(reason, sizeof(reason), "crc mismatch");
 			break;
 		}
-		if (strict ? h.base_offset != next : h.base_offset < next) {
+		/* the old index may vouch for a batch (invariant 5) */
+		size_t i = s->index.n;
+		int vouched = i < old_n && old[i].base_offset == h.base_offset &&
+		              old[i].file_pos == pos &&
+		              (i == 0 || old[i - 1].view_pos == s->index.e[i - 1].view_pos);
+		if (h.base_offset < next || (strict && h.base_offset != next && !vouched)) {
 			snprintf(reason, sizeof(reason),
 			         "base offset %" PRId64 " where %" PRId64 " was expected",
 			         h.base_offset, next);
@@ -235,6 +254,8 @@ int ls_segment_recover(struct ls_segment *s, uint64_t start_pos, int strict,
 		}
 		if ((rc = ls_index_reserve(&s->index, s->index.n + 1)) < 0)
 			goto out;
+		if (vouched && old[i].view_pos > vpos)
+			vpos = old[i].view_pos;
 		if (h.max_ts > max_ts)
 			max_ts = h.max_ts;
 		struct ls_index_entry e = {
@@ -266,6 +287,7 @@ int ls_segment_recover(struct ls_segment *s, uint64_t start_pos, int strict,
 	s->max_ts = max_ts;
 	rc = ls_index_rewrite(&s->index);
 out:
+	free(old);
 	return rc;
 }
 

@@ -13,12 +13,39 @@
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "../../logstore/fsutil.h"
 #include "../../logstore/log.h"
 #include "../../logstore/logstore.h"
 #include "unit.h"
+
+
+/* Fault injection: this binary's fdatasync/fsync replace libc's for the
+ * statically linked logstore. */
+static int fail_syncs;
+static int nsyncs;
+
+int fdatasync(int fd)
+{
+	nsyncs++;
+	if (fail_syncs) {
+		errno = EIO;
+		return -1;
+	}
+	return (int)syscall(SYS_fdatasync, fd);
+}
+
+int fsync(int fd)
+{
+	nsyncs++;
+	if (fail_syncs) {
+		errno = EIO;
+		return -1;
+	}
+	return (int)syscall(SYS_fsync, fd);
+}
 
 /* unit_tmpdir() has a fixed budget: the many copies live under one root. */
 static char *scratch[4096];
@@ -592,6 +619,141 @@ static void test_compaction_crash(void)
 	free(want_post);
 }
 
+/* A failed fsync makes the partition read-only for good (never retried);
+ * a reopen recovers it. */
+static void test_failed_fsync_is_sticky(void)
+{
+	const char *dir = scratch_dir();
+	struct ls_config c;
+	ls_config_default(&c);
+	struct ls_partition *p = open_p(dir, &c);
+	CHECK_EQ_INT(append_batch(p, 0), 0);
+	CHECK_EQ_INT(ls_partition_sync(p), 0);
+	CHECK_EQ_INT(append_batch(p, 1), 0);
+	fail_syncs = 1;
+	CHECK_EQ_INT(ls_partition_sync(p), -EIO);
+	fail_syncs = 0;
+	int calls = nsyncs;
+	CHECK_EQ_INT(ls_partition_sync(p), LS_ESTICKY);
+	CHECK_EQ_INT(nsyncs, calls); /* no retry */
+	struct ls_partition_info info;
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.sticky_error, -EIO);
+	CHECK_EQ_INT(append_batch(p, 2), LS_ESTICKY);
+	CHECK_EQ_INT(tfs_errno(LS_ESTICKY), EROFS);
+	CHECK_EQ_INT(ls_partition_close(p), LS_ESTICKY);
+	char path[8192];
+	snprintf(path, sizeof(path), "%s/clean", dir);
+	CHECK(access(path, F_OK) < 0); /* no clean marker */
+	p = open_p(dir, &c);
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.sticky_error, 0);
+	CHECK_EQ_INT(info.end_offset, 1 + 2); /* both batches were in the page cache */
+	CHECK_EQ_INT(append_batch(p, 3), 0);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
+/* Group commit: a sync with nothing new appended costs no fsync; a roll's
+ * fsync failure is sticky too. */
+static void test_sync_is_shared(void)
+{
+	const char *dir = scratch_dir();
+	struct ls_config c;
+	ls_config_default(&c);
+	struct ls_partition *p = open_p(dir, &c);
+	CHECK_EQ_INT(append_batch(p, 0), 0);
+	CHECK_EQ_INT(ls_partition_sync(p), 0);
+	int calls = nsyncs;
+	for (int i = 0; i < 10; i++)
+		CHECK_EQ_INT(ls_partition_sync(p), 0);
+	CHECK_EQ_INT(nsyncs, calls);
+	CHECK_EQ_INT(append_batch(p, 1), 0);
+	CHECK_EQ_INT(ls_partition_sync(p), 0);
+	CHECK_EQ_INT(nsyncs, calls + 1);
+
+	c.segment_bytes = 1; /* the next append rolls, and the roll fsyncs */
+	ls_partition_set_config(p, &c);
+	fail_syncs = 1;
+	CHECK_EQ_INT(append_batch(p, 2), -EIO);
+	fail_syncs = 0;
+	struct ls_partition_info info;
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.sticky_error, -EIO);
+	CHECK_EQ_INT(info.segments, 1);
+	CHECK_EQ_INT(ls_partition_close(p), LS_ESTICKY);
+}
+
+/* Builds a compacted partition (holes in closed segments) in a new dir. */
+static const char *build_compacted(void)
+{
+	const char *dir = scratch_dir();
+	struct ls_config c;
+	ls_config_default(&c);
+	c.segment_bytes = 400;
+	struct ls_partition *p = open_p(dir, &c);
+	for (int b = 0; b < 30; b++) {
+		char vals[4][16], keys[4][16];
+		struct ls_rec recs[4];
+		for (int i = 0; i < 4; i++) {
+			recs[i].key_len = (uint32_t)snprintf(keys[i], 16, "k%d",
+			                                     i == 2 ? 100 + b : (b * 3 + i) % 7);
+			recs[i].key = keys[i];
+			recs[i].value_len = (uint32_t)snprintf(vals[i], 16, "v%d", b * 4 + i);
+			recs[i].value = vals[i];
+		}
+		struct ls_append_result res;
+		CHECK_EQ_INT(ls_partition_append(p, recs, 4, b, NULL, &res), 0);
+	}
+	CHECK(ls_partition_compact(p) > 0);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+	return dir;
+}
+
+/* A follower that copied a compacted log (holes and all) and then crashed
+ * recovers the same offsets and view positions as the leader. */
+static void test_follower_holes_survive_crash(void)
+{
+	const char *ldir = build_compacted(), *fdir = scratch_dir(), *crash = scratch_dir();
+	char *want = describe(ldir);
+	struct ls_config c;
+	ls_config_default(&c);
+	c.segment_bytes = 100000; /* one follower segment: holes in the active one */
+	struct ls_partition *l = open_p(ldir, &c), *f = open_p(fdir, &c);
+	struct ls_partition_info li, fi;
+	ls_partition_get_info(l, &li);
+	CHECK_EQ_INT(ls_partition_reset(f, li.start_offset, li.start_pos), 0);
+	static uint8_t buf[1 << 16];
+	size_t need;
+	uint64_t vpos;
+	int runs = 0;
+	for (;;) {
+		ls_partition_get_info(f, &fi);
+		ssize_t n = ls_partition_read_batches_at(l, fi.end_offset, buf, sizeof(buf),
+		                                         &need, &vpos);
+		CHECK(n >= 0);
+		if (n <= 0)
+			break;
+		CHECK_EQ_INT(ls_partition_append_batches_at(f, buf, (size_t)n, vpos), 0);
+		runs++;
+	}
+	CHECK(runs > 3);
+	ls_partition_get_info(f, &fi);
+	CHECK_EQ_INT(fi.end_offset, li.end_offset);
+	CHECK_EQ_INT(fi.end_pos, li.end_pos);
+	copy_dir(fdir, crash); /* as if the follower died here */
+	CHECK_EQ_INT(ls_partition_close(f), 0);
+	CHECK_EQ_INT(ls_partition_close(l), 0);
+	char *got = describe(crash);
+	CHECK(strcmp(got, want) == 0);
+	if (strcmp(got, want) != 0)
+		fprintf(stderr, "got:\n%s\nwant:\n%s\n", got, want);
+	free(got);
+	got = describe(fdir);
+	CHECK(strcmp(got, want) == 0);
+	free(got);
+	free(want);
+}
+
 int main(void)
 {
 	tfs_log_set_level(TFS_LOG_ERROR); /* the damage is deliberate */
@@ -603,6 +765,9 @@ int main(void)
 	RUN(test_multi_segment_crash);
 	RUN(test_write_failure_is_undone);
 	RUN(test_compaction_crash);
+	RUN(test_follower_holes_survive_crash);
+	RUN(test_failed_fsync_is_sticky);
+	RUN(test_sync_is_shared);
 	RUN(test_full_tmpfs);
 	return unit_report("test_recovery");
 }
