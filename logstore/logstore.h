@@ -118,7 +118,11 @@ void ls_partition_set_config(struct ls_partition *p, const struct ls_config *cfg
 /* Appends n >= 1 records as ONE batch with timestamp ts_ms (made monotonic).
  * The batch is visible to readers only once the high watermark passes it.
  * Returns 0, -ENOSPC (nothing appended, partition stays writable), -EROFS via
- * LS_ESTICKY, or another -errno. prod may be NULL. */
+ * LS_ESTICKY, or another -errno. prod may be NULL.
+ * (Also: -EDQUOT/-EFBIG like -ENOSPC; -EMSGSIZE for a batch over 1 GiB;
+ * with prod: -ESTALE if its producer_epoch is older than one already seen
+ * (fenced), -EALREADY if its sequence is older than the last 5 batches
+ * remembered for that producer; a retry of one of those 5 is `duplicate`.) */
 int ls_partition_append(struct ls_partition *p, const struct ls_rec *recs,
                         uint32_t n, int64_t ts_ms, const struct ls_producer *prod,
                         struct ls_append_result *res) TFS_MUST_CHECK;
@@ -138,7 +142,9 @@ ssize_t ls_partition_read_batches(struct ls_partition *p, int64_t from, void *bu
                                   size_t max, size_t *need);
 
 /* Removes every record at or after offset (follower truncation, KIP-101).
- * offset must be >= high watermark of committed data the caller trusts. */
+ * offset must be >= high watermark of committed data the caller trusts.
+ * (Batches are removed whole: an offset inside a batch removes that whole
+ * batch, so end_offset may end up below offset; fetch again from there.) */
 int ls_partition_truncate(struct ls_partition *p, int64_t offset) TFS_MUST_CHECK;
 
 /* Sets the high watermark (clamped to [start, end]); single node: = end. */

@@ -1064,6 +1064,8 @@ int ls_partition_open(const char *dir, const struct ls_config *cfg,
 		p->leader_epoch = m.leader_epoch;
 		epochs_truncate_end(p, p->end_offset);
 	}
+	if (p->nepochs == 0) /* saves a partition.meta write at the first append */
+		p->epochs[p->nepochs++] = (struct epoch_entry){p->leader_epoch, p->end_offset};
 	p->hw = have_meta ? m.hw : 0;
 	if (p->hw < p->start_offset)
 		p->hw = p->start_offset;

@@ -479,8 +479,9 @@ static void test_leader_epochs(void)
 	const char *dir = unit_tmpdir();
 	struct ls_config c = cfg_none();
 	struct ls_partition *p = open_p(dir, &c);
-	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 0), -1);
-	CHECK_EQ_INT(ls_partition_set_leader_epoch(p, 1), 0);
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 0), 0); /* current epoch: log end */
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(p, 1), -1);
+	CHECK_EQ_INT(ls_partition_set_leader_epoch(p, 1), 0); /* replaces the empty epoch 0 */
 	append_lines(p, "e1", 3, 1);              /* 0..2 in epoch 1 */
 	CHECK_EQ_INT(ls_partition_set_leader_epoch(p, 2), 0);
 	append_lines(p, "e2", 2, 2);              /* 3..4 in epoch 2 */
