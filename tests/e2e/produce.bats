@@ -190,3 +190,23 @@ setup() {
 	EOF
 	[[ $(wc -l <"$L") == 24000 ]]
 }
+
+@test "records are byte-transparent: every byte value but newline round-trips" {
+	python3 - "$L" <<-'EOF'
+		import os, sys
+		line = bytes(b for b in range(256) if b != 10) + b"\n"
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		os.write(fd, line)
+		os.write(fd, b"\0\0\0\n")
+		os.close(fd)
+		got = open(sys.argv[1], "rb").read()
+		assert got == line + b"\0\0\0\n", got
+	EOF
+	[[ $(state_value t 0 end_offset) == 2 ]]
+}
+
+@test "empty lines are empty records" {
+	printf 'a\n\n\nb\n' >>"$L"
+	cmp <(printf 'a\n\n\nb\n') "$L"
+	[[ $(state_value t 0 end_offset) == 4 ]]
+}
