@@ -736,7 +736,7 @@ int rep_groups_open(struct rep *r, enum rep_group_start start)
 	ls_config_default(&cfg);
 	cfg.cleanup = LS_CLEANUP_COMPACT;
 	cfg.compression = LS_CODEC_NONE;
-	cfg.segment_bytes = 4u << 20; /* closed segments are what compaction rewrites */
+	cfg.segment_bytes = 1u << 20; /* closed segments are what compaction rewrites */
 	rc = ls_partition_open(dir, &cfg, &c->log);
 	if (rc < 0) {
 		tfs_error("%s: cannot open the group offsets log: %s", dir, tfs_strerror(rc));

@@ -785,6 +785,7 @@ struct stress {
 	int disorder;
 	atomic_int produced_done;
 	atomic_int wakes;
+	atomic_int crashes, rewinds, rejoins, empty;
 };
 
 #define STRESS_TOTAL 3000
@@ -839,11 +840,13 @@ static void *stress_consumer(void *arg)
 		}
 		int fate = rand_r(&seed) % 50;
 		if (n && fate == 0) { /* killed: nothing of this batch was handled */
+			atomic_fetch_add(&st->crashes, 1);
 			rep_member_leave(m, 0);
 			m = join(st->g, stress_wake, st);
 			continue;
 		}
 		if (n && fate == 1) { /* the file is still open elsewhere */
+			atomic_fetch_add(&st->rewinds, 1);
 			rep_member_rewind(m);
 			continue;
 		}
@@ -862,12 +865,14 @@ static void *stress_consumer(void *arg)
 		}
 		pthread_mutex_unlock(&st->mu);
 		if (fate == 2) {
+			atomic_fetch_add(&st->rejoins, 1);
 			rep_member_leave(m, 1);
 			m = join(st->g, stress_wake, st);
 		} else {
 			CHECK_EQ_INT(rep_member_commit(m), 0);
 		}
 		if (n == 0) {
+			atomic_fetch_add(&st->empty, 1);
 			if (atomic_load(&st->produced_done))
 				idle++;
 			sleep_ms(1);
@@ -897,6 +902,10 @@ static void test_exactly_once_threads(void)
 	CHECK_EQ_INT(st->s.dups, 0);
 	CHECK_EQ_INT(st->disorder, 0);
 	CHECK(atomic_load(&st->wakes) > 0);
+	CHECK(atomic_load(&st->crashes) > 0 && atomic_load(&st->rejoins) > 0);
+	printf("# stress: %d crashes, %d rewinds, %d rejoins, %d empty reads, %d wakeups\n",
+	       atomic_load(&st->crashes), atomic_load(&st->rewinds), atomic_load(&st->rejoins),
+	       atomic_load(&st->empty), atomic_load(&st->wakes));
 	struct rep_group_offset rows[MAXP];
 	size_t n = rep_group_offsets(st->g, rows, MAXP);
 	int64_t lag = 0;
@@ -939,6 +948,72 @@ static void test_foreach_lag(void)
 	node_close(r);
 }
 
+/* The offsets log compacts (newest record per key) and replays the same. */
+static int64_t count_records(const char *dir)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/__groups", dir);
+	struct ls_partition *p = NULL;
+	struct ls_reader *rd = NULL;
+	struct ls_record rec;
+	int64_t n = 0, off = 0;
+	CHECK_EQ_INT(ls_partition_open(path, NULL, &p), 0);
+	if (!p)
+		return -1;
+	struct ls_partition_info info;
+	ls_partition_get_info(p, &info);
+	ls_partition_set_hw(p, info.end_offset);
+	CHECK_EQ_INT(ls_reader_open(p, &rd), 0);
+	while (rd && ls_reader_next(rd, off, &rec) == 1) {
+		off = rec.offset + 1;
+		n++;
+	}
+	ls_reader_close(rd);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+	return n;
+}
+
+static void test_offsets_log_compacts(void)
+{
+	const char *dir = unit_tmpdir();
+	struct rep *r = node_open(dir, 2, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 8002);
+	produce(t, 1, 8002);
+	CHECK_EQ_INT(rep_group_create(t, "d"), 0);
+	struct rep_group *g = group(t, "g");
+	struct rep_member *m = join(g, NULL, NULL);
+	for (int i = 0; i < 16000; i++) { /* one commit record each */
+		if (take(m, 1, NULL) != 1 || rep_member_commit(m) != 0) {
+			CHECK(0);
+			break;
+		}
+	}
+	CHECK_EQ_INT(rep_group_delete(t, "d"), 0);
+	CHECK_EQ_INT(take(m, 3, NULL), 3);
+	CHECK_EQ_INT(rep_member_commit(m), 0);
+	CHECK_EQ_INT(committed(g, 0) + committed(g, 1), 16003);
+	int64_t c0 = committed(g, 0), c1 = committed(g, 1);
+	rep_member_leave(m, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	rep_groups_compact(r);
+	node_close(r);
+	int64_t n = count_records(dir);
+	CHECK(n > 0 && n < 4000);
+
+	r = node_open(dir, 2, REP_GROUP_EARLIEST, 0);
+	t = rep_topic_get(r, "t");
+	struct rep_group *x = NULL;
+	CHECK_EQ_INT(rep_group_get(t, "d", 0, &x), -ENOENT);
+	g = group(t, "g");
+	CHECK_EQ_INT(committed(g, 0), c0);
+	CHECK_EQ_INT(committed(g, 1), c1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
 int main(void)
 {
 	RUN(test_two_members_share);
@@ -959,5 +1034,6 @@ int main(void)
 	RUN(test_exactly_once_single_thread);
 	RUN(test_exactly_once_threads);
 	RUN(test_foreach_lag);
+	RUN(test_offsets_log_compacts);
 	return unit_report("test_groups");
 }
