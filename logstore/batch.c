@@ -35,6 +35,8 @@
  *     records must fill that section exactly (else LS_ECORRUPT).
  *  3. baseOffset and partitionLeaderEpoch can be stamped after the CRC is
  *     computed (they are outside it); anything else changes the CRC.
+ *  4. The codec asked for is a wish: records that zstd would not shrink are
+ *     stored uncompressed (codec 0), as the codec is per batch.
  */
 #include "batch.h"
 
@@ -403,6 +405,11 @@ static int finish_batch(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
 		                      scratch->data, rec_bytes);
 		if (ZSTD_isError(body))
 			return -EIO;
+		if (body >= rec_bytes) { /* tiny batches grow: store them plain */
+			memcpy(out->data + LS_BATCH_HEADER_SIZE, scratch->data, rec_bytes);
+			body = rec_bytes;
+			h->attributes = (int16_t)(h->attributes & ~LS_BATCH_ATTR_CODEC_MASK);
+		}
 	}
 	if (LS_BATCH_HEADER_SIZE + body > LS_BATCH_MAX_SIZE)
 		return -EMSGSIZE;

@@ -186,6 +186,30 @@ static void test_malformed_records(void)
 	ls_buf_free(&scratch);
 }
 
+/* A batch that zstd cannot shrink is stored plain and still decodes. */
+static void test_tiny_batch_stays_plain(void)
+{
+	struct ls_buf out = {0}, scratch = {0}, dec = {0};
+	ZSTD_CCtx *cc = ZSTD_createCCtx();
+	struct ls_rec rec = {NULL, 0, "x", 1};
+	uint64_t vsize;
+	struct ls_batch_header h;
+	struct ls_batch_iter it;
+	struct ls_batch_record r;
+	CHECK_EQ_INT(ls_batch_encode(&out, &scratch, cc, &rec, 1, 5, NULL, LS_CODEC_ZSTD, 1,
+	                             &vsize), 0);
+	CHECK_EQ_INT(ls_batch_parse_header(out.data, out.len, &h), 0);
+	CHECK_EQ_INT(h.attributes & 7, LS_CODEC_NONE);
+	CHECK_EQ_INT(ls_batch_check_crc(out.data, &h), 0);
+	CHECK_EQ_INT(ls_batch_iter_init(&it, out.data, &h, &dec, NULL), 0);
+	CHECK_EQ_INT(ls_batch_iter_next(&it, &r), 1);
+	CHECK(r.value_len == 1 && memcmp(r.value, "x", 1) == 0);
+	ls_buf_free(&out);
+	ls_buf_free(&scratch);
+	ls_buf_free(&dec);
+	ZSTD_freeCCtx(cc);
+}
+
 int main(void)
 {
 	RUN(test_encode_exact_bytes);
@@ -193,5 +217,6 @@ int main(void)
 	RUN(test_roundtrip_zstd);
 	RUN(test_crc_catches_flips);
 	RUN(test_malformed_records);
+	RUN(test_tiny_batch_stays_plain);
 	return unit_report("test_batch");
 }

@@ -144,13 +144,16 @@ static int nsnaps;
 
 static int append_batch(struct ls_partition *p, int b)
 {
-	char vals[8][32];
+	char vals[8][80];
 	struct ls_rec recs[8];
 	int n = 1 + b % 3;
 	for (int i = 0; i < n; i++) {
 		recs[i].key = b % 2 ? "key" : NULL;
 		recs[i].key_len = 3;
-		recs[i].value_len = (uint32_t)snprintf(vals[i], sizeof(vals[i]), "batch %d rec %d", b, i);
+		/* compressible, so that zstd batches really are compressed */
+		recs[i].value_len = (uint32_t)snprintf(vals[i], sizeof(vals[i]),
+		                                       "batch %d rec %d, batch %d rec %d, "
+		                                       "batch %d rec %d", b, i, b, i, b, i);
 		recs[i].value = vals[i];
 	}
 	struct ls_append_result res;
@@ -192,6 +195,14 @@ static const char *build_pristine(enum ls_codec codec, int nb)
 	CHECK_EQ_INT(ls_partition_sync(p), 0);
 	copy_dir(dir, crash);
 	CHECK_EQ_INT(ls_partition_close(p), 0);
+	/* the last batch has the codec asked for (attributes' low byte) */
+	char path[8192];
+	uint8_t attr = 0xff;
+	snprintf(path, sizeof(path), "%s/00000000000000000000.log", crash);
+	int fd = open(path, O_RDONLY);
+	CHECK_EQ_INT(pread(fd, &attr, 1, (off_t)snaps[nb - 2].seg_size + 22), 1);
+	close(fd);
+	CHECK_EQ_INT(attr & 7, codec);
 	return crash;
 }
 
