@@ -118,7 +118,7 @@ struct rep_group {
 	atomic_int refs;            /* the registry's (while listed) + gets + members */
 	pthread_mutex_t mu;
 	pthread_cond_t cond;        /* a member's wake_refs reached 0 */
-	int deleted;
+	atomic_int deleted;         /* set under g->mu */
 	uint32_t nparts;
 	struct gpart *parts;
 	struct rep_member **members;
@@ -369,6 +369,7 @@ static struct rep_group *group_new(struct rep_groups *c, struct rep_topic *t, ui
 	g->topic_id = tid;
 	snprintf(g->name, sizeof(g->name), "%s", name);
 	atomic_init(&g->refs, 1);
+	atomic_init(&g->deleted, 0);
 	pthread_mutex_init(&g->mu, NULL);
 	pthread_cond_init(&g->cond, NULL);
 	return g;
@@ -724,6 +725,11 @@ int rep_groups_open(struct rep *r, enum rep_group_start start)
 	int rc;
 	if (snprintf(dir, sizeof(dir), "%s/" GROUPS_DIR, rep_data_dir(r)) >= (int)sizeof(dir))
 		return -ENAMETOOLONG;
+	struct rep_groups *open_already = coord_enter(r);
+	if (open_already) {
+		coord_leave();
+		return -EBUSY;
+	}
 	struct rep_groups *c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
@@ -1133,14 +1139,7 @@ void rep_group_foreach(struct rep_topic *t,
 uint32_t rep_group_id(const struct rep_group *g) { return g->id; }
 const char *rep_group_name(const struct rep_group *g) { return g->name; }
 
-int rep_group_deleted(const struct rep_group *g)
-{
-	struct rep_group *mg = (struct rep_group *)g;
-	pthread_mutex_lock(&mg->mu);
-	int d = mg->deleted;
-	pthread_mutex_unlock(&mg->mu);
-	return d;
-}
+int rep_group_deleted(const struct rep_group *g) { return atomic_load(&g->deleted); }
 
 size_t rep_group_offsets(struct rep_group *g, struct rep_group_offset *out, size_t max)
 {
