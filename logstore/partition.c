@@ -762,7 +762,8 @@ static int has_suffix(const char *name, const char *suffix)
  * "Compaction" below): X.*.cleaned are unfinished and removed; a remaining
  * X.log.swap means its index (X.idx.swap, or X.idx if already renamed) is
  * complete and fsynced, so the swap is finished by renaming; an X.idx.swap
- * without X.log.swap never got its log and is removed. Stray *.tmp go too. */
+ * without X.log.swap never got its log and is removed. Stray *.tmp and
+ * X.idx without X.log go too. */
 static int finish_swaps(struct ls_partition *p, int *changed)
 {
 	int rc = 0;
@@ -803,9 +804,18 @@ static int finish_swaps(struct ls_partition *p, int *changed)
 	}
 	rewinddir(d);
 	while (rc == 0 && (de = readdir(d)) != NULL) {
+		int64_t base;
+		char log[64];
 		if (has_suffix(de->d_name, ".idx.swap")) {
 			unlinkat(p->dirfd, de->d_name, 0);
 			*changed = 1;
+		} else if (parse_segment_name(de->d_name, "idx", &base)) {
+			/* an index whose log is gone (a removal cut short) */
+			ls_segment_filename(log, sizeof(log), base, "log");
+			if (faccessat(p->dirfd, log, F_OK, 0) < 0 && errno == ENOENT) {
+				unlinkat(p->dirfd, de->d_name, 0);
+				*changed = 1;
+			}
 		}
 	}
 	closedir(d);

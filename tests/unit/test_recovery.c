@@ -605,7 +605,9 @@ static void test_compaction_crash(void)
 			snprintf(name, sizeof(name), "%s.log.swap", seg);
 			copy_file(post, l, d, name);
 			want = want_post;
-		} else { /* partition.meta and the clean marker lost: holes survive */
+		} else { /* partition.meta and the clean marker lost: holes survive;
+		          * an orphan index (its log removed) is cleaned up */
+			copy_file(post, i, d, "00000000000000000999.idx");
 			char path[8192];
 			snprintf(path, sizeof(path), "%s/partition.meta", d);
 			CHECK_EQ_INT(unlink(path), 0);
