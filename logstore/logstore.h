@@ -173,7 +173,9 @@ int64_t ls_partition_offset_for_time(struct ls_partition *p, int64_t ts_ms);
 /* Deletes whole segments past retention (time: newest timestamp in the
  * segment older than now - retention_ms; size: total over retention_bytes),
  * never the active segment, never data at/after the high watermark. Returns
- * the number of segments removed or -errno. */
+ * the number of segments removed or -errno.
+ * (An active segment wholly past retention_ms and below the high watermark
+ * is rolled first, as Kafka's segment.ms would, and then removed.) */
 int ls_partition_enforce_retention(struct ls_partition *p, int64_t now_ms);
 
 /* Compaction (cleanup: compact): rewrites closed segments keeping the newest

@@ -1918,6 +1918,12 @@ int ls_partition_enforce_retention(struct ls_partition *p, int64_t now_ms)
 	if ((rc = sticky_rc(p)) < 0)
 		goto out;
 	int64_t rms = p->cfg.retention_ms, rbytes = p->cfg.retention_bytes;
+	/* An active segment wholly past retention is rolled first (the job of
+	 * Kafka's segment.ms), so a quiet partition does not keep it forever. */
+	struct ls_segment *act = active(p);
+	if (rms >= 0 && act->size > 0 && act->max_ts < now_ms - rms &&
+	    act->end_offset <= p->hw && (rc = roll_locked(p, p->end_pos)) < 0)
+		goto out;
 	uint64_t total = p->bytes;
 	while (count + 1 < p->nsegs) {
 		const struct ls_segment *s = p->segs[count];

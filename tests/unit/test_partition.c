@@ -364,6 +364,39 @@ static void test_retention(void)
 	CHECK_EQ_INT(ls_partition_close(p), 0);
 }
 
+/* A quiet partition whose only (active) segment is wholly past retention
+ * empties: the segment is rolled, then removed; positions stay stable. */
+static void test_retention_of_active_segment(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c = cfg_none();
+	c.retention_ms = 1000;
+	struct ls_partition *p = open_p(dir, &c);
+	append_lines(p, "old", 3, 5000);
+	CHECK_EQ_INT(ls_partition_enforce_retention(p, 5500), 0); /* still young */
+	ls_partition_set_hw(p, 2);
+	CHECK_EQ_INT(ls_partition_enforce_retention(p, 9000), 0); /* not all committed */
+	ls_partition_set_hw(p, 3);
+	CHECK_EQ_INT(ls_partition_enforce_retention(p, 9000), 1);
+	struct ls_partition_info info;
+	ls_partition_get_info(p, &info);
+	CHECK_EQ_INT(info.segments, 1);
+	CHECK_EQ_INT(info.start_offset, 3);
+	CHECK_EQ_INT(info.end_offset, 3);
+	CHECK_EQ_INT(info.start_pos, 18);
+	CHECK_EQ_INT(info.hw_pos, 18);
+	char *s = read_all(p, 0, '\t', 100, NULL);
+	CHECK(strcmp(s, "") == 0);
+	free(s);
+	CHECK_EQ_INT(append_lines(p, "new", 1, 9000), 3);
+	uint64_t actual;
+	s = read_all(p, 0, '\t', 100, &actual);
+	CHECK(strcmp(s, "new-0\n") == 0);
+	CHECK_EQ_INT(actual, 18);
+	free(s);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
 /* The follower path: batches read from a leader append unchanged on a
  * follower, which then shows the same view; damage and gaps are refused
  * whole. */
@@ -881,6 +914,7 @@ int main(int argc, char **argv)
 	RUN(test_segments_and_reopen);
 	RUN(test_offset_for_time);
 	RUN(test_retention);
+	RUN(test_retention_of_active_segment);
 	RUN(test_replication_path);
 	RUN(test_truncate);
 	RUN(test_leader_epochs);
