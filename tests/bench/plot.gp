@@ -24,7 +24,7 @@ set xrange [-0.6:*]
 set xtics nomirror
 set ylabel "null-FUSE time / topicfs time"
 plot ceiling using 1:3:xtic(2) with boxes lc rgb "#4a7ebb" title "topicfs", \
-     ceiling using 1:4 with points pt 7 ps 1.6 lc rgb "#d62728" title "target (minimum)", \
+     ceiling using 1:4 with points pt 5 ps 1.0 lc rgb "#d62728" title "target (minimum)", \
      ceiling using 1:3:5 with labels offset 0,0.8 notitle
 
 set title "records/s, same machine and data (higher is better)"
