@@ -29,6 +29,7 @@
 #include "../logstore/fsutil.h"
 #include "../logstore/log.h"
 #include "config.h"
+#include "cursor.h"
 #include "ops.h"
 #include "tree.h"
 
@@ -187,6 +188,15 @@ static int run(struct cli *cli, struct fuse_args *args)
 		return 1;
 	}
 
+	rc = rep_groups_open(tfs.rep, cfg.group_start == GROUP_START_LATEST ? REP_GROUP_LATEST
+	                                                                    : REP_GROUP_EARLIEST);
+	if (rc < 0) {
+		fprintf(stderr, "topicfs: cannot open consumer groups in %s: %s\n", tfs.data_dir,
+		        tfs_strerror(rc));
+		rep_close(tfs.rep);
+		return 1;
+	}
+
 	int status = 1;
 	char fsname[PATH_MAX + 16];
 	snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=topicfs",
@@ -209,6 +219,11 @@ static int run(struct cli *cli, struct fuse_args *args)
 		tfs_error("cannot start background threads: %s", tfs_strerror(rc));
 		goto out_unmount;
 	}
+	rc = cursor_start();
+	if (rc < 0) {
+		tfs_error("cannot start the cursor thread: %s", tfs_strerror(rc));
+		goto out_unmount;
+	}
 	struct fuse_loop_config *lc = fuse_loop_cfg_create();
 	if (!lc)
 		goto out_unmount;
@@ -226,6 +241,8 @@ out_session:
 	fuse_session_destroy(tfs.se);
 	tfs.se = NULL;
 out_rep:
+	cursor_stop();
+	rep_groups_close(tfs.rep);
 	rep_close(tfs.rep);
 	tfs.rep = NULL;
 	tfs_info("stopped; every partition closed cleanly");

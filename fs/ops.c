@@ -14,6 +14,9 @@
  *   .config           text at open                  YAML, applied per complete write
  *   state, nodes,     text at open                  refused (EACCES)
  *   metrics
+ *   cursor, pending   consume as a group member     refused (EACCES)
+ *                     (struct cursor, cursor.c)
+ *   offsets           text at open                  earliest|latest|<p> <offset>|@<time>
  *   directories       listing taken at opendir      -
  *
  * Reading <p>/log: byte positions are stable, but retention removes a prefix
@@ -33,17 +36,20 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../logstore/log.h"
 #include "config.h"
+#include "cursor.h"
 #include "metrics.h"
 #include "produce.h"
 #include "tree.h"
@@ -78,6 +84,9 @@ struct fh {
 	/* .config writes */
 	struct mbuf cfgw;
 	size_t cfg_applied;   /* bytes of cfgw applied already */
+
+	/* cursor and pending */
+	struct cursor *cursor;
 
 	/* directories */
 	struct dirent_rec *ents;
@@ -149,13 +158,42 @@ static const char *pfile_name_problem(const char *name, int *err)
 
 /* ---- lookup and attributes -------------------------------------------------- */
 
+/* 1 if the task behind req is inside open()/openat()/openat2()/creat(),
+ * read from /proc/<tid>/syscall (first field: the syscall it waits in). */
+static int requester_is_opening(fuse_req_t req)
+{
+	char path[64], buf[64];
+	snprintf(path, sizeof(path), "/proc/%d/syscall", (int)fuse_req_ctx(req)->pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	long nr = strtol(buf, NULL, 10);
+	return nr == SYS_openat
+#ifdef SYS_open
+	       || nr == SYS_open
+#endif
+#ifdef SYS_creat
+	       || nr == SYS_creat
+#endif
+#ifdef SYS_openat2
+	       || nr == SYS_openat2
+#endif
+		;
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	uint64_t t0 = now_ns();
 	struct tnode p, c;
 	int rc = tnode_resolve(parent, &p);
 	if (rc == 0) {
-		rc = tnode_lookup(&p, name, &c);
+		int virt = p.kind == TN_GROUPS && requester_is_opening(req);
+		rc = tnode_lookup_ex(&p, name, virt, &c);
 		tnode_release(&p);
 	}
 	if (rc < 0) {
@@ -165,6 +203,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	struct fuse_entry_param e;
 	fill_entry(&c, &e);
+	if (tnode_is_virtual(&c))
+		e.entry_timeout = e.attr_timeout = 0; /* re-asked until it exists */
 	tnode_release(&c);
 	metrics_request(MOP_LOOKUP, now_ns() - t0, 0);
 	fuse_reply_entry(req, &e);
@@ -205,6 +245,7 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	 * never removed by a writer), and mode/owner/time changes, which rotation
 	 * tools make on the files they create. */
 	int ok = n.kind == TN_PART_LOG || n.kind == TN_PFILE || n.kind == TN_CONFIG ||
+	         n.kind == TN_OFFSETS ||
 	         (tnode_is_dir(n.kind) && !(to_set & FUSE_SET_ATTR_SIZE));
 	if (!ok) {
 		tnode_release(&n);
@@ -264,6 +305,13 @@ static int list_pfile(void *ctx, uint32_t id, const char *name)
 	return 0;
 }
 
+static int list_group(void *ctx, uint32_t id, const char *name)
+{
+	struct listing *l = ctx;
+	listing_add(l, name, tnode_ino(rep_topic_id(l->topic), TN_GROUP_DIR, id), S_IFDIR);
+	return 0;
+}
+
 static void free_listing(struct dirent_rec *ents, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -312,6 +360,14 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	case TN_PART_DIR:
 		listing_add(&l, "log", tnode_ino(tid, TN_PART_LOG, n.index), S_IFREG);
 		listing_add(&l, "state", tnode_ino(tid, TN_PART_STATE, n.index), S_IFREG);
+		break;
+	case TN_GROUPS:
+		rep_group_foreach(n.topic, list_group, &l);
+		break;
+	case TN_GROUP_DIR:
+		listing_add(&l, "cursor", tnode_ino(tid, TN_CURSOR, n.index), S_IFREG);
+		listing_add(&l, "pending", tnode_ino(tid, TN_PENDING, n.index), S_IFREG);
+		listing_add(&l, "offsets", tnode_ino(tid, TN_OFFSETS, n.index), S_IFREG);
 		break;
 	default:
 		break;
@@ -388,13 +444,36 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	char ppath[512];
 	tnode_path(&p, ppath, sizeof(ppath));
 	enum tnode_kind pk = p.kind;
-	tnode_release(&p);
 	if (pk == TN_GROUPS) {
-		refuse(req, EOPNOTSUPP, MOP_MKDIR,
-		       "mkdir %s/%s: consumer groups are not available in this version", ppath,
-		       name);
+		if (!rep_name_valid(name)) {
+			tnode_release(&p);
+			refuse(req, EINVAL, MOP_MKDIR,
+			       "mkdir %s/'%.300s': group names are 1-249 of [A-Za-z0-9._-], not "
+			       "starting with '.'", ppath, name);
+			return;
+		}
+		rc = rep_group_create(p.topic, name);
+		if (rc < 0) {
+			tnode_release(&p);
+			refuse(req, tfs_errno(rc), MOP_MKDIR, "mkdir %s/%s: %s", ppath, name,
+			       rc == -EEXIST ? "group exists" : tfs_strerror(rc));
+			return;
+		}
+		struct tnode c;
+		rc = tnode_lookup(&p, name, &c);
+		tnode_release(&p);
+		if (rc < 0) {
+			fuse_reply_err(req, -rc);
+			return;
+		}
+		struct fuse_entry_param e;
+		fill_entry(&c, &e);
+		tnode_release(&c);
+		metrics_request(MOP_MKDIR, now_ns() - t0, 0);
+		fuse_reply_entry(req, &e);
 		return;
 	}
+	tnode_release(&p);
 	if (pk != TN_ROOT) {
 		refuse(req, EPERM, MOP_MKDIR,
 		       "mkdir %s/%s: directories are made only for topics (at the top) and "
@@ -441,6 +520,21 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	enum tnode_kind pk = p.kind;
 	char ppath[512];
 	tnode_path(&p, ppath, sizeof(ppath));
+	if (pk == TN_GROUPS) {
+		rc = rep_group_delete(p.topic, name);
+		tnode_release(&p);
+		if (rc == -ENOENT) {
+			fuse_reply_err(req, ENOENT);
+		} else if (rc < 0) {
+			refuse(req, tfs_errno(rc), MOP_RMDIR, "rmdir %s/%s: %s", ppath, name,
+			       rc == -EBUSY ? "the group has members (open cursor or pending files)"
+			                    : tfs_strerror(rc));
+		} else {
+			metrics_request(MOP_RMDIR, now_ns() - t0, 0);
+			fuse_reply_err(req, 0);
+		}
+		return;
+	}
 	tnode_release(&p);
 	if (pk == TN_ROOT && strcmp(name, ".cluster") != 0) {
 		rc = rep_topic_delete(tfs.rep, name);
@@ -456,10 +550,6 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		fuse_reply_err(req, 0);
 		return;
 	}
-	if (pk == TN_GROUPS) {
-		fuse_reply_err(req, ENOENT);
-		return;
-	}
 	refuse(req, EPERM, MOP_RMDIR, "rmdir %s/%s: only topics and groups can be removed",
 	       ppath, name);
 }
@@ -468,6 +558,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void fh_free(struct fh *h)
 {
+	if (h->cursor)
+		cursor_release(h->cursor);
 	if (h->reader)
 		ls_reader_close(h->reader);
 	if (h->producing)
@@ -512,6 +604,32 @@ static int fh_open(struct tnode *n, int flags, struct fuse_file_info *fi, const 
 			tnode_render(&h->node, NULL, &h->text);
 		if (h->text.oom)
 			rc = -ENOMEM;
+		break;
+	case TN_CURSOR:
+	case TN_PENDING:
+		if (h->writable) {
+			tfs_warn("refused: open %s for writing: cursors are read to consume (%s)",
+			         path, strerror(EACCES));
+			rc = -EACCES;
+			break;
+		}
+		rc = tnode_group_create(&h->node);
+		if (rc == 0) {
+			rc = cursor_open(h->node.topic, h->node.group, h->node.kind == TN_PENDING,
+			                 &h->cursor);
+			if (rc == 0)
+				h->node.group = NULL; /* the cursor owns that reference now */
+		}
+		if (rc < 0)
+			tfs_warn("refused: open %s: %s", path, tfs_strerror(rc));
+		break;
+	case TN_OFFSETS:
+		rc = tnode_group_create(&h->node);
+		if (rc == 0 && h->readable) {
+			tnode_render(&h->node, NULL, &h->text);
+			if (h->text.oom)
+				rc = -ENOMEM;
+		}
 		break;
 	case TN_PART_LOG:
 		if (h->readable)
@@ -765,6 +883,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	case TN_PFILE:
 		fuse_reply_buf(req, NULL, 0); /* records are read from the partitions */
 		break;
+	case TN_CURSOR:
+	case TN_PENDING:
+		metrics_request(MOP_READ, 0, 0);
+		cursor_read(h->cursor, req, size, fi->flags);
+		return;
 	default:
 		if ((size_t)off >= h->text.len)
 			fuse_reply_buf(req, NULL, 0);
@@ -828,6 +951,140 @@ static int config_apply(struct fh *h)
 	return 0;
 }
 
+/* "2026-11-21T14:25:14Z", with optional fraction and a Z or +hh:mm offset;
+ * a space may stand for the T. Returns 0 and *ms, or -EINVAL. */
+static int parse_rfc3339(const char *s, int64_t *ms)
+{
+	struct tm tm;
+	memset(&tm, 0, sizeof(tm));
+	const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (!p)
+		p = strptime(s, "%Y-%m-%d %H:%M:%S", &tm);
+	if (!p)
+		return -EINVAL;
+	int64_t frac = 0;
+	if (*p == '.' || *p == ',') {
+		int digits = 0;
+		for (p++; *p >= '0' && *p <= '9'; p++, digits++)
+			if (digits < 3)
+				frac = frac * 10 + (*p - '0');
+		if (!digits)
+			return -EINVAL;
+		while (digits++ < 3)
+			frac *= 10;
+	}
+	int64_t offset_s = 0;
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		int hh, mm;
+		if (sscanf(p + 1, "%2d:%2d", &hh, &mm) != 2)
+			return -EINVAL;
+		offset_s = (hh * 3600 + mm * 60) * (*p == '-' ? -1 : 1);
+		p += 6;
+	} else {
+		return -EINVAL;
+	}
+	if (*p)
+		return -EINVAL;
+	time_t t = timegm(&tm);
+	*ms = ((int64_t)t - offset_s) * 1000 + frac;
+	return 0;
+}
+
+/* Applies one line written to offsets. */
+static int offsets_line(struct fh *h, char *line, char *err, size_t errlen)
+{
+	while (*line == ' ' || *line == '\t')
+		line++;
+	size_t n = strlen(line);
+	while (n && (line[n - 1] == ' ' || line[n - 1] == '\t' || line[n - 1] == '\r'))
+		line[--n] = 0;
+	if (!n || line[0] == '#')
+		return 0;
+	int rc;
+	if (strcmp(line, "earliest") == 0) {
+		rc = rep_group_reset(h->node.group, REP_RESET_EARLIEST, -1, 0);
+	} else if (strcmp(line, "latest") == 0) {
+		rc = rep_group_reset(h->node.group, REP_RESET_LATEST, -1, 0);
+	} else if (line[0] == '@') {
+		int64_t ms;
+		if (parse_rfc3339(line + 1, &ms) < 0) {
+			snprintf(err, errlen, "'%.100s': not an RFC 3339 time (e.g. @2026-11-21T14:00:00Z)",
+			         line);
+			return -EINVAL;
+		}
+		rc = rep_group_reset(h->node.group, REP_RESET_TIME, -1, ms);
+	} else {
+		/* "<partition> <offset>", or a row as read: "p committed end lag". */
+		char *end;
+		errno = 0;
+		long long p = strtoll(line, &end, 10);
+		long long off = 0;
+		int ok = end != line && (*end == ' ' || *end == '\t') && errno == 0 && p >= 0;
+		if (ok) {
+			char *v = end;
+			while (*v == ' ' || *v == '\t')
+				v++;
+			if (strncmp(v, "earliest", 8) == 0 && (!v[8] || v[8] == ' ' || v[8] == '\t')) {
+				rc = rep_group_reset(h->node.group, REP_RESET_EARLIEST, p, 0);
+				goto done;
+			}
+			if (strncmp(v, "latest", 6) == 0 && (!v[6] || v[6] == ' ' || v[6] == '\t')) {
+				rc = rep_group_reset(h->node.group, REP_RESET_LATEST, p, 0);
+				goto done;
+			}
+			off = strtoll(v, &end, 10);
+			ok = end != v && (!*end || *end == ' ' || *end == '\t') && errno == 0 && off >= 0;
+		}
+		if (!ok) {
+			snprintf(err, errlen,
+			         "'%.100s': expected earliest, latest, '<partition> <offset>' or "
+			         "'@<RFC 3339 time>'", line);
+			return -EINVAL;
+		}
+		rc = rep_group_reset(h->node.group, REP_RESET_OFFSET, p, off);
+		if (rc == -EINVAL) {
+			snprintf(err, errlen, "'%.100s': no partition %lld", line, p);
+			return rc;
+		}
+	}
+done:
+	if (rc < 0)
+		snprintf(err, errlen, "'%.100s': %s", line, tfs_strerror(rc));
+	return rc;
+}
+
+/* Applies the complete lines written to offsets so far. */
+static int offsets_apply(struct fh *h, int all)
+{
+	char err[300];
+	while (h->cfg_applied < h->cfgw.len) {
+		char *start = h->cfgw.data + h->cfg_applied;
+		char *nl = memchr(start, '\n', h->cfgw.len - h->cfg_applied);
+		if (!nl && !all)
+			return 0;
+		size_t len = nl ? (size_t)(nl - start) : h->cfgw.len - h->cfg_applied;
+		char line[512];
+		h->cfg_applied += len + (nl ? 1 : 0);
+		if (len >= sizeof(line)) {
+			tfs_warn("refused: write %s/groups/%s/offsets: line too long (%s)",
+			         rep_topic_name(h->node.topic), h->node.gname, strerror(EINVAL));
+			return -EINVAL;
+		}
+		memcpy(line, start, len);
+		line[len] = 0;
+		int rc = offsets_line(h, line, err, sizeof(err));
+		if (rc < 0) {
+			tfs_warn("refused: write %s/groups/%s/offsets: %s (%s)",
+			         rep_topic_name(h->node.topic), h->node.gname, err,
+			         strerror(tfs_errno(rc)));
+			return rc;
+		}
+	}
+	return 0;
+}
+
 static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
                      struct fuse_file_info *fi)
 {
@@ -849,6 +1106,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		} else if (size && buf[size - 1] == '\n') {
 			rc = config_apply(h);
 		}
+	} else if (h->node.kind == TN_OFFSETS) {
+		size_t before = h->cfgw.len;
+		mbuf_printf(&h->cfgw, "%.*s", (int)size, buf);
+		rc = h->cfgw.oom ? -ENOMEM : h->cfgw.len != before + size ? -EINVAL : offsets_apply(h, 0);
 	} else if (h->producing) {
 		if (rep_topic_deleted(h->node.topic))
 			rc = -ENOENT;
@@ -880,13 +1141,20 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	uint64_t t0 = now_ns();
 	struct fh *h = get_fh(fi);
 	int rc = 0;
+	if (h->cursor) {
+		metrics_request(MOP_FLUSH, 0, 0);
+		cursor_flush(h->cursor, req);
+		return;
+	}
 	pthread_mutex_lock(&h->lock);
-	if (h->node.kind == TN_CONFIG && h->cfgw.len > h->cfg_applied)
+	if (h->node.kind == TN_OFFSETS)
+		rc = offsets_apply(h, 1);
+	else if (h->node.kind == TN_CONFIG && h->cfgw.len > h->cfg_applied)
 		rc = config_apply(h);
 	else if (h->producing)
 		rc = producer_flush(&h->prod);
 	pthread_mutex_unlock(&h->lock);
-	if (rc < 0 && h->node.kind != TN_CONFIG) {
+	if (rc < 0 && h->producing) {
 		char path[512];
 		tnode_path(&h->node, path, sizeof(path));
 		tfs_warn("refused: close %s: last line not produced: %s", path, tfs_strerror(rc));
@@ -947,6 +1215,20 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		fuse_reply_lseek(req, (uint64_t)off < info.start_pos ? off : (off_t)info.hw_pos);
 }
 
+static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+                    struct fuse_pollhandle *ph)
+{
+	(void)ino;
+	struct fh *h = get_fh(fi);
+	if (h->cursor) {
+		cursor_poll(h->cursor, req, ph);
+		return;
+	}
+	if (ph)
+		fuse_pollhandle_destroy(ph);
+	fuse_reply_poll(req, POLLIN | POLLRDNORM | POLLOUT | POLLWRNORM);
+}
+
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	(void)ino;
@@ -991,6 +1273,7 @@ const struct fuse_lowlevel_ops tfs_ops = {
 	.unlink = op_unlink,
 	.rename = op_rename,
 	.lseek = op_lseek,
+	.poll = op_poll,
 	.statfs = op_statfs,
 };
 

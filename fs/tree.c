@@ -16,6 +16,7 @@
 
 struct tfs tfs;
 
+#define VIRTUAL_GROUP 0x800000u
 #define KIND_SHIFT 24
 #define KIND_MASK 0xffu
 #define INDEX_MASK 0xffffffu
@@ -28,11 +29,65 @@ uint64_t tnode_ino(uint64_t topic_id, enum tnode_kind kind, uint32_t index)
 int tnode_is_dir(enum tnode_kind kind)
 {
 	return kind == TN_ROOT || kind == TN_CLUSTER || kind == TN_TOPIC || kind == TN_GROUPS ||
-	       kind == TN_PART_DIR;
+	       kind == TN_PART_DIR || kind == TN_GROUP_DIR;
+}
+
+/* Names of groups looked up before they existed: (topic id, name) -> id. */
+struct vgroup {
+	uint64_t topic_id;
+	uint32_t id;
+	char name[REP_NAME_MAX + 1];
+};
+static pthread_mutex_t vgroups_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct vgroup *vgroups;
+static size_t nvgroups;
+
+static int vgroup_id(uint64_t topic_id, const char *name, uint32_t *id)
+{
+	int rc = 0;
+	pthread_mutex_lock(&vgroups_lock);
+	size_t i;
+	for (i = 0; i < nvgroups; i++)
+		if (vgroups[i].topic_id == topic_id && strcmp(vgroups[i].name, name) == 0)
+			break;
+	if (i == nvgroups) {
+		struct vgroup *v = nvgroups < (INDEX_MASK & ~VIRTUAL_GROUP)
+		                       ? realloc(vgroups, (nvgroups + 1) * sizeof(*v))
+		                       : NULL;
+		if (!v) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		vgroups = v;
+		v[i].topic_id = topic_id;
+		v[i].id = VIRTUAL_GROUP | (uint32_t)i;
+		snprintf(v[i].name, sizeof(v[i].name), "%s", name);
+		nvgroups++;
+	}
+	*id = vgroups[i].id;
+out:
+	pthread_mutex_unlock(&vgroups_lock);
+	return rc;
+}
+
+static int vgroup_name(uint64_t topic_id, uint32_t id, char *buf, size_t size)
+{
+	int rc = -ENOENT;
+	pthread_mutex_lock(&vgroups_lock);
+	size_t i = id & ~VIRTUAL_GROUP;
+	if (i < nvgroups && vgroups[i].topic_id == topic_id) {
+		snprintf(buf, size, "%s", vgroups[i].name);
+		rc = 0;
+	}
+	pthread_mutex_unlock(&vgroups_lock);
+	return rc;
 }
 
 void tnode_release(struct tnode *n)
 {
+	if (n->group)
+		rep_group_put(n->group);
+	n->group = NULL;
 	if (n->topic)
 		rep_topic_put(n->topic);
 	n->topic = NULL;
@@ -57,9 +112,33 @@ static int tnode_fill(struct tnode *n)
 		char name[REP_FILE_NAME_MAX + 1];
 		return rep_pfile_name(n->topic, n->index, name, sizeof(name));
 	}
+	case TN_GROUP_DIR:
+	case TN_CURSOR:
+	case TN_PENDING:
+	case TN_OFFSETS:
+		if (n->index & VIRTUAL_GROUP) {
+			if (vgroup_name(rep_topic_id(n->topic), n->index, n->gname,
+			                sizeof(n->gname)) < 0)
+				return -ENOENT;
+			if (rep_group_get(n->topic, n->gname, 0, &n->group) < 0)
+				n->group = NULL; /* not made yet */
+			return 0;
+		}
+		n->group = rep_group_get_id(n->topic, n->index);
+		if (!n->group)
+			return -ENOENT;
+		snprintf(n->gname, sizeof(n->gname), "%s", rep_group_name(n->group));
+		return 0;
 	default:
 		return -ENOENT;
 	}
+}
+
+int tnode_group_create(struct tnode *n)
+{
+	if (n->group)
+		return 0;
+	return rep_group_get(n->topic, n->gname, 1, &n->group);
 }
 
 int tnode_resolve(uint64_t ino, struct tnode *n)
@@ -74,7 +153,7 @@ int tnode_resolve(uint64_t ino, struct tnode *n)
 	}
 	uint64_t topic_id = ino >> 32;
 	unsigned kind = (ino >> KIND_SHIFT) & KIND_MASK;
-	if (!topic_id || kind < TN_TOPIC || kind > TN_PFILE)
+	if (!topic_id || kind < TN_TOPIC || kind > TN_OFFSETS)
 		return -ENOENT;
 	n->topic = rep_topic_get_id(tfs.rep, topic_id);
 	if (!n->topic)
@@ -101,6 +180,17 @@ static int parse_partition(const char *name, uint32_t *p)
 }
 
 int tnode_lookup(const struct tnode *parent, const char *name, struct tnode *c)
+{
+	return tnode_lookup_ex(parent, name, 0, c);
+}
+
+int tnode_is_virtual(const struct tnode *n)
+{
+	return n->kind >= TN_GROUP_DIR && n->kind <= TN_OFFSETS && !n->group;
+}
+
+int tnode_lookup_ex(const struct tnode *parent, const char *name, int allow_virtual,
+                    struct tnode *c)
 {
 	memset(c, 0, sizeof(*c));
 	switch (parent->kind) {
@@ -144,6 +234,31 @@ int tnode_lookup(const struct tnode *parent, const char *name, struct tnode *c)
 		c->topic = rep_topic_hold(parent->topic);
 		break;
 	}
+	case TN_GROUPS: {
+		struct rep_group *g;
+		if (rep_group_get(parent->topic, name, 0, &g) == 0) {
+			c->index = rep_group_id(g);
+			rep_group_put(g);
+		} else if (!allow_virtual || !rep_name_valid(name) ||
+		           vgroup_id(rep_topic_id(parent->topic), name, &c->index) < 0) {
+			return -ENOENT;
+		}
+		c->kind = TN_GROUP_DIR;
+		c->topic = rep_topic_hold(parent->topic);
+		break;
+	}
+	case TN_GROUP_DIR:
+		if (strcmp(name, "cursor") == 0)
+			c->kind = TN_CURSOR;
+		else if (strcmp(name, "pending") == 0)
+			c->kind = TN_PENDING;
+		else if (strcmp(name, "offsets") == 0)
+			c->kind = TN_OFFSETS;
+		else
+			return -ENOENT;
+		c->topic = rep_topic_hold(parent->topic);
+		c->index = parent->index;
+		break;
 	case TN_PART_DIR:
 		if (strcmp(name, "log") == 0)
 			c->kind = TN_PART_LOG;
@@ -178,6 +293,10 @@ void tnode_path(const struct tnode *n, char *buf, size_t size)
 	case TN_PART_DIR: snprintf(buf, size, "%s/%u", t, n->index); break;
 	case TN_PART_LOG: snprintf(buf, size, "%s/%u/log", t, n->index); break;
 	case TN_PART_STATE: snprintf(buf, size, "%s/%u/state", t, n->index); break;
+	case TN_GROUP_DIR: snprintf(buf, size, "%s/groups/%s", t, n->gname); break;
+	case TN_CURSOR: snprintf(buf, size, "%s/groups/%s/cursor", t, n->gname); break;
+	case TN_PENDING: snprintf(buf, size, "%s/groups/%s/pending", t, n->gname); break;
+	case TN_OFFSETS: snprintf(buf, size, "%s/groups/%s/offsets", t, n->gname); break;
 	case TN_PFILE:
 		if (rep_pfile_name(n->topic, n->index, name, sizeof(name)) < 0)
 			snprintf(name, sizeof(name), "#%u", n->index);
@@ -236,12 +355,45 @@ static int metrics_collect(void *arg, struct rep_topic *t)
 	return 0;
 }
 
+struct lag_ctx {
+	struct mbuf *b;
+	int committed; /* 1: the committed family, 0: the lag family */
+};
+
+static void put_labels(struct mbuf *b, const char *topic, const char *group, uint32_t p)
+{
+	/* Topic and group names are [A-Za-z0-9._-]: nothing to escape. */
+	mbuf_printf(b, "{topic=\"%s\",group=\"%s\",partition=\"%u\"}", topic, group, p);
+}
+
+static void lag_row(void *arg, const char *topic, const char *group, uint32_t p,
+                    int64_t committed, int64_t lag)
+{
+	struct lag_ctx *l = arg;
+	mbuf_printf(l->b, "%s", l->committed ? "topicfs_group_committed_offset" : "topicfs_group_lag");
+	put_labels(l->b, topic, group, p);
+	mbuf_printf(l->b, " %" PRId64 "\n", l->committed ? committed : lag);
+}
+
+static void render_group_metrics(struct mbuf *b)
+{
+	struct lag_ctx l = {b, 0};
+	mbuf_printf(b, "# HELP topicfs_group_lag Records not yet consumed by the group, per partition.\n"
+	               "# TYPE topicfs_group_lag gauge\n");
+	rep_groups_foreach_lag(tfs.rep, lag_row, &l);
+	l.committed = 1;
+	mbuf_printf(b, "# HELP topicfs_group_committed_offset Next offset the group reads, per partition.\n"
+	               "# TYPE topicfs_group_committed_offset gauge\n");
+	rep_groups_foreach_lag(tfs.rep, lag_row, &l);
+}
+
 static void render_metrics(struct mbuf *b)
 {
 	struct metrics_ctx m = {0};
 	metrics_render_requests(b);
 	rep_topic_foreach(tfs.rep, metrics_collect, &m);
 	metrics_render_partitions(b, m.rows, m.n);
+	render_group_metrics(b);
 	for (size_t i = 0; i < m.n; i++)
 		free((char *)m.rows[i].topic);
 	free(m.rows);
@@ -282,6 +434,22 @@ void tnode_render(const struct tnode *n, const char *config_error, struct mbuf *
 		char buf[4096];
 		size_t len = topic_config_render(&eff, err, buf, sizeof(buf));
 		mbuf_printf(b, "%.*s", (int)(len < sizeof(buf) ? len : sizeof(buf) - 1), buf);
+		break;
+	}
+	case TN_OFFSETS: {
+		if (!n->group)
+			break;
+		uint32_t np = rep_topic_partition_count(n->topic);
+		struct rep_group_offset *rows = calloc(np ? np : 1, sizeof(*rows));
+		if (!rows) {
+			b->oom = 1;
+			break;
+		}
+		size_t k = rep_group_offsets(n->group, rows, np);
+		for (size_t i = 0; i < k; i++)
+			mbuf_printf(b, "%u\t%" PRId64 "\t%" PRId64 "\t%" PRId64 "\n", rows[i].partition,
+			            rows[i].committed, rows[i].end, rows[i].lag);
+		free(rows);
 		break;
 	}
 	case TN_PART_STATE: {
@@ -334,6 +502,15 @@ int tnode_stat(const struct tnode *n, struct stat *st)
 	case TN_METRICS:
 	case TN_PART_STATE:
 		st->st_mode = S_IFREG | 0444;
+		st->st_size = (off_t)rendered_size(n);
+		break;
+	case TN_CURSOR:
+	case TN_PENDING:
+		st->st_mode = S_IFREG | 0444;
+		st->st_size = 0;
+		break;
+	case TN_OFFSETS:
+		st->st_mode = S_IFREG | 0644;
 		st->st_size = (off_t)rendered_size(n);
 		break;
 	case TN_CONFIG:

@@ -3,7 +3,7 @@
 # is missing. Runs apt-get as root or through sudo.
 set -euo pipefail
 pkgs=(build-essential pkg-config libfuse3-dev fuse3 libzstd-dev libyaml-dev
-      bats bats-assert bats-support python3 procps psmisc util-linux logrotate)
+      bats bats-assert bats-support python3 procps psmisc util-linux logrotate gawk)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
