@@ -84,6 +84,7 @@ struct fh {
 	/* .config writes */
 	struct mbuf cfgw;
 	size_t cfg_applied;   /* bytes of cfgw applied already */
+	int cfg_refused;      /* the document was refused: never apply it */
 
 	/* cursor and pending */
 	struct cursor *cursor;
@@ -731,13 +732,42 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		fh_free(get_fh(fi));
 }
 
+/* "topic/name" for a name in directory ino, for log lines. */
+static void child_path(fuse_ino_t parent, const char *name, char *buf, size_t size)
+{
+	struct tnode p;
+	char ppath[512] = "?";
+	if (tnode_resolve(parent, &p) == 0) {
+		tnode_path(&p, ppath, sizeof(ppath));
+		tnode_release(&p);
+	}
+	snprintf(buf, size, "%s/%.300s", strcmp(ppath, "/") == 0 ? "" : ppath, name);
+}
+
 static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
                      dev_t rdev)
 {
-	(void)parent;
 	(void)rdev;
-	refuse(req, EPERM, MOP_OTHER, "mknod %.300s (mode %o): only regular files via create",
-	       name, (unsigned)mode);
+	char path[1024];
+	child_path(parent, name, path, sizeof(path));
+	refuse(req, EPERM, MOP_OTHER, "mknod %s (mode %o): only regular files via create", path,
+	       (unsigned)mode);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	(void)link;
+	char path[1024];
+	child_path(parent, name, path, sizeof(path));
+	refuse(req, EPERM, MOP_OTHER, "symlink %s: links are not supported in topicfs", path);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const char *newname)
+{
+	(void)ino;
+	char path[1024];
+	child_path(newparent, newname, path, sizeof(path));
+	refuse(req, EPERM, MOP_OTHER, "link %s: links are not supported in topicfs", path);
 }
 
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -921,8 +951,10 @@ static int key_line(const char *doc, size_t len, const char *msg)
 	return 1;
 }
 
-/* Applies the YAML document written to .config so far. */
-static int config_apply(struct fh *h)
+/* Checks (apply == 0, at every complete write) or applies (apply != 0, at
+ * close) the YAML document written to .config so far. A document is applied
+ * whole at close or not at all: a refused write leaves nothing changed. */
+static int config_apply(struct fh *h, int apply)
 {
 	struct rep_topic *t = h->node.topic;
 	struct topic_config changes;
@@ -934,20 +966,24 @@ static int config_apply(struct fh *h)
 	if (rc < 0) {
 		snprintf(msg, sizeof(msg), "%s", err);
 	} else {
-		rc = rep_topic_set_config(t, &changes, cleared, err, sizeof(err));
+		rc = apply ? rep_topic_set_config(t, &changes, cleared, err, sizeof(err))
+		           : rep_topic_check_config(t, &changes, cleared, err, sizeof(err));
 		if (rc < 0)
 			snprintf(msg, sizeof(msg), "line %d: %s",
 			         key_line(h->cfgw.data, h->cfgw.len, err),
 			         err[0] ? err : tfs_strerror(rc));
 	}
-	h->cfg_applied = h->cfgw.len; /* applied or refused: not again at close */
 	if (rc < 0) {
+		h->cfg_refused = 1; /* nothing of this document is applied */
 		tree_set_config_error(rep_topic_id(t), msg);
 		tfs_warn("refused: write %s/.config: %s (%s)", rep_topic_name(t), msg,
 		         strerror(tfs_errno(rc)));
 		return rc == -ENOENT ? rc : -EINVAL;
 	}
-	tree_set_config_error(rep_topic_id(t), NULL);
+	if (apply) {
+		h->cfg_applied = h->cfgw.len;
+		tree_set_config_error(rep_topic_id(t), NULL);
+	}
 	return 0;
 }
 
@@ -1097,14 +1133,17 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	if (h->node.kind == TN_CONFIG) {
 		size_t before = h->cfgw.len;
 		mbuf_printf(&h->cfgw, "%.*s", (int)size, buf);
-		if (h->cfgw.oom || h->cfgw.len != before + size) {
+		if (h->cfg_refused) {
+			rc = -EINVAL; /* the rest of a refused document */
+		} else if (h->cfgw.oom || h->cfgw.len != before + size) {
 			/* NUL bytes or no memory: not a YAML document we accept. */
 			rc = h->cfgw.oom ? -ENOMEM : -EINVAL;
+			h->cfg_refused = 1;
 			if (rc == -EINVAL)
 				tfs_warn("refused: write %s/.config: NUL byte in document",
 				         rep_topic_name(h->node.topic));
 		} else if (size && buf[size - 1] == '\n') {
-			rc = config_apply(h);
+			rc = config_apply(h, 0);
 		}
 	} else if (h->node.kind == TN_OFFSETS) {
 		size_t before = h->cfgw.len;
@@ -1149,8 +1188,8 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	pthread_mutex_lock(&h->lock);
 	if (h->node.kind == TN_OFFSETS)
 		rc = offsets_apply(h, 1);
-	else if (h->node.kind == TN_CONFIG && h->cfgw.len > h->cfg_applied)
-		rc = config_apply(h);
+	else if (h->node.kind == TN_CONFIG && h->cfgw.len > h->cfg_applied && !h->cfg_refused)
+		rc = config_apply(h, 1);
 	else if (h->producing)
 		rc = producer_flush(&h->prod);
 	pthread_mutex_unlock(&h->lock);
@@ -1263,6 +1302,8 @@ const struct fuse_lowlevel_ops tfs_ops = {
 	.mkdir = op_mkdir,
 	.rmdir = op_rmdir,
 	.mknod = op_mknod,
+	.symlink = op_symlink,
+	.link = op_link,
 	.create = op_create,
 	.open = op_open,
 	.read = op_read,

@@ -591,8 +591,24 @@ out:
 	return rc;
 }
 
+static int topic_set_config(struct rep_topic *t, const struct topic_config *changes,
+                            uint32_t cleared, int apply, char *err, size_t errlen);
+
+int rep_topic_check_config(struct rep_topic *t, const struct topic_config *changes,
+                           uint32_t cleared, char *err, size_t errlen)
+{
+	return topic_set_config(t, changes, cleared, 0, err, errlen);
+}
+
 int rep_topic_set_config(struct rep_topic *t, const struct topic_config *changes,
                          uint32_t cleared, char *err, size_t errlen)
+{
+	return topic_set_config(t, changes, cleared, 1, err, errlen);
+}
+
+/* Checks (and with apply != 0 makes) a change of settings. */
+static int topic_set_config(struct rep_topic *t, const struct topic_config *changes,
+                            uint32_t cleared, int apply, char *err, size_t errlen)
 {
 	struct rep *r = t->rep;
 	int rc = 0, grew = 0;
@@ -615,7 +631,7 @@ int rep_topic_set_config(struct rep_topic *t, const struct topic_config *changes
 	old_eff.partitions = t->nparts;
 	topic_config_effective(&r->opts.defaults, &neu, &eff);
 	rc = topic_config_check(&old_eff, &eff, 1, err, errlen);
-	if (rc < 0) {
+	if (rc < 0 || !apply) {
 		pthread_mutex_unlock(&t->lock);
 		goto out;
 	}

@@ -122,6 +122,9 @@ void rep_topic_config(struct rep_topic *t, struct topic_config *eff);
  * needed. On refusal nothing changes: -EINVAL with the reason in err. */
 int rep_topic_set_config(struct rep_topic *t, const struct topic_config *changes,
                          uint32_t cleared, char *err, size_t errlen) TFS_MUST_CHECK;
+/* The same checks without changing anything: 0 if set_config would accept. */
+int rep_topic_check_config(struct rep_topic *t, const struct topic_config *changes,
+                           uint32_t cleared, char *err, size_t errlen) TFS_MUST_CHECK;
 
 /* ---- producer files ---------------------------------------------------- */
 
