@@ -88,6 +88,7 @@ struct fh {
 
 	/* cursor and pending */
 	struct cursor *cursor;
+	int watching;         /* counted in rep_watch() */
 
 	/* directories */
 	struct dirent_rec *ents;
@@ -559,6 +560,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void fh_free(struct fh *h)
 {
+	if (h->watching)
+		rep_watch(tfs.rep, -1);
 	if (h->cursor)
 		cursor_release(h->cursor);
 	if (h->reader)
@@ -618,8 +621,11 @@ static int fh_open(struct tnode *n, int flags, struct fuse_file_info *fi, const 
 		if (rc == 0) {
 			rc = cursor_open(h->node.topic, h->node.group, h->node.kind == TN_PENDING,
 			                 &h->cursor);
-			if (rc == 0)
+			if (rc == 0) {
 				h->node.group = NULL; /* the cursor owns that reference now */
+				rep_watch(tfs.rep, 1);
+				h->watching = 1;
+			}
 		}
 		if (rc < 0)
 			tfs_warn("refused: open %s: %s", path, tfs_strerror(rc));
@@ -633,8 +639,13 @@ static int fh_open(struct tnode *n, int flags, struct fuse_file_info *fi, const 
 		}
 		break;
 	case TN_PART_LOG:
-		if (h->readable)
+		if (h->readable) {
 			rc = ls_reader_open(rep_partition_log(h->node.part), &h->reader);
+			if (rc == 0) {
+				rep_watch(tfs.rep, 1);
+				h->watching = 1;
+			}
+		}
 		/* fall through */
 	case TN_PFILE:
 		if (rc == 0 && h->writable) {

@@ -109,6 +109,7 @@ struct rep {
 	atomic_llong producer_id_limit; /* ids below this are reserved in metadata */
 
 	struct rep_listener listener;
+	atomic_int watchers;          /* open readers and consumers (rep_watch) */
 	pthread_mutex_t bg_lock;
 	pthread_cond_t bg_cond;
 	int stopping;
@@ -872,10 +873,17 @@ void rep_pfile_foreach(struct rep_topic *t,
 
 /* ---- produce and commit ------------------------------------------------- */
 
+void rep_watch(struct rep *r, int delta)
+{
+	atomic_fetch_add(&r->watchers, delta);
+}
+
 static void notify_queue(struct rep_partition *p)
 {
 	struct rep *r = p->topic->rep;
-	if (!r->started || atomic_exchange(&p->notify_pending, true))
+	/* Nobody reads or consumes on this node: no thread hand-off per append. */
+	if (!r->started || atomic_load(&r->watchers) == 0 ||
+	    atomic_exchange(&p->notify_pending, true))
 		return;
 	pthread_mutex_lock(&r->bg_lock);
 	if (r->nqueue == r->cqueue) {

@@ -62,6 +62,11 @@ struct rep_listener {
  * log line. */
 int rep_open(const struct rep_options *opts, struct rep **out) TFS_MUST_CHECK;
 
+/* Counts open readers of logs and cursors on this node (+1 at open, -1 at
+ * close). partition_grew and the groups' wake-ups run only while it is
+ * non-zero, so appends nobody waits for cost no thread hand-off. */
+void rep_watch(struct rep *r, int delta);
+
 /* Starts the background threads (flush, retention, notifications). Call after
  * daemonising. */
 int rep_start(struct rep *r, const struct rep_listener *l) TFS_MUST_CHECK;
