@@ -1039,8 +1039,23 @@ static int parse_rfc3339(const char *s, int64_t *ms)
 	return 0;
 }
 
-/* Applies one line written to offsets. */
-static int offsets_line(struct fh *h, char *line, char *err, size_t errlen)
+/* One parsed line of an offsets write. */
+struct offsets_action {
+	enum rep_reset how;
+	int64_t partition; /* -1: every partition */
+	int64_t value;
+};
+
+static int word_is(const char *v, const char *w)
+{
+	size_t n = strlen(w);
+	return strncmp(v, w, n) == 0 && (!v[n] || v[n] == ' ' || v[n] == '\t');
+}
+
+/* Parses one line written to offsets. Returns 1 with *a, 0 for a blank or
+ * comment line, or -EINVAL with the reason in err. */
+static int offsets_parse(struct fh *h, char *line, struct offsets_action *a, char *err,
+                         size_t errlen)
 {
 	while (*line == ' ' || *line == '\t')
 		line++;
@@ -1049,86 +1064,116 @@ static int offsets_line(struct fh *h, char *line, char *err, size_t errlen)
 		line[--n] = 0;
 	if (!n || line[0] == '#')
 		return 0;
-	int rc;
+	a->partition = -1;
+	a->value = 0;
 	if (strcmp(line, "earliest") == 0) {
-		rc = rep_group_reset(h->node.group, REP_RESET_EARLIEST, -1, 0);
-	} else if (strcmp(line, "latest") == 0) {
-		rc = rep_group_reset(h->node.group, REP_RESET_LATEST, -1, 0);
-	} else if (line[0] == '@') {
-		int64_t ms;
-		if (parse_rfc3339(line + 1, &ms) < 0) {
+		a->how = REP_RESET_EARLIEST;
+		return 1;
+	}
+	if (strcmp(line, "latest") == 0) {
+		a->how = REP_RESET_LATEST;
+		return 1;
+	}
+	if (line[0] == '@') {
+		a->how = REP_RESET_TIME;
+		if (parse_rfc3339(line + 1, &a->value) < 0) {
 			snprintf(err, errlen, "'%.100s': not an RFC 3339 time (e.g. @2026-11-21T14:00:00Z)",
 			         line);
 			return -EINVAL;
 		}
-		rc = rep_group_reset(h->node.group, REP_RESET_TIME, -1, ms);
-	} else {
-		/* "<partition> <offset>", or a row as read: "p committed end lag". */
-		char *end;
-		errno = 0;
-		long long p = strtoll(line, &end, 10);
-		long long off = 0;
-		int ok = end != line && (*end == ' ' || *end == '\t') && errno == 0 && p >= 0;
-		if (ok) {
-			char *v = end;
-			while (*v == ' ' || *v == '\t')
-				v++;
-			if (strncmp(v, "earliest", 8) == 0 && (!v[8] || v[8] == ' ' || v[8] == '\t')) {
-				rc = rep_group_reset(h->node.group, REP_RESET_EARLIEST, p, 0);
-				goto done;
-			}
-			if (strncmp(v, "latest", 6) == 0 && (!v[6] || v[6] == ' ' || v[6] == '\t')) {
-				rc = rep_group_reset(h->node.group, REP_RESET_LATEST, p, 0);
-				goto done;
-			}
-			off = strtoll(v, &end, 10);
-			ok = end != v && (!*end || *end == ' ' || *end == '\t') && errno == 0 && off >= 0;
-		}
-		if (!ok) {
-			snprintf(err, errlen,
-			         "'%.100s': expected earliest, latest, '<partition> <offset>' or "
-			         "'@<RFC 3339 time>'", line);
-			return -EINVAL;
-		}
-		rc = rep_group_reset(h->node.group, REP_RESET_OFFSET, p, off);
-		if (rc == -EINVAL) {
-			snprintf(err, errlen, "'%.100s': no partition %lld", line, p);
-			return rc;
+		return 1;
+	}
+	/* "<partition> <offset|earliest|latest>", or a row as read:
+	 * "partition committed end lag". */
+	char *end;
+	errno = 0;
+	long long p = strtoll(line, &end, 10);
+	int ok = end != line && (*end == ' ' || *end == '\t') && errno == 0 && p >= 0;
+	if (ok) {
+		char *v = end;
+		while (*v == ' ' || *v == '\t')
+			v++;
+		if (word_is(v, "earliest")) {
+			a->how = REP_RESET_EARLIEST;
+		} else if (word_is(v, "latest")) {
+			a->how = REP_RESET_LATEST;
+		} else {
+			a->how = REP_RESET_OFFSET;
+			a->value = strtoll(v, &end, 10);
+			ok = end != v && (!*end || *end == ' ' || *end == '\t') && errno == 0 &&
+			     a->value >= 0;
 		}
 	}
-done:
-	if (rc < 0)
-		snprintf(err, errlen, "'%.100s': %s", line, tfs_strerror(rc));
-	return rc;
+	if (!ok) {
+		snprintf(err, errlen,
+		         "'%.100s': expected earliest, latest, '<partition> <offset>' or "
+		         "'@<RFC 3339 time>'", line);
+		return -EINVAL;
+	}
+	if ((uint64_t)p >= rep_topic_partition_count(h->node.topic)) {
+		snprintf(err, errlen, "'%.100s': no partition %lld", line, p);
+		return -EINVAL;
+	}
+	a->partition = p;
+	return 1;
 }
 
-/* Applies the complete lines written to offsets so far. */
-static int offsets_apply(struct fh *h, int all)
+/* Checks (apply == 0, at every write: complete lines only) or applies
+ * (apply != 0, at close: everything) the lines written to offsets. Like
+ * .config, what one open writes is applied whole at close or not at all. */
+static int offsets_apply(struct fh *h, int apply)
 {
-	char err[300];
-	while (h->cfg_applied < h->cfgw.len) {
-		char *start = h->cfgw.data + h->cfg_applied;
-		char *nl = memchr(start, '\n', h->cfgw.len - h->cfg_applied);
+	int all = apply;
+	char err[300] = "";
+	struct offsets_action *acts = NULL;
+	size_t nacts = 0, pos = h->cfg_applied;
+	int rc = 0;
+	if (h->cfg_refused)
+		return -EINVAL;
+	while (pos < h->cfgw.len) {
+		char *start = h->cfgw.data + pos;
+		char *nl = memchr(start, '\n', h->cfgw.len - pos);
 		if (!nl && !all)
-			return 0;
-		size_t len = nl ? (size_t)(nl - start) : h->cfgw.len - h->cfg_applied;
+			break;
+		size_t len = nl ? (size_t)(nl - start) : h->cfgw.len - pos;
+		pos += len + (nl ? 1 : 0);
 		char line[512];
-		h->cfg_applied += len + (nl ? 1 : 0);
 		if (len >= sizeof(line)) {
-			tfs_warn("refused: write %s/groups/%s/offsets: line too long (%s)",
-			         rep_topic_name(h->node.topic), h->node.gname, strerror(EINVAL));
-			return -EINVAL;
+			snprintf(err, sizeof(err), "line too long");
+			rc = -EINVAL;
+			break;
 		}
 		memcpy(line, start, len);
 		line[len] = 0;
-		int rc = offsets_line(h, line, err, sizeof(err));
-		if (rc < 0) {
-			tfs_warn("refused: write %s/groups/%s/offsets: %s (%s)",
-			         rep_topic_name(h->node.topic), h->node.gname, err,
-			         strerror(tfs_errno(rc)));
-			return rc;
+		struct offsets_action a;
+		rc = offsets_parse(h, line, &a, err, sizeof(err));
+		if (rc < 0)
+			break;
+		if (rc == 0)
+			continue;
+		struct offsets_action *more = realloc(acts, (nacts + 1) * sizeof(*acts));
+		if (!more) {
+			rc = -ENOMEM;
+			break;
 		}
+		acts = more;
+		acts[nacts++] = a;
+		rc = 0;
 	}
+	for (size_t i = 0; apply && rc == 0 && i < nacts; i++) {
+		rc = rep_group_reset(h->node.group, acts[i].how, acts[i].partition, acts[i].value);
+		if (rc < 0)
+			snprintf(err, sizeof(err), "%s", tfs_strerror(rc));
+	}
+	free(acts);
+	if (rc < 0) {
+		h->cfg_refused = 1;
+		tfs_warn("refused: write %s/groups/%s/offsets: %s (%s)", rep_topic_name(h->node.topic),
+		         h->node.gname, err[0] ? err : tfs_strerror(rc), strerror(tfs_errno(rc)));
+		return rc;
+	}
+	if (apply)
+		h->cfg_applied = pos;
 	return 0;
 }
 
@@ -1197,7 +1242,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	pthread_mutex_lock(&h->lock);
-	if (h->node.kind == TN_OFFSETS)
+	if (h->node.kind == TN_OFFSETS && h->cfgw.len > h->cfg_applied && !h->cfg_refused)
 		rc = offsets_apply(h, 1);
 	else if (h->node.kind == TN_CONFIG && h->cfgw.len > h->cfg_applied && !h->cfg_refused)
 		rc = config_apply(h, 1);
