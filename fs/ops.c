@@ -621,11 +621,8 @@ static int fh_open(struct tnode *n, int flags, struct fuse_file_info *fi, const 
 		if (rc == 0) {
 			rc = cursor_open(h->node.topic, h->node.group, h->node.kind == TN_PENDING,
 			                 &h->cursor);
-			if (rc == 0) {
+			if (rc == 0)
 				h->node.group = NULL; /* the cursor owns that reference now */
-				rep_watch(tfs.rep, 1);
-				h->watching = 1;
-			}
 		}
 		if (rc < 0)
 			tfs_warn("refused: open %s: %s", path, tfs_strerror(rc));
