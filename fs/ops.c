@@ -778,18 +778,24 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent, const 
 	refuse(req, EPERM, MOP_OTHER, "link %s: links are not supported in topicfs", path);
 }
 
+/* Resolves directory parent and its child name; on failure holds nothing. */
+static int resolve_child(fuse_ino_t parent, const char *name, struct tnode *p, struct tnode *c)
+{
+	int rc = tnode_resolve(parent, p);
+	if (rc < 0)
+		return rc;
+	rc = tnode_lookup(p, name, c);
+	if (rc < 0)
+		tnode_release(p);
+	return rc;
+}
+
 static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	uint64_t t0 = now_ns();
 	struct tnode p, c;
-	int rc = tnode_resolve(parent, &p);
+	int rc = resolve_child(parent, name, &p, &c);
 	if (rc < 0) {
-		fuse_reply_err(req, -rc);
-		return;
-	}
-	rc = tnode_lookup(&p, name, &c);
-	if (rc < 0) {
-		tnode_release(&p);
 		fuse_reply_err(req, -rc);
 		return;
 	}
@@ -819,14 +825,8 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 {
 	uint64_t t0 = now_ns();
 	struct tnode p, c;
-	int rc = tnode_resolve(parent, &p);
+	int rc = resolve_child(parent, name, &p, &c);
 	if (rc < 0) {
-		fuse_reply_err(req, -rc);
-		return;
-	}
-	rc = tnode_lookup(&p, name, &c);
-	if (rc < 0) {
-		tnode_release(&p);
 		fuse_reply_err(req, -rc);
 		return;
 	}
