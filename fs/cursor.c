@@ -169,33 +169,52 @@ static int ensure_buf(char **buf, size_t *cap, size_t size)
 	return 0;
 }
 
-static size_t render(char *out, const struct rep_delivery *d, char sep)
+static void count_out(struct cursor *c, const struct rep_bulk *b)
 {
-	size_t n = 0;
-	if (d->key) {
-		memcpy(out, d->key, d->key_len);
-		n = d->key_len;
-		out[n++] = sep;
-	}
-	if (d->value_len)
-		memcpy(out + n, d->value, d->value_len);
-	n += d->value_len;
-	out[n++] = '\n';
-	return n;
-}
-
-static void count_out(struct cursor *c, uint32_t partition, uint64_t bytes)
-{
-	struct rep_partition *p = rep_topic_partition(c->topic, partition);
+	struct rep_partition *p = rep_topic_partition(c->topic, b->partition);
 	if (!p)
 		return;
 	struct rep_counters *k = rep_partition_counters(p);
-	__atomic_add_fetch(&k->records_out, 1, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&k->bytes_out, bytes, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&k->records_out, b->records, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&k->bytes_out, b->bytes, __ATOMIC_RELAXED);
+}
+
+/* Takes one record longer than a read of size bytes (need: its length, as
+ * the coordinator said) into c->carry; the read returns its first size bytes
+ * from c->buf. Returns the count, 0 if nothing is ready any more, or -errno.
+ * Caller holds c->lock. */
+static ssize_t fill_long(struct cursor *c, size_t size, size_t need, char sep)
+{
+	for (;;) {
+		struct rep_bulk b;
+		char *carry = malloc(need);
+		if (!carry)
+			return -ENOMEM;
+		int rc = rep_member_take_bulk(c->member, carry, need, 1, sep, &b);
+		if (rc <= 0) {
+			free(carry);
+			if (rc != -EMSGSIZE)
+				return rc;
+			need = b.need; /* another record came first (a reset) */
+			continue;
+		}
+		count_out(c, &b);
+		size_t n = b.bytes < size ? b.bytes : size;
+		memcpy(c->buf, carry, n);
+		free(c->carry);
+		c->carry = carry;
+		c->carry_len = b.bytes;
+		c->carry_off = n;
+		if (c->carry_off == c->carry_len)
+			c->carry_len = c->carry_off = 0;
+		return (ssize_t)n;
+	}
 }
 
 /* Fills c->buf with at most size bytes for a read. Returns the count (0:
- * nothing ready) or -errno. Caller holds c->lock. */
+ * nothing ready) or -errno. Caller holds c->lock. Records are rendered by
+ * the coordinator straight into c->buf, a partition's run at a time
+ * (rep_member_take_bulk); a small read takes one record. */
 static ssize_t fill(struct cursor *c, size_t size)
 {
 	if (!c->member)
@@ -217,43 +236,28 @@ static ssize_t fill(struct cursor *c, size_t size)
 	if (rc < 0)
 		tfs_warn("%s/groups/%s: commit failed (records will be delivered again): %s",
 		         rep_topic_name(c->topic), rep_group_name(c->group), tfs_strerror(rc));
+	if (size == 0)
+		return 0;
 	struct topic_config cfg;
 	rep_topic_config(c->topic, &cfg);
 	char sep = cfg.key_separator ? cfg.key_separator : '\t';
+	uint32_t max = size < SMALL_READ ? 1 : 0; /* a small read returns one record */
 	size_t used = 0;
-	for (;;) {
-		struct rep_delivery d;
-		rc = rep_member_peek(c->member, &d);
-		if (rc < 0)
-			return used ? (ssize_t)used : rc;
-		if (rc == 0)
-			break;
-		size_t len = (d.key ? d.key_len + 1 : 0) + d.value_len + 1;
-		if (len <= size - used) {
-			used += render(c->buf + used, &d, sep);
-			rep_member_take(c->member);
-			count_out(c, d.partition, len);
-			if (size < SMALL_READ)
-				break; /* a small read returns at most one record */
-		} else if (used == 0) {
-			/* Longer than the whole buffer: this read returns its
-			 * start, the next reads the rest. */
-			char *carry = malloc(len);
-			if (!carry)
-				return -ENOMEM;
-			render(carry, &d, sep);
-			rep_member_take(c->member);
-			count_out(c, d.partition, len);
-			memcpy(c->buf, carry, size);
-			free(c->carry);
-			c->carry = carry;
-			c->carry_len = len;
-			c->carry_off = size;
-			used = size;
-			break;
-		} else {
-			break;
+	while (used < size) {
+		struct rep_bulk b;
+		rc = rep_member_take_bulk(c->member, c->buf + used, size - used, max, sep, &b);
+		if (rc == 1) {
+			count_out(c, &b);
+			used += b.bytes;
+			if (max)
+				break;
+			continue;
 		}
+		if (used)
+			break; /* the rest (or an error) comes with the next read */
+		if (rc == -EMSGSIZE) /* longer than the whole buffer */
+			return fill_long(c, size, b.need, sep);
+		return rc;
 	}
 	return (ssize_t)used;
 }
@@ -263,8 +267,7 @@ static int ready(struct cursor *c)
 {
 	if (c->pending || c->carry_len || !c->member)
 		return 1;
-	struct rep_delivery d;
-	return rep_member_peek(c->member, &d) != 0;
+	return rep_member_ready(c->member) != 0;
 }
 
 /* ---- waiting --------------------------------------------------------------- */

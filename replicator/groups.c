@@ -89,13 +89,26 @@ struct gpart {
 	int revoking;               /* owner releases it at its next commit point */
 };
 
+/* A member's reader of one partition. The reader caches one decoded batch.
+ * `at` is where the member's next read of the partition is expected to
+ * start, `first` the offset of the first record at or after `at` when known
+ * (-1: not known). A read that starts anywhere else (after a reset, a
+ * rewind, a handover) gets a fresh reader, and a read at `at` asks for
+ * `first`: ls_reader_next(off) can step over its cached batch when off lies
+ * in a compaction gap just before that batch at the start of a segment, so
+ * it is only ever asked for offsets its cache cannot mislead. */
+struct mreader {
+	struct ls_reader *rd;       /* NULL until first read */
+	int64_t at, first;
+};
+
 struct rep_member {
 	struct rep_group *g;        /* holds a group reference */
 	void (*waker)(void *ctx);
 	void *ctx;
 	size_t idx;                 /* position in g->members (under g->mu) */
 	pthread_mutex_t mu;         /* serialises this member's calls; guards below */
-	struct ls_reader **readers; /* by partition; NULL until first read */
+	struct mreader *readers;    /* by partition */
 	uint32_t nreaders;
 	uint32_t *cand;             /* peek snapshot: partitions, positions */
 	int64_t *cand_pos;
@@ -689,7 +702,7 @@ static void group_force_destroy(struct rep_group *g)
 	for (size_t i = 0; i < g->nmembers; i++) {
 		struct rep_member *m = g->members[i];
 		for (uint32_t p = 0; p < m->nreaders; p++)
-			ls_reader_close(m->readers[p]);
+			ls_reader_close(m->readers[p].rd);
 		free(m->readers);
 		free(m->cand);
 		free(m->cand_pos);
@@ -1269,6 +1282,7 @@ int rep_member_join(struct rep_group *g, void (*waker)(void *ctx), void *ctx,
 	atomic_fetch_add(&g->refs, 1);
 	rebalance(g, &w);
 	pthread_mutex_unlock(&g->mu);
+	rep_watch(rep_topic_rep(g->topic), 1); /* appends must wake it */
 	*out = m;
 	wake_run(&w);
 	return 0;
@@ -1338,8 +1352,9 @@ void rep_member_leave(struct rep_member *m, int commit)
 	pthread_mutex_unlock(&g->mu);
 	pthread_mutex_unlock(&m->mu);
 	wake_run(&w);
+	rep_watch(rep_topic_rep(g->topic), -1);
 	for (uint32_t p = 0; p < m->nreaders; p++)
-		ls_reader_close(m->readers[p]);
+		ls_reader_close(m->readers[p].rd);
 	free(m->readers);
 	free(m->cand);
 	free(m->cand_pos);
@@ -1352,7 +1367,7 @@ void rep_member_leave(struct rep_member *m, int commit)
 static int member_fit(struct rep_member *m, uint32_t n)
 {
 	if (n > m->nreaders) {
-		struct ls_reader **rs = realloc(m->readers, n * sizeof(*rs));
+		struct mreader *rs = realloc(m->readers, n * sizeof(*rs));
 		if (!rs)
 			return -ENOMEM;
 		memset(rs + m->nreaders, 0, (n - m->nreaders) * sizeof(*rs));
@@ -1372,69 +1387,118 @@ static int member_fit(struct rep_member *m, uint32_t n)
 	return 0;
 }
 
-int rep_member_peek(struct rep_member *m, struct rep_delivery *d)
+/* Snapshots what m may read into m->cand/cand_pos (round robin from m->rr)
+ * and closes readers of partitions m no longer owns. Caller holds m->mu;
+ * takes g->mu. Returns the number of candidates or -errno. */
+static int member_snapshot(struct rep_member *m)
 {
 	struct rep_group *g = m->g;
-	int rc = 0;
-	pthread_mutex_lock(&m->mu);
-	for (;;) {
-		/* Snapshot what m may read, round robin from m->rr; readers of
-		 * partitions m no longer owns are dropped. */
-		uint32_t n = 0;
-		pthread_mutex_lock(&g->mu);
-		m->peek_valid = 0;
-		uint32_t np = g->nparts;
-		if ((rc = member_fit(m, np)) < 0) {
-			pthread_mutex_unlock(&g->mu);
-			goto out;
+	uint32_t n = 0;
+	pthread_mutex_lock(&g->mu);
+	m->peek_valid = 0;
+	uint32_t np = g->nparts;
+	int rc = member_fit(m, np);
+	for (uint32_t i = 0; i < np && rc == 0; i++) {
+		uint32_t p = (m->rr + i) % np;
+		const struct gpart *gp = &g->parts[p];
+		if (gp->owner == m && !gp->revoking) {
+			m->cand[n] = p;
+			m->cand_pos[n++] = gp->pos;
+		} else if (gp->owner != m && m->readers[p].rd) {
+			ls_reader_close(m->readers[p].rd);
+			m->readers[p].rd = NULL;
 		}
-		for (uint32_t i = 0; i < np; i++) {
-			uint32_t p = (m->rr + i) % np;
-			const struct gpart *gp = &g->parts[p];
-			if (gp->owner == m && !gp->revoking) {
-				m->cand[n] = p;
-				m->cand_pos[n++] = gp->pos;
-			} else if (gp->owner != m && m->readers[p]) {
-				ls_reader_close(m->readers[p]);
-				m->readers[p] = NULL;
-			}
-		}
-		pthread_mutex_unlock(&g->mu);
+	}
+	pthread_mutex_unlock(&g->mu);
+	return rc < 0 ? rc : (int)n;
+}
 
-		int changed = 0;
-		for (uint32_t i = 0; i < n && !changed; i++) {
+/* m's reader of partition p for a read starting at pos (a fresh one unless
+ * pos is where the last read left it); *out NULL if p has no log here.
+ * Caller holds m->mu. */
+static int member_reader(struct rep_member *m, uint32_t p, int64_t pos, struct mreader **out)
+{
+	struct mreader *mr = &m->readers[p];
+	*out = NULL;
+	if (mr->rd && mr->at != pos) {
+		ls_reader_close(mr->rd);
+		mr->rd = NULL;
+	}
+	if (!mr->rd) {
+		struct ls_partition *log = part_log(m->g, p);
+		if (!log)
+			return 0;
+		int rc = ls_reader_open(log, &mr->rd);
+		if (rc < 0) {
+			mr->rd = NULL;
+			return rc;
+		}
+		mr->at = pos;
+		mr->first = -1;
+	}
+	*out = mr;
+	return 0;
+}
+
+/* The first record at or after mr->at (see struct mreader). */
+static int mreader_first(struct mreader *mr, struct ls_record *rec)
+{
+	int rc = ls_reader_next(mr->rd, mr->first >= 0 ? mr->first : mr->at, rec);
+	if (rc == 1)
+		mr->first = rec->offset;
+	else if (rc < 0)
+		mr->at = -1; /* a fresh reader next time */
+	return rc;
+}
+
+/* 1 if p is still m's, not revoking, and still at pos (no reset, no revoke
+ * since the snapshot). Caller holds g->mu. */
+static int still_at(const struct rep_member *m, uint32_t p, int64_t pos)
+{
+	const struct gpart *gp = &m->g->parts[p];
+	return gp->owner == m && !gp->revoking && gp->pos == pos;
+}
+
+static void log_read_error(struct rep_member *m, uint32_t p, int64_t pos, int rc)
+{
+	tfs_error("group %s/%s: partition %u at offset %" PRId64 ": %s",
+	          rep_topic_name(m->g->topic), m->g->name, p, pos, tfs_strerror(rc));
+}
+
+/* Peek with m->mu held (see rep_member_peek). */
+static int peek_locked(struct rep_member *m, struct rep_delivery *d)
+{
+	struct rep_group *g = m->g;
+	for (;;) {
+		int n = member_snapshot(m);
+		if (n < 0)
+			return n;
+		for (int i = 0; i < n; i++) {
 			uint32_t p = m->cand[i];
+			struct mreader *mr;
 			struct ls_record rec;
-			if (!m->readers[p]) {
-				struct ls_partition *log = part_log(g, p);
-				if (!log)
-					continue;
-				if ((rc = ls_reader_open(log, &m->readers[p])) < 0)
-					goto out;
-			}
-			rc = ls_reader_next(m->readers[p], m->cand_pos[i], &rec);
-			if (rc < 0) {
-				tfs_error("group %s/%s: partition %u at offset %" PRId64 ": %s",
-				          rep_topic_name(g->topic), g->name, p, m->cand_pos[i],
-				          tfs_strerror(rc));
-				goto out;
+			int rc = member_reader(m, p, m->cand_pos[i], &mr);
+			if (rc < 0)
+				return rc;
+			if (!mr)
+				continue;
+			if ((rc = mreader_first(mr, &rec)) < 0) {
+				log_read_error(m, p, m->cand_pos[i], rc);
+				return rc;
 			}
 			if (rc == 0)
 				continue;
-			/* Still ours, still where it was? (reset, revoke race) */
 			pthread_mutex_lock(&g->mu);
-			const struct gpart *gp = &g->parts[p];
-			if (gp->owner == m && !gp->revoking && gp->pos == m->cand_pos[i]) {
+			int ours = still_at(m, p, m->cand_pos[i]);
+			if (ours) {
 				m->peek_valid = 1;
 				m->peek_p = p;
 				m->peek_off = rec.offset;
-				m->peek_pos = gp->pos;
-			} else {
-				changed = 1;
+				m->peek_pos = m->cand_pos[i];
 			}
 			pthread_mutex_unlock(&g->mu);
-			if (changed)
-				break;
+			if (!ours)
+				goto again; /* reset or revoked meanwhile */
 			*d = (struct rep_delivery){
 				.partition = p,
 				.offset = rec.offset,
@@ -1444,13 +1508,225 @@ int rep_member_peek(struct rep_member *m, struct rep_delivery *d)
 				.value = rec.value,
 				.value_len = rec.value_len,
 			};
-			rc = 1;
-			goto out;
+			return 1;
 		}
-		if (!changed) {
-			rc = 0;
-			goto out;
+		return 0;
+again:;
+	}
+}
+
+int rep_member_peek(struct rep_member *m, struct rep_delivery *d)
+{
+	pthread_mutex_lock(&m->mu);
+	int rc = peek_locked(m, d);
+	pthread_mutex_unlock(&m->mu);
+	return rc;
+}
+
+int rep_member_ready(struct rep_member *m)
+{
+	struct rep_delivery d;
+	pthread_mutex_lock(&m->mu);
+	int rc = peek_locked(m, &d);
+	pthread_mutex_lock(&m->g->mu);
+	m->peek_valid = 0;
+	pthread_mutex_unlock(&m->g->mu);
+	pthread_mutex_unlock(&m->mu);
+	return rc;
+}
+
+/* ---- bulk delivery ------------------------------------------------------ */
+
+static size_t rec_len(const struct ls_record *r)
+{
+	return (r->key ? (size_t)r->key_len + 1 : 0) + r->value_len + 1;
+}
+
+/* Renders r as the view does: [key sep] value '\n'. out has rec_len(r). */
+static size_t rec_render(char *out, const struct ls_record *r, char sep)
+{
+	size_t n = 0;
+	if (r->key) {
+		memcpy(out, r->key, r->key_len);
+		n = r->key_len;
+		out[n++] = sep;
+	}
+	if (r->value_len)
+		memcpy(out + n, r->value, r->value_len);
+	n += r->value_len;
+	out[n++] = '\n';
+	return n;
+}
+
+/* Where the view copy of bulk_view may end: just after the max-th '\n' of
+ * buf[0, len) (max 0: the last one). Sets *lines to the '\n's before it;
+ * 0 if there is none. */
+static size_t cut_lines(const char *buf, size_t len, uint32_t max, uint32_t *lines)
+{
+	const char *last = memrchr(buf, '\n', len);
+	uint32_t k = 0;
+	if (!last)
+		return *lines = 0, 0;
+	const char *p = buf, *end = last + 1;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		k++;
+		p = nl + 1;
+		if (k == max)
+			break;
+	}
+	*lines = k;
+	return (size_t)(p - buf);
+}
+
+/*
+ * The fast path of part_take for many records: one ls_reader_read_view copy
+ * of the view from record `first` on, cut after its last whole line. The k
+ * lines are taken to be records o .. o+k-1 (o = first->offset), and that is
+ * then PROVED from the log, so the result is exact even if values held '\n'
+ * or offsets had gaps: the record at offset o+k exists and starts exactly
+ * where the copy was cut, so every record before the cut has an offset
+ * below o+k, every record from o to o+k-1 is before the cut (view positions
+ * grow with offsets), and the copy is contiguous (the reader stops at view
+ * holes). At the high watermark, (hw, hw_pos) of one snapshot plays the
+ * part of that record, with hw = o+k. Returns 1 with *res (and the reader's
+ * next position), 0 when it cannot prove it (the caller goes record by
+ * record), or -errno.
+ */
+static int bulk_view(struct mreader *mr, struct ls_partition *log,
+                     const struct ls_record *first, char *buf, size_t size, uint32_t max,
+                     char sep, struct rep_bulk *res)
+{
+	int64_t o = first->offset;
+	uint64_t v = first->view_pos, actual;
+	ssize_t got = ls_reader_read_view(mr->rd, v, buf, size, sep, &actual);
+	if (got <= 0 || actual != v)
+		return 0;
+	uint32_t k;
+	size_t used = cut_lines(buf, (size_t)got, max, &k);
+	if (used == 0)
+		return 0;
+	struct ls_record next;
+	int rc = ls_reader_next(mr->rd, o + k, &next);
+	if (rc < 0)
+		return rc;
+	if (rc == 1) {
+		if (next.offset != o + k || next.view_pos != v + used)
+			return 0;
+		mr->first = o + k;
+	} else {
+		struct ls_partition_info info;
+		ls_partition_get_info(log, &info);
+		if (info.high_watermark != o + k || info.hw_pos != v + used)
+			return 0;
+		mr->first = -1;
+	}
+	mr->at = o + k;
+	res->records = k;
+	res->bytes = used;
+	res->first_offset = o;
+	res->next_offset = o + k;
+	return 1;
+}
+
+/* Reads whole records of one partition from mr->at on into buf (see
+ * rep_member_take_bulk) without taking them: 1 and *res (records, bytes,
+ * first and next offset; mr then expects the next read at next_offset), 0
+ * if there is none, -EMSGSIZE with res->need, or -errno. Caller holds m->mu
+ * (the reader is m's). */
+static int part_take(struct mreader *mr, struct ls_partition *log, char *buf, size_t size,
+                     uint32_t max, char sep, struct rep_bulk *res)
+{
+	struct ls_record rec;
+	int rc = mreader_first(mr, &rec);
+	if (rc <= 0)
+		return rc;
+	size_t len = rec_len(&rec);
+	if (len > size) {
+		res->need = len;
+		return -EMSGSIZE;
+	}
+	if (max != 1 && size - len >= len) { /* room for more than this one */
+		int64_t o = rec.offset;
+		if ((rc = bulk_view(mr, log, &rec, buf, size, max, sep, res)) != 0)
+			return rc;
+		/* not provable: record by record (the reader moved on; o is a
+		 * record's offset, which it cannot miss) */
+		if ((rc = ls_reader_next(mr->rd, o, &rec)) <= 0)
+			return rc;
+		if ((len = rec_len(&rec)) > size) { /* retention took o meanwhile */
+			res->need = len;
+			return -EMSGSIZE;
 		}
+	}
+	size_t used = 0;
+	uint32_t n = 0;
+	res->first_offset = rec.offset;
+	mr->first = -1;
+	for (;;) {
+		used += rec_render(buf + used, &rec, sep);
+		res->next_offset = rec.offset + 1;
+		if (++n == max)
+			break;
+		/* asked right after a record of its cached batch: exact */
+		if ((rc = ls_reader_next(mr->rd, res->next_offset, &rec)) != 1)
+			break; /* an error comes back at the next call */
+		if ((len = rec_len(&rec)) > size - used) {
+			mr->first = rec.offset;
+			break;
+		}
+	}
+	mr->at = res->next_offset;
+	res->records = n;
+	res->bytes = used;
+	return 1;
+}
+
+int rep_member_take_bulk(struct rep_member *m, void *buf, size_t size, uint32_t max_records,
+                         char sep, struct rep_bulk *out)
+{
+	struct rep_group *g = m->g;
+	int rc;
+	*out = (struct rep_bulk){0};
+	pthread_mutex_lock(&m->mu);
+	for (;;) {
+		int n = member_snapshot(m);
+		if ((rc = n) < 0)
+			goto out;
+		for (int i = 0; i < n; i++) {
+			uint32_t p = m->cand[i];
+			int64_t pos = m->cand_pos[i];
+			struct mreader *mr;
+			if ((rc = member_reader(m, p, pos, &mr)) < 0)
+				goto out;
+			if (!mr)
+				continue;
+			rc = part_take(mr, part_log(g, p), buf, size, max_records, sep, out);
+			if (rc == 0)
+				continue;
+			out->partition = p;
+			if (rc < 0) {
+				if (rc != -EMSGSIZE) {
+					mr->at = -1; /* a fresh reader next time */
+					log_read_error(m, p, pos, rc);
+				}
+				goto out;
+			}
+			pthread_mutex_lock(&g->mu);
+			int ours = still_at(m, p, pos);
+			if (ours) {
+				g->parts[p].pos = out->next_offset;
+				m->rr = (p + 1) % g->nparts;
+			}
+			pthread_mutex_unlock(&g->mu);
+			if (ours)
+				goto out; /* rc == 1 */
+			*out = (struct rep_bulk){0};
+			goto again; /* reset or revoked meanwhile: not taken */
+		}
+		rc = 0;
+		goto out;
+again:;
 	}
 out:
 	pthread_mutex_unlock(&m->mu);
@@ -1467,6 +1743,9 @@ void rep_member_take(struct rep_member *m)
 		if (gp->owner == m && gp->pos == m->peek_pos) {
 			gp->pos = m->peek_off + 1;
 			m->rr = (m->peek_p + 1) % g->nparts;
+			/* its reader holds the batch of peek_off */
+			m->readers[m->peek_p].at = gp->pos;
+			m->readers[m->peek_p].first = -1;
 		}
 		m->peek_valid = 0;
 	}

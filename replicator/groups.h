@@ -10,7 +10,10 @@
  *
  * Delivery and commit (INTERFACE.md section 6):
  *
- *   rep_member_peek ──> rep_member_take   (repeat: the records of one read)
+ *   rep_member_take_bulk                  (repeat: the records of one read,
+ *                                          rendered into the read's buffer;
+ *                                          or rep_member_peek ──> _take, one
+ *                                          record at a time)
  *        ... the read returns them to the process ...
  *   rep_member_commit                     (the same file reads again, or it is
  *                                          closed by a process that closes it
@@ -176,6 +179,34 @@ int rep_member_peek(struct rep_member *m, struct rep_delivery *d) TFS_MUST_CHECK
 /* Takes the record the last peek returned (it becomes part of the current
  * delivery, committed by the next rep_member_commit). */
 void rep_member_take(struct rep_member *m);
+
+/* What rep_member_take_bulk took. */
+struct rep_bulk {
+	uint32_t partition;     /* the one partition the records came from */
+	uint32_t records;       /* records taken (>= 1 when it returns 1) */
+	size_t bytes;           /* bytes written to buf */
+	int64_t first_offset;   /* offset of the first record taken */
+	int64_t next_offset;    /* the partition's position after them */
+	size_t need;            /* -EMSGSIZE: the length of the next record */
+};
+
+/* Takes whole records for one read: from ONE partition, the next one in
+ * round-robin order that has records, in offset order, as many as fit in
+ * size bytes and at most max_records (0: no limit), each rendered into buf
+ * as the log's view renders it: [key sep] value '\n'. The next call starts
+ * at the partition after this one, so consecutive reads take turns.
+ * Returns 1 and *out; 0 if nothing is ready; -EMSGSIZE if the next record
+ * is longer than size (nothing taken; out->need is its length: call again
+ * with a buffer that large); or -errno. Taken records are part of the
+ * current delivery, like rep_member_take's. One group-lock round trip per
+ * call, whatever the number of records. */
+int rep_member_take_bulk(struct rep_member *m, void *buf, size_t size, uint32_t max_records,
+                         char sep, struct rep_bulk *out) TFS_MUST_CHECK;
+
+/* 1 if a read would return a record now, 0 if not, or -errno; unlike
+ * rep_member_peek, it leaves nothing pending (a peeked record delays the
+ * handover of its partition until the next take or commit). */
+int rep_member_ready(struct rep_member *m) TFS_MUST_CHECK;
 
 /* Commits everything taken since the last commit, then releases partitions
  * that were revoking. Returns 0 or -errno (nothing is lost on error: the

@@ -773,7 +773,7 @@ static void test_exactly_once_single_thread(void)
 	free(s);
 }
 
-/* Threads peek/take/commit (and leave, rewind, crash and rejoin) while
+/* Threads peek/take or bulk-take, commit (and leave, rewind, crash and rejoin) while
  * another appends: every record is consumed exactly once, in offset order
  * per partition. */
 struct stress {
@@ -829,7 +829,7 @@ static void *stress_consumer(void *arg)
 		if (finished)
 			break;
 		int want = 1 + rand_r(&seed) % 8, n = 0;
-		while (n < want) {
+		while (n < want && rand_r(&seed) % 2) { /* a read record by record */
 			int rc = rep_member_peek(m, &d);
 			CHECK(rc >= 0);
 			if (rc != 1)
@@ -837,6 +837,21 @@ static void *stress_consumer(void *arg)
 			rep_member_take(m);
 			batch[n].p = d.partition;
 			batch[n++].off = d.offset;
+		}
+		while (n < want) { /* or in bulk, at most the records still wanted */
+			char buf[64];
+			struct rep_bulk b;
+			size_t size = 8 + (size_t)(rand_r(&seed) % 56);
+			int rc = rep_member_take_bulk(m, buf, size, (uint32_t)(want - n), '\t', &b);
+			CHECK(rc >= 0 || rc == -EMSGSIZE);
+			if (rc != 1)
+				break;
+			CHECK(b.records <= (uint32_t)(want - n));
+			CHECK_EQ_INT(b.next_offset - b.first_offset, b.records);
+			for (uint32_t k = 0; k < b.records && n < 8; k++) {
+				batch[n].p = b.partition;
+				batch[n++].off = b.first_offset + k;
+			}
 		}
 		int fate = rand_r(&seed) % 50;
 		if (n && fate == 0) { /* killed: nothing of this batch was handled */
@@ -917,6 +932,320 @@ static void test_exactly_once_threads(void)
 	node_close(r);
 	pthread_mutex_destroy(&st->mu);
 	free(st);
+}
+
+/* ---- bulk delivery (rep_member_take_bulk) -------------------------------- */
+
+/* Everything one member delivers, rendered per partition. */
+struct rendered {
+	char *buf[MAXP];
+	size_t len[MAXP], cap[MAXP];
+	int64_t next[MAXP];   /* next offset expected per partition (-1: none yet) */
+	int calls, records, gaps;
+};
+
+static void rendered_add(struct rendered *o, uint32_t p, const void *data, size_t len)
+{
+	if (o->len[p] + len > o->cap[p]) {
+		o->cap[p] = (o->len[p] + len) * 2;
+		o->buf[p] = realloc(o->buf[p], o->cap[p]);
+		if (!o->buf[p])
+			exit(1);
+	}
+	memcpy(o->buf[p] + o->len[p], data, len);
+	o->len[p] += len;
+}
+
+static void rendered_free(struct rendered *o)
+{
+	for (int p = 0; p < MAXP; p++)
+		free(o->buf[p]);
+}
+
+/* Drains m record by record (peek/take), rendering as the view does. */
+static void drain_peek(struct rep_member *m, char sep, struct rendered *o)
+{
+	struct rep_delivery d;
+	while (rep_member_peek(m, &d) == 1) {
+		CHECK(d.partition < MAXP);
+		if (d.key) {
+			rendered_add(o, d.partition, d.key, d.key_len);
+			rendered_add(o, d.partition, &sep, 1);
+		}
+		rendered_add(o, d.partition, d.value, d.value_len);
+		rendered_add(o, d.partition, "\n", 1);
+		rep_member_take(m);
+		o->records++;
+	}
+	CHECK_EQ_INT(rep_member_commit(m), 0);
+}
+
+/* Drains m with bulk takes into a buffer of `size` bytes, committing after
+ * each call; a record longer than size is fetched with a buffer of its own
+ * length. Checks every call's answer against the contract. */
+static void drain_bulk(struct rep_member *m, size_t size, uint32_t max, char sep,
+                       struct rendered *o)
+{
+	char *buf = malloc(size);
+	for (int p = 0; p < MAXP; p++)
+		o->next[p] = -1;
+	for (;;) {
+		struct rep_bulk b;
+		int rc = rep_member_take_bulk(m, buf, size, max, sep, &b);
+		if (rc == -EMSGSIZE) {
+			CHECK(b.need > size);
+			char *big = malloc(b.need);
+			rc = rep_member_take_bulk(m, big, b.need, 1, sep, &b);
+			CHECK_EQ_INT(rc, 1);
+			CHECK_EQ_INT(b.records, 1);
+			if (rc == 1)
+				rendered_add(o, b.partition, big, b.bytes);
+			free(big);
+		} else if (rc == 1) {
+			CHECK(b.bytes <= size && b.bytes > 0);
+			CHECK(b.records >= 1 && (max == 0 || b.records <= max));
+			CHECK(b.next_offset > b.first_offset);
+			CHECK(buf[b.bytes - 1] == '\n');
+			rendered_add(o, b.partition, buf, b.bytes);
+		} else {
+			CHECK_EQ_INT(rc, 0);
+			break;
+		}
+		if (b.partition < MAXP) {
+			if (o->next[b.partition] >= 0 && b.first_offset != o->next[b.partition])
+				o->gaps++;
+			o->next[b.partition] = b.next_offset;
+		}
+		o->calls++;
+		o->records += (int)b.records;
+		CHECK_EQ_INT(rep_member_commit(m), 0);
+	}
+	free(buf);
+}
+
+/* Produces one record per entry of vals (key "k<i mod keys>" when keys > 0). */
+static void produce_vals(struct rep_topic *t, uint32_t p, const char **vals, int n, int keys,
+                         int per_batch)
+{
+	for (int i = 0; i < n; i += per_batch) {
+		struct ls_rec recs[64];
+		char kb[64][16];
+		int k = n - i < per_batch ? n - i : per_batch;
+		for (int j = 0; j < k; j++) {
+			recs[j] = (struct ls_rec){.value = vals[i + j],
+			                          .value_len = (uint32_t)strlen(vals[i + j])};
+			if (keys) {
+				int kl = snprintf(kb[j], sizeof(kb[j]), "k%d", (i + j) % keys);
+				recs[j].key = kb[j];
+				recs[j].key_len = (uint32_t)kl;
+			}
+		}
+		struct ls_append_result res;
+		CHECK_EQ_INT(rep_produce(rep_topic_partition(t, p), recs, (uint32_t)k, NULL, &res), 0);
+	}
+}
+
+/* One bulk call renders a partition's records ([key sep] value '\n') into
+ * the buffer, across batches, and reports offsets; the next call finds
+ * nothing; the commit moves the group to the end. */
+static void test_bulk_renders_records(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 1, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	const char *vals[] = {"alpha", "", "gamma", "delta", "epsilon"};
+	produce_vals(t, 0, vals, 5, 0, 2);
+	produce_vals(t, 0, vals, 3, 2, 3); /* keyed: k0, k1, k0 */
+	struct rep_group *g = group(t, "g");
+	struct rep_member *a = join(g, NULL, NULL);
+	char buf[256];
+	struct rep_bulk b;
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, sizeof(buf), 0, ':', &b), 1);
+	const char *want = "alpha\n\ngamma\ndelta\nepsilon\nk0:alpha\nk1:\nk0:gamma\n";
+	CHECK_EQ_INT(b.bytes, strlen(want));
+	CHECK(memcmp(buf, want, strlen(want)) == 0);
+	CHECK_EQ_INT(b.partition, 0);
+	CHECK_EQ_INT(b.records, 8);
+	CHECK_EQ_INT(b.first_offset, 0);
+	CHECK_EQ_INT(b.next_offset, 8);
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, sizeof(buf), 0, ':', &b), 0);
+	CHECK_EQ_INT(committed(g, 0), 0);
+	CHECK_EQ_INT(rep_member_commit(a), 0);
+	CHECK_EQ_INT(committed(g, 0), 8);
+	rep_member_leave(a, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* Whole records only: a buffer that ends inside a record stops before it;
+ * max_records caps the count; a record longer than the buffer is refused
+ * with its length (-EMSGSIZE) and nothing is taken. */
+static void test_bulk_limits(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 1, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 10); /* p0-0 .. p0-9: 5 bytes each with the newline */
+	struct rep_group *g = group(t, "g");
+	struct rep_member *a = join(g, NULL, NULL);
+	char buf[64];
+	struct rep_bulk b;
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, 13, 0, '\t', &b), 1);
+	CHECK_EQ_INT(b.records, 2);
+	CHECK_EQ_INT(b.bytes, 10);
+	CHECK(memcmp(buf, "p0-0\np0-1\n", 10) == 0);
+	CHECK_EQ_INT(b.next_offset, 2);
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, sizeof(buf), 1, '\t', &b), 1);
+	CHECK_EQ_INT(b.records, 1);
+	CHECK_EQ_INT(b.first_offset, 2);
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, sizeof(buf), 3, '\t', &b), 1);
+	CHECK_EQ_INT(b.records, 3);
+	CHECK_EQ_INT(b.bytes, 15);
+	CHECK_EQ_INT(b.next_offset, 6);
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, 4, 0, '\t', &b), -EMSGSIZE);
+	CHECK_EQ_INT(b.need, 5);
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, 5, 0, '\t', &b), 1);
+	CHECK_EQ_INT(b.first_offset, 6);
+	CHECK_EQ_INT(b.records, 1);
+	/* a reset drops what was taken: the next take starts there */
+	CHECK_EQ_INT(rep_group_reset(g, REP_RESET_OFFSET, 0, 1), 0);
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, sizeof(buf), 0, '\t', &b), 1);
+	CHECK_EQ_INT(b.first_offset, 1);
+	CHECK_EQ_INT(b.next_offset, 10);
+	rep_member_rewind(a);
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, 5, 0, '\t', &b), 1);
+	CHECK_EQ_INT(b.first_offset, 1);
+	rep_member_leave(a, 1);
+	CHECK_EQ_INT(committed(g, 0), 2);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* Consecutive bulk calls take turns over the partitions; each call drains
+ * one partition as far as the buffer allows. */
+static void test_bulk_round_robin(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 3, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	produce(t, 0, 100);
+	produce(t, 1, 2);
+	produce(t, 2, 2);
+	struct rep_group *g = group(t, "g");
+	struct rep_member *a = join(g, NULL, NULL);
+	char buf[4096];
+	struct rep_bulk b;
+	uint32_t order[4];
+	for (int i = 0; i < 4; i++) {
+		CHECK_EQ_INT(rep_member_take_bulk(a, buf, 60, 0, '\t', &b), 1);
+		order[i] = b.partition;
+	}
+	CHECK_EQ_INT(order[0], 0);
+	CHECK_EQ_INT(order[1], 1);
+	CHECK_EQ_INT(order[2], 2);
+	CHECK_EQ_INT(order[3], 0);
+	CHECK_EQ_INT(b.first_offset, 11); /* 60 bytes: p0-0 .. p0-10 first */
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, sizeof(buf), 0, '\t', &b), 1);
+	CHECK_EQ_INT(b.partition, 0); /* the others are drained */
+	CHECK_EQ_INT(b.next_offset, 100);
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, sizeof(buf), 0, '\t', &b), 0);
+	rep_member_leave(a, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
+}
+
+/* Bulk takes deliver exactly what peek/take deliver, byte for byte per
+ * partition, whatever the buffer: also when values hold '\n' (lines in the
+ * view are then not records) and across compaction holes (offsets and view
+ * positions with gaps). */
+static void check_bulk_matches_peek(struct rep_topic *t, const char *gname, char sep)
+{
+	static const size_t sizes[] = {7, 64, 1000, 1 << 20};
+	struct rep_group *g = group(t, gname);
+	struct rendered *want = calloc(1, sizeof(*want));
+	struct rep_member *a = join(g, NULL, NULL);
+	drain_peek(a, sep, want);
+	CHECK(want->records > 0);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(*sizes); i++) {
+		for (uint32_t max = 0; max < 3; max++) {
+			struct rendered *got = calloc(1, sizeof(*got));
+			CHECK_EQ_INT(rep_group_reset(g, REP_RESET_EARLIEST, -1, 0), 0);
+			drain_bulk(a, sizes[i], max, sep, got);
+			CHECK_EQ_INT(got->records, want->records);
+			CHECK_EQ_INT(got->gaps, 0);
+			for (int p = 0; p < MAXP; p++) {
+				CHECK_EQ_INT(got->len[p], want->len[p]);
+				CHECK(got->len[p] == want->len[p] &&
+				      (!got->len[p] || memcmp(got->buf[p], want->buf[p], got->len[p]) == 0));
+			}
+			if (sizes[i] == 1 << 20 && max == 0)
+				CHECK(got->calls <= 2); /* a partition's run in one call */
+			rendered_free(got);
+			free(got);
+		}
+	}
+	rep_member_leave(a, 1);
+	rendered_free(want);
+	free(want);
+	rep_group_put(g);
+}
+
+static void test_bulk_matches_peek(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 2, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "t");
+	const char *vals[200];
+	char store[200][40];
+	for (int i = 0; i < 200; i++) {
+		/* every 7th value holds newlines; every 5th is long */
+		snprintf(store[i], sizeof(store[i]), i % 7 == 3 ? "v%d\nx\ny" : i % 5 ? "v%d"
+		         : "v%d-0123456789012345678901234", i);
+		vals[i] = store[i];
+	}
+	produce_vals(t, 0, vals, 200, 0, 17);
+	produce_vals(t, 1, vals, 100, 3, 64);
+	check_bulk_matches_peek(t, "g", '\t');
+	rep_topic_put(t);
+	node_close(r);
+}
+
+static void test_bulk_compaction_holes(void)
+{
+	struct rep *r = node_open(unit_tmpdir(), 1, REP_GROUP_EARLIEST, 0);
+	struct rep_topic *t = topic(r, "c");
+	struct topic_config ch = {.cleanup = LS_CLEANUP_COMPACT, .segment_bytes = 1024,
+	                          .set_mask = (1u << TC_CLEANUP) | (1u << TC_SEGMENT_BYTES)};
+	char err[256];
+	CHECK_EQ_INT(rep_topic_set_config(t, &ch, 0, err, sizeof(err)), 0);
+	const char *vals[300];
+	char store[300][24];
+	for (int i = 0; i < 300; i++) {
+		snprintf(store[i], sizeof(store[i]), "value-%d", i);
+		vals[i] = store[i];
+	}
+	produce_vals(t, 0, vals, 300, 40, 3); /* 40 keys, rewritten: most records die */
+	int removed = ls_partition_compact(rep_partition_log(rep_topic_partition(t, 0)));
+	CHECK(removed > 100);
+	check_bulk_matches_peek(t, "g", '=');
+	/* asking twice where the log starts with a gap finds the same record */
+	struct rep_group *g = group(t, "h");
+	struct rep_member *a = join(g, NULL, NULL);
+	struct rep_delivery d;
+	CHECK_EQ_INT(rep_member_peek(a, &d), 1);
+	int64_t first = d.offset;
+	CHECK(first > 0);
+	CHECK_EQ_INT(rep_member_ready(a), 1);
+	CHECK_EQ_INT(rep_member_peek(a, &d), 1);
+	CHECK_EQ_INT(d.offset, first);
+	char buf[8];
+	struct rep_bulk b;
+	CHECK_EQ_INT(rep_member_take_bulk(a, buf, sizeof(buf), 0, '=', &b), -EMSGSIZE);
+	CHECK_EQ_INT(rep_member_peek(a, &d), 1);
+	CHECK_EQ_INT(d.offset, first);
+	rep_member_leave(a, 1);
+	rep_group_put(g);
+	rep_topic_put(t);
+	node_close(r);
 }
 
 /* Lag for metrics: one call per group partition. */
@@ -1033,6 +1362,11 @@ int main(void)
 	RUN(test_wakers);
 	RUN(test_exactly_once_single_thread);
 	RUN(test_exactly_once_threads);
+	RUN(test_bulk_renders_records);
+	RUN(test_bulk_limits);
+	RUN(test_bulk_round_robin);
+	RUN(test_bulk_matches_peek);
+	RUN(test_bulk_compaction_holes);
 	RUN(test_foreach_lag);
 	RUN(test_offsets_log_compacts);
 	return unit_report("test_groups");
