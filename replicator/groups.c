@@ -528,6 +528,17 @@ out:
 	free(target);
 }
 
+/* 1 if rebalance() may change something: a partition is revoking or has no
+ * owner. Otherwise the assignment is already the target (every call that
+ * changes membership or partitions rebalances). Caller holds g->mu. */
+static int rebalance_due(const struct rep_group *g)
+{
+	for (uint32_t p = 0; p < g->nparts; p++)
+		if (g->parts[p].revoking || (!g->parts[p].owner && g->nmembers))
+			return 1;
+	return 0;
+}
+
 /* ---- the coordinator ---------------------------------------------------- */
 
 static int parse_dec(const char *s, size_t len, int64_t max, int64_t *out)
@@ -1558,25 +1569,51 @@ static size_t rec_render(char *out, const struct ls_record *r, char sep)
 	return n;
 }
 
+/* The number of '\n' in buf[0, len): 16 bytes a step (GCC vector
+ * extensions: SSE2 on x86-64, NEON on arm64), byte counters flushed before
+ * they can wrap. */
+static size_t count_newlines(const char *buf, size_t len)
+{
+	typedef unsigned char v16 __attribute__((vector_size(16)));
+	const v16 nl = {'\n', '\n', '\n', '\n', '\n', '\n', '\n', '\n',
+	                '\n', '\n', '\n', '\n', '\n', '\n', '\n', '\n'};
+	size_t n = 0, i = 0;
+	while (len - i >= 16) {
+		v16 acc = {0};
+		size_t stop = i + 255 * 16;
+		if (stop > len - len % 16)
+			stop = len - len % 16;
+		for (; i < stop; i += 16) {
+			v16 x;
+			memcpy(&x, buf + i, 16);
+			acc -= (v16)(x == nl); /* -1 per match */
+		}
+		for (int j = 0; j < 16; j++)
+			n += acc[j];
+	}
+	for (; i < len; i++)
+		n += buf[i] == '\n';
+	return n;
+}
+
 /* Where the view copy of bulk_view may end: just after the max-th '\n' of
  * buf[0, len) (max 0: the last one). Sets *lines to the '\n's before it;
  * 0 if there is none. */
 static size_t cut_lines(const char *buf, size_t len, uint32_t max, uint32_t *lines)
 {
 	const char *last = memrchr(buf, '\n', len);
-	uint32_t k = 0;
 	if (!last)
 		return *lines = 0, 0;
-	const char *p = buf, *end = last + 1;
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		k++;
-		p = nl + 1;
-		if (k == max)
-			break;
+	size_t used = (size_t)(last + 1 - buf);
+	size_t k = count_newlines(buf, used);
+	if (max && k > max) {
+		const char *p = buf;
+		for (k = 0; k < max; k++)
+			p = (const char *)memchr(p, '\n', used - (size_t)(p - buf)) + 1;
+		used = (size_t)(p - buf);
 	}
-	*lines = k;
-	return (size_t)(p - buf);
+	*lines = (uint32_t)k;
+	return used;
 }
 
 /*
@@ -1761,7 +1798,8 @@ int rep_member_commit(struct rep_member *m)
 	pthread_mutex_lock(&g->mu);
 	m->peek_valid = 0;
 	int rc = commit_locked(m);
-	rebalance(g, &w); /* hands over what m was revoking */
+	if (rebalance_due(g))
+		rebalance(g, &w); /* hands over what m was revoking */
 	pthread_mutex_unlock(&g->mu);
 	pthread_mutex_unlock(&m->mu);
 	wake_run(&w);
