@@ -1,0 +1,2 @@
+/* meta_raft.c - see meta_raft.h (being written). */
+#include "meta_raft.h"
