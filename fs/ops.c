@@ -233,7 +233,6 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
                        struct fuse_file_info *fi)
 {
-	(void)attr;
 	(void)fi;
 	struct tnode n;
 	int rc = tnode_resolve(ino, &n);
@@ -243,17 +242,53 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	}
 	char path[512];
 	tnode_path(&n, path, sizeof(path));
-	/* Appendable files accept truncate (it changes no data: records are
-	 * never removed by a writer), and mode/owner/time changes, which rotation
-	 * tools make on the files they create. */
-	int ok = n.kind == TN_PART_LOG || n.kind == TN_PFILE || n.kind == TN_CONFIG ||
-	         n.kind == TN_OFFSETS ||
-	         (tnode_is_dir(n.kind) && !(to_set & FUSE_SET_ATTR_SIZE));
-	if (!ok) {
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	int owner_change = to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID);
+	int err = 0;
+	const char *why = NULL;
+	if (n.kind == TN_PFILE && owner_change) {
+		/* Producer files keep owner and mode like any file (rotation tools
+		 * create them and hand them to the writing user). */
+		struct rep_pfile_attr a;
+		rc = rep_pfile_get_attr(n.topic, n.index, &a);
+		if (rc == 0) {
+			int root = ctx->uid == 0, owner = ctx->uid == a.uid;
+			if ((to_set & FUSE_SET_ATTR_UID) && attr->st_uid != a.uid && !root) {
+				err = EPERM;
+				why = "only root can change the owner";
+			} else if ((to_set & (FUSE_SET_ATTR_GID | FUSE_SET_ATTR_MODE)) && !root &&
+			           !owner) {
+				err = EPERM;
+				why = "only the owner or root can change the group or mode";
+			} else {
+				if (to_set & FUSE_SET_ATTR_MODE)
+					a.mode = attr->st_mode & 07777;
+				if (to_set & FUSE_SET_ATTR_UID)
+					a.uid = attr->st_uid;
+				if (to_set & FUSE_SET_ATTR_GID)
+					a.gid = attr->st_gid;
+				rc = rep_pfile_set_attr(n.topic, n.index, &a);
+			}
+		}
+		if (rc < 0) {
+			err = tfs_errno(rc);
+			why = tfs_strerror(rc);
+		}
+	} else if (owner_change) {
+		err = EPERM;
+		why = "owner and mode of topicfs's own files and directories are fixed";
+	} else if ((to_set & FUSE_SET_ATTR_SIZE) && n.kind != TN_PART_LOG && n.kind != TN_PFILE &&
+	           n.kind != TN_CONFIG && n.kind != TN_OFFSETS) {
+		err = EPERM;
+		why = "read-only file";
+	}
+	if (why) {
 		tnode_release(&n);
-		refuse(req, EPERM, MOP_SETATTR, "setattr %s: read-only file", path);
+		refuse(req, err, MOP_SETATTR, "setattr %s: %s", path, why);
 		return;
 	}
+	/* Truncation is accepted and changes no data (records are never removed
+	 * by a writer; retention does that); times are accepted and ignored. */
 	if ((to_set & FUSE_SET_ATTR_SIZE) && n.kind == TN_PART_LOG)
 		tfs_info("truncate %s: accepted, no records removed (use retention)", path);
 	struct stat st;
@@ -691,7 +726,6 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
                       struct fuse_file_info *fi)
 {
-	(void)mode;
 	uint64_t t0 = now_ns();
 	struct tnode p;
 	int rc = tnode_resolve(parent, &p);
@@ -715,7 +749,9 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 		return;
 	}
 	uint32_t id;
-	rc = rep_pfile_create(p.topic, name, &id);
+	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	struct rep_pfile_attr attr = {mode & 07777 & ~ctx->umask, ctx->uid, ctx->gid};
+	rc = rep_pfile_create(p.topic, name, &attr, &id);
 	if (rc == -EEXIST)
 		rc = rep_pfile_lookup(p.topic, name, &id);
 	if (rc < 0) {

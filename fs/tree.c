@@ -531,11 +531,17 @@ int tnode_stat(const struct tnode *n, struct stat *st)
 		}
 		break;
 	}
-	case TN_PFILE:
-		st->st_mode = S_IFREG | 0644;
+	case TN_PFILE: {
+		struct rep_pfile_attr a;
+		if (rep_pfile_get_attr(n->topic, n->index, &a) < 0)
+			return -ENOENT;
+		st->st_mode = S_IFREG | (a.mode & 07777);
+		st->st_uid = a.uid;
+		st->st_gid = a.gid;
 		st->st_size = 0;
 		st->st_blksize = 1 << 20;
 		break;
+	}
 	default:
 		return -ENOENT;
 	}

@@ -11,7 +11,7 @@
  *                         next_producer_id <n>
  *                         topic <id> <name> <partitions> <next_pfile_id> <epoch>
  *                         cfg <topic id> <key index> <int value>     (overrides only)
- *                         pfile <topic id> <file id> <hex name>
+ *                         pfile <topic id> <file id> <hex name> <mode> <uid> <gid>
  *   topics/<name>/<p>/  partition data (logstore)
  *   trash/<name>.<id>/  a deleted topic's data until its last reference goes
  *   lock                flock()ed while a daemon runs on DATA
@@ -68,6 +68,7 @@ struct rep_partition {
 struct pfile {
 	uint32_t id;
 	char *name;
+	struct rep_pfile_attr attr;
 };
 
 struct rep_topic {
@@ -257,7 +258,9 @@ static int meta_save(struct rep *r)
 		for (size_t j = 0; j < t->npfiles; j++) {
 			char hex[2 * REP_FILE_NAME_MAX + 1];
 			hex_encode(t->pfiles[j].name, hex);
-			fprintf(f, "pfile %" PRIu64 " %u %s\n", t->id, t->pfiles[j].id, hex);
+			const struct rep_pfile_attr *a = &t->pfiles[j].attr;
+			fprintf(f, "pfile %" PRIu64 " %u %s %o %u %u\n", t->id, t->pfiles[j].id, hex,
+			        a->mode, a->uid, a->gid);
 		}
 		pthread_mutex_unlock(&t->lock);
 	}
@@ -694,7 +697,8 @@ static int pfile_save(struct rep_topic *t)
 	return rc;
 }
 
-int rep_pfile_create(struct rep_topic *t, const char *name, uint32_t *id)
+int rep_pfile_create(struct rep_topic *t, const char *name, const struct rep_pfile_attr *attr,
+                     uint32_t *id)
 {
 	if (!pfile_name_valid(name))
 		return -EINVAL;
@@ -722,6 +726,8 @@ int rep_pfile_create(struct rep_topic *t, const char *name, uint32_t *id)
 	t->pfiles = pf;
 	t->pfiles[t->npfiles].id = t->next_pfile_id++;
 	t->pfiles[t->npfiles].name = copy;
+	t->pfiles[t->npfiles].attr = *attr;
+	t->pfiles[t->npfiles].attr.mode &= 07777;
 	*id = t->pfiles[t->npfiles].id;
 	t->npfiles++;
 	pthread_mutex_unlock(&t->lock);
@@ -765,6 +771,52 @@ int rep_pfile_name(struct rep_topic *t, uint32_t id, char *buf, size_t size)
 		}
 	}
 	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+int rep_pfile_get_attr(struct rep_topic *t, uint32_t id, struct rep_pfile_attr *out)
+{
+	int rc = -ENOENT;
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->npfiles; i++) {
+		if (t->pfiles[i].id == id) {
+			*out = t->pfiles[i].attr;
+			rc = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+int rep_pfile_set_attr(struct rep_topic *t, uint32_t id, const struct rep_pfile_attr *attr)
+{
+	struct rep *r = t->rep;
+	int rc = -ENOENT;
+	pthread_mutex_lock(&r->meta_lock);
+	pthread_mutex_lock(&t->lock);
+	struct pfile *pf = NULL;
+	for (size_t i = 0; i < t->npfiles; i++)
+		if (t->pfiles[i].id == id)
+			pf = &t->pfiles[i];
+	if (!pf) {
+		pthread_mutex_unlock(&t->lock);
+		pthread_mutex_unlock(&r->meta_lock);
+		return rc;
+	}
+	struct rep_pfile_attr before = pf->attr;
+	pf->attr = *attr;
+	pf->attr.mode &= 07777;
+	pthread_mutex_unlock(&t->lock);
+	rc = pfile_save(t);
+	if (rc < 0) {
+		pthread_mutex_lock(&t->lock);
+		for (size_t i = 0; i < t->npfiles; i++)
+			if (t->pfiles[i].id == id)
+				t->pfiles[i].attr = before;
+		pthread_mutex_unlock(&t->lock);
+	}
+	pthread_mutex_unlock(&r->meta_lock);
 	return rc;
 }
 
@@ -1005,7 +1057,8 @@ static int meta_load(struct rep *r)
 		lineno++;
 		char name[REP_NAME_MAX + 2], hex[2 * REP_FILE_NAME_MAX + 2];
 		unsigned long long id, a;
-		unsigned parts, next_pf, pf;
+		unsigned parts, next_pf, pf, pmode = 0644, puid = 0, pgid = 0;
+		int fields;
 		int epoch, k;
 		long long v;
 		if (lineno == 1) {
@@ -1039,8 +1092,9 @@ static int meta_load(struct rep *r)
 		} else if (sscanf(line, "cfg %llu %d %lld", &id, &k, &v) == 3 && cur &&
 		           cur->id == id && k >= 0 && k < TC_NKEYS) {
 			cfg_set(&cur->overrides, k, v);
-		} else if (sscanf(line, "pfile %llu %u %511s", &id, &pf, hex) == 3 && cur &&
-		           cur->id == id) {
+		} else if ((fields = sscanf(line, "pfile %llu %u %511s %o %u %u", &id, &pf, hex,
+		                            &pmode, &puid, &pgid)) >= 3 &&
+		           cur && cur->id == id) {
 			char nm[REP_FILE_NAME_MAX + 1];
 			struct pfile *pfs = realloc(cur->pfiles, (cur->npfiles + 1) * sizeof(*pfs));
 			if (!pfs) {
@@ -1052,6 +1106,9 @@ static int meta_load(struct rep *r)
 				rc = LS_ECORRUPT;
 				break;
 			}
+			pfs[cur->npfiles].attr = fields == 6
+				? (struct rep_pfile_attr){pmode & 07777, puid, pgid}
+				: (struct rep_pfile_attr){0644, (uint32_t)getuid(), (uint32_t)getgid()};
 			pfs[cur->npfiles++].id = pf;
 		} else {
 			rc = LS_ECORRUPT;

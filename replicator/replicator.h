@@ -133,8 +133,19 @@ int rep_topic_check_config(struct rep_topic *t, const struct topic_config *chang
 
 /* ---- producer files ---------------------------------------------------- */
 
+/* Owner and permission bits of a producer file (kept like any file's). */
+struct rep_pfile_attr {
+	uint32_t mode; /* permission bits only (07777) */
+	uint32_t uid, gid;
+};
+
 /* Names are any byte string without '/' or NUL, 1..255 bytes. */
-int rep_pfile_create(struct rep_topic *t, const char *name, uint32_t *id) TFS_MUST_CHECK;
+int rep_pfile_create(struct rep_topic *t, const char *name, const struct rep_pfile_attr *attr,
+                     uint32_t *id) TFS_MUST_CHECK;
+int rep_pfile_get_attr(struct rep_topic *t, uint32_t id, struct rep_pfile_attr *out);
+/* Changes owner and mode (persisted). -ENOENT if the file is gone. */
+int rep_pfile_set_attr(struct rep_topic *t, uint32_t id,
+                       const struct rep_pfile_attr *attr) TFS_MUST_CHECK;
 /* 0 and *id if present, else -ENOENT. */
 int rep_pfile_lookup(struct rep_topic *t, const char *name, uint32_t *id);
 /* Copies the name of file id into buf; -ENOENT if it is gone. */
