@@ -16,6 +16,11 @@
  * at-least-once (cat dies of SIGPIPE holding records it read but could not
  * write).
  *
+ * Filling a read: the coordinator renders whole records straight into the
+ * reply buffer, a partition's run per call (rep_member_take_bulk); a read
+ * under 64 KiB asks for one record; a record longer than the read is taken
+ * whole into `carry` and handed out over the following reads.
+ *
  * Waiting reads. A read with nothing to return (and no O_NONBLOCK) is
  * parked: its request is kept in the cursor and answered when the group
  * coordinator's waker says records may be there, or with EINTR when the

@@ -1,7 +1,8 @@
 /*
  * groups.c - the group coordinator of groups.h on one node: the group
  * registry, membership and sticky cooperative assignment, per-member
- * delivery (peek/take), commits, resets, and the durable offsets log.
+ * delivery (peek/take, and bulk takes that render a run of records straight
+ * into a read's buffer), commits, resets, and the durable offsets log.
  *
  * Objects (all owned here):
  *
@@ -30,7 +31,7 @@
  *
  * Partition states within a group (arrows name the functions):
  *
- *            rebalance (target owner)              take
+ *            rebalance (target owner)              take(_bulk)
  *   free ───────────────────────────────> owned ──────> owned, pos > base
  *    ^                                      │  ^            │
  *    │        rebalance, pos == base and    │  └── commit ──┘ (base = pos)
@@ -38,7 +39,12 @@
  *    ├──────────────────────────────────────┘
  *    │                                      │ rebalance, records in flight
  *    │  commit / rewind / leave             v
- *    └────────────────────────────────── revoking  (peek skips it)
+ *    └────────────────────────────────── revoking  (peek, take_bulk skip it)
+ *
+ * Bulk delivery (rep_member_take_bulk) copies a run of the partition's view
+ * (ls_reader_read_view) and proves it from the log before taking it (see
+ * bulk_view); each member keeps one reader per partition it reads (struct
+ * mreader).
  *
  * Invariants:
  *  1. A partition has at most one owner; only the owner reads it; owner and
