@@ -323,8 +323,9 @@ int tr_decoder_feed(struct tr_decoder *d, const uint8_t *buf, size_t len, size_t
 
 void tr_decoder_frame(const struct tr_decoder *d, struct tr_header *h, const uint8_t **payload)
 {
+	static const uint8_t empty[1];
 	*h = d->h;
-	*payload = d->payload;
+	*payload = d->payload ? d->payload : empty; /* never NULL, even for 0 bytes */
 }
 
 void tr_decoder_next(struct tr_decoder *d)
@@ -395,6 +396,7 @@ struct pending {
 	uint32_t id;
 	int peer;
 	uint64_t conn;                     /* connection it was written on, or 0 */
+	struct tr_out *queued;             /* its frame while in a peer queue */
 	uint64_t deadline_ns;              /* uv_hrtime() */
 	tr_response_cb cb;
 	void *ctx;
@@ -562,6 +564,24 @@ static struct pending *pending_find(struct tr_net *net, uint32_t id)
 	return NULL;
 }
 
+/* Takes a request that was never written out of its peer's queue: whoever
+ * gave up on it must not see it run later. */
+static void peer_unqueue(struct tr_net *net, struct tr_out *f)
+{
+	struct peer *p = &net->peers[f->peer];
+	struct tr_out **pp = &p->qhead, *prev = NULL;
+	while (*pp && *pp != f) {
+		prev = *pp;
+		pp = &(*pp)->next;
+	}
+	if (!*pp)
+		return;
+	*pp = f->next;
+	if (p->qtail == f)
+		p->qtail = prev;
+	out_free(f);
+}
+
 static void pending_freed(uv_handle_t *h)
 {
 	free(h->data);
@@ -571,6 +591,8 @@ static void pending_freed(uv_handle_t *h)
 static void pending_finish(struct pending *p, int status, const struct tr_frame *f)
 {
 	struct tr_net *net = p->net;
+	if (p->queued)
+		peer_unqueue(net, p->queued);
 	if (p->prev)
 		p->prev->next = p->next;
 	else
@@ -643,19 +665,21 @@ static void on_frame_written(uv_write_t *req, int status)
 /* Writes f on READY connection c. Returns 0, or <0 (f untouched, c closing). */
 static int conn_write(struct conn *c, struct tr_out *f)
 {
+	struct pending *p = NULL;
 	if (f->kind == OUT_REQUEST) {
-		struct pending *p = pending_find(c->net, f->request_id);
-		if (p)
+		p = pending_find(c->net, f->request_id);
+		if (p) {
 			p->conn = c->id;
+			p->queued = NULL;
+		}
 	}
 	f->wreq.data = f;
 	uv_buf_t b = uv_buf_init((char *)f->data, (unsigned)f->size);
 	int rc = uv_write(&f->wreq, (uv_stream_t *)c->tcp, &b, 1, on_frame_written);
 	if (rc < 0) {
-		if (f->kind == OUT_REQUEST) {
-			struct pending *p = pending_find(c->net, f->request_id);
-			if (p)
-				p->conn = 0;
+		if (p) {
+			p->conn = 0;
+			p->queued = f;
 		}
 		conn_log(c, TFS_LOG_WARN, "write failed: %s; closing the connection",
 		         uv_strerror(rc));
@@ -694,8 +718,10 @@ static size_t peer_drop_queue(struct tr_net *net, struct peer *p, int status, si
 		*bytes += f->size;
 		if (f->kind == OUT_REQUEST) {
 			struct pending *pd = pending_find(net, f->request_id);
-			if (pd)
+			if (pd) {
+				pd->queued = NULL;
 				pending_finish(pd, status, NULL);
+			}
 		}
 		out_free(f);
 	}
@@ -1344,6 +1370,11 @@ static void process(struct tr_net *net, struct tr_out *f)
 			}
 			out_free(f);
 			return;
+		}
+		if (f->kind == OUT_REQUEST) {
+			struct pending *pd = pending_find(net, f->request_id);
+			if (pd)
+				pd->queued = f;
 		}
 		if (p->qtail)
 			p->qtail->next = f;

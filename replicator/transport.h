@@ -142,7 +142,8 @@ void tr_decoder_want(struct tr_decoder *d, uint8_t **p, size_t *n);
  * tr_decoder_feed. */
 int tr_decoder_advance(struct tr_decoder *d, size_t n, char *why,
                        size_t whylen) TFS_MUST_CHECK;
-/* The ready frame: header and payload, borrowed until tr_decoder_next. */
+/* The ready frame: header and payload (never NULL, even when empty),
+ * borrowed until tr_decoder_next. */
 void tr_decoder_frame(const struct tr_decoder *d, struct tr_header *h,
                       const uint8_t **payload);
 /* Drops the ready frame; the decoder waits for the next header. */
@@ -268,9 +269,11 @@ int tr_send(struct tr_net *net, uint16_t peer, uint16_t type, uint16_t flags,
             const void *payload, size_t len) TFS_MUST_CHECK;
 
 /* Queues a request to peer and calls cb(ctx, ...) exactly once with its
- * response or failure, within about timeout_ms (> 0) of this call. Returns
- * 0, or the errors of tr_send, in which case cb is never called. If id is
- * not NULL it receives the request id. */
+ * response or failure, within about timeout_ms (> 0) of this call. A request
+ * that fails before its frame was written is taken out of the queue: it is
+ * never sent. Returns 0, or the errors of tr_send, in which case cb is never
+ * called. If id is not NULL it receives the request id (ids are per net,
+ * never 0, and wrap after 2^32). */
 int tr_request(struct tr_net *net, uint16_t peer, uint16_t type, uint16_t flags,
                const void *payload, size_t len, unsigned timeout_ms, tr_response_cb cb,
                void *ctx, uint32_t *id) TFS_MUST_CHECK;
