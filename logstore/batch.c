@@ -422,10 +422,107 @@ static int finish_batch(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
 	return 0;
 }
 
+/* One piece of a batch being encoded: records [i0, i1) at raw + raw_off,
+ * compressed (zstd) to z + z_off, or checksummed (none). */
+struct enc_part {
+	uint32_t i0, i1;
+	size_t raw_off, raw_len;
+	size_t z_off, z_len;
+	uint32_t crc;
+	int rc;
+};
+
+struct enc_job {
+	const struct ls_rec *recs;
+	uint8_t *raw;      /* the records: scratch (zstd) or out->data + 61 (none) */
+	uint8_t *z;        /* compressed pieces: out->data + 61 */
+	enum ls_codec codec;
+	int level;
+	const struct ls_batch_par *par;
+	ZSTD_CCtx *cctx;   /* when par is NULL */
+	size_t nparts;
+	struct enc_part part[LS_BATCH_PARTS_MAX];
+};
+
+static inline size_t rec_size(const struct ls_rec *r, uint32_t i)
+{
+	int64_t klen = r->key ? (int64_t)r->key_len : -1;
+	int64_t vlen = r->value ? (int64_t)r->value_len : -1;
+	size_t body = record_body_size(0, (int32_t)i, klen, vlen);
+	return varint_size((int64_t)body) + body;
+}
+
+static void enc_part_run(void *arg, size_t k)
+{
+	struct enc_job *j = arg;
+	struct enc_part *pt = &j->part[k];
+	uint8_t *p = j->raw + pt->raw_off;
+	for (uint32_t i = pt->i0; i < pt->i1; i++) {
+		const struct ls_rec *r = &j->recs[i];
+		int64_t klen = r->key ? (int64_t)r->key_len : -1;
+		int64_t vlen = r->value ? (int64_t)r->value_len : -1;
+		size_t body = record_body_size(0, (int32_t)i, klen, vlen);
+		p = put_record(p, body, 0, (int32_t)i, r->key, klen, r->value, vlen);
+	}
+	if (j->codec != LS_CODEC_ZSTD) {
+		pt->crc = ls_crc32c(0, j->raw + pt->raw_off, pt->raw_len);
+		pt->rc = 0;
+		return;
+	}
+	ZSTD_CCtx *c = j->par ? j->par->cctx(j->par->ctx) : j->cctx;
+	if (!c) {
+		pt->rc = j->par ? -ENOMEM : -EINVAL;
+		return;
+	}
+	if (ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, j->level))) {
+		pt->rc = -EINVAL;
+		return;
+	}
+	size_t r = ZSTD_compress2(c, j->z + pt->z_off, ZSTD_compressBound(pt->raw_len),
+	                          j->raw + pt->raw_off, pt->raw_len);
+	if (ZSTD_isError(r)) {
+		pt->rc = -EIO;
+		return;
+	}
+	pt->z_len = r;
+	pt->rc = 0;
+}
+
+/* Splits records [0, n) of total encoded bytes into up to want pieces of
+ * about equal size, at record boundaries. */
+static void enc_split(struct enc_job *j, uint32_t n, size_t total, size_t want)
+{
+	size_t k = 0, acc = 0, step = total / want;
+	j->part[0] = (struct enc_part){.i0 = 0, .raw_off = 0};
+	for (uint32_t i = 0; want > 1 && i + 1 < n; i++) {
+		acc += rec_size(&j->recs[i], i);
+		if (acc >= (k + 1) * step) {
+			j->part[k].i1 = i + 1;
+			j->part[k].raw_len = acc - j->part[k].raw_off;
+			k++;
+			j->part[k] = (struct enc_part){.i0 = i + 1, .raw_off = acc};
+			if (k + 1 == want)
+				break;
+		}
+	}
+	j->part[k].i1 = n;
+	j->part[k].raw_len = total - j->part[k].raw_off;
+	j->nparts = k + 1;
+}
+
 int ls_batch_encode(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
                     const struct ls_rec *recs, uint32_t n, int64_t ts_ms,
                     const struct ls_producer *prod, enum ls_codec codec, int level,
                     uint64_t *view_size)
+{
+	return ls_batch_encode_par(out, scratch, cctx, NULL, recs, n, ts_ms, prod, codec,
+	                           level, view_size);
+}
+
+int ls_batch_encode_par(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
+                        const struct ls_batch_par *par, const struct ls_rec *recs,
+                        uint32_t n, int64_t ts_ms, const struct ls_producer *prod,
+                        enum ls_codec codec, int level, uint64_t *view_size)
 {
 	int rc;
 	size_t total = 0;
@@ -437,31 +534,54 @@ int ls_batch_encode(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
 		int64_t vlen = recs[i].value ? (int64_t)recs[i].value_len : -1;
 		if (klen > INT32_MAX || vlen > INT32_MAX)
 			return -EMSGSIZE;
-		size_t body = record_body_size(0, (int32_t)i, klen, vlen);
-		total += varint_size((int64_t)body) + body;
+		total += rec_size(&recs[i], i);
 		vsize += ls_batch_view_size(klen, vlen);
 		if (total > LS_BATCH_MAX_SIZE)
 			return -EMSGSIZE;
 	}
+	int zstd = codec == LS_CODEC_ZSTD;
+	if (zstd && !par && !cctx)
+		return -EINVAL;
 
-	struct ls_buf *dst = codec == LS_CODEC_ZSTD ? scratch : out;
-	size_t at = codec == LS_CODEC_ZSTD ? 0 : LS_BATCH_HEADER_SIZE;
-	if ((rc = ls_buf_reserve(dst, at + total)) < 0)
-		return rc;
-	uint8_t *p = dst->data + at;
-	for (uint32_t i = 0; i < n; i++) {
-		int64_t klen = recs[i].key ? (int64_t)recs[i].key_len : -1;
-		int64_t vlen = recs[i].value ? (int64_t)recs[i].value_len : -1;
-		size_t body = record_body_size(0, (int32_t)i, klen, vlen);
-		p = put_record(p, body, 0, (int32_t)i, recs[i].key, klen, recs[i].value, vlen);
+	struct enc_job j = {.recs = recs, .codec = codec, .level = level, .par = par,
+	                    .cctx = cctx};
+	size_t want = 1;
+	if (par && par->parts > 1) {
+		want = total / LS_BATCH_PART_MIN;
+		if (want > par->parts)
+			want = par->parts;
+		if (want > LS_BATCH_PARTS_MAX)
+			want = LS_BATCH_PARTS_MAX;
+		if (want < 1)
+			want = 1;
 	}
-	if (codec == LS_CODEC_NONE)
-		out->len = LS_BATCH_HEADER_SIZE + total;
+	enc_split(&j, n, total, want);
+
+	size_t zroom = 0;
+	if (zstd) {
+		for (size_t k = 0; k < j.nparts; k++) {
+			j.part[k].z_off = zroom;
+			zroom += ZSTD_compressBound(j.part[k].raw_len);
+		}
+		if ((rc = ls_buf_reserve(scratch, total ? total : 1)) < 0)
+			return rc;
+	}
+	if ((rc = ls_buf_reserve(out, LS_BATCH_HEADER_SIZE + (zroom > total ? zroom : total))) < 0)
+		return rc;
+	j.raw = zstd ? scratch->data : out->data + LS_BATCH_HEADER_SIZE;
+	j.z = out->data + LS_BATCH_HEADER_SIZE;
+	if (j.nparts == 1)
+		enc_part_run(&j, 0);
+	else
+		par->run(par->ctx, j.nparts, enc_part_run, &j);
+	for (size_t k = 0; k < j.nparts; k++)
+		if (j.part[k].rc < 0)
+			return j.part[k].rc;
 
 	struct ls_batch_header h = {
 		.base_offset = 0,
 		.leader_epoch = 0,
-		.attributes = 0,
+		.attributes = zstd ? LS_CODEC_ZSTD : 0,
 		.last_offset_delta = (int32_t)(n - 1),
 		.base_ts = ts_ms,
 		.max_ts = ts_ms,
@@ -470,10 +590,39 @@ int ls_batch_encode(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
 		.base_sequence = prod ? prod->base_sequence : -1,
 		.record_count = (int32_t)n,
 	};
-	rc = finish_batch(out, scratch, cctx, total, &h, codec, level);
-	if (rc == 0)
-		*view_size = vsize;
-	return rc;
+	size_t body = total;
+	int crc_parts = !zstd;
+	if (zstd) {
+		body = 0; /* close the gaps between the compressed pieces */
+		for (size_t k = 0; k < j.nparts; k++) {
+			if (j.part[k].z_off != body)
+				memmove(j.z + body, j.z + j.part[k].z_off, j.part[k].z_len);
+			body += j.part[k].z_len;
+		}
+		if (body >= total) { /* tiny batches grow: store them plain */
+			memcpy(j.z, scratch->data, total);
+			body = total;
+			h.attributes = 0;
+		}
+	}
+	if (LS_BATCH_HEADER_SIZE + body > LS_BATCH_MAX_SIZE)
+		return -EMSGSIZE;
+	out->len = LS_BATCH_HEADER_SIZE + body;
+	h.length = (int32_t)(out->len - LS_BATCH_LOG_OVERHEAD);
+	h.crc = 0;
+	put_header(out->data, &h);
+	if (crc_parts) { /* the pieces were checksummed where they were encoded */
+		h.crc = ls_crc32c(0, out->data + LS_BATCH_OFF_ATTRS,
+		                  LS_BATCH_HEADER_SIZE - LS_BATCH_OFF_ATTRS);
+		for (size_t k = 0; k < j.nparts; k++)
+			h.crc = ls_crc32c_combine(h.crc, j.part[k].crc, j.part[k].raw_len);
+	} else {
+		h.crc = ls_crc32c(0, out->data + LS_BATCH_OFF_ATTRS,
+		                  out->len - LS_BATCH_OFF_ATTRS);
+	}
+	put32(out->data + LS_BATCH_OFF_CRC, h.crc);
+	*view_size = vsize;
+	return 0;
 }
 
 int ls_batch_encode_records(struct ls_buf *out, struct ls_buf *scratch,

@@ -129,6 +129,35 @@ int ls_batch_encode(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
                     const struct ls_producer *prod, enum ls_codec codec, int level,
                     uint64_t *view_size) TFS_MUST_CHECK;
 
+/* ---- parallel encoding and rendering ------------------------------------- */
+
+/* How to spread one batch's work over threads. batch.c starts no threads: run
+ * calls fn(arg, i) for every i in [0, n), on the calling thread or others,
+ * and returns when all calls have returned; cctx/dctx give the contexts of
+ * whichever thread calls them (NULL: out of memory). */
+struct ls_batch_par {
+	void *ctx;
+	size_t parts; /* split work into at most this many pieces (1: none) */
+	void (*run)(void *ctx, size_t n, void (*fn)(void *arg, size_t i), void *arg);
+	ZSTD_CCtx *(*cctx)(void *ctx);
+	ZSTD_DCtx *(*dctx)(void *ctx);
+};
+
+#define LS_BATCH_PARTS_MAX 16         /* pieces of one batch, at most */
+#define LS_BATCH_PART_MIN (256u << 10) /* records bytes per piece, at least */
+
+/* Like ls_batch_encode, with the records split into up to par->parts pieces
+ * of at least LS_BATCH_PART_MIN bytes at record boundaries, encoded (and,
+ * for zstd, compressed) in parallel. A zstd records section is then several
+ * zstd frames back to back, each holding whole records and its content size
+ * (a valid zstd stream: one records section, as Kafka requires). par NULL:
+ * exactly ls_batch_encode (cctx used, one frame). */
+int ls_batch_encode_par(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
+                        const struct ls_batch_par *par, const struct ls_rec *recs,
+                        uint32_t n, int64_t ts_ms, const struct ls_producer *prod,
+                        enum ls_codec codec, int level,
+                        uint64_t *view_size) TFS_MUST_CHECK;
+
 /* Encodes already-decoded records (their offset_delta, ts_delta, key, value)
  * with the header fields of tmpl (base offset, epoch, timestamps, producer
  * fields, last_offset_delta; length/crc/count are computed). Used by

@@ -211,6 +211,170 @@ static struct tls_ctx *tls_get(void)
 	return t;
 }
 
+static ZSTD_CCtx *tls_cctx(void)
+{
+	struct tls_ctx *t = tls_get();
+	if (t && !t->cctx)
+		t->cctx = ZSTD_createCCtx();
+	return t ? t->cctx : NULL;
+}
+
+/* ---- helper threads --------------------------------------------------------
+ *
+ * One pool per process of (online CPUs - 1) helper threads, at most
+ * HELPERS_MAX, started on first use. A batch's compression, decompression
+ * and rendering are split into pieces (batch.c, ls_batch_par); par_run
+ * queues the job, works on it on the calling thread too, and claims every
+ * piece no helper has started, so a busy helper, or one slow to wake on the
+ * other core, costs at most the piece it holds. par_run returns only once no
+ * helper is inside the job (helpers counts them under pool.mu), so the job
+ * can live on the caller's stack. Helpers never take partition locks.
+ */
+#define HELPERS_MAX 7
+
+struct pjob {
+	void (*fn)(void *arg, size_t i);
+	void *arg;
+	size_t n;
+	atomic_size_t next;  /* next piece to claim */
+	int helpers;         /* [pool.mu] helpers working on it */
+	int queued;          /* [pool.mu] */
+	struct pjob *qnext;  /* [pool.mu] */
+};
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_cond_t work; /* helpers wait for a job */
+	pthread_cond_t left; /* callers wait for helpers to leave their job */
+	struct pjob *head, *tail;
+	size_t nhelpers;
+} pool = {.mu = PTHREAD_MUTEX_INITIALIZER,
+          .work = PTHREAD_COND_INITIALIZER,
+          .left = PTHREAD_COND_INITIALIZER};
+static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+
+static void pool_dequeue(struct pjob *j) /* pool.mu held */
+{
+	struct pjob **pp = &pool.head, *prev = NULL;
+	while (*pp && *pp != j) {
+		prev = *pp;
+		pp = &(*pp)->qnext;
+	}
+	if (*pp) {
+		*pp = j->qnext;
+		if (pool.tail == j)
+			pool.tail = prev;
+	}
+	j->queued = 0;
+}
+
+static void run_pieces(struct pjob *j)
+{
+	size_t i;
+	while ((i = atomic_fetch_add(&j->next, 1)) < j->n)
+		j->fn(j->arg, i);
+}
+
+static void *pool_main(void *unused)
+{
+	(void)unused;
+	pthread_mutex_lock(&pool.mu);
+	for (;;) {
+		while (!pool.head)
+			pthread_cond_wait(&pool.work, &pool.mu);
+		struct pjob *j = pool.head;
+		j->helpers++;
+		pthread_mutex_unlock(&pool.mu);
+		run_pieces(j);
+		pthread_mutex_lock(&pool.mu);
+		if (j->queued) /* every piece is claimed */
+			pool_dequeue(j);
+		if (--j->helpers == 0)
+			pthread_cond_broadcast(&pool.left);
+	}
+	return NULL;
+}
+
+static void pool_start(void)
+{
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	size_t want = cpus > 1 ? (size_t)cpus - 1 : 0;
+	if (want > HELPERS_MAX)
+		want = HELPERS_MAX;
+	pthread_attr_t a;
+	if (pthread_attr_init(&a) != 0)
+		return;
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	for (size_t i = 0; i < want; i++) {
+		pthread_t th;
+		if (pthread_create(&th, &a, pool_main, NULL) != 0)
+			break;
+		pool.nhelpers++;
+	}
+	pthread_attr_destroy(&a);
+	if (pool.nhelpers < want)
+		tfs_warn("logstore: %zu of %zu helper threads started", pool.nhelpers, want);
+}
+
+static void par_run(void *ctx, size_t n, void (*fn)(void *arg, size_t i), void *arg)
+{
+	(void)ctx;
+	struct pjob j = {.fn = fn, .arg = arg, .n = n};
+	atomic_init(&j.next, 0);
+	if (n > 1 && pool.nhelpers) {
+		pthread_mutex_lock(&pool.mu);
+		j.queued = 1;
+		if (pool.tail)
+			pool.tail->qnext = &j;
+		else
+			pool.head = &j;
+		pool.tail = &j;
+		if (n > 2 && pool.nhelpers > 1)
+			pthread_cond_broadcast(&pool.work);
+		else
+			pthread_cond_signal(&pool.work);
+		pthread_mutex_unlock(&pool.mu);
+	}
+	run_pieces(&j);
+	if (n > 1 && pool.nhelpers) {
+		pthread_mutex_lock(&pool.mu);
+		if (j.queued)
+			pool_dequeue(&j);
+		while (j.helpers)
+			pthread_cond_wait(&pool.left, &pool.mu);
+		pthread_mutex_unlock(&pool.mu);
+	}
+}
+
+static ZSTD_CCtx *par_cctx(void *ctx)
+{
+	(void)ctx;
+	return tls_cctx();
+}
+
+static ZSTD_DCtx *par_dctx(void *ctx)
+{
+	(void)ctx;
+	struct tls_ctx *t = tls_get();
+	return t ? t->scan.dctx : NULL;
+}
+
+static struct ls_batch_par par_hooks = {.run = par_run, .cctx = par_cctx, .dctx = par_dctx};
+
+static void par_init(void)
+{
+	pool_start();
+	/* two pieces per thread: whoever is free takes the next one */
+	par_hooks.parts = pool.nhelpers ? 2 * (pool.nhelpers + 1) : 1;
+}
+
+/* The hooks batch.c uses to spread one batch over the pool. */
+static const struct ls_batch_par *batch_par(void)
+{
+	pthread_once(&pool_once, par_init);
+	return &par_hooks;
+}
+
 /* ---- small helpers -------------------------------------------------------- */
 
 static int64_t now_ms(void)
@@ -1303,10 +1467,8 @@ int ls_partition_append(struct ls_partition *p, const struct ls_rec *recs, uint3
 	int level = p->cfg.compression_level;
 	int64_t ts = ts_ms > p->last_ts ? ts_ms : p->last_ts;
 	pthread_rwlock_unlock(&p->lock);
-	if (codec == LS_CODEC_ZSTD && !t->cctx && !(t->cctx = ZSTD_createCCtx()))
-		return -ENOMEM;
-	rc = ls_batch_encode(&t->enc, &t->zscratch, t->cctx, recs, n, ts, prod, codec,
-	                     level, &vsize);
+	rc = ls_batch_encode_par(&t->enc, &t->zscratch, NULL, batch_par(), recs, n, ts, prod,
+	                         codec, level, &vsize);
 	if (rc < 0)
 		return rc;
 	if (vsize > UINT32_MAX)
