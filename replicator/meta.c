@@ -670,8 +670,15 @@ int meta_cmd_decode(const void *buf, size_t len, struct meta_cmd *c)
 	uint32_t blen = get_u32(&r);
 	if (version != META_CMD_VERSION)
 		return version > META_CMD_VERSION ? -EPROTONOSUPPORT : REP_EPROTO;
-	if (!type_known(type) || blen != len - CMD_HEADER_BYTES)
+	/* Up to 7 zero bytes may follow the body (raft_uv wants entries in
+	 * multiples of 8 bytes; meta_raft pads). */
+	if (!type_known(type) || blen > len - CMD_HEADER_BYTES ||
+	    len - CMD_HEADER_BYTES - blen > 7)
 		return REP_EPROTO;
+	for (size_t i = CMD_HEADER_BYTES + blen; i < len; i++)
+		if (r.p[i])
+			return REP_EPROTO;
+	r.len = CMD_HEADER_BYTES + blen;
 	c->type = (enum meta_cmd_type)type;
 	unsigned f = cmd_types[type].fields;
 	if (f & F_NODE)
@@ -712,7 +719,7 @@ int meta_cmd_decode(const void *buf, size_t len, struct meta_cmd *c)
 			c->offsets[i].offset = get_i64(&r);
 		}
 	}
-	if (r.bad || r.off != len) {
+	if (r.bad || r.off != r.len) {
 		meta_cmd_init(c, 0);
 		return REP_EPROTO;
 	}

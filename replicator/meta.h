@@ -49,8 +49,10 @@
  *   | n     | body: the type's fields, in the order of struct meta_cmd  |
  *
  * Strings in bodies are u16 length + bytes (no NUL); a topic_config is
- * u32 set_mask then every field (META_CONFIG_BYTES). Decoding checks every
- * length, count, enum and name and that the body is consumed exactly.
+ * u32 set_mask then every field (52 bytes). Up to 7 zero bytes may follow
+ * the body (padding: raft_uv wants entries in multiples of 8 bytes).
+ * Decoding checks every length, count, enum, name and padding byte and that
+ * the body is consumed exactly.
  *
  * Snapshot format (meta_snapshot_encode): magic "TFSM", u8 version, u64
  * next_topic_id, i64 next_producer_id, u32 nodes + nodes, u32 topics + topics
