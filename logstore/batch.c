@@ -334,6 +334,187 @@ int ls_batch_measure(const void *batch, const struct ls_batch_header *h,
 	return 0;
 }
 
+/* ---- rendering the view ---------------------------------------------------- */
+
+/* One piece of a batch being rendered: records bytes [off, off + len) of the
+ * section (in dec, or in the batch when plain), rendered to view + off. */
+struct dec_part {
+	const uint8_t *z;  /* its zstd frame (NULL: already plain) */
+	size_t zlen;
+	size_t off, len;
+	size_t vlen;
+	int32_t count, first_delta, last_delta;
+	int rc;
+	int undecodable;   /* its frame did not decompress to its content size */
+};
+
+struct dec_job {
+	const uint8_t *recs;  /* the plain records section */
+	uint8_t *dec;         /* where frames decompress to (== recs when zstd) */
+	uint8_t *view;
+	char sep;
+	const struct ls_batch_par *par;
+	ZSTD_DCtx *dctx;
+	size_t nparts;
+	struct dec_part part[LS_BATCH_PARTS_MAX];
+};
+
+/* Parses the records filling [p, end) exactly and renders them to out. */
+static int render_region(const uint8_t *p, const uint8_t *end, uint8_t *out, char sep,
+                         struct dec_part *pt)
+{
+	struct ls_batch_iter it = {.p = p, .end = end, .left = INT32_MAX};
+	struct ls_batch_record r;
+	uint8_t *o = out;
+	int32_t prev = -1, count = 0;
+	while (it.p < it.end) {
+		if (ls_batch_iter_next(&it, &r) != 1 || r.offset_delta <= prev)
+			return LS_ECORRUPT;
+		if (count == 0)
+			pt->first_delta = r.offset_delta;
+		prev = r.offset_delta;
+		count++;
+		if (r.key_len >= 0) {
+			memcpy(o, r.key, (size_t)r.key_len);
+			o += r.key_len;
+			*o++ = (uint8_t)sep;
+		}
+		if (r.value_len > 0) {
+			memcpy(o, r.value, (size_t)r.value_len);
+			o += r.value_len;
+		}
+		*o++ = '\n';
+	}
+	pt->count = count;
+	pt->last_delta = prev;
+	pt->vlen = (size_t)(o - out);
+	return 0;
+}
+
+static void dec_part_run(void *arg, size_t k)
+{
+	struct dec_job *j = arg;
+	struct dec_part *pt = &j->part[k];
+	if (pt->z) {
+		ZSTD_DCtx *d = j->par ? j->par->dctx(j->par->ctx) : j->dctx;
+		if (!d) {
+			pt->rc = j->par ? -ENOMEM : -EINVAL;
+			return;
+		}
+		size_t r = ZSTD_decompressDCtx(d, j->dec + pt->off, pt->len, pt->z, pt->zlen);
+		if (ZSTD_isError(r) || r != pt->len) {
+			pt->rc = LS_ECORRUPT;
+			pt->undecodable = 1;
+			return;
+		}
+	}
+	pt->rc = render_region(j->recs + pt->off, j->recs + pt->off + pt->len,
+	                       j->view + pt->off, j->sep, pt);
+}
+
+/* Describes the frames of a zstd section as parts. 0, or 1 if they cannot be
+ * decoded apart (a frame without its content size, too many frames). */
+static int zstd_frames(struct dec_job *j, const uint8_t *src, size_t len, size_t *total)
+{
+	size_t n = 0, off = 0;
+	while (len) {
+		size_t fsz = ZSTD_findFrameCompressedSize(src, len);
+		if (ZSTD_isError(fsz) || n == LS_BATCH_PARTS_MAX)
+			return 1;
+		unsigned long long c = ZSTD_getFrameContentSize(src, fsz);
+		if (c == ZSTD_CONTENTSIZE_UNKNOWN || c == ZSTD_CONTENTSIZE_ERROR ||
+		    c > LS_BATCH_MAX_SIZE - off)
+			return 1;
+		j->part[n++] = (struct dec_part){.z = src, .zlen = fsz, .off = off, .len = (size_t)c};
+		off += (size_t)c;
+		src += fsz;
+		len -= fsz;
+	}
+	j->nparts = n;
+	*total = off;
+	return n == 0;
+}
+
+int ls_batch_render(const void *batch, const struct ls_batch_header *h,
+                    struct ls_buf *dec, struct ls_buf *view, char sep,
+                    ZSTD_DCtx *dctx, const struct ls_batch_par *par,
+                    struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
+                    uint64_t *view_size)
+{
+	const uint8_t *sec = (const uint8_t *)batch + LS_BATCH_HEADER_SIZE;
+	size_t len = ls_batch_size(h) - LS_BATCH_HEADER_SIZE, total = len;
+	int codec = h->attributes & LS_BATCH_ATTR_CODEC_MASK, rc;
+	struct dec_job j = {.sep = sep, .par = par, .dctx = dctx, .nparts = 1};
+
+	if (h->attributes & LS_BATCH_ATTR_UNSUPPORTED)
+		return -ENOTSUP;
+	if (codec == LS_CODEC_ZSTD && !par && !dctx)
+		return -EINVAL;
+	if (codec == LS_CODEC_ZSTD && zstd_frames(&j, sec, len, &total) == 0) {
+		if ((rc = ls_buf_reserve(dec, total ? total : 1)) < 0)
+			return rc;
+		dec->len = total;
+		j.recs = j.dec = dec->data;
+	} else if (codec == LS_CODEC_ZSTD) { /* frames that say nothing of their size */
+		if ((rc = zstd_inflate(dctx ? dctx : par->dctx(par->ctx), sec, len, dec)) < 0)
+			return rc;
+		total = dec->len;
+		j.recs = dec->data;
+		j.part[0] = (struct dec_part){.len = total};
+	} else if (codec == LS_CODEC_NONE) {
+		j.recs = sec;
+		j.part[0] = (struct dec_part){.len = total};
+	} else {
+		return -ENOTSUP;
+	}
+	/* a record renders to fewer bytes than it is encoded in: room enough */
+	if ((rc = ls_buf_reserve(view, total ? total : 1)) < 0)
+		return rc;
+	j.view = view->data;
+	if (j.nparts == 1 || !par)
+		for (size_t k = 0; k < j.nparts; k++)
+			dec_part_run(&j, k);
+	else
+		par->run(par->ctx, j.nparts, dec_part_run, &j);
+
+	/* every part decompressed; if a frame did not end at a record boundary,
+	 * the section is parsed again as a whole */
+	int whole = 0;
+	for (size_t k = 0; k < j.nparts; k++) {
+		if (j.part[k].rc == -ENOMEM || j.part[k].rc == -EINVAL)
+			return j.part[k].rc;
+		if (j.part[k].rc < 0 && (j.part[k].undecodable || j.nparts == 1))
+			return LS_ECORRUPT;
+		if (j.part[k].rc < 0)
+			whole = 1;
+	}
+	if (whole) {
+		j.nparts = 1;
+		j.part[0] = (struct dec_part){.len = total};
+		if ((rc = render_region(j.recs, j.recs + total, j.view, sep, &j.part[0])) < 0)
+			return rc;
+	}
+	uint64_t vs = 0;
+	int32_t count = 0, prev = -1;
+	for (size_t k = 0; k < j.nparts; k++) {
+		const struct dec_part *pt = &j.part[k];
+		if (pt->count && pt->first_delta <= prev)
+			return LS_ECORRUPT;
+		if (pt->count)
+			prev = pt->last_delta;
+		if (pt->count > INT32_MAX - count)
+			return LS_ECORRUPT;
+		count += pt->count;
+		spans[k] = (struct ls_batch_span){pt->off, pt->vlen};
+		vs += pt->vlen;
+	}
+	if (count != h->record_count || prev > h->last_offset_delta)
+		return LS_ECORRUPT;
+	*nspans = j.nparts;
+	*view_size = vs;
+	return 0;
+}
+
 /* ---- encoding -------------------------------------------------------------- */
 
 static inline size_t record_body_size(int64_t ts_delta, int32_t off_delta,

@@ -158,6 +158,24 @@ int ls_batch_encode_par(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
                         enum ls_codec codec, int level,
                         uint64_t *view_size) TFS_MUST_CHECK;
 
+/* A piece of a rendered view: bytes [off, off + len) of the view buffer. */
+struct ls_batch_span {
+	size_t off, len;
+};
+
+/* Renders every record of a batch whose CRC was checked as [key SEP] value
+ * '\n' into view: the batch's view is spans[0], spans[1], ... spans[*nspans-1]
+ * in order (bytes between spans are not part of it). A zstd section made of
+ * frames that each hold whole records (ls_batch_encode_par) is decompressed
+ * and rendered frame by frame through par (NULL: on this thread with dctx);
+ * anything else in one pass. Checks everything ls_batch_measure checks, and
+ * returns its errors; *view_size gets the view bytes. */
+int ls_batch_render(const void *batch, const struct ls_batch_header *h,
+                    struct ls_buf *dec, struct ls_buf *view, char sep,
+                    ZSTD_DCtx *dctx, const struct ls_batch_par *par,
+                    struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
+                    uint64_t *view_size) TFS_MUST_CHECK;
+
 /* Encodes already-decoded records (their offset_delta, ts_delta, key, value)
  * with the header fields of tmpl (base offset, epoch, timestamps, producer
  * fields, last_offset_delta; length/crc/count are computed). Used by

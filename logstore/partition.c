@@ -2581,10 +2581,14 @@ struct ls_reader {
 	struct ls_partition *p;
 	struct ls_buf raw;          /* the cached batch as stored */
 	struct ls_buf dec;          /* its records, decompressed */
-	struct ls_buf view;         /* its view, rendered with view_sep */
+	struct ls_buf view;         /* its view, rendered with view_sep, in spans */
+	struct ls_batch_span spans[LS_BATCH_PARTS_MAX];
+	size_t nspans;
+	struct ls_batch_header hdr; /* of the cached batch, CRC checked */
 	struct rrec *recs;
 	size_t nrecs, recs_cap;
-	int have, have_view;
+	int have;                   /* raw holds a batch whose CRC was checked */
+	int have_recs, have_view;   /* recs / view are built from it */
 	char view_sep;
 	uint64_t gen, layout;
 	struct loc loc;
@@ -2614,15 +2618,15 @@ void ls_reader_close(struct ls_reader *r)
 	free(r);
 }
 
-/* Loads batch l (caller holds lock shared): copies its bytes; decoding
- * happens after the lock is dropped (reader_decode). */
+/* Loads batch l (caller holds lock shared): copies its bytes; checking and
+ * decoding happen after the lock is dropped (reader_check). */
 static int reader_fetch_locked(struct ls_reader *r, const struct loc *l)
 {
 	struct ls_partition *p = r->p;
 	const struct ls_segment *s = p->segs[l->seg];
 	size_t len = ls_segment_batch_len(s, l->idx);
 	int rc;
-	r->have = r->have_view = 0;
+	r->have = r->have_recs = r->have_view = 0;
 	if ((rc = ls_buf_reserve(&r->raw, len)) < 0)
 		return rc;
 	r->ent = s->index.e[l->idx];
@@ -2636,29 +2640,51 @@ static int reader_fetch_locked(struct ls_reader *r, const struct loc *l)
 	return 0;
 }
 
-static int reader_decode(struct ls_reader *r)
+/* Checks the fetched batch's header and CRC, once per fetch: nothing is
+ * built from a batch that fails. */
+static int reader_check(struct ls_reader *r)
 {
-	struct ls_batch_header h;
-	struct ls_batch_iter it;
-	int rc;
+	struct ls_batch_header *h = &r->hdr;
 	const char *dir = r->p->dir;
-	struct tls_ctx *t = tls_get();
-	if (!t)
-		return -ENOMEM;
-	if (ls_batch_parse_header(r->raw.data, r->raw.len, &h) < 0 ||
-	    ls_batch_size(&h) != r->raw.len || h.base_offset != r->ent.base_offset) {
+	if (ls_batch_parse_header(r->raw.data, r->raw.len, h) < 0 ||
+	    ls_batch_size(h) != r->raw.len || h->base_offset != r->ent.base_offset) {
 		tfs_error("%s segment %s: batch at byte %" PRIu32 ": bad header", dir,
 		          r->seg_name, r->ent.file_pos);
 		return LS_ECORRUPT;
 	}
-	if (ls_batch_check_crc(r->raw.data, &h) < 0) {
+	if (ls_batch_check_crc(r->raw.data, h) < 0) {
 		tfs_error("%s segment %s: batch at byte %" PRIu32 ": crc mismatch", dir,
 		          r->seg_name, r->ent.file_pos);
 		return LS_ECORRUPT;
 	}
-	if ((rc = ls_batch_iter_init(&it, r->raw.data, &h, &r->dec, t->scan.dctx)) < 0)
-		goto bad;
+	r->batch_end = h->base_offset + h->last_offset_delta + 1;
+	r->have = 1;
+	return 0;
+}
+
+static int reader_bad(struct ls_reader *r, int rc)
+{
+	if (rc == -ENOMEM)
+		return rc;
+	tfs_error("%s segment %s: batch at byte %" PRIu32 ": undecodable records (%s)",
+	          r->p->dir, r->seg_name, r->ent.file_pos, tfs_strerror(rc));
+	return rc == -ENOTSUP ? rc : LS_ECORRUPT;
+}
+
+/* Decodes the checked batch's records into recs (for ls_reader_next). */
+static int reader_records(struct ls_reader *r)
+{
+	struct ls_batch_iter it;
+	int rc;
+	if (r->have_recs)
+		return 0;
+	struct tls_ctx *t = tls_get();
+	if (!t)
+		return -ENOMEM;
+	if ((rc = ls_batch_iter_init(&it, r->raw.data, &r->hdr, &r->dec, t->scan.dctx)) < 0)
+		return reader_bad(r, rc);
 	r->nrecs = 0;
+	r->have_view = 0; /* dec is reused */
 	uint64_t vp = r->ent.view_pos;
 	struct ls_batch_record rec;
 	while ((rc = ls_batch_iter_next(&it, &rec)) == 1) {
@@ -2673,48 +2699,52 @@ static int reader_decode(struct ls_reader *r)
 		r->recs[r->nrecs++] = (struct rrec){rec, vp};
 		vp += rec.view_size;
 	}
-	if (rc < 0)
-		goto bad;
-	if (vp - r->ent.view_pos != r->ent.view_size) {
+	if (rc == 0 && vp - r->ent.view_pos != r->ent.view_size)
 		rc = LS_ECORRUPT;
-		goto bad;
-	}
-	r->batch_end = h.base_offset + h.last_offset_delta + 1;
-	r->have = 1;
+	if (rc < 0)
+		return reader_bad(r, rc);
+	r->have_recs = 1;
 	return 0;
-bad:
-	if (rc == -ENOMEM)
-		return rc;
-	tfs_error("%s segment %s: batch at byte %" PRIu32 ": undecodable records (%s)", dir,
-	          r->seg_name, r->ent.file_pos, tfs_strerror(rc));
-	return rc == -ENOTSUP ? rc : LS_ECORRUPT;
 }
 
+/* Renders the checked batch's view (decompressing its frames in parallel). */
 static int reader_render(struct ls_reader *r, char sep)
 {
 	int rc;
+	uint64_t vsize;
 	if (r->have_view && r->view_sep == sep)
 		return 0;
-	if ((rc = ls_buf_reserve(&r->view, r->ent.view_size ? r->ent.view_size : 1)) < 0)
-		return rc;
-	uint8_t *o = r->view.data;
-	for (size_t i = 0; i < r->nrecs; i++) {
-		const struct ls_batch_record *x = &r->recs[i].r;
-		if (x->key_len >= 0) {
-			memcpy(o, x->key, (size_t)x->key_len);
-			o += x->key_len;
-			*o++ = (uint8_t)sep;
-		}
-		if (x->value_len > 0) {
-			memcpy(o, x->value, (size_t)x->value_len);
-			o += x->value_len;
-		}
-		*o++ = '\n';
-	}
-	r->view.len = (size_t)(o - r->view.data);
+	struct tls_ctx *t = tls_get();
+	if (!t)
+		return -ENOMEM;
+	r->have_recs = 0; /* dec is reused */
+	rc = ls_batch_render(r->raw.data, &r->hdr, &r->dec, &r->view, sep, t->scan.dctx,
+	                     batch_par(), r->spans, &r->nspans, &vsize);
+	if (rc == 0 && vsize != r->ent.view_size)
+		rc = LS_ECORRUPT;
+	if (rc < 0)
+		return reader_bad(r, rc);
 	r->view_sep = sep;
 	r->have_view = 1;
 	return 0;
+}
+
+/* Copies view bytes [at, at + n) of the rendered batch (at relative to its
+ * start) to dst. */
+static void reader_copy_view(const struct ls_reader *r, uint64_t at, uint8_t *dst, size_t n)
+{
+	for (size_t k = 0; k < r->nspans && n; k++) {
+		const struct ls_batch_span *sp = &r->spans[k];
+		if (at >= sp->len) {
+			at -= sp->len;
+			continue;
+		}
+		size_t c = sp->len - (size_t)at < n ? sp->len - (size_t)at : n;
+		memcpy(dst, r->view.data + sp->off + at, c);
+		dst += c;
+		n -= c;
+		at = 0;
+	}
 }
 
 ssize_t ls_reader_read_view(struct ls_reader *r, uint64_t pos, void *buf, size_t size,
@@ -2742,7 +2772,7 @@ ssize_t ls_reader_read_view(struct ls_reader *r, uint64_t pos, void *buf, size_t
 			rc = reader_fetch_locked(r, &l);
 			pthread_rwlock_unlock(&p->lock);
 			if (rc == 0)
-				rc = reader_decode(r);
+				rc = reader_check(r);
 			if (rc < 0)
 				return copied ? (ssize_t)copied : rc;
 			gen = r->gen;
@@ -2764,7 +2794,7 @@ ssize_t ls_reader_read_view(struct ls_reader *r, uint64_t pos, void *buf, size_t
 		size_t n = (size_t)(end - pos);
 		if (n > size - copied)
 			n = size - copied;
-		memcpy((uint8_t *)buf + copied, r->view.data + (pos - r->ent.view_pos), n);
+		reader_copy_view(r, pos - r->ent.view_pos, (uint8_t *)buf + copied, n);
 		copied += n;
 		pos += n;
 	}
@@ -2786,6 +2816,8 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 			return 0;
 		if (r->have && r->gen == gen && offset >= r->ent.base_offset &&
 		    offset < r->batch_end) {
+			if ((rc = reader_records(r)) < 0)
+				return rc;
 			size_t lo = 0, hi = r->nrecs;
 			while (lo < hi) {
 				size_t mid = lo + (hi - lo) / 2;
@@ -2833,7 +2865,9 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 		rc = reader_fetch_locked(r, &l);
 		pthread_rwlock_unlock(&p->lock);
 		if (rc == 0)
-			rc = reader_decode(r);
+			rc = reader_check(r);
+		if (rc == 0)
+			rc = reader_records(r);
 		if (rc < 0)
 			return rc;
 		layout = r->layout;
