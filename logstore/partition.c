@@ -436,7 +436,8 @@ struct meta {
 	size_t nepochs;
 };
 
-/* Caller holds append_mu (fields it reads are stable). */
+/* Caller holds append_mu (fields it reads are stable, but for the high
+ * watermark and the log start: those are read under the lock) and not lock. */
 static int write_meta(struct ls_partition *p)
 {
 	int rc;
@@ -444,13 +445,17 @@ static int write_meta(struct ls_partition *p)
 	char *buf = malloc(cap);
 	if (!buf)
 		return -ENOMEM;
+	pthread_rwlock_rdlock(&p->lock);
+	int64_t start = p->start_offset, hw = p->hw;
+	uint64_t start_pos = p->start_pos;
+	pthread_rwlock_unlock(&p->lock);
 	n += (size_t)snprintf(buf + n, cap - n,
 	                      "topicfs-partition 1\nstart_offset %" PRId64
 	                      "\nstart_pos %" PRIu64 "\nrecovery_offset %" PRId64
 	                      "\nrecovery_pos %" PRIu64 "\nhigh_watermark %" PRId64
 	                      "\nleader_epoch %" PRId32 "\n",
-	                      p->start_offset, p->start_pos, p->recovery_offset,
-	                      p->recovery_pos, p->hw, p->leader_epoch);
+	                      start, start_pos, p->recovery_offset,
+	                      p->recovery_pos, hw, p->leader_epoch);
 	for (size_t i = 0; i < p->nepochs; i++)
 		n += (size_t)snprintf(buf + n, cap - n, "epoch %" PRId32 " %" PRId64 "\n",
 		                      p->epochs[i].epoch, p->epochs[i].start_offset);
