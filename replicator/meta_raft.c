@@ -93,13 +93,14 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
 		rc = meta_apply(&f->state, c, &res);
 		pthread_rwlock_unlock(&f->lock);
 		if (rc == -ENOMEM) {
-			/* Not deterministic: stop here rather than skip (invariant 2). */
-			f->stopped = true;
-			tfs_error("metadata: node %u: out of memory applying %s; this node "
-			          "stops applying the metadata log", f->node_id,
+			/* Not deterministic: retry later rather than skip (invariant 2). */
+			f->stalled = true;
+			tfs_error("metadata: node %u: out of memory applying %s; the metadata "
+			          "log waits here until the next commit", f->node_id,
 			          meta_cmd_name(c->type));
 			return RAFT_NOMEM;
 		}
+		f->stalled = false;
 	}
 	if (rc < 0) {
 		f->refused++;

@@ -26,10 +26,11 @@
  *     and every done callback run on the loop thread. The state is written
  *     only there, under the write lock; other threads read it through
  *     meta_fsm_read / meta_raft_read (read lock).
- *  2. fsm->apply returns 0 for every command, refused or not (a non-zero
- *     return makes libraft stop applying on this node for good); the
- *     refusal travels in the result. Only -ENOMEM from meta_apply is
- *     returned to libraft (RAFT_NOMEM): this node stops rather than diverge.
+ *  2. fsm->apply returns 0 for every command, refused or not; the refusal
+ *     travels in the result. A non-zero return leaves libraft's last_applied
+ *     where it was and the same entry is applied again at a later commit, so
+ *     it is returned only for -ENOMEM from meta_apply (RAFT_NOMEM; the state
+ *     is untouched): this node pauses rather than skip and diverge.
  *  3. A proposal's done callback is called exactly once: with meta_apply's
  *     code once applied, or an error (see meta_done_cb) if it was not.
  *  4. Entry and snapshot buffers are raft_malloc()ed and belong to libraft
@@ -79,7 +80,7 @@ struct meta_fsm {
 	uint64_t next_seq;
 	struct meta_pending *pending;  /* this node's proposals, not yet done */
 	uint64_t applied, refused;     /* counters (loop thread) */
-	bool stopped;                  /* -ENOMEM in apply: this node stopped applying */
+	bool stalled;                  /* the last apply ran out of memory (retried) */
 	struct meta_cmd scratch;       /* decode buffer (loop thread) */
 };
 

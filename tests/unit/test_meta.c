@@ -1354,7 +1354,7 @@ struct uv_node {
 	struct meta_raft *m;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
-	int ndone, nok;
+	int ndone, nok, last_rc;
 	int64_t last_value;
 	bool finished, closed;
 };
@@ -1365,6 +1365,7 @@ static void uv_done(void *ctx, int rc, const struct meta_result *res)
 	pthread_mutex_lock(&u->lock);
 	u->ndone++;
 	u->nok += rc == 0;
+	u->last_rc = rc;
 	u->last_value = res->value;
 	pthread_cond_signal(&u->cond);
 	pthread_mutex_unlock(&u->lock);
@@ -1503,6 +1504,165 @@ static void test_raft_uv_restart(void)
 	pthread_cond_destroy(&u.cond);
 }
 
+struct trio {
+	struct uv_node u[3];
+	unsigned skip;   /* index of a closed node (3: none) */
+};
+
+/* The live node that leads and is followed by every live node; 3 if none. */
+static unsigned trio_leader(struct trio *t)
+{
+	for (unsigned i = 0; i < 3; i++) {
+		if (i == t->skip || !meta_raft_is_leader(t->u[i].m))
+			continue;
+		bool agreed = true;
+		for (unsigned j = 0; j < 3; j++)
+			if (j != t->skip && meta_raft_leader(t->u[j].m, NULL, 0) != i + 1)
+				agreed = false;
+		if (agreed)
+			return i;
+	}
+	return 3;
+}
+
+static bool trio_has_leader(void *arg) { return trio_leader(arg) < 3; }
+
+static bool trio_converged(void *arg)
+{
+	struct trio *t = arg;
+	int first = -1;
+	for (unsigned i = 0; i < 3; i++) {
+		if (i == t->skip)
+			continue;
+		if (first < 0)
+			first = (int)i;
+		else if (!same_state(&meta_raft_fsm(t->u[first].m)->state,
+		                     &meta_raft_fsm(t->u[i].m)->state))
+			return false;
+	}
+	return true;
+}
+
+struct count_arg {
+	struct uv_node *u;
+	int want;
+};
+
+static bool done_count(void *arg)
+{
+	struct count_arg *a = arg;
+	return a->u->ndone >= a->want;
+}
+
+/* Submits on node u and runs the loop until it is done; its rc (1: it
+ * never ended). */
+static int uv_propose(uv_loop_t *loop, struct uv_node *u, const struct meta_cmd *cmd)
+{
+	struct count_arg a = { u, u->ndone + 1 };
+	if (meta_raft_submit(u->m, cmd, uv_done, u) != 0 || !run_until(loop, done_count, &a))
+		return 1;
+	return u->last_rc;
+}
+
+/* Three meta_raft nodes on 127.0.0.1 over libraft's TCP transport, one loop:
+ * they bootstrap from the same voters and elect a leader; a follower refuses
+ * to propose; the leader's commands reach all; when the leader is closed the
+ * other two elect a new one, whose controller moves partition leadership. */
+static void test_raft_uv_three(void)
+{
+	uv_loop_t loop;
+	struct trio t = { .skip = 3 };
+	struct meta_voter voters[3];
+	struct meta_cmd cmd;
+	static struct meta_cmd plan[16];
+	CHECK_EQ_INT(uv_loop_init(&loop), 0);
+	for (unsigned i = 0; i < 3; i++) {
+		voters[i].id = (uint16_t)(i + 1);
+		snprintf(voters[i].address, sizeof(voters[i].address), "127.0.0.1:%u", free_port());
+		pthread_mutex_init(&t.u[i].lock, NULL);
+		pthread_cond_init(&t.u[i].cond, NULL);
+	}
+	for (unsigned i = 0; i < 3; i++) {
+		struct meta_raft_options o = {
+			.node_id = (uint16_t)(i + 1), .address = voters[i].address,
+			.dir = unit_tmpdir(), .voters = voters, .nvoters = 3, .loop = &loop,
+			.election_ms = 300, .heartbeat_ms = 30,
+		};
+		CHECK_EQ_INT(meta_raft_start(&o, &t.u[i].m), 0);
+	}
+	CHECK(run_until(&loop, trio_has_leader, &t));
+	unsigned l = trio_leader(&t);
+	if (l == 3)
+		goto out;
+
+	unsigned f = (l + 1) % 3;
+	meta_cmd_init(&cmd, META_CMD_ALLOC_PIDS);
+	cmd.count = 1;
+	CHECK_EQ_INT(uv_propose(&loop, &t.u[f], &cmd), REP_ENOTLEADER);
+	for (uint16_t id = 1; id <= 3; id++) {
+		meta_cmd_init(&cmd, META_CMD_NODE_REGISTER);
+		cmd.node = id;
+		snprintf(cmd.address, sizeof(cmd.address), "%s", voters[id - 1].address);
+		CHECK_EQ_INT(uv_propose(&loop, &t.u[l], &cmd), 0);
+	}
+	topic_cmd(&cmd, "trio", 3, 3, 2);
+	CHECK_EQ_INT(uv_propose(&loop, &t.u[l], &cmd), 0);
+	CHECK(run_until(&loop, trio_converged, &t));
+
+	/* The leader goes away. */
+	meta_raft_close(t.u[l].m, uv_closed, &t.u[l]);
+	CHECK(run_until(&loop, is_closed, &t.u[l]));
+	t.skip = l;
+	CHECK(run_until(&loop, trio_has_leader, &t));
+	unsigned l2 = trio_leader(&t);
+	if (l2 == 3)
+		goto out;
+	CHECK(l2 != l);
+	meta_cmd_init(&cmd, META_CMD_NODE_DOWN);
+	cmd.node = (uint16_t)(l + 1);
+	CHECK_EQ_INT(uv_propose(&loop, &t.u[l2], &cmd), 0);
+	size_t n = meta_ctl_plan(&meta_raft_fsm(t.u[l2].m)->state, plan, 16);
+	CHECK_EQ_INT(n, 3);   /* one election, two in-sync shrinks */
+	for (size_t i = 0; i < n && i < 16; i++)
+		CHECK_EQ_INT(uv_propose(&loop, &t.u[l2], &plan[i]), 0);
+	CHECK(run_until(&loop, trio_converged, &t));
+	const struct meta_topic *tp = meta_topic_by_name(&meta_raft_fsm(t.u[l2].m)->state, "trio");
+	for (uint32_t p = 0; tp && p < tp->nparts; p++)
+		CHECK(tp->parts[p].leader != l + 1 && tp->parts[p].leader != 0);
+
+out:
+	for (unsigned i = 0; i < 3; i++) {
+		if (i == t.skip)
+			continue;
+		meta_raft_close(t.u[i].m, uv_closed, &t.u[i]);
+		CHECK(run_until(&loop, is_closed, &t.u[i]));
+	}
+	for (unsigned i = 0; i < 3; i++) {
+		pthread_mutex_destroy(&t.u[i].lock);
+		pthread_cond_destroy(&t.u[i].cond);
+	}
+	CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+/* A start that fails (no such directory) returns an error and releases
+ * everything once the loop runs. */
+static void test_raft_uv_bad_start(void)
+{
+	uv_loop_t loop;
+	struct meta_raft *m = NULL;
+	CHECK_EQ_INT(uv_loop_init(&loop), 0);
+	struct meta_raft_options o = {
+		.node_id = 1, .address = "127.0.0.1:9", .dir = "/nonexistent/topicfs-raft",
+		.loop = &loop,
+	};
+	CHECK(meta_raft_start(&o, &m) < 0);
+	CHECK(m == NULL);
+	o.node_id = 0;
+	CHECK_EQ_INT(meta_raft_start(&o, &m), -EINVAL);
+	uv_run(&loop, UV_RUN_DEFAULT);
+	CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
 	RUN(test_nodes);
@@ -1525,5 +1685,7 @@ int main(void)
 	RUN(test_raft_failover);
 	RUN(test_raft_minority);
 	RUN(test_raft_uv_restart);
+	RUN(test_raft_uv_three);
+	RUN(test_raft_uv_bad_start);
 	return unit_report("test_meta");
 }
