@@ -514,6 +514,28 @@ size_t meta_ctl_plan(const struct meta_state *s, struct meta_cmd *out, size_t ma
 	return n;
 }
 
+size_t meta_ctl_down(const struct meta_state *s, const struct meta_seen *seen, size_t nseen,
+                     int64_t now_ms, int64_t timeout_ms, struct meta_cmd *out, size_t max)
+{
+	size_t n = 0;
+	struct meta_cmd c;
+	for (uint32_t i = 0; i < s->nnodes; i++) {
+		const struct meta_node *node = &s->nodes[i];
+		const struct meta_seen *last = NULL;
+		if (!node->alive)
+			continue;
+		for (size_t k = 0; k < nseen; k++)
+			if (seen[k].node == node->id)
+				last = &seen[k];
+		if (!last || now_ms - last->at_ms <= timeout_ms)
+			continue;
+		meta_cmd_init(&c, META_CMD_NODE_DOWN);
+		c.node = node->id;
+		emit(out, max, &n, &c);
+	}
+	return n;
+}
+
 size_t meta_ctl_isr(const struct meta_state *s, uint64_t topic_id, uint32_t p, int64_t hw,
                     int64_t now_ms, int64_t lag_ms, const struct meta_lag_report *reports,
                     size_t nreports, struct meta_cmd *out, size_t max)

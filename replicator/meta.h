@@ -282,6 +282,21 @@ uint16_t meta_pick_coordinator(const struct meta_state *s);
  * Fills out[0..min(n, max)) and returns n, the number of commands needed. */
 size_t meta_ctl_plan(const struct meta_state *s, struct meta_cmd *out, size_t max);
 
+/* When the controller last heard from a node (a heartbeat or register
+ * applied), on the controller's own clock. */
+struct meta_seen {
+	uint16_t node;
+	int64_t at_ms;
+};
+
+/* Node deaths: a META_CMD_NODE_DOWN for every alive node last heard more than
+ * timeout_ms before now_ms. Only the controller's clock is compared (the
+ * hb_ms in the state come from each node's own clock). A node without an
+ * entry in seen is not judged: a new controller seeds every node with the
+ * time it took over. Fills out[0..min(n, max)) and returns n. */
+size_t meta_ctl_down(const struct meta_state *s, const struct meta_seen *seen, size_t nseen,
+                     int64_t now_ms, int64_t timeout_ms, struct meta_cmd *out, size_t max);
+
 /* A partition leader's view of one follower, for meta_ctl_isr. */
 struct meta_lag_report {
 	uint16_t node;

@@ -6,7 +6,7 @@
  * Matching a result to its proposal: libraft hands fsm->apply only the
  * entry's bytes, and fires the raft_apply callback later. Every command
  * carries (origin node, seq) in its header (meta.h), so the apply on the
- * proposing node finds its struct meta_pending by seq and keeps the result;
+ * proposing node finds its struct meta_raft_pending by seq and keeps the result;
  * the raft_apply callback then delivers it. Other nodes ignore (origin, seq).
  *
  * meta_raft states:
@@ -24,16 +24,16 @@
 
 #include "../logstore/log.h"
 
-struct meta_pending {
+struct meta_raft_pending {
 	struct raft_apply req;      /* req.data = this */
-	struct meta_fsm *fsm;
+	struct meta_raft_fsm *fsm;
 	uint64_t seq;
 	bool applied;               /* this node's apply saw it */
 	int rc;
 	struct meta_result res;
-	meta_done_cb done;
+	meta_raft_done_cb done;
 	void *ctx;
-	struct meta_pending *prev, *next;
+	struct meta_raft_pending *prev, *next;
 };
 
 int meta_raft_errno(int raft_rc)
@@ -65,7 +65,7 @@ int meta_raft_errno(int raft_rc)
 
 /* ---- the FSM ---------------------------------------------------------------- */
 
-static void pending_unlink(struct meta_fsm *f, struct meta_pending *p)
+static void pending_unlink(struct meta_raft_fsm *f, struct meta_raft_pending *p)
 {
 	if (p->prev)
 		p->prev->next = p->next;
@@ -78,7 +78,7 @@ static void pending_unlink(struct meta_fsm *f, struct meta_pending *p)
 
 static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **result)
 {
-	struct meta_fsm *f = rf->data;
+	struct meta_raft_fsm *f = rf->data;
 	struct meta_cmd *c = &f->scratch;
 	struct meta_result res = { 0, "" };
 	int rc;
@@ -109,7 +109,7 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
 		f->applied++;
 	}
 	if (c->origin == f->node_id) {
-		for (struct meta_pending *p = f->pending; p; p = p->next) {
+		for (struct meta_raft_pending *p = f->pending; p; p = p->next) {
 			if (p->seq == c->seq) {
 				p->applied = true;
 				p->rc = rc;
@@ -125,7 +125,7 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
 
 static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigned *n_bufs)
 {
-	struct meta_fsm *f = rf->data;
+	struct meta_raft_fsm *f = rf->data;
 	/* The loop thread is the only writer: no lock needed to read here. */
 	size_t len = meta_snapshot_encode(&f->state, NULL, 0);
 	struct raft_buffer *b = raft_malloc(sizeof(*b));
@@ -145,7 +145,7 @@ static int fsm_snapshot(struct raft_fsm *rf, struct raft_buffer *bufs[], unsigne
 
 static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
 {
-	struct meta_fsm *f = rf->data;
+	struct meta_raft_fsm *f = rf->data;
 	struct meta_state s, old;
 	int rc = meta_snapshot_decode(buf->base, buf->len, &s);
 	if (rc < 0) {
@@ -166,7 +166,7 @@ static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
 	return 0;
 }
 
-int meta_fsm_init(struct meta_fsm *f, uint16_t node_id, const struct meta_hooks *hooks)
+int meta_raft_fsm_init(struct meta_raft_fsm *f, uint16_t node_id, const struct meta_raft_hooks *hooks)
 {
 	memset(f, 0, sizeof(*f));
 	int rc = pthread_rwlock_init(&f->lock, NULL);
@@ -184,7 +184,7 @@ int meta_fsm_init(struct meta_fsm *f, uint16_t node_id, const struct meta_hooks 
 	return 0;
 }
 
-void meta_fsm_close(struct meta_fsm *f)
+void meta_raft_fsm_close(struct meta_raft_fsm *f)
 {
 	if (f->pending)
 		tfs_error("metadata: node %u: closing with proposals in flight", f->node_id);
@@ -192,7 +192,7 @@ void meta_fsm_close(struct meta_fsm *f)
 	pthread_rwlock_destroy(&f->lock);
 }
 
-void meta_fsm_read(struct meta_fsm *f, void (*fn)(void *ctx, const struct meta_state *s),
+void meta_raft_fsm_read(struct meta_raft_fsm *f, void (*fn)(void *ctx, const struct meta_state *s),
                    void *ctx)
 {
 	pthread_rwlock_rdlock(&f->lock);
@@ -202,7 +202,7 @@ void meta_fsm_read(struct meta_fsm *f, void (*fn)(void *ctx, const struct meta_s
 
 static void propose_done(struct raft_apply *req, int status, void *result)
 {
-	struct meta_pending *p = req->data;
+	struct meta_raft_pending *p = req->data;
 	int rc;
 	(void)result;
 	pending_unlink(p->fsm, p);
@@ -219,10 +219,10 @@ static void propose_done(struct raft_apply *req, int status, void *result)
 	free(p);
 }
 
-int meta_fsm_propose(struct meta_fsm *f, struct raft *r, const struct meta_cmd *c,
-                     meta_done_cb done, void *ctx)
+int meta_raft_fsm_propose(struct meta_raft_fsm *f, struct raft *r, const struct meta_cmd *c,
+                     meta_raft_done_cb done, void *ctx)
 {
-	struct meta_pending *p;
+	struct meta_raft_pending *p;
 	struct raft_buffer buf;
 	long n;
 	int rv;
@@ -290,13 +290,13 @@ int meta_fsm_propose(struct meta_fsm *f, struct raft *r, const struct meta_cmd *
 
 struct submission {
 	struct meta_cmd cmd;
-	meta_done_cb done;
+	meta_raft_done_cb done;
 	void *ctx;
 	struct submission *next;
 };
 
 struct meta_raft {
-	struct meta_fsm fsm;
+	struct meta_raft_fsm fsm;
 	struct raft raft;
 	struct raft_io io;
 	struct raft_uv_transport tcp;   /* used when the caller gives none */
@@ -304,7 +304,7 @@ struct meta_raft {
 	struct uv_loop_s *loop;
 	uv_async_t async;
 	uv_timer_t timer;
-	struct meta_hooks user_hooks;
+	struct meta_raft_hooks user_hooks;
 
 	pthread_mutex_t lock;           /* guards queue, closing, leader_addr */
 	struct submission *head, *tail;
@@ -381,7 +381,7 @@ static void async_cb(uv_async_t *a)
 			fail_submission(s, -ECANCELED, "the node is closing");
 			continue;
 		}
-		int rc = meta_fsm_propose(&m->fsm, &m->raft, &s->cmd, s->done, s->ctx);
+		int rc = meta_raft_fsm_propose(&m->fsm, &m->raft, &s->cmd, s->done, s->ctx);
 		if (rc < 0)
 			fail_submission(s, rc, tfs_strerror(rc));
 		else
@@ -389,7 +389,7 @@ static void async_cb(uv_async_t *a)
 	}
 }
 
-int meta_raft_submit(struct meta_raft *m, const struct meta_cmd *c, meta_done_cb done,
+int meta_raft_submit(struct meta_raft *m, const struct meta_cmd *c, meta_raft_done_cb done,
                      void *ctx)
 {
 	struct submission *s = malloc(sizeof(*s));
@@ -428,7 +428,7 @@ uint16_t meta_raft_leader(struct meta_raft *m, char *addr, size_t addrlen)
 	return (uint16_t)atomic_load(&m->leader_id);
 }
 
-struct meta_fsm *meta_raft_fsm(struct meta_raft *m) { return &m->fsm; }
+struct meta_raft_fsm *meta_raft_fsm(struct meta_raft *m) { return &m->fsm; }
 
 /* The last of the handles and raft is closed: release everything. */
 static void close_step(struct meta_raft *m)
@@ -444,7 +444,7 @@ static void close_step(struct meta_raft *m)
 		raft_uv_close(&m->io);
 	if (m->own_tcp)
 		raft_uv_tcp_close(&m->tcp);
-	meta_fsm_close(&m->fsm);
+	meta_raft_fsm_close(&m->fsm);
 	pthread_mutex_destroy(&m->lock);
 	void (*done)(void *) = m->close_done;
 	void *ctx = m->close_ctx;
@@ -511,7 +511,7 @@ int meta_raft_start(const struct meta_raft_options *o, struct meta_raft **out)
 {
 	struct meta_raft *m;
 	struct raft_uv_transport *t = o->transport;
-	struct meta_hooks hooks;
+	struct meta_raft_hooks hooks;
 	int rv;
 
 	if (o->node_id == 0 || !o->address || !o->dir || !o->loop)
@@ -521,8 +521,8 @@ int meta_raft_start(const struct meta_raft_options *o, struct meta_raft **out)
 		return -ENOMEM;
 	m->loop = o->loop;
 	m->user_hooks = o->hooks;
-	hooks = (struct meta_hooks){ hook_applied, hook_restored, m };
-	rv = meta_fsm_init(&m->fsm, o->node_id, &hooks);
+	hooks = (struct meta_raft_hooks){ hook_applied, hook_restored, m };
+	rv = meta_raft_fsm_init(&m->fsm, o->node_id, &hooks);
 	if (rv < 0) {
 		free(m);
 		return rv;
@@ -533,7 +533,7 @@ int meta_raft_start(const struct meta_raft_options *o, struct meta_raft **out)
 	if (uv_async_init(m->loop, &m->async, async_cb) != 0 ||
 	    uv_timer_init(m->loop, &m->timer) != 0) {
 		/* Neither fails on Linux but for a closed loop: nothing to close. */
-		meta_fsm_close(&m->fsm);
+		meta_raft_fsm_close(&m->fsm);
 		pthread_mutex_destroy(&m->lock);
 		free(m);
 		return -EINVAL;

@@ -4,38 +4,41 @@
  *
  * Two layers:
  *
- *   struct meta_fsm   the libraft FSM over a struct meta_state (apply,
- *                     snapshot, restore) plus the proposals of this node
- *                     waiting for their result. Works with any struct raft:
- *                     raft_uv below, raft_fixture in the unit tests.
- *   struct meta_raft  one node: meta_fsm + raft_uv on the caller's libuv loop
- *                     and data directory, libraft's TCP transport or the
- *                     caller's (the seam for the transport sharing the node
- *                     port), bootstrap from the voters, a submit API for any
- *                     thread, and the leadership as atomics.
+ *   struct meta_raft_fsm  the libraft FSM over a struct meta_state (apply,
+ *                         snapshot, restore) plus the proposals of this node
+ *                         waiting for their result. Works with any struct
+ *                         raft: raft_uv below, raft_fixture in the unit tests.
+ *   struct meta_raft      one node: meta_raft_fsm + raft_uv on the caller's
+ *                         libuv loop and data directory, libraft's TCP
+ *                         transport or the caller's (the seam for the
+ *                         transport sharing the node port), bootstrap from the
+ *                         voters, a submit API for any thread, and the
+ *                         leadership as atomics.
  *
  * A proposal's life (all on the loop thread except meta_raft_submit):
  *
- *   meta_raft_submit ──queue + uv_async_send──> meta_fsm_propose
+ *   meta_raft_submit ──queue + uv_async_send──> meta_raft_fsm_propose
  *     ──raft_apply──> (log, quorum) ──fsm apply on every node──> meta_apply
  *     ──this node's apply finds its (origin, seq)──> result kept
  *     ──raft's apply callback──> done(ctx, rc, result)
  *
  * Invariants:
- *  1. libraft is not thread-safe: raft, the FSM callbacks, meta_fsm_propose
+ *  1. libraft is not thread-safe: raft, the FSM callbacks, meta_raft_fsm_propose
  *     and every done callback run on the loop thread. The state is written
  *     only there, under the write lock; other threads read it through
- *     meta_fsm_read / meta_raft_read (read lock).
+ *     meta_raft_fsm_read (read lock).
  *  2. fsm->apply returns 0 for every command, refused or not; the refusal
  *     travels in the result. A non-zero return leaves libraft's last_applied
  *     where it was and the same entry is applied again at a later commit, so
  *     it is returned only for -ENOMEM from meta_apply (RAFT_NOMEM; the state
  *     is untouched): this node pauses rather than skip and diverge.
  *  3. A proposal's done callback is called exactly once: with meta_apply's
- *     code once applied, or an error (see meta_done_cb) if it was not.
+ *     code once applied, or an error (see meta_raft_done_cb) if it was not.
  *  4. Entry and snapshot buffers are raft_malloc()ed and belong to libraft
- *     once handed over (raft_apply returned 0, snapshot returned 0); restore
- *     takes the buffer (raft_free) only when it succeeds.
+ *     once handed over: raft_apply is called only on a leader, and after it
+ *     the entry is libraft's whatever it returns (libraft 0.22 frees it on
+ *     a failed disk append); snapshot buffers once snapshot returned 0;
+ *     restore takes the buffer (raft_free) only when it succeeds.
  */
 #ifndef TFS_META_RAFT_H
 #define TFS_META_RAFT_H
@@ -58,49 +61,49 @@
  *                   idempotent command)
  *   -ECANCELED      the node is closing;  -ENOMEM, -EIO, -ENOSPC
  * res is never NULL. Runs on the loop thread. */
-typedef void (*meta_done_cb)(void *ctx, int rc, const struct meta_result *res);
+typedef void (*meta_raft_done_cb)(void *ctx, int rc, const struct meta_result *res);
 
 /* Told after each command is applied on this node (rc as meta_apply's) and
  * after a snapshot replaced the whole state. Loop thread, no lock held. */
-struct meta_hooks {
+struct meta_raft_hooks {
 	void (*applied)(void *ctx, const struct meta_cmd *c, int rc,
 	                const struct meta_result *res);
 	void (*restored)(void *ctx);
 	void *ctx;
 };
 
-struct meta_pending;
+struct meta_raft_pending;
 
-struct meta_fsm {
+struct meta_raft_fsm {
 	struct raft_fsm raft_fsm;      /* give &raft_fsm to raft_init/raft_fixture_grow */
 	uint16_t node_id;              /* the raft id of the node this FSM runs on */
 	pthread_rwlock_t lock;         /* guards state */
 	struct meta_state state;
-	struct meta_hooks hooks;
+	struct meta_raft_hooks hooks;
 	uint64_t next_seq;
-	struct meta_pending *pending;  /* this node's proposals, not yet done */
+	struct meta_raft_pending *pending;  /* this node's proposals, not yet done */
 	uint64_t applied, refused;     /* counters (loop thread) */
 	bool stalled;                  /* the last apply ran out of memory (retried) */
 	struct meta_cmd scratch;       /* decode buffer (loop thread) */
 };
 
 /* An FSM with an empty state for node node_id. hooks may be NULL. */
-int meta_fsm_init(struct meta_fsm *f, uint16_t node_id, const struct meta_hooks *hooks)
+int meta_raft_fsm_init(struct meta_raft_fsm *f, uint16_t node_id, const struct meta_raft_hooks *hooks)
 	TFS_MUST_CHECK;
 /* Frees the state. The raft instance using f must be closed already (its
  * close callback fired), so no proposal is left. */
-void meta_fsm_close(struct meta_fsm *f);
+void meta_raft_fsm_close(struct meta_raft_fsm *f);
 
 /* Proposes c on raft r (whose FSM is f), loop thread only. c->origin and
  * c->seq are set here. Returns 0 and later calls done exactly once, or
  * returns an error (REP_ENOTLEADER, -ENOMEM, -EINVAL for an unencodable
  * command, ...) and never calls done. */
-int meta_fsm_propose(struct meta_fsm *f, struct raft *r, const struct meta_cmd *c,
-                     meta_done_cb done, void *ctx) TFS_MUST_CHECK;
+int meta_raft_fsm_propose(struct meta_raft_fsm *f, struct raft *r, const struct meta_cmd *c,
+                     meta_raft_done_cb done, void *ctx) TFS_MUST_CHECK;
 
 /* Calls fn with the state under the read lock (any thread; fn must not
  * block or call into meta_raft). */
-void meta_fsm_read(struct meta_fsm *f, void (*fn)(void *ctx, const struct meta_state *s),
+void meta_raft_fsm_read(struct meta_raft_fsm *f, void (*fn)(void *ctx, const struct meta_state *s),
                    void *ctx);
 
 /* The errno-style code for a libraft code (RAFT_NOTLEADER -> REP_ENOTLEADER,
@@ -109,7 +112,7 @@ int meta_raft_errno(int raft_rc);
 
 /* ---- one node on raft_uv -------------------------------------------------- */
 
-struct meta_voter {
+struct meta_raft_voter {
 	uint16_t id;
 	char address[META_ADDR_MAX];   /* dotted-quad IPv4 "A.B.C.D:PORT" (libraft) */
 };
@@ -118,7 +121,7 @@ struct meta_raft_options {
 	uint16_t node_id;
 	const char *address;           /* this node, "A.B.C.D:PORT" */
 	const char *dir;               /* raft's data directory; must exist */
-	const struct meta_voter *voters;  /* cluster.voters, the same on every node; */
+	const struct meta_raft_voter *voters;  /* cluster.voters, the same on every node; */
 	unsigned nvoters;                 /* 0: this node alone (a quorum of one) */
 	struct uv_loop_s *loop;
 	/* NULL: libraft's TCP transport listening on address. Otherwise the
@@ -128,7 +131,7 @@ struct meta_raft_options {
 	unsigned heartbeat_ms;         /* 0: libraft's 100 */
 	unsigned snapshot_threshold;   /* entries between snapshots; 0: 1024 */
 	unsigned snapshot_trailing;    /* entries kept after one; 0: 128 */
-	struct meta_hooks hooks;
+	struct meta_raft_hooks hooks;
 };
 
 struct meta_raft;
@@ -147,9 +150,9 @@ int meta_raft_start(const struct meta_raft_options *o, struct meta_raft **out)
 void meta_raft_close(struct meta_raft *m, void (*done)(void *ctx), void *ctx);
 
 /* Proposes c from any thread: c is copied and proposed on the loop thread;
- * done is called there exactly once (meta_done_cb). Returns 0, or -ECANCELED
+ * done is called there exactly once (meta_raft_done_cb). Returns 0, or -ECANCELED
  * (closing) / -ENOMEM without calling done. */
-int meta_raft_submit(struct meta_raft *m, const struct meta_cmd *c, meta_done_cb done,
+int meta_raft_submit(struct meta_raft *m, const struct meta_cmd *c, meta_raft_done_cb done,
                      void *ctx) TFS_MUST_CHECK;
 
 /* Leadership as last seen on the loop thread (updated every heartbeat and
@@ -158,7 +161,7 @@ bool meta_raft_is_leader(struct meta_raft *m);
 /* The leader's id (0 if unknown) and, if addr, its address. Any thread. */
 uint16_t meta_raft_leader(struct meta_raft *m, char *addr, size_t addrlen);
 
-/* The node's FSM (meta_fsm_read for the state). */
-struct meta_fsm *meta_raft_fsm(struct meta_raft *m);
+/* The node's FSM (meta_raft_fsm_read for the state). */
+struct meta_raft_fsm *meta_raft_fsm(struct meta_raft *m);
 
 #endif

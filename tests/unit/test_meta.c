@@ -5,6 +5,7 @@
  * libraft: in-memory clusters with raft_fixture, and a real raft_uv node).
  */
 #include "../../logstore/crc32c.h"
+#include "../../logstore/log.h"
 #include "../../replicator/meta.h"
 #include "../../replicator/meta_raft.h"
 #include "unit.h"
@@ -991,6 +992,22 @@ static void test_plan_groups(void)
 	meta_state_free(&s);
 }
 
+/* Node deaths on the controller's clock; unknown nodes are not judged. */
+static void test_ctl_down(void)
+{
+	struct meta_state s;
+	static struct meta_cmd cmds[4];
+	three_nodes(&s);
+	struct meta_seen seen[2] = { { 1, 1000 }, { 2, 9000 } };
+	CHECK_EQ_INT(meta_ctl_down(&s, seen, 2, 10000, 5000, cmds, 4), 1);
+	CHECK_EQ_INT(cmds[0].type, META_CMD_NODE_DOWN);
+	CHECK_EQ_INT(cmds[0].node, 1);
+	CHECK_EQ_INT(apply(&s, &cmds[0]), 0);
+	CHECK_EQ_INT(meta_ctl_down(&s, seen, 2, 10000, 5000, cmds, 4), 0);   /* already down */
+	CHECK_EQ_INT(meta_ctl_down(&s, seen, 2, 20000, 5000, cmds, 0), 1);   /* counted only */
+	meta_state_free(&s);
+}
+
 /* In-sync changes from a leader's lag reports. */
 static void test_ctl_isr(void)
 {
@@ -1036,7 +1053,7 @@ struct outcome {
 struct cluster {
 	struct raft_fixture f;
 	unsigned n;
-	struct meta_fsm fsm[3];
+	struct meta_raft_fsm fsm[3];
 	struct outcome out[64];   /* live until raft_fixture_close fires the last */
 	unsigned nout;
 };
@@ -1057,7 +1074,7 @@ static void cluster_start(struct cluster *c, unsigned snapshot_threshold)
 	CHECK_EQ_INT(raft_fixture_init(&c->f), 0);
 	for (unsigned i = 0; i < c->n; i++) {
 		/* The fixture's servers have raft ids 1, 2, 3. */
-		CHECK_EQ_INT(meta_fsm_init(&c->fsm[i], (uint16_t)(i + 1), NULL), 0);
+		CHECK_EQ_INT(meta_raft_fsm_init(&c->fsm[i], (uint16_t)(i + 1), NULL), 0);
 		CHECK_EQ_INT(raft_fixture_grow(&c->f, &c->fsm[i].raft_fsm), 0);
 		if (!getenv("TFS_RAFT_TRACE"))
 			raft_fixture_get(&c->f, i)->tracer = NULL;   /* the fixture's is chatty */
@@ -1076,7 +1093,7 @@ static void cluster_stop(struct cluster *c)
 {
 	raft_fixture_close(&c->f);
 	for (unsigned i = 0; i < c->n; i++)
-		meta_fsm_close(&c->fsm[i]);
+		meta_raft_fsm_close(&c->fsm[i]);
 	for (unsigned i = 0; i < c->nout; i++)
 		CHECK(c->out[i].done);   /* every proposal ended exactly once */
 }
@@ -1093,7 +1110,7 @@ static struct outcome *submit(struct cluster *c, unsigned i, const struct meta_c
 	struct outcome *o = &c->out[c->nout];
 	if (c->nout == 64)
 		abort();
-	int rc = meta_fsm_propose(&c->fsm[i], raft_fixture_get(&c->f, i), cmd, on_done, o);
+	int rc = meta_raft_fsm_propose(&c->fsm[i], raft_fixture_get(&c->f, i), cmd, on_done, o);
 	if (rc < 0) {
 		o->done = true;
 		o->rc = rc;
@@ -1215,7 +1232,7 @@ static void test_raft_replicates(void)
 	unsigned follower = (l + 1) % c.n;
 	meta_cmd_init(&cmd, META_CMD_ALLOC_PIDS);
 	cmd.count = 1;
-	CHECK_EQ_INT(meta_fsm_propose(&c.fsm[follower], raft_fixture_get(&c.f, follower), &cmd,
+	CHECK_EQ_INT(meta_raft_fsm_propose(&c.fsm[follower], raft_fixture_get(&c.f, follower), &cmd,
 	                              on_done, NULL), REP_ENOTLEADER);
 
 	CHECK(settle(&c, l));
@@ -1572,7 +1589,7 @@ static void test_raft_uv_three(void)
 {
 	uv_loop_t loop;
 	struct trio t = { .skip = 3 };
-	struct meta_voter voters[3];
+	struct meta_raft_voter voters[3];
 	struct meta_cmd cmd;
 	static struct meta_cmd plan[16];
 	CHECK_EQ_INT(uv_loop_init(&loop), 0);
@@ -1655,7 +1672,9 @@ static void test_raft_uv_bad_start(void)
 		.node_id = 1, .address = "127.0.0.1:9", .dir = "/nonexistent/topicfs-raft",
 		.loop = &loop,
 	};
+	tfs_log_set_level(TFS_LOG_ERROR + 1);   /* the failure is deliberate */
 	CHECK(meta_raft_start(&o, &m) < 0);
+	tfs_log_set_level(TFS_LOG_WARN);
 	CHECK(m == NULL);
 	o.node_id = 0;
 	CHECK_EQ_INT(meta_raft_start(&o, &m), -EINVAL);
@@ -1665,6 +1684,7 @@ static void test_raft_uv_bad_start(void)
 
 int main(void)
 {
+	tfs_log_set_level(TFS_LOG_WARN);
 	RUN(test_nodes);
 	RUN(test_topic_create_delete);
 	RUN(test_topic_config);
@@ -1680,6 +1700,7 @@ int main(void)
 	RUN(test_place);
 	RUN(test_election);
 	RUN(test_plan_groups);
+	RUN(test_ctl_down);
 	RUN(test_ctl_isr);
 	RUN(test_raft_replicates);
 	RUN(test_raft_failover);
