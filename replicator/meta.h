@@ -23,7 +23,8 @@
  *  2. Atomicity: a command is applied whole or not at all. A refusal returns a
  *     negative errno (the same on every node) and changes nothing. -ENOMEM is
  *     the one non-deterministic failure: the state is unchanged and the caller
- *     must stop applying (meta_raft halts this node's FSM) rather than skip.
+ *     must apply the same command again later, never skip it (meta_raft
+ *     makes libraft retry it).
  *  3. Ids are never reused: topic ids (next_topic_id), producer-file ids per
  *     topic (next_pfile_id), producer ids (next_producer_id).
  *  4. Every partition: replicas distinct, alive or not; isr is a non-empty
@@ -33,6 +34,8 @@
  *     decision was made against, so a stale decision is refused -ESTALE).
  *  5. Topics are kept in id order, nodes in id order, producer files in id
  *     (creation) order, groups in name order: the snapshot is canonical.
+ *     Replicas and group coordinators are registered nodes (nodes are never
+ *     removed, only marked down).
  *  6. A topic pins partitions, replication and min_insync as overrides (the
  *     proposer resolves node defaults before proposing), so every node agrees
  *     on them whatever its own defaults; other keys may follow node defaults.
