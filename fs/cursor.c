@@ -32,10 +32,13 @@
  *                       |  wake: sets `woken` (we retry the read)       |
  *     IDLE <--reply (records / EINTR)-----------------------------------+
  *
- * Wakers come from coordinator calls made by other cursors' handlers, which
- * hold their own locks; so a waker only queues the cursor's serial number
- * and the `waker` thread does the work, finding the cursor through a
- * registry (so a waker racing with close never touches freed memory).
+ * Wakers find the cursor through a registry of serial numbers (so a waker
+ * racing with close never touches freed memory). One called from a thread
+ * that holds no cursor lock (the notifier after an append, a reset, a join
+ * or a leave) answers the parked read right there; one called from inside
+ * a cursor handler (another cursor's commit handing a partition over)
+ * holds that cursor's lock, so it only queues the serial number and the
+ * `waker` thread does the work (locks_held tells the two apart).
  */
 #define FUSE_USE_VERSION 312
 #include "cursor.h"
@@ -139,10 +142,36 @@ static void registry_remove(struct cursor *c)
 	pthread_mutex_unlock(&reg_lock);
 }
 
-/* The coordinator's waker: queue only (see the file comment). */
+/* Cursor locks this thread holds (see waker()). */
+static _Thread_local int locks_held;
+
+static void cursor_lock(struct cursor *c)
+{
+	pthread_mutex_lock(&c->lock);
+	locks_held++;
+}
+
+static void cursor_unlock(struct cursor *c)
+{
+	locks_held--;
+	pthread_mutex_unlock(&c->lock);
+}
+
+static void wake_one(uint64_t serial);
+
+/* The coordinator's waker. Called with no coordinator lock held; a thread
+ * that holds no cursor lock either (the notifier after an append, a reset,
+ * a join or leave from another file) answers the parked read itself, one
+ * thread hand-off fewer; a cursor handler (its commit hands a partition
+ * over) only queues for the `waker` thread, as two handlers could
+ * otherwise wait on each other's cursor locks. */
 static void waker(void *ctx)
 {
 	uint64_t serial = (uint64_t)(uintptr_t)ctx;
+	if (locks_held == 0) {
+		wake_one(serial);
+		return;
+	}
 	pthread_mutex_lock(&wq_lock);
 	if (wq_len == wq_cap) {
 		size_t c = wq_cap ? wq_cap * 2 : 64;
@@ -280,24 +309,24 @@ static int ready(struct cursor *c)
 static void interrupted(fuse_req_t req, void *data)
 {
 	struct cursor *c = data;
-	pthread_mutex_lock(&c->lock);
+	cursor_lock(c);
 	if (c->wreq != req) {
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 		return;
 	}
 	if (c->wstate == W_REGISTERING) {
 		c->wstate = W_EARLY_INTR;
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 		return;
 	}
 	if (c->wstate == W_PARKED) {
 		c->wstate = W_IDLE;
 		c->wreq = NULL;
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 		fuse_reply_err(req, EINTR);
 		return;
 	}
-	pthread_mutex_unlock(&c->lock);
+	cursor_unlock(c);
 }
 
 /* Tries to answer the parked read; caller holds c->lock, which this drops. */
@@ -309,30 +338,46 @@ static void try_answer_locked(struct cursor *c)
 		c->ph = NULL;
 	}
 	if (c->wstate != W_PARKED) {
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 		goto poll;
 	}
 	ssize_t n = fill(c, c->wsize);
 	if (n == 0) {
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 		goto poll;
 	}
 	fuse_req_t req = c->wreq;
 	c->wreq = NULL;
 	c->wstate = W_IDLE;
 	if (n < 0) {
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 		fuse_reply_err(req, tfs_errno((int)n));
 	} else {
 		/* c->buf stays ours until the next fill, which needs c->lock. */
 		fuse_reply_buf(req, c->buf, (size_t)n);
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 	}
 poll:
 	if (ph) {
 		fuse_lowlevel_notify_poll(ph);
 		fuse_pollhandle_destroy(ph);
 	}
+}
+
+/* A waker's work: answer the cursor's parked read (or poll) if it can be. */
+static void wake_one(uint64_t serial)
+{
+	struct cursor *c = registry_get(serial);
+	if (!c)
+		return;
+	cursor_lock(c);
+	if (c->wstate == W_REGISTERING) {
+		c->woken = 1;
+		cursor_unlock(c);
+	} else {
+		try_answer_locked(c);
+	}
+	cursor_unref(c);
 }
 
 static void *waker_main(void *arg)
@@ -346,17 +391,7 @@ static void *waker_main(void *arg)
 			break;
 		uint64_t serial = wq[--wq_len];
 		pthread_mutex_unlock(&wq_lock);
-		struct cursor *c = registry_get(serial);
-		if (c) {
-			pthread_mutex_lock(&c->lock);
-			if (c->wstate == W_REGISTERING) {
-				c->woken = 1;
-				pthread_mutex_unlock(&c->lock);
-			} else {
-				try_answer_locked(c);
-			}
-			cursor_unref(c);
-		}
+		wake_one(serial);
 		pthread_mutex_lock(&wq_lock);
 	}
 	pthread_mutex_unlock(&wq_lock);
@@ -413,9 +448,9 @@ int cursor_open(struct rep_topic *t, struct rep_group *g, int pending, struct cu
 
 void cursor_read(struct cursor *c, fuse_req_t req, size_t size, int flags)
 {
-	pthread_mutex_lock(&c->lock);
+	cursor_lock(c);
 	if (c->wstate != W_IDLE) {
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 		tfs_warn("refused: read of %s/groups/%s: another read on the same open file is "
 		         "waiting (EBUSY)", rep_topic_name(c->topic), rep_group_name(c->group));
 		fuse_reply_err(req, EBUSY);
@@ -424,11 +459,11 @@ void cursor_read(struct cursor *c, fuse_req_t req, size_t size, int flags)
 	ssize_t n = fill(c, size);
 	if (n > 0) {
 		fuse_reply_buf(req, c->buf, (size_t)n);
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 		return;
 	}
 	if (n < 0 || c->pending || (flags & O_NONBLOCK)) {
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 		if (n < 0)
 			fuse_reply_err(req, tfs_errno((int)n));
 		else if (c->pending)
@@ -442,13 +477,13 @@ void cursor_read(struct cursor *c, fuse_req_t req, size_t size, int flags)
 	c->wreq = req;
 	c->wsize = size;
 	c->woken = 0;
-	pthread_mutex_unlock(&c->lock);
+	cursor_unlock(c);
 	fuse_req_interrupt_func(req, interrupted, c);
-	pthread_mutex_lock(&c->lock);
+	cursor_lock(c);
 	if (c->wstate == W_EARLY_INTR) {
 		c->wstate = W_IDLE;
 		c->wreq = NULL;
-		pthread_mutex_unlock(&c->lock);
+		cursor_unlock(c);
 		fuse_reply_err(req, EINTR);
 		return;
 	}
@@ -459,14 +494,14 @@ void cursor_read(struct cursor *c, fuse_req_t req, size_t size, int flags)
 
 void cursor_poll(struct cursor *c, fuse_req_t req, struct fuse_pollhandle *ph)
 {
-	pthread_mutex_lock(&c->lock);
+	cursor_lock(c);
 	int r = ready(c);
 	struct fuse_pollhandle *old = NULL;
 	if (ph) {
 		old = c->ph;
 		c->ph = r ? NULL : ph;
 	}
-	pthread_mutex_unlock(&c->lock);
+	cursor_unlock(c);
 	if (old)
 		fuse_pollhandle_destroy(old);
 	if (ph && r)
@@ -509,7 +544,7 @@ void cursor_flush(struct cursor *c, fuse_req_t req)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	int killed = killed_by_signal(ctx->pid);
-	pthread_mutex_lock(&c->lock);
+	cursor_lock(c);
 	if (c->member) {
 		if (killed) {
 			rep_member_rewind(c->member);
@@ -525,21 +560,21 @@ void cursor_flush(struct cursor *c, fuse_req_t req)
 				         tfs_strerror(rc));
 		}
 	}
-	pthread_mutex_unlock(&c->lock);
+	cursor_unlock(c);
 	fuse_reply_err(req, 0);
 }
 
 void cursor_release(struct cursor *c)
 {
 	registry_remove(c);
-	pthread_mutex_lock(&c->lock);
+	cursor_lock(c);
 	struct rep_member *m = c->member;
 	c->member = NULL;
 	struct fuse_pollhandle *ph = c->ph;
 	c->ph = NULL;
 	/* A record still half returned was not delivered: give it back. */
 	int commit = c->carry_len == 0;
-	pthread_mutex_unlock(&c->lock);
+	cursor_unlock(c);
 	if (ph)
 		fuse_pollhandle_destroy(ph);
 	if (m)
