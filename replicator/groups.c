@@ -104,9 +104,19 @@ struct gpart {
  * in a compaction gap just before that batch at the start of a segment, so
  * it is only ever asked for offsets its cache cannot mislead. */
 struct mreader {
-	struct ls_reader *rd;       /* NULL until first read */
+	struct ls_reader *rd;       /* records (ls_reader_next); NULL until first read */
+	struct ls_reader *vrd;      /* the view (ls_reader_read_view) for bulk takes:
+	                               a reader asked for both re-decodes its batch
+	                               at every switch */
 	int64_t at, first;
 };
+
+static void mreader_close(struct mreader *mr)
+{
+	ls_reader_close(mr->rd);
+	ls_reader_close(mr->vrd);
+	mr->rd = mr->vrd = NULL;
+}
 
 struct rep_member {
 	struct rep_group *g;        /* holds a group reference */
@@ -719,7 +729,7 @@ static void group_force_destroy(struct rep_group *g)
 	for (size_t i = 0; i < g->nmembers; i++) {
 		struct rep_member *m = g->members[i];
 		for (uint32_t p = 0; p < m->nreaders; p++)
-			ls_reader_close(m->readers[p].rd);
+			mreader_close(&m->readers[p]);
 		free(m->readers);
 		free(m->cand);
 		free(m->cand_pos);
@@ -1371,7 +1381,7 @@ void rep_member_leave(struct rep_member *m, int commit)
 	wake_run(&w);
 	rep_watch(rep_topic_rep(g->topic), -1);
 	for (uint32_t p = 0; p < m->nreaders; p++)
-		ls_reader_close(m->readers[p].rd);
+		mreader_close(&m->readers[p]);
 	free(m->readers);
 	free(m->cand);
 	free(m->cand_pos);
@@ -1422,8 +1432,7 @@ static int member_snapshot(struct rep_member *m)
 			m->cand[n] = p;
 			m->cand_pos[n++] = gp->pos;
 		} else if (gp->owner != m && m->readers[p].rd) {
-			ls_reader_close(m->readers[p].rd);
-			m->readers[p].rd = NULL;
+			mreader_close(&m->readers[p]);
 		}
 	}
 	pthread_mutex_unlock(&g->mu);
@@ -1437,10 +1446,8 @@ static int member_reader(struct rep_member *m, uint32_t p, int64_t pos, struct m
 {
 	struct mreader *mr = &m->readers[p];
 	*out = NULL;
-	if (mr->rd && mr->at != pos) {
-		ls_reader_close(mr->rd);
-		mr->rd = NULL;
-	}
+	if (mr->rd && mr->at != pos)
+		mreader_close(mr);
 	if (!mr->rd) {
 		struct ls_partition *log = part_log(m->g, p);
 		if (!log)
@@ -1642,7 +1649,11 @@ static int bulk_view(struct mreader *mr, struct ls_partition *log,
 {
 	int64_t o = first->offset;
 	uint64_t v = first->view_pos, actual;
-	ssize_t got = ls_reader_read_view(mr->rd, v, buf, size, sep, &actual);
+	if (!mr->vrd && ls_reader_open(log, &mr->vrd) < 0) {
+		mr->vrd = NULL;
+		return 0;
+	}
+	ssize_t got = ls_reader_read_view(mr->vrd, v, buf, size, sep, &actual);
 	if (got <= 0 || actual != v)
 		return 0;
 	uint32_t k;
