@@ -603,12 +603,19 @@ static int finish_batch(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
 	return 0;
 }
 
-/* One piece of a batch being encoded: records [i0, i1) at raw + raw_off,
- * compressed (zstd) to z + z_off, or checksummed (none). */
+/* Most bytes a record's framing can take besides its key and value: length
+ * varint (5), attributes (1), timestampDelta 0 (1), offsetDelta (5),
+ * keyLength (5), valueLength (5), headerCount (1). */
+#define REC_FRAMING_MAX 23
+
+/* One piece of a batch being encoded: records [i0, i1), encoded at
+ * raw + raw_off (room: raw_room bytes), then compressed (zstd) to
+ * z + z_off, or checksummed (none). */
 struct enc_part {
 	uint32_t i0, i1;
-	size_t raw_off, raw_len;
+	size_t raw_off, raw_room, raw_len;
 	size_t z_off, z_len;
+	uint64_t view_size;
 	uint32_t crc;
 	int rc;
 };
@@ -625,26 +632,22 @@ struct enc_job {
 	struct enc_part part[LS_BATCH_PARTS_MAX];
 };
 
-static inline size_t rec_size(const struct ls_rec *r, uint32_t i)
-{
-	int64_t klen = r->key ? (int64_t)r->key_len : -1;
-	int64_t vlen = r->value ? (int64_t)r->value_len : -1;
-	size_t body = record_body_size(0, (int32_t)i, klen, vlen);
-	return varint_size((int64_t)body) + body;
-}
-
 static void enc_part_run(void *arg, size_t k)
 {
 	struct enc_job *j = arg;
 	struct enc_part *pt = &j->part[k];
 	uint8_t *p = j->raw + pt->raw_off;
+	uint64_t vsize = 0;
 	for (uint32_t i = pt->i0; i < pt->i1; i++) {
 		const struct ls_rec *r = &j->recs[i];
 		int64_t klen = r->key ? (int64_t)r->key_len : -1;
 		int64_t vlen = r->value ? (int64_t)r->value_len : -1;
 		size_t body = record_body_size(0, (int32_t)i, klen, vlen);
 		p = put_record(p, body, 0, (int32_t)i, r->key, klen, r->value, vlen);
+		vsize += ls_batch_view_size(klen, vlen);
 	}
+	pt->raw_len = (size_t)(p - (j->raw + pt->raw_off));
+	pt->view_size = vsize;
 	if (j->codec != LS_CODEC_ZSTD) {
 		pt->crc = ls_crc32c(0, j->raw + pt->raw_off, pt->raw_len);
 		pt->rc = 0;
@@ -659,7 +662,7 @@ static void enc_part_run(void *arg, size_t k)
 		pt->rc = -EINVAL;
 		return;
 	}
-	size_t r = ZSTD_compress2(c, j->z + pt->z_off, ZSTD_compressBound(pt->raw_len),
+	size_t r = ZSTD_compress2(c, j->z + pt->z_off, ZSTD_compressBound(pt->raw_room),
 	                          j->raw + pt->raw_off, pt->raw_len);
 	if (ZSTD_isError(r)) {
 		pt->rc = -EIO;
@@ -669,26 +672,42 @@ static void enc_part_run(void *arg, size_t k)
 	pt->rc = 0;
 }
 
-/* Splits records [0, n) of total encoded bytes into up to want pieces of
- * about equal size, at record boundaries. */
-static void enc_split(struct enc_job *j, uint32_t n, size_t total, size_t want)
+/* Bytes of key and value of a record; -EMSGSIZE past Kafka's int32 lengths. */
+static inline int64_t rec_data(const struct ls_rec *r)
 {
-	size_t k = 0, acc = 0, step = total / want;
-	j->part[0] = (struct enc_part){.i0 = 0, .raw_off = 0};
+	uint64_t k = r->key ? r->key_len : 0, v = r->value ? r->value_len : 0;
+	if (k > INT32_MAX || v > INT32_MAX)
+		return -EMSGSIZE;
+	return (int64_t)(k + v);
+}
+
+/* Splits records [0, n) holding data bytes of key and value into up to want
+ * pieces of about equal data, at record boundaries, each with room for its
+ * records encoded (data + REC_FRAMING_MAX per record). */
+static void enc_split(struct enc_job *j, uint32_t n, uint64_t data, size_t want)
+{
+	size_t k = 0;
+	uint64_t acc = 0, step = data / want + 1, next = step, off = 0;
+	j->part[0] = (struct enc_part){.i0 = 0};
 	for (uint32_t i = 0; want > 1 && i + 1 < n; i++) {
-		acc += rec_size(&j->recs[i], i);
-		if (acc >= (k + 1) * step) {
-			j->part[k].i1 = i + 1;
-			j->part[k].raw_len = acc - j->part[k].raw_off;
-			k++;
-			j->part[k] = (struct enc_part){.i0 = i + 1, .raw_off = acc};
+		acc += (uint64_t)rec_data(&j->recs[i]);
+		if (acc >= next) {
+			struct enc_part *pt = &j->part[k];
+			pt->i1 = i + 1;
+			pt->raw_room = (size_t)(acc - off) + REC_FRAMING_MAX * (size_t)(pt->i1 - pt->i0);
+			off = acc;
+			j->part[++k] = (struct enc_part){.i0 = i + 1};
 			if (k + 1 == want)
 				break;
+			next += step;
 		}
 	}
-	j->part[k].i1 = n;
-	j->part[k].raw_len = total - j->part[k].raw_off;
+	struct enc_part *last = &j->part[k];
+	last->i1 = n;
+	last->raw_room = (size_t)(data - off) + REC_FRAMING_MAX * (size_t)(n - last->i0);
 	j->nparts = k + 1;
+	for (size_t q = 1; q < j->nparts; q++)
+		j->part[q].raw_off = j->part[q - 1].raw_off + j->part[q - 1].raw_room;
 }
 
 int ls_batch_encode(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
@@ -706,29 +725,29 @@ int ls_batch_encode_par(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
                         enum ls_codec codec, int level, uint64_t *view_size)
 {
 	int rc;
-	size_t total = 0;
-	uint64_t vsize = 0;
+	uint64_t data = 0;
 	if (n == 0 || n > INT32_MAX)
 		return -EINVAL;
 	for (uint32_t i = 0; i < n; i++) {
-		int64_t klen = recs[i].key ? (int64_t)recs[i].key_len : -1;
-		int64_t vlen = recs[i].value ? (int64_t)recs[i].value_len : -1;
-		if (klen > INT32_MAX || vlen > INT32_MAX)
-			return -EMSGSIZE;
-		total += rec_size(&recs[i], i);
-		vsize += ls_batch_view_size(klen, vlen);
-		if (total > LS_BATCH_MAX_SIZE)
-			return -EMSGSIZE;
+		int64_t d = rec_data(&recs[i]);
+		if (d < 0)
+			return (int)d;
+		data += (uint64_t)d;
 	}
+	/* at least 7 framing bytes a record; at most REC_FRAMING_MAX */
+	if (data + 7 * (uint64_t)n > LS_BATCH_MAX_SIZE)
+		return -EMSGSIZE;
+	uint64_t room = data + REC_FRAMING_MAX * (uint64_t)n;
 	int zstd = codec == LS_CODEC_ZSTD;
 	if (zstd && !par && !cctx)
 		return -EINVAL;
 
+	/* Pieces: zstd only (plain records must stay contiguous in out). */
 	struct enc_job j = {.recs = recs, .codec = codec, .level = level, .par = par,
 	                    .cctx = cctx};
 	size_t want = 1;
-	if (par && par->parts > 1) {
-		want = total / LS_BATCH_PART_MIN;
+	if (zstd && par && par->parts > 1) {
+		want = (size_t)(room / LS_BATCH_PART_MIN);
 		if (want > par->parts)
 			want = par->parts;
 		if (want > LS_BATCH_PARTS_MAX)
@@ -736,18 +755,19 @@ int ls_batch_encode_par(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
 		if (want < 1)
 			want = 1;
 	}
-	enc_split(&j, n, total, want);
+	enc_split(&j, n, data, want);
 
 	size_t zroom = 0;
 	if (zstd) {
 		for (size_t k = 0; k < j.nparts; k++) {
 			j.part[k].z_off = zroom;
-			zroom += ZSTD_compressBound(j.part[k].raw_len);
+			zroom += ZSTD_compressBound(j.part[k].raw_room);
 		}
-		if ((rc = ls_buf_reserve(scratch, total ? total : 1)) < 0)
+		if ((rc = ls_buf_reserve(scratch, (size_t)room)) < 0)
 			return rc;
 	}
-	if ((rc = ls_buf_reserve(out, LS_BATCH_HEADER_SIZE + (zroom > total ? zroom : total))) < 0)
+	size_t body_room = zroom > room ? zroom : (size_t)room;
+	if ((rc = ls_buf_reserve(out, LS_BATCH_HEADER_SIZE + body_room)) < 0)
 		return rc;
 	j.raw = zstd ? scratch->data : out->data + LS_BATCH_HEADER_SIZE;
 	j.z = out->data + LS_BATCH_HEADER_SIZE;
@@ -755,9 +775,14 @@ int ls_batch_encode_par(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
 		enc_part_run(&j, 0);
 	else
 		par->run(par->ctx, j.nparts, enc_part_run, &j);
-	for (size_t k = 0; k < j.nparts; k++)
+	size_t total = 0;
+	uint64_t vsize = 0;
+	for (size_t k = 0; k < j.nparts; k++) {
 		if (j.part[k].rc < 0)
 			return j.part[k].rc;
+		total += j.part[k].raw_len;
+		vsize += j.part[k].view_size;
+	}
 
 	struct ls_batch_header h = {
 		.base_offset = 0,
@@ -772,7 +797,6 @@ int ls_batch_encode_par(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
 		.record_count = (int32_t)n,
 	};
 	size_t body = total;
-	int crc_parts = !zstd;
 	if (zstd) {
 		body = 0; /* close the gaps between the compressed pieces */
 		for (size_t k = 0; k < j.nparts; k++) {
@@ -781,8 +805,11 @@ int ls_batch_encode_par(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
 			body += j.part[k].z_len;
 		}
 		if (body >= total) { /* tiny batches grow: store them plain */
-			memcpy(j.z, scratch->data, total);
-			body = total;
+			body = 0;
+			for (size_t k = 0; k < j.nparts; k++) {
+				memcpy(j.z + body, j.raw + j.part[k].raw_off, j.part[k].raw_len);
+				body += j.part[k].raw_len;
+			}
 			h.attributes = 0;
 		}
 	}
@@ -792,11 +819,10 @@ int ls_batch_encode_par(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
 	h.length = (int32_t)(out->len - LS_BATCH_LOG_OVERHEAD);
 	h.crc = 0;
 	put_header(out->data, &h);
-	if (crc_parts) { /* the pieces were checksummed where they were encoded */
+	if (!zstd) { /* the records were checksummed where they were encoded */
 		h.crc = ls_crc32c(0, out->data + LS_BATCH_OFF_ATTRS,
 		                  LS_BATCH_HEADER_SIZE - LS_BATCH_OFF_ATTRS);
-		for (size_t k = 0; k < j.nparts; k++)
-			h.crc = ls_crc32c_combine(h.crc, j.part[k].crc, j.part[k].raw_len);
+		h.crc = ls_crc32c_combine(h.crc, j.part[0].crc, j.part[0].raw_len);
 	} else {
 		h.crc = ls_crc32c(0, out->data + LS_BATCH_OFF_ATTRS,
 		                  out->len - LS_BATCH_OFF_ATTRS);
