@@ -1687,9 +1687,12 @@ static int bulk_view(struct mreader *mr, struct ls_partition *log,
  * rep_member_take_bulk) without taking them: 1 and *res (records, bytes,
  * first and next offset; mr then expects the next read at next_offset), 0
  * if there is none, -EMSGSIZE with res->need, or -errno. Caller holds m->mu
- * (the reader is m's). */
+ * (the reader is m's). view: try bulk_view first. The record reader decodes
+ * every batch anyway (the proof), and the view reader decodes it again:
+ * cheap for plain batches, dearer than walking the records one by one for
+ * compressed ones (measured with the reader of 26ebf2e). */
 static int part_take(struct mreader *mr, struct ls_partition *log, char *buf, size_t size,
-                     uint32_t max, char sep, struct rep_bulk *res)
+                     uint32_t max, char sep, int view, struct rep_bulk *res)
 {
 	struct ls_record rec;
 	int rc = mreader_first(mr, &rec);
@@ -1700,7 +1703,7 @@ static int part_take(struct mreader *mr, struct ls_partition *log, char *buf, si
 		res->need = len;
 		return -EMSGSIZE;
 	}
-	if (max != 1 && size - len >= len) { /* room for more than this one */
+	if (view && max != 1 && size - len >= len) { /* room for more than this one */
 		int64_t o = rec.offset;
 		if ((rc = bulk_view(mr, log, &rec, buf, size, max, sep, res)) != 0)
 			return rc;
@@ -1740,8 +1743,13 @@ int rep_member_take_bulk(struct rep_member *m, void *buf, size_t size, uint32_t 
                          char sep, struct rep_bulk *out)
 {
 	struct rep_group *g = m->g;
-	int rc;
+	int rc, view = 0;
 	*out = (struct rep_bulk){0};
+	if (max_records != 1) {
+		struct topic_config cfg;
+		rep_topic_config(g->topic, &cfg);
+		view = cfg.compression == LS_CODEC_NONE;
+	}
 	pthread_mutex_lock(&m->mu);
 	for (;;) {
 		int n = member_snapshot(m);
@@ -1755,7 +1763,7 @@ int rep_member_take_bulk(struct rep_member *m, void *buf, size_t size, uint32_t 
 				goto out;
 			if (!mr)
 				continue;
-			rc = part_take(mr, part_log(g, p), buf, size, max_records, sep, out);
+			rc = part_take(mr, part_log(g, p), buf, size, max_records, sep, view, out);
 			if (rc == 0)
 				continue;
 			out->partition = p;

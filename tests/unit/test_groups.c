@@ -1206,6 +1206,16 @@ static void test_bulk_matches_peek(void)
 	produce_vals(t, 1, vals, 100, 3, 64);
 	check_bulk_matches_peek(t, "g", '\t');
 	rep_topic_put(t);
+	/* compressed batches take the record-by-record path */
+	t = topic(r, "z");
+	struct topic_config ch = {.compression = LS_CODEC_ZSTD, .compression_level = 1,
+	                          .set_mask = (1u << TC_COMPRESSION) | (1u << TC_COMPRESSION_LEVEL)};
+	char err[256];
+	CHECK_EQ_INT(rep_topic_set_config(t, &ch, 0, err, sizeof(err)), 0);
+	produce_vals(t, 0, vals, 200, 0, 17);
+	produce_vals(t, 1, vals, 100, 3, 64);
+	check_bulk_matches_peek(t, "g", '\t');
+	rep_topic_put(t);
 	node_close(r);
 }
 
