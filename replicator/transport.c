@@ -83,6 +83,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1755,6 +1756,10 @@ int tr_open(const struct tr_options *o, struct tr_net **out)
 	net->node_id = o->node_id;
 	snprintf(net->cluster_id, sizeof(net->cluster_id), "%s", o->cluster_id);
 	snprintf(net->listen_addr, sizeof(net->listen_addr), "%s", o->listen);
+	for (size_t i = 0; i < o->npeers; i++) /* the table's word for us wins */
+		if (o->peers[i].id == o->node_id && o->peers[i].addr &&
+		    strlen(o->peers[i].addr) < sizeof(net->listen_addr))
+			snprintf(net->listen_addr, sizeof(net->listen_addr), "%s", o->peers[i].addr);
 	net->on_frame = o->on_frame;
 	net->on_raft = o->on_raft_stream;
 	net->ctx = o->ctx;
@@ -1855,7 +1860,15 @@ int tr_start(struct tr_net *net)
 		return -ESHUTDOWN;
 	if (net->started)
 		return -EALREADY;
+	/* The loop thread starts with every signal blocked: the daemon's
+	 * signals go to its other threads, and a write to a connection the peer
+	 * reset (libuv uses plain write(2) on Linux) gives EPIPE instead of a
+	 * process-killing SIGPIPE, which stays pending on this thread. */
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
 	int rc = pthread_create(&net->thread, NULL, loop_main, net);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc)
 		return -rc;
 	net->started = 1;

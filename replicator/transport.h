@@ -27,6 +27,9 @@
  *     any thread-safe function above.
  *   - tr_start, tr_stop and tr_close are for the owner's thread only, never
  *     the loop thread (tr_stop would wait for itself: -EDEADLK).
+ *   - The loop thread runs with all signals blocked (so SIGPIPE from a reset
+ *     connection is an EPIPE, not a crash). Code on the loop thread that
+ *     writes to other descriptors gets the same protection.
  *   - tr_loop and tr_raft_connect / tr_dial_cancel belong to the loop thread
  *     (or to the owner's thread before tr_start).
  *
@@ -312,8 +315,9 @@ uv_loop_t *tr_loop(struct tr_net *net);
 /* The port actually listened on (useful with port 0). */
 uint16_t tr_port(const struct tr_net *net);
 uint16_t tr_node_id(const struct tr_net *net);
-/* The configured "a.b.c.d:port" of a node of the table (or this node's
- * listen address), or NULL. The string lives as long as net. */
+/* The configured "a.b.c.d:port" of a node of the table (for this node: its
+ * table entry if any, else its listen address), or NULL. The string lives as
+ * long as net. */
 const char *tr_peer_address(const struct tr_net *net, uint16_t id);
 /* 1 if peer currently has a ready outbound connection (for .cluster/nodes). */
 int tr_peer_connected(struct tr_net *net, uint16_t id);

@@ -1032,6 +1032,60 @@ static void test_hostile_bytes_close_only_that_connection(void)
 	cluster_free(&cl);
 }
 
+/* A fake peer 2 answers HELLO and resets the connection at once, while the
+ * dialer has frames queued: the flush hits the reset socket (ECONNRESET),
+ * the frames written are lost, the process survives, and later frames reach
+ * the real node 2 once it runs. (The loop thread also blocks SIGPIPE for the
+ * rarer EPIPE case, which libuv's stop-after-first-error hides here.) */
+static void test_peer_reset_mid_flush_is_not_fatal(void)
+{
+	struct cluster cl;
+	cluster_init(&cl, 2);
+	int lfd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(cl.nodes[1].port),
+	                         .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	int one = 1;
+	setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	CHECK(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(lfd, 8) == 0);
+	struct timeval tv = {3, 0}; /* accept gives up after 3 s */
+	setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	struct tr_net *a = node_start(&cl, 0, NULL);
+	static uint8_t frame[64 * 1024];
+	memset(frame, 'q', sizeof(frame));
+	for (int round = 0; round < 3; round++) {
+		/* Frames were lost with the last connection: queue more. */
+		for (int i = 0; i < 8; i++)
+			CHECK_EQ_INT(tr_send(a, 2, T_ONEWAY, 0, frame, sizeof(frame)), 0);
+		int fd = accept(lfd, NULL, NULL);
+		CHECK(fd >= 0);
+		if (fd < 0)
+			break;
+		uint8_t buf[256];
+		size_t want = make_hello(buf, 'T', 1, CLUSTER), got = 0;
+		while (got < want) {
+			ssize_t r = read(fd, buf + got, want - got);
+			if (r <= 0)
+				break;
+			got += (size_t)r;
+		}
+		CHECK_EQ_INT(got, want);
+		size_t n = make_hello(buf, 0, 2, CLUSTER);
+		struct linger lg = {1, 0};
+		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+		raw_write(fd, buf, n);
+		close(fd); /* RST right behind the HELLO */
+	}
+	close(lfd);
+	sleep_ms(100);
+	/* Still alive, and the real node 2 gets what is sent now. */
+	node_start(&cl, 1, NULL);
+	int64_t end = now_ms() + 5000;
+	while (node_wait(&cl.nodes[1], 1, 100) == 0 && now_ms() < end)
+		(void)!tr_send(a, 2, T_ONEWAY, 0, "alive", 5);
+	CHECK(node_wait(&cl.nodes[1], 1, 3000) >= 1);
+	cluster_free(&cl);
+}
+
 static void test_unauthenticated_connections_are_capped(void)
 {
 	struct cluster cl;
@@ -1357,6 +1411,7 @@ int main(void)
 	RUN(test_thousand_frames_in_order_both_ways);
 	RUN(test_large_frame_ok_oversize_refused);
 	RUN(test_hostile_bytes_close_only_that_connection);
+	RUN(test_peer_reset_mid_flush_is_not_fatal);
 	RUN(test_unauthenticated_connections_are_capped);
 	RUN(test_peer_down_fails_fast_then_recovers);
 	RUN(test_queue_bound);
