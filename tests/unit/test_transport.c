@@ -1049,6 +1049,7 @@ static void test_peer_reset_mid_flush_is_not_fatal(void)
 	CHECK(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(lfd, 8) == 0);
 	struct timeval tv = {3, 0}; /* accept gives up after 3 s */
 	setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	off_t mark = log_mark();
 	struct tr_net *a = node_start(&cl, 0, NULL);
 	static uint8_t frame[64 * 1024];
 	memset(frame, 'q', sizeof(frame));
@@ -1069,7 +1070,8 @@ static void test_peer_reset_mid_flush_is_not_fatal(void)
 			got += (size_t)r;
 		}
 		CHECK_EQ_INT(got, want);
-		size_t n = make_hello(buf, 0, 2, CLUSTER);
+		/* Round 0 answers as the wrong node: the dialer refuses it. */
+		size_t n = make_hello(buf, 0, round == 0 ? FAKE_PEER : 2, CLUSTER);
 		struct linger lg = {1, 0};
 		setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 		raw_write(fd, buf, n);
@@ -1077,6 +1079,7 @@ static void test_peer_reset_mid_flush_is_not_fatal(void)
 	}
 	close(lfd);
 	sleep_ms(100);
+	CHECK_EQ_INT(log_count_since(mark, "answered as node 9", "node 2 at 127.0.0.1:", 1000), 1);
 	/* Still alive, and the real node 2 gets what is sent now. */
 	node_start(&cl, 1, NULL);
 	int64_t end = now_ms() + 5000;
