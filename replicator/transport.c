@@ -74,7 +74,10 @@
  *  6. A pending request is answered exactly once: by its response, its
  *     timer, its connection's end (-ECONNRESET), its peer going down
  *     (-EHOSTUNREACH) or teardown (-ECANCELED), whichever comes first; it
- *     leaves the table at that moment.
+ *     leaves the table at that moment, and if its frame was still queued
+ *     the frame leaves the queue too (a request given up is never sent).
+ *  7. The loop thread runs with every signal blocked (SIGPIPE from a reset
+ *     peer must be an EPIPE, not a crash: libuv writes with write(2)).
  */
 #include "transport.h"
 
