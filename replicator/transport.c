@@ -463,6 +463,7 @@ struct tr_net {
 	tr_frame_cb on_frame;
 	tr_raft_accept_cb on_raft;
 	void *ctx;
+	void *raft_ctx;                    /* for on_raft (ctx if not given) */
 	void *(*stream_malloc)(size_t);
 	void (*stream_free)(void *);
 	size_t queue_max;
@@ -1052,7 +1053,7 @@ static void handle_hello(struct conn *c, const struct tr_header *h, const uint8_
 		c->open_handles--;
 		tcp->data = NULL;
 		conn_close(c, 0);
-		net->on_raft(net->ctx, net, hello.node_id, (uv_stream_t *)tcp);
+		net->on_raft(net->raft_ctx, net, hello.node_id, (uv_stream_t *)tcp);
 		return;
 	}
 
@@ -1766,6 +1767,7 @@ int tr_open(const struct tr_options *o, struct tr_net **out)
 	net->on_frame = o->on_frame;
 	net->on_raft = o->on_raft_stream;
 	net->ctx = o->ctx;
+	net->raft_ctx = o->raft_ctx ? o->raft_ctx : o->ctx;
 	net->stream_malloc = o->stream_malloc ? o->stream_malloc : malloc;
 	net->stream_free = o->stream_free ? o->stream_free : free;
 	net->queue_max = o->queue_max_bytes ? o->queue_max_bytes : (size_t)64 << 20;

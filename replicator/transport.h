@@ -223,7 +223,9 @@ struct tr_options {
 	size_t npeers;
 	tr_frame_cb on_frame;              /* required */
 	tr_raft_accept_cb on_raft_stream;  /* optional */
-	void *ctx;                         /* passed to on_frame, on_raft_stream */
+	void *ctx;                         /* passed to on_frame (and on_raft_stream
+	                                      unless raft_ctx is set) */
+	void *raft_ctx;                    /* passed to on_raft_stream; NULL: ctx */
 
 	/* Allocator of the uv_tcp_t handed to raft callbacks (default
 	 * malloc/free). */
