@@ -261,6 +261,16 @@ int ls_batch_iter_init(struct ls_batch_iter *it, const void *batch,
 	return 0;
 }
 
+void ls_batch_iter_init_decoded(struct ls_batch_iter *it, const void *recs, size_t len,
+                                const struct ls_batch_header *h)
+{
+	it->p = recs;
+	it->end = it->p + len;
+	it->left = h->record_count;
+	it->base_offset = h->base_offset;
+	it->base_ts = h->base_ts;
+}
+
 int ls_batch_iter_next(struct ls_batch_iter *it, struct ls_batch_record *r)
 {
 	int64_t len, v, klen, vlen, nh;
@@ -436,7 +446,7 @@ static int zstd_frames(struct dec_job *j, const uint8_t *src, size_t len, size_t
 }
 
 int ls_batch_render(const void *batch, const struct ls_batch_header *h,
-                    struct ls_buf *dec, struct ls_buf *view, char sep,
+                    struct ls_buf *dec, int dec_ready, struct ls_buf *view, char sep,
                     ZSTD_DCtx *dctx, const struct ls_batch_par *par,
                     struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
                     uint64_t *view_size)
@@ -450,11 +460,19 @@ int ls_batch_render(const void *batch, const struct ls_batch_header *h,
 		return -ENOTSUP;
 	if (codec == LS_CODEC_ZSTD && !par && !dctx)
 		return -EINVAL;
-	if (codec == LS_CODEC_ZSTD && zstd_frames(&j, sec, len, &total) == 0) {
+	if (codec == LS_CODEC_ZSTD && zstd_frames(&j, sec, len, &total) == 0 &&
+	    (!dec_ready || total == dec->len)) {
 		if ((rc = ls_buf_reserve(dec, total ? total : 1)) < 0)
 			return rc;
 		dec->len = total;
 		j.recs = j.dec = dec->data;
+		for (size_t k = 0; dec_ready && k < j.nparts; k++)
+			j.part[k].z = NULL;
+	} else if (codec == LS_CODEC_ZSTD && dec_ready) {
+		total = dec->len;
+		j.nparts = 1;
+		j.recs = dec->data;
+		j.part[0] = (struct dec_part){.len = total};
 	} else if (codec == LS_CODEC_ZSTD) { /* frames that say nothing of their size */
 		if ((rc = zstd_inflate(dctx ? dctx : par->dctx(par->ctx), sec, len, dec)) < 0)
 			return rc;

@@ -106,6 +106,11 @@ int ls_batch_iter_init(struct ls_batch_iter *it, const void *batch,
                        const struct ls_batch_header *h, struct ls_buf *scratch,
                        ZSTD_DCtx *dctx) TFS_MUST_CHECK;
 
+/* Like ls_batch_iter_init over records already decompressed (recs, len: the
+ * batch's plain records section, e.g. dec after ls_batch_render). */
+void ls_batch_iter_init_decoded(struct ls_batch_iter *it, const void *recs, size_t len,
+                                const struct ls_batch_header *h);
+
 /* Next record: 1 with *r filled, 0 after the last one (and only if the
  * records section was consumed exactly), LS_ECORRUPT on malformed bytes. */
 int ls_batch_iter_next(struct ls_batch_iter *it, struct ls_batch_record *r) TFS_MUST_CHECK;
@@ -169,9 +174,11 @@ struct ls_batch_span {
  * frames that each hold whole records (ls_batch_encode_par) is decompressed
  * and rendered frame by frame through par (NULL: on this thread with dctx);
  * anything else in one pass. Checks everything ls_batch_measure checks, and
- * returns its errors; *view_size gets the view bytes. */
+ * returns its errors; *view_size gets the view bytes. A compressed batch
+ * leaves its plain records in dec; dec_ready: dec already holds them (from
+ * an earlier call or ls_batch_iter_init), nothing is decompressed again. */
 int ls_batch_render(const void *batch, const struct ls_batch_header *h,
-                    struct ls_buf *dec, struct ls_buf *view, char sep,
+                    struct ls_buf *dec, int dec_ready, struct ls_buf *view, char sep,
                     ZSTD_DCtx *dctx, const struct ls_batch_par *par,
                     struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
                     uint64_t *view_size) TFS_MUST_CHECK;

@@ -2594,6 +2594,7 @@ struct ls_reader {
 	struct rrec *recs;
 	size_t nrecs, recs_cap;
 	int have;                   /* raw holds a batch whose CRC was checked */
+	int have_dec;               /* dec holds its records decompressed (zstd) */
 	int have_recs, have_view;   /* recs / view are built from it */
 	char view_sep;
 	uint64_t gen, layout;
@@ -2632,7 +2633,7 @@ static int reader_fetch_locked(struct ls_reader *r, const struct loc *l)
 	const struct ls_segment *s = p->segs[l->seg];
 	size_t len = ls_segment_batch_len(s, l->idx);
 	int rc;
-	r->have = r->have_recs = r->have_view = 0;
+	r->have = r->have_dec = r->have_recs = r->have_view = 0;
 	if ((rc = ls_buf_reserve(&r->raw, len)) < 0)
 		return rc;
 	r->ent = s->index.e[l->idx];
@@ -2684,13 +2685,19 @@ static int reader_records(struct ls_reader *r)
 	int rc;
 	if (r->have_recs)
 		return 0;
-	struct tls_ctx *t = tls_get();
-	if (!t)
-		return -ENOMEM;
-	if ((rc = ls_batch_iter_init(&it, r->raw.data, &r->hdr, &r->dec, t->scan.dctx)) < 0)
-		return reader_bad(r, rc);
+	int zstd = (r->hdr.attributes & LS_BATCH_ATTR_CODEC_MASK) == LS_CODEC_ZSTD;
+	if (zstd && r->have_dec) {
+		ls_batch_iter_init_decoded(&it, r->dec.data, r->dec.len, &r->hdr);
+	} else {
+		struct tls_ctx *t = tls_get();
+		if (!t)
+			return -ENOMEM;
+		rc = ls_batch_iter_init(&it, r->raw.data, &r->hdr, &r->dec, t->scan.dctx);
+		if (rc < 0)
+			return reader_bad(r, rc);
+		r->have_dec = zstd;
+	}
 	r->nrecs = 0;
-	r->have_view = 0; /* dec is reused */
 	uint64_t vp = r->ent.view_pos;
 	struct ls_batch_record rec;
 	while ((rc = ls_batch_iter_next(&it, &rec)) == 1) {
@@ -2723,9 +2730,10 @@ static int reader_render(struct ls_reader *r, char sep)
 	struct tls_ctx *t = tls_get();
 	if (!t)
 		return -ENOMEM;
-	r->have_recs = 0; /* dec is reused */
-	rc = ls_batch_render(r->raw.data, &r->hdr, &r->dec, &r->view, sep, t->scan.dctx,
-	                     batch_par(), r->spans, &r->nspans, &vsize);
+	rc = ls_batch_render(r->raw.data, &r->hdr, &r->dec, r->have_dec, &r->view, sep,
+	                     t->scan.dctx, batch_par(), r->spans, &r->nspans, &vsize);
+	if (rc == 0)
+		r->have_dec = (r->hdr.attributes & LS_BATCH_ATTR_CODEC_MASK) == LS_CODEC_ZSTD;
 	if (rc == 0 && vsize != r->ent.view_size)
 		rc = LS_ECORRUPT;
 	if (rc < 0)
