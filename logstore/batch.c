@@ -132,10 +132,16 @@ static inline uint8_t *put_varint(uint8_t *p, int64_t v)
 }
 
 /* Reads a zigzag varint of at most maxbytes (5 for varint, 10 for varlong). */
-static inline int get_varint(const uint8_t **pp, const uint8_t *end, int maxbytes,
-                             int64_t *out)
+static inline __attribute__((always_inline)) int get_varint(const uint8_t **pp,
+                                                            const uint8_t *end,
+                                                            int maxbytes, int64_t *out)
 {
 	const uint8_t *p = *pp;
+	if (p < end && !(*p & 0x80)) { /* one byte: nearly every field */
+		*pp = p + 1;
+		*out = (int64_t)(*p >> 1) ^ -(int64_t)(*p & 1);
+		return 0;
+	}
 	uint64_t u = 0;
 	for (int i = 0; i < maxbytes; i++) {
 		if (p >= end)
@@ -271,7 +277,8 @@ void ls_batch_iter_init_decoded(struct ls_batch_iter *it, const void *recs, size
 	it->base_ts = h->base_ts;
 }
 
-int ls_batch_iter_next(struct ls_batch_iter *it, struct ls_batch_record *r)
+static inline __attribute__((always_inline)) int iter_next(struct ls_batch_iter *it,
+                                                           struct ls_batch_record *r)
 {
 	int64_t len, v, klen, vlen, nh;
 	if (it->left == 0)
@@ -320,6 +327,11 @@ int ls_batch_iter_next(struct ls_batch_iter *it, struct ls_batch_record *r)
 	r->timestamp = it->base_ts + r->ts_delta;
 	r->view_size = (uint32_t)ls_batch_view_size(klen, vlen);
 	return 1;
+}
+
+int ls_batch_iter_next(struct ls_batch_iter *it, struct ls_batch_record *r)
+{
+	return iter_next(it, r);
 }
 
 int ls_batch_measure(const void *batch, const struct ls_batch_header *h,
@@ -378,7 +390,7 @@ static int render_region(const uint8_t *p, const uint8_t *end, uint8_t *out, cha
 	uint8_t *o = out;
 	int32_t prev = -1, count = 0;
 	while (it.p < it.end) {
-		if (ls_batch_iter_next(&it, &r) != 1 || r.offset_delta <= prev)
+		if (iter_next(&it, &r) != 1 || r.offset_delta <= prev)
 			return LS_ECORRUPT;
 		if (count == 0)
 			pt->first_delta = r.offset_delta;
