@@ -7,8 +7,8 @@
  * tr_net on 127.0.0.1 with meta_raft over the adapter: a leader is elected
  * and its commands are applied identically everywhere; the leader's node
  * stops, the other two elect a new leader, and the old node restarts and
- * catches up; hostile bytes on the
- * leader's port close only their own connections while raft keeps going. */
+ * catches up; hostile bytes on the leader's port close only their own
+ * connections while raft keeps going. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
