@@ -358,32 +358,9 @@ int ls_batch_measure(const void *batch, const struct ls_batch_header *h,
 
 /* ---- rendering the view ---------------------------------------------------- */
 
-/* One piece of a batch being rendered: records bytes [off, off + len) of the
- * section (in dec, or in the batch when plain), rendered to view + off. */
-struct dec_part {
-	const uint8_t *z;  /* its zstd frame (NULL: already plain) */
-	size_t zlen;
-	size_t off, len;
-	size_t vlen;
-	int32_t count, first_delta, last_delta;
-	int rc;
-	int undecodable;   /* its frame did not decompress to its content size */
-};
-
-struct dec_job {
-	const uint8_t *recs;  /* the plain records section */
-	uint8_t *dec;         /* where frames decompress to (== recs when zstd) */
-	uint8_t *view;
-	char sep;
-	const struct ls_batch_par *par;
-	ZSTD_DCtx *dctx;
-	size_t nparts;
-	struct dec_part part[LS_BATCH_PARTS_MAX];
-};
-
 /* Parses the records filling [p, end) exactly and renders them to out. */
 static int render_region(const uint8_t *p, const uint8_t *end, uint8_t *out, char sep,
-                         struct dec_part *pt)
+                         struct ls_batch_render_part *pt)
 {
 	struct ls_batch_iter it = {.p = p, .end = end, .left = INT32_MAX};
 	struct ls_batch_record r;
@@ -413,10 +390,10 @@ static int render_region(const uint8_t *p, const uint8_t *end, uint8_t *out, cha
 	return 0;
 }
 
-static void dec_part_run(void *arg, size_t k)
+void ls_batch_render_piece(void *job, size_t k)
 {
-	struct dec_job *j = arg;
-	struct dec_part *pt = &j->part[k];
+	struct ls_batch_render_job *j = job;
+	struct ls_batch_render_part *pt = &j->part[k];
 	if (pt->z) {
 		ZSTD_DCtx *d = j->par ? j->par->dctx(j->par->ctx) : j->dctx;
 		if (!d) {
@@ -436,7 +413,8 @@ static void dec_part_run(void *arg, size_t k)
 
 /* Describes the frames of a zstd section as parts. 0, or 1 if they cannot be
  * decoded apart (a frame without its content size, too many frames). */
-static int zstd_frames(struct dec_job *j, const uint8_t *src, size_t len, size_t *total)
+static int zstd_frames(struct ls_batch_render_job *j, const uint8_t *src, size_t len,
+                       size_t *total)
 {
 	size_t n = 0, off = 0;
 	while (len) {
@@ -447,7 +425,8 @@ static int zstd_frames(struct dec_job *j, const uint8_t *src, size_t len, size_t
 		if (c == ZSTD_CONTENTSIZE_UNKNOWN || c == ZSTD_CONTENTSIZE_ERROR ||
 		    c > LS_BATCH_MAX_SIZE - off)
 			return 1;
-		j->part[n++] = (struct dec_part){.z = src, .zlen = fsz, .off = off, .len = (size_t)c};
+		j->part[n++] = (struct ls_batch_render_part){.z = src, .zlen = fsz, .off = off,
+		                                             .len = (size_t)c};
 		off += (size_t)c;
 		src += fsz;
 		len -= fsz;
@@ -457,77 +436,84 @@ static int zstd_frames(struct dec_job *j, const uint8_t *src, size_t len, size_t
 	return n == 0;
 }
 
-int ls_batch_render(const void *batch, const struct ls_batch_header *h,
-                    struct ls_buf *dec, int dec_ready, struct ls_buf *view, char sep,
-                    ZSTD_DCtx *dctx, const struct ls_batch_par *par,
-                    struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
-                    uint64_t *view_size)
+int ls_batch_render_begin(struct ls_batch_render_job *jp, const void *batch,
+                          const struct ls_batch_header *h, struct ls_buf *dec, int dec_ready,
+                          struct ls_buf *view, char sep, ZSTD_DCtx *dctx,
+                          const struct ls_batch_par *par)
 {
 	const uint8_t *sec = (const uint8_t *)batch + LS_BATCH_HEADER_SIZE;
 	size_t len = ls_batch_size(h) - LS_BATCH_HEADER_SIZE, total = len;
 	int codec = h->attributes & LS_BATCH_ATTR_CODEC_MASK, rc;
-	struct dec_job j = {.sep = sep, .par = par, .dctx = dctx, .nparts = 1};
+	struct ls_batch_render_job *j = jp;
+	*j = (struct ls_batch_render_job){.sep = sep, .par = par, .dctx = dctx, .nparts = 1,
+	                                  .record_count = h->record_count,
+	                                  .last_offset_delta = h->last_offset_delta};
 
 	if (h->attributes & LS_BATCH_ATTR_UNSUPPORTED)
 		return -ENOTSUP;
 	if (codec == LS_CODEC_ZSTD && !par && !dctx)
 		return -EINVAL;
-	if (codec == LS_CODEC_ZSTD && zstd_frames(&j, sec, len, &total) == 0 &&
+	if (codec == LS_CODEC_ZSTD && zstd_frames(j, sec, len, &total) == 0 &&
 	    (!dec_ready || total == dec->len)) {
 		if ((rc = ls_buf_reserve(dec, total ? total : 1)) < 0)
 			return rc;
 		dec->len = total;
-		j.recs = j.dec = dec->data;
-		for (size_t k = 0; dec_ready && k < j.nparts; k++)
-			j.part[k].z = NULL;
+		j->recs = j->dec = dec->data;
+		for (size_t k = 0; dec_ready && k < j->nparts; k++)
+			j->part[k].z = NULL;
 	} else if (codec == LS_CODEC_ZSTD && dec_ready) {
 		total = dec->len;
-		j.nparts = 1;
-		j.recs = dec->data;
-		j.part[0] = (struct dec_part){.len = total};
+		j->nparts = 1;
+		j->recs = dec->data;
+		j->part[0] = (struct ls_batch_render_part){.len = total};
 	} else if (codec == LS_CODEC_ZSTD) { /* frames that say nothing of their size */
 		if ((rc = zstd_inflate(dctx ? dctx : par->dctx(par->ctx), sec, len, dec)) < 0)
 			return rc;
 		total = dec->len;
-		j.recs = dec->data;
-		j.part[0] = (struct dec_part){.len = total};
+		j->nparts = 1;
+		j->recs = dec->data;
+		j->part[0] = (struct ls_batch_render_part){.len = total};
 	} else if (codec == LS_CODEC_NONE) {
-		j.recs = sec;
-		j.part[0] = (struct dec_part){.len = total};
+		j->recs = sec;
+		j->part[0] = (struct ls_batch_render_part){.len = total};
 	} else {
 		return -ENOTSUP;
 	}
 	/* a record renders to fewer bytes than it is encoded in: room enough */
 	if ((rc = ls_buf_reserve(view, total ? total : 1)) < 0)
 		return rc;
-	j.view = view->data;
-	if (j.nparts == 1 || !par)
-		for (size_t k = 0; k < j.nparts; k++)
-			dec_part_run(&j, k);
-	else
-		par->run(par->ctx, j.nparts, dec_part_run, &j);
+	j->view = view->data;
+	j->total = total;
+	return (int)j->nparts;
+}
 
+int ls_batch_render_end(struct ls_batch_render_job *j,
+                        struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
+                        uint64_t *view_size)
+{
+	int rc;
 	/* every part decompressed; if a frame did not end at a record boundary,
 	 * the section is parsed again as a whole */
 	int whole = 0;
-	for (size_t k = 0; k < j.nparts; k++) {
-		if (j.part[k].rc == -ENOMEM || j.part[k].rc == -EINVAL)
-			return j.part[k].rc;
-		if (j.part[k].rc < 0 && (j.part[k].undecodable || j.nparts == 1))
+	for (size_t k = 0; k < j->nparts; k++) {
+		if (j->part[k].rc == -ENOMEM || j->part[k].rc == -EINVAL)
+			return j->part[k].rc;
+		if (j->part[k].rc < 0 && (j->part[k].undecodable || j->nparts == 1))
 			return LS_ECORRUPT;
-		if (j.part[k].rc < 0)
+		if (j->part[k].rc < 0)
 			whole = 1;
 	}
 	if (whole) {
-		j.nparts = 1;
-		j.part[0] = (struct dec_part){.len = total};
-		if ((rc = render_region(j.recs, j.recs + total, j.view, sep, &j.part[0])) < 0)
+		j->nparts = 1;
+		j->part[0] = (struct ls_batch_render_part){.len = j->total};
+		if ((rc = render_region(j->recs, j->recs + j->total, j->view, j->sep,
+		                        &j->part[0])) < 0)
 			return rc;
 	}
 	uint64_t vs = 0;
 	int32_t count = 0, prev = -1;
-	for (size_t k = 0; k < j.nparts; k++) {
-		const struct dec_part *pt = &j.part[k];
+	for (size_t k = 0; k < j->nparts; k++) {
+		const struct ls_batch_render_part *pt = &j->part[k];
 		if (pt->count && pt->first_delta <= prev)
 			return LS_ECORRUPT;
 		if (pt->count)
@@ -538,11 +524,29 @@ int ls_batch_render(const void *batch, const struct ls_batch_header *h,
 		spans[k] = (struct ls_batch_span){pt->off, pt->vlen};
 		vs += pt->vlen;
 	}
-	if (count != h->record_count || prev > h->last_offset_delta)
+	if (count != j->record_count || prev > j->last_offset_delta)
 		return LS_ECORRUPT;
-	*nspans = j.nparts;
+	*nspans = j->nparts;
 	*view_size = vs;
 	return 0;
+}
+
+int ls_batch_render(const void *batch, const struct ls_batch_header *h,
+                    struct ls_buf *dec, int dec_ready, struct ls_buf *view, char sep,
+                    ZSTD_DCtx *dctx, const struct ls_batch_par *par,
+                    struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
+                    uint64_t *view_size)
+{
+	struct ls_batch_render_job j;
+	int n = ls_batch_render_begin(&j, batch, h, dec, dec_ready, view, sep, dctx, par);
+	if (n < 0)
+		return n;
+	if (n == 1 || !par)
+		for (size_t k = 0; k < (size_t)n; k++)
+			ls_batch_render_piece(&j, k);
+	else
+		par->run(par->ctx, (size_t)n, ls_batch_render_piece, &j);
+	return ls_batch_render_end(&j, spans, nspans, view_size);
 }
 
 /* ---- encoding -------------------------------------------------------------- */

@@ -183,6 +183,36 @@ int ls_batch_render(const void *batch, const struct ls_batch_header *h,
                     struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
                     uint64_t *view_size) TFS_MUST_CHECK;
 
+/* ls_batch_render in three steps, for callers that run the pieces later or
+ * elsewhere: begin prepares j (it keeps pointers into batch, dec and view,
+ * which must stay put until end) and returns the number of pieces n or an
+ * error; ls_batch_render_piece(j, k) must then run once for every k < n, on
+ * any threads; end checks and gives the spans. */
+struct ls_batch_render_part { /* private */
+	const uint8_t *z;
+	size_t zlen, off, len, vlen;
+	int32_t count, first_delta, last_delta;
+	int rc, undecodable;
+};
+struct ls_batch_render_job { /* private */
+	const uint8_t *recs;
+	uint8_t *dec, *view;
+	char sep;
+	const struct ls_batch_par *par;
+	ZSTD_DCtx *dctx;
+	size_t nparts, total;
+	int32_t record_count, last_offset_delta;
+	struct ls_batch_render_part part[LS_BATCH_PARTS_MAX];
+};
+int ls_batch_render_begin(struct ls_batch_render_job *j, const void *batch,
+                          const struct ls_batch_header *h, struct ls_buf *dec, int dec_ready,
+                          struct ls_buf *view, char sep, ZSTD_DCtx *dctx,
+                          const struct ls_batch_par *par) TFS_MUST_CHECK;
+void ls_batch_render_piece(void *j, size_t k);
+int ls_batch_render_end(struct ls_batch_render_job *j,
+                        struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
+                        uint64_t *view_size) TFS_MUST_CHECK;
+
 /* Encodes already-decoded records (their offset_delta, ts_delta, key, value)
  * with the header fields of tmpl (base offset, epoch, timestamps, producer
  * fields, last_offset_delta; length/crc/count are computed). Used by

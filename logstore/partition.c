@@ -252,6 +252,7 @@ static struct {
           .work = PTHREAD_COND_INITIALIZER,
           .left = PTHREAD_COND_INITIALIZER};
 static pthread_once_t pool_once = PTHREAD_ONCE_INIT;
+static void par_init(void);
 
 static void pool_dequeue(struct pjob *j) /* pool.mu held */
 {
@@ -316,34 +317,56 @@ static void pool_start(void)
 		tfs_warn("logstore: %zu of %zu helper threads started", pool.nhelpers, want);
 }
 
+/* Queues j for the helpers: n pieces of fn. With no helpers nothing is
+ * queued and par_join runs every piece. */
+static void par_post(struct pjob *j, void (*fn)(void *arg, size_t i), void *arg, size_t n)
+{
+	pthread_once(&pool_once, par_init);
+	*j = (struct pjob){.fn = fn, .arg = arg, .n = n};
+	atomic_init(&j->next, 0);
+	if (!pool.nhelpers)
+		return;
+	pthread_mutex_lock(&pool.mu);
+	j->queued = 1;
+	if (pool.tail)
+		pool.tail->qnext = j;
+	else
+		pool.head = j;
+	pool.tail = j;
+	if (n > 1 && pool.nhelpers > 1)
+		pthread_cond_broadcast(&pool.work);
+	else
+		pthread_cond_signal(&pool.work);
+	pthread_mutex_unlock(&pool.mu);
+}
+
+/* Runs the pieces of j nobody has claimed (all of them unless cancel: then
+ * none) and returns once no helper is inside j. */
+static void par_join(struct pjob *j, int cancel)
+{
+	if (cancel)
+		atomic_store(&j->next, j->n);
+	else
+		run_pieces(j);
+	pthread_mutex_lock(&pool.mu);
+	if (j->queued)
+		pool_dequeue(j);
+	while (j->helpers)
+		pthread_cond_wait(&pool.left, &pool.mu);
+	pthread_mutex_unlock(&pool.mu);
+}
+
 static void par_run(void *ctx, size_t n, void (*fn)(void *arg, size_t i), void *arg)
 {
 	(void)ctx;
-	struct pjob j = {.fn = fn, .arg = arg, .n = n};
-	atomic_init(&j.next, 0);
-	if (n > 1 && pool.nhelpers) {
-		pthread_mutex_lock(&pool.mu);
-		j.queued = 1;
-		if (pool.tail)
-			pool.tail->qnext = &j;
-		else
-			pool.head = &j;
-		pool.tail = &j;
-		if (n > 2 && pool.nhelpers > 1)
-			pthread_cond_broadcast(&pool.work);
-		else
-			pthread_cond_signal(&pool.work);
-		pthread_mutex_unlock(&pool.mu);
+	struct pjob j;
+	if (n < 2) {
+		for (size_t i = 0; i < n; i++)
+			fn(arg, i);
+		return;
 	}
-	run_pieces(&j);
-	if (n > 1 && pool.nhelpers) {
-		pthread_mutex_lock(&pool.mu);
-		if (j.queued)
-			pool_dequeue(&j);
-		while (j.helpers)
-			pthread_cond_wait(&pool.left, &pool.mu);
-		pthread_mutex_unlock(&pool.mu);
-	}
+	par_post(&j, fn, arg, n);
+	par_join(&j, 0);
 }
 
 static ZSTD_CCtx *par_cctx(void *ctx)
@@ -2583,25 +2606,53 @@ struct rrec {
 	uint64_t view_pos;
 };
 
-struct ls_reader {
-	struct ls_partition *p;
-	struct ls_buf raw;          /* the cached batch as stored */
+/* A batch as a reader holds it. */
+struct rbatch {
+	struct ls_buf raw;          /* the batch as stored */
 	struct ls_buf dec;          /* its records, decompressed */
 	struct ls_buf view;         /* its view, rendered with view_sep, in spans */
 	struct ls_batch_span spans[LS_BATCH_PARTS_MAX];
 	size_t nspans;
-	struct ls_batch_header hdr; /* of the cached batch, CRC checked */
-	struct rrec *recs;
-	size_t nrecs, recs_cap;
+	struct ls_batch_header hdr; /* CRC checked */
 	int have;                   /* raw holds a batch whose CRC was checked */
 	int have_dec;               /* dec holds its records decompressed (zstd) */
-	int have_recs, have_view;   /* recs / view are built from it */
+	int have_view;              /* view is built from it */
 	char view_sep;
 	uint64_t gen, layout;
 	struct loc loc;
-	struct ls_index_entry ent;  /* index entry of the cached batch */
+	struct ls_index_entry ent;  /* its index entry */
 	int64_t batch_end;          /* baseOffset + lastOffsetDelta + 1 */
 	char seg_name[24];
+};
+
+/*
+ * Read-ahead: when a view read moves on from one batch to the next one (a
+ * sequential reader), the PF_DEPTH batches after it are fetched and
+ * CRC-checked on the reader's thread and their rendering queued to the
+ * helper pool (pf[], a ring from pf_head), so they decode while FUSE carries
+ * the replies and cat asks for more. The read that needs the first one joins
+ * its job (running any piece not started) and takes it if the partition's
+ * gen has not moved; anything else cancels them all. Only the view path
+ * reads ahead; nothing is served before the same checks as a batch decoded
+ * on demand (CRC before rendering, view size against the index after).
+ */
+#define PF_DEPTH 2
+
+struct rahead {
+	struct rbatch b;
+	int posted;
+	struct ls_batch_render_job render;
+	struct pjob job;
+};
+
+struct ls_reader {
+	struct ls_partition *p;
+	struct rbatch b;            /* the cached batch */
+	struct rrec *recs;          /* its records, for ls_reader_next */
+	size_t nrecs, recs_cap;
+	int have_recs;
+	struct rahead pf[PF_DEPTH]; /* read ahead: pf_n of them from pf_head */
+	size_t pf_head, pf_n;
 };
 
 int ls_reader_open(struct ls_partition *p, struct ls_reader **out)
@@ -2614,91 +2665,117 @@ int ls_reader_open(struct ls_partition *p, struct ls_reader **out)
 	return 0;
 }
 
+static void rbatch_free(struct rbatch *b)
+{
+	ls_buf_free(&b->raw);
+	ls_buf_free(&b->dec);
+	ls_buf_free(&b->view);
+}
+
+/* Stops every read-ahead: pieces not started are dropped. */
+static void reader_pf_cancel(struct ls_reader *r)
+{
+	for (size_t i = 0; i < r->pf_n; i++) {
+		struct rahead *a = &r->pf[(r->pf_head + i) % PF_DEPTH];
+		par_join(&a->job, 1);
+		a->posted = 0;
+		a->b.have = 0;
+	}
+	r->pf_n = 0;
+}
+
 void ls_reader_close(struct ls_reader *r)
 {
 	if (!r)
 		return;
-	ls_buf_free(&r->raw);
-	ls_buf_free(&r->dec);
-	ls_buf_free(&r->view);
+	reader_pf_cancel(r);
+	rbatch_free(&r->b);
+	for (size_t i = 0; i < PF_DEPTH; i++)
+		rbatch_free(&r->pf[i].b);
 	free(r->recs);
 	free(r);
 }
 
-/* Loads batch l (caller holds lock shared): copies its bytes; checking and
- * decoding happen after the lock is dropped (reader_check). */
-static int reader_fetch_locked(struct ls_reader *r, const struct loc *l)
+/* Loads batch l into b (caller holds lock shared): copies its bytes; checking
+ * and decoding happen after the lock is dropped (batch_check). */
+static int batch_fetch_locked(struct ls_partition *p, struct rbatch *b, const struct loc *l)
 {
-	struct ls_partition *p = r->p;
 	const struct ls_segment *s = p->segs[l->seg];
 	size_t len = ls_segment_batch_len(s, l->idx);
 	int rc;
-	r->have = r->have_dec = r->have_recs = r->have_view = 0;
-	if ((rc = ls_buf_reserve(&r->raw, len)) < 0)
+	b->have = b->have_dec = b->have_view = 0;
+	if ((rc = ls_buf_reserve(&b->raw, len)) < 0)
 		return rc;
-	r->ent = s->index.e[l->idx];
-	if ((rc = ls_segment_read(s, r->ent.file_pos, r->raw.data, len)) < 0)
+	b->ent = s->index.e[l->idx];
+	if ((rc = ls_segment_read(s, b->ent.file_pos, b->raw.data, len)) < 0)
 		return rc;
-	r->raw.len = len;
-	r->loc = *l;
-	r->gen = p->gen;
-	r->layout = p->layout;
-	memcpy(r->seg_name, s->name, sizeof(r->seg_name));
+	b->raw.len = len;
+	b->loc = *l;
+	b->gen = p->gen;
+	b->layout = p->layout;
+	memcpy(b->seg_name, s->name, sizeof(b->seg_name));
 	return 0;
 }
 
-/* Checks the fetched batch's header and CRC, once per fetch: nothing is
- * built from a batch that fails. */
-static int reader_check(struct ls_reader *r)
+/* Checks a fetched batch's header and CRC, once per fetch: nothing is built
+ * from a batch that fails. quiet: no log line (read-ahead: the read that
+ * needs the batch fetches it again and reports). */
+static int batch_check(struct ls_partition *p, struct rbatch *b, int quiet)
 {
-	struct ls_batch_header *h = &r->hdr;
-	const char *dir = r->p->dir;
-	if (ls_batch_parse_header(r->raw.data, r->raw.len, h) < 0 ||
-	    ls_batch_size(h) != r->raw.len || h->base_offset != r->ent.base_offset) {
-		tfs_error("%s segment %s: batch at byte %" PRIu32 ": bad header", dir,
-		          r->seg_name, r->ent.file_pos);
+	struct ls_batch_header *h = &b->hdr;
+	if (ls_batch_parse_header(b->raw.data, b->raw.len, h) < 0 ||
+	    ls_batch_size(h) != b->raw.len || h->base_offset != b->ent.base_offset) {
+		if (!quiet)
+			tfs_error("%s segment %s: batch at byte %" PRIu32 ": bad header", p->dir,
+			          b->seg_name, b->ent.file_pos);
 		return LS_ECORRUPT;
 	}
-	if (ls_batch_check_crc(r->raw.data, h) < 0) {
-		tfs_error("%s segment %s: batch at byte %" PRIu32 ": crc mismatch", dir,
-		          r->seg_name, r->ent.file_pos);
+	if (ls_batch_check_crc(b->raw.data, h) < 0) {
+		if (!quiet)
+			tfs_error("%s segment %s: batch at byte %" PRIu32 ": crc mismatch", p->dir,
+			          b->seg_name, b->ent.file_pos);
 		return LS_ECORRUPT;
 	}
-	r->batch_end = h->base_offset + h->last_offset_delta + 1;
-	r->have = 1;
+	b->batch_end = h->base_offset + h->last_offset_delta + 1;
+	b->have = 1;
 	return 0;
 }
 
-static int reader_bad(struct ls_reader *r, int rc)
+static int batch_bad(struct ls_partition *p, const struct rbatch *b, int rc)
 {
 	if (rc == -ENOMEM)
 		return rc;
 	tfs_error("%s segment %s: batch at byte %" PRIu32 ": undecodable records (%s)",
-	          r->p->dir, r->seg_name, r->ent.file_pos, tfs_strerror(rc));
+	          p->dir, b->seg_name, b->ent.file_pos, tfs_strerror(rc));
 	return rc == -ENOTSUP ? rc : LS_ECORRUPT;
 }
 
-/* Decodes the checked batch's records into recs (for ls_reader_next). */
+static int batch_is_zstd(const struct rbatch *b)
+{
+	return (b->hdr.attributes & LS_BATCH_ATTR_CODEC_MASK) == LS_CODEC_ZSTD;
+}
+
+/* Decodes the cached batch's records into recs (for ls_reader_next). */
 static int reader_records(struct ls_reader *r)
 {
+	struct rbatch *b = &r->b;
 	struct ls_batch_iter it;
 	int rc;
 	if (r->have_recs)
 		return 0;
-	int zstd = (r->hdr.attributes & LS_BATCH_ATTR_CODEC_MASK) == LS_CODEC_ZSTD;
-	if (zstd && r->have_dec) {
-		ls_batch_iter_init_decoded(&it, r->dec.data, r->dec.len, &r->hdr);
+	if (batch_is_zstd(b) && b->have_dec) {
+		ls_batch_iter_init_decoded(&it, b->dec.data, b->dec.len, &b->hdr);
 	} else {
 		struct tls_ctx *t = tls_get();
 		if (!t)
 			return -ENOMEM;
-		rc = ls_batch_iter_init(&it, r->raw.data, &r->hdr, &r->dec, t->scan.dctx);
+		rc = ls_batch_iter_init(&it, b->raw.data, &b->hdr, &b->dec, t->scan.dctx);
 		if (rc < 0)
-			return reader_bad(r, rc);
-		r->have_dec = zstd;
+			return batch_bad(r->p, b, rc);
+		b->have_dec = batch_is_zstd(b);
 	}
 	r->nrecs = 0;
-	uint64_t vp = r->ent.view_pos;
+	uint64_t vp = b->ent.view_pos;
 	struct ls_batch_record rec;
 	while ((rc = ls_batch_iter_next(&it, &rec)) == 1) {
 		if (r->nrecs == r->recs_cap) {
@@ -2712,49 +2789,121 @@ static int reader_records(struct ls_reader *r)
 		r->recs[r->nrecs++] = (struct rrec){rec, vp};
 		vp += rec.view_size;
 	}
-	if (rc == 0 && vp - r->ent.view_pos != r->ent.view_size)
+	if (rc == 0 && vp - b->ent.view_pos != b->ent.view_size)
 		rc = LS_ECORRUPT;
 	if (rc < 0)
-		return reader_bad(r, rc);
+		return batch_bad(r->p, b, rc);
 	r->have_recs = 1;
 	return 0;
 }
 
-/* Renders the checked batch's view (decompressing its frames in parallel). */
+/* The end of a render: spans, and the view size against the index. */
+static int batch_render_end(struct rbatch *b, struct ls_batch_render_job *j, char sep)
+{
+	uint64_t vsize;
+	int rc = ls_batch_render_end(j, b->spans, &b->nspans, &vsize);
+	if (rc == 0)
+		b->have_dec = batch_is_zstd(b);
+	if (rc == 0 && vsize != b->ent.view_size)
+		rc = LS_ECORRUPT;
+	if (rc == 0) {
+		b->view_sep = sep;
+		b->have_view = 1;
+	}
+	return rc;
+}
+
+/* Renders the cached batch's view (decompressing its frames in parallel). */
 static int reader_render(struct ls_reader *r, char sep)
 {
-	int rc;
-	uint64_t vsize;
-	if (r->have_view && r->view_sep == sep)
+	struct rbatch *b = &r->b;
+	struct ls_batch_render_job j;
+	if (b->have_view && b->view_sep == sep)
 		return 0;
 	struct tls_ctx *t = tls_get();
 	if (!t)
 		return -ENOMEM;
-	rc = ls_batch_render(r->raw.data, &r->hdr, &r->dec, r->have_dec, &r->view, sep,
-	                     t->scan.dctx, batch_par(), r->spans, &r->nspans, &vsize);
-	if (rc == 0)
-		r->have_dec = (r->hdr.attributes & LS_BATCH_ATTR_CODEC_MASK) == LS_CODEC_ZSTD;
-	if (rc == 0 && vsize != r->ent.view_size)
-		rc = LS_ECORRUPT;
-	if (rc < 0)
-		return reader_bad(r, rc);
-	r->view_sep = sep;
-	r->have_view = 1;
-	return 0;
+	const struct ls_batch_par *par = batch_par();
+	int n = ls_batch_render_begin(&j, b->raw.data, &b->hdr, &b->dec, b->have_dec, &b->view,
+	                              sep, t->scan.dctx, par);
+	if (n > 0)
+		par->run(par->ctx, (size_t)n, ls_batch_render_piece, &j);
+	int rc = n < 0 ? n : batch_render_end(b, &j, sep);
+	return rc < 0 ? batch_bad(r->p, b, rc) : 0;
+}
+
+/* Reads ahead up to PF_DEPTH batches after the last one held, if they start
+ * below hw_pos. Failures only mean less read-ahead. */
+static void reader_pf_fill(struct ls_reader *r, uint64_t hw_pos, char sep)
+{
+	struct ls_partition *p = r->p;
+	while (r->pf_n < PF_DEPTH) {
+		const struct rbatch *last =
+			r->pf_n ? &r->pf[(r->pf_head + r->pf_n - 1) % PF_DEPTH].b : &r->b;
+		struct rahead *a = &r->pf[(r->pf_head + r->pf_n) % PF_DEPTH];
+		struct loc l = last->loc;
+		int rc = 1;
+		pthread_rwlock_rdlock(&p->lock);
+		if (p->layout == last->layout && p->gen == last->gen && !next_loc(p, &l) &&
+		    loc_entry(p, &l)->view_pos < hw_pos)
+			rc = batch_fetch_locked(p, &a->b, &l);
+		pthread_rwlock_unlock(&p->lock);
+		if (rc != 0 || batch_check(p, &a->b, 1) < 0)
+			break;
+		int n = ls_batch_render_begin(&a->render, a->b.raw.data, &a->b.hdr, &a->b.dec, 0,
+		                              &a->b.view, sep, NULL, batch_par());
+		if (n <= 0)
+			break;
+		a->b.view_sep = sep;
+		par_post(&a->job, ls_batch_render_piece, &a->render, (size_t)n);
+		a->posted = 1;
+		r->pf_n++;
+	}
+}
+
+/* Makes the first read-ahead batch the cached one if it holds pos (for gen)
+ * and renders cleanly; else drops all of them. 1 if taken. */
+static int reader_pf_take(struct ls_reader *r, uint64_t pos, uint64_t gen, char sep)
+{
+	if (!r->pf_n)
+		return 0;
+	struct rahead *a = &r->pf[r->pf_head];
+	struct rbatch *pf = &a->b;
+	int want = pf->have && pf->gen == gen && pf->view_sep == sep &&
+	           pos >= pf->ent.view_pos && pos < pf->ent.view_pos + pf->ent.view_size;
+	if (!want) {
+		reader_pf_cancel(r);
+		return 0;
+	}
+	par_join(&a->job, 0);
+	a->posted = 0;
+	r->pf_head = (r->pf_head + 1) % PF_DEPTH;
+	r->pf_n--;
+	if (batch_render_end(pf, &a->render, sep) < 0) {
+		pf->have = 0;
+		reader_pf_cancel(r);
+		return 0;
+	}
+	struct rbatch t = r->b;
+	r->b = *pf;
+	*pf = t;
+	pf->have = 0;
+	r->have_recs = 0;
+	return 1;
 }
 
 /* Copies view bytes [at, at + n) of the rendered batch (at relative to its
  * start) to dst. */
-static void reader_copy_view(const struct ls_reader *r, uint64_t at, uint8_t *dst, size_t n)
+static void batch_copy_view(const struct rbatch *b, uint64_t at, uint8_t *dst, size_t n)
 {
-	for (size_t k = 0; k < r->nspans && n; k++) {
-		const struct ls_batch_span *sp = &r->spans[k];
+	for (size_t k = 0; k < b->nspans && n; k++) {
+		const struct ls_batch_span *sp = &b->spans[k];
 		if (at >= sp->len) {
 			at -= sp->len;
 			continue;
 		}
 		size_t c = sp->len - (size_t)at < n ? sp->len - (size_t)at : n;
-		memcpy(dst, r->view.data + sp->off + at, c);
+		memcpy(dst, b->view.data + sp->off + at, c);
 		dst += c;
 		n -= c;
 		at = 0;
@@ -2765,6 +2914,7 @@ ssize_t ls_reader_read_view(struct ls_reader *r, uint64_t pos, void *buf, size_t
                             char sep, uint64_t *actual)
 {
 	struct ls_partition *p = r->p;
+	struct rbatch *b = &r->b;
 	size_t copied = 0;
 	int rc;
 	pthread_rwlock_rdlock(&p->lock);
@@ -2775,40 +2925,49 @@ ssize_t ls_reader_read_view(struct ls_reader *r, uint64_t pos, void *buf, size_t
 	if (actual)
 		*actual = pos;
 	while (copied < size && pos < hw_pos) {
-		if (!(r->have && r->gen == gen && pos >= r->ent.view_pos &&
-		      pos < r->ent.view_pos + r->ent.view_size)) {
-			struct loc l;
-			pthread_rwlock_rdlock(&p->lock);
-			if (find_by_pos(p, pos, &l)) {
+		if (!(b->have && b->gen == gen && pos >= b->ent.view_pos &&
+		      pos < b->ent.view_pos + b->ent.view_size)) {
+			int sequential = b->have && b->gen == gen &&
+			                 pos == b->ent.view_pos + b->ent.view_size;
+			if (!reader_pf_take(r, pos, gen, sep)) {
+				struct loc l;
+				pthread_rwlock_rdlock(&p->lock);
+				if (find_by_pos(p, pos, &l)) {
+					pthread_rwlock_unlock(&p->lock);
+					break;
+				}
+				rc = batch_fetch_locked(p, b, &l);
 				pthread_rwlock_unlock(&p->lock);
-				break;
+				r->have_recs = 0;
+				if (rc == 0)
+					rc = batch_check(p, b, 0);
+				if (rc < 0)
+					return copied ? (ssize_t)copied : rc;
 			}
-			rc = reader_fetch_locked(r, &l);
-			pthread_rwlock_unlock(&p->lock);
-			if (rc == 0)
-				rc = reader_check(r);
-			if (rc < 0)
-				return copied ? (ssize_t)copied : rc;
-			gen = r->gen;
-			if (pos < r->ent.view_pos) { /* a hole: skip to the next record */
+			gen = b->gen;
+			if (pos < b->ent.view_pos) { /* a hole: skip to the next record */
 				if (copied)
 					break;
-				pos = r->ent.view_pos;
+				pos = b->ent.view_pos;
 				if (actual)
 					*actual = pos;
 				if (pos >= hw_pos)
 					break;
 			}
+			if (sequential)
+				reader_pf_fill(r, hw_pos, sep);
+			else
+				reader_pf_cancel(r);
 		}
 		if ((rc = reader_render(r, sep)) < 0)
 			return copied ? (ssize_t)copied : rc;
-		uint64_t end = r->ent.view_pos + r->ent.view_size;
+		uint64_t end = b->ent.view_pos + b->ent.view_size;
 		if (end > hw_pos)
 			end = hw_pos;
 		size_t n = (size_t)(end - pos);
 		if (n > size - copied)
 			n = size - copied;
-		reader_copy_view(r, pos - r->ent.view_pos, (uint8_t *)buf + copied, n);
+		batch_copy_view(b, pos - b->ent.view_pos, (uint8_t *)buf + copied, n);
 		copied += n;
 		pos += n;
 	}
@@ -2828,8 +2987,8 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 	for (;;) {
 		if (offset >= hw)
 			return 0;
-		if (r->have && r->gen == gen && offset >= r->ent.base_offset &&
-		    offset < r->batch_end) {
+		if (r->b.have && r->b.gen == gen && offset >= r->b.ent.base_offset &&
+		    offset < r->b.batch_end) {
 			if ((rc = reader_records(r)) < 0)
 				return rc;
 			size_t lo = 0, hi = r->nrecs;
@@ -2855,38 +3014,39 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 				};
 				return 1;
 			}
-			offset = r->batch_end; /* a gap after the last record */
+			offset = r->b.batch_end; /* a gap after the last record */
 			continue;
 		}
 		struct loc l;
-		int cached_next = r->have && r->gen == gen && r->layout == layout &&
-		                  offset == r->batch_end;
+		int cached_next = r->b.have && r->b.gen == gen && r->b.layout == layout &&
+		                  offset == r->b.batch_end;
 		pthread_rwlock_rdlock(&p->lock);
 		if (cached_next && p->layout == layout) {
-			l = r->loc;
+			l = r->b.loc;
 			rc = next_loc(p, &l);
 		} else {
 			rc = find_by_offset(p, offset, &l);
 			/* the found batch may end before offset (compaction gap) */
-			if (rc == 0 && r->have && r->gen == gen &&
-			    loc_entry(p, &l)->base_offset == r->ent.base_offset)
+			if (rc == 0 && r->b.have && r->b.gen == gen &&
+			    loc_entry(p, &l)->base_offset == r->b.ent.base_offset)
 				rc = next_loc(p, &l);
 		}
 		if (rc) {
 			pthread_rwlock_unlock(&p->lock);
 			return 0;
 		}
-		rc = reader_fetch_locked(r, &l);
+		rc = batch_fetch_locked(p, &r->b, &l);
 		pthread_rwlock_unlock(&p->lock);
+		r->have_recs = 0;
 		if (rc == 0)
-			rc = reader_check(r);
+			rc = batch_check(p, &r->b, 0);
 		if (rc == 0)
 			rc = reader_records(r);
 		if (rc < 0)
 			return rc;
-		layout = r->layout;
-		gen = r->gen;
-		if (offset < r->ent.base_offset)
-			offset = r->ent.base_offset;
+		layout = r->b.layout;
+		gen = r->b.gen;
+		if (offset < r->b.ent.base_offset)
+			offset = r->b.ent.base_offset;
 	}
 }
