@@ -436,6 +436,44 @@ static int zstd_frames(struct ls_batch_render_job *j, const uint8_t *src, size_t
 	return n == 0;
 }
 
+static void decode_piece(void *job, size_t k)
+{
+	struct ls_batch_render_job *j = job;
+	struct ls_batch_render_part *pt = &j->part[k];
+	ZSTD_DCtx *d = j->par ? j->par->dctx(j->par->ctx) : j->dctx;
+	if (!d) {
+		pt->rc = j->par ? -ENOMEM : -EINVAL;
+		return;
+	}
+	size_t r = ZSTD_decompressDCtx(d, j->dec + pt->off, pt->len, pt->z, pt->zlen);
+	pt->rc = ZSTD_isError(r) || r != pt->len ? LS_ECORRUPT : 0;
+}
+
+int ls_batch_decode(const void *batch, const struct ls_batch_header *h,
+                    struct ls_buf *dec, ZSTD_DCtx *dctx, const struct ls_batch_par *par)
+{
+	const uint8_t *sec = (const uint8_t *)batch + LS_BATCH_HEADER_SIZE;
+	size_t len = ls_batch_size(h) - LS_BATCH_HEADER_SIZE, total;
+	struct ls_batch_render_job j = {.par = par, .dctx = dctx};
+	int rc;
+	if ((h->attributes & LS_BATCH_ATTR_CODEC_MASK) != LS_CODEC_ZSTD ||
+	    (h->attributes & LS_BATCH_ATTR_UNSUPPORTED))
+		return -ENOTSUP;
+	if (!par && !dctx)
+		return -EINVAL;
+	if (zstd_frames(&j, sec, len, &total) != 0 || j.nparts < 2 || !par)
+		return zstd_inflate(dctx ? dctx : par->dctx(par->ctx), sec, len, dec);
+	if ((rc = ls_buf_reserve(dec, total ? total : 1)) < 0)
+		return rc;
+	j.dec = dec->data;
+	par->run(par->ctx, j.nparts, decode_piece, &j);
+	for (size_t k = 0; k < j.nparts; k++)
+		if (j.part[k].rc < 0)
+			return j.part[k].rc;
+	dec->len = total;
+	return 0;
+}
+
 int ls_batch_render_begin(struct ls_batch_render_job *jp, const void *batch,
                           const struct ls_batch_header *h, struct ls_buf *dec, int dec_ready,
                           struct ls_buf *view, char sep, ZSTD_DCtx *dctx,

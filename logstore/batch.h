@@ -15,6 +15,8 @@
 
 #include "logstore.h"
 
+struct ls_batch_par; /* below */
+
 #define LS_BATCH_HEADER_SIZE 61  /* bytes before the first record */
 #define LS_BATCH_LOG_OVERHEAD 12 /* baseOffset + batchLength: not in batchLength */
 #define LS_BATCH_MAGIC 2
@@ -105,6 +107,14 @@ struct ls_batch_iter {
 int ls_batch_iter_init(struct ls_batch_iter *it, const void *batch,
                        const struct ls_batch_header *h, struct ls_buf *scratch,
                        ZSTD_DCtx *dctx) TFS_MUST_CHECK;
+
+/* Decompresses the records section of a zstd batch into dec (the frames of
+ * ls_batch_encode_par in parallel through par; else on this thread with
+ * dctx). 0, LS_ECORRUPT, -ENOTSUP (not zstd), -ENOMEM. Then iterate with
+ * ls_batch_iter_init_decoded. */
+int ls_batch_decode(const void *batch, const struct ls_batch_header *h,
+                    struct ls_buf *dec, ZSTD_DCtx *dctx,
+                    const struct ls_batch_par *par) TFS_MUST_CHECK;
 
 /* Like ls_batch_iter_init over records already decompressed (recs, len: the
  * batch's plain records section, e.g. dec after ls_batch_render). */

@@ -2650,6 +2650,7 @@ struct ls_reader {
 	struct rbatch b;            /* the cached batch */
 	struct rrec *recs;          /* its records, for ls_reader_next */
 	size_t nrecs, recs_cap;
+	size_t next_rec;            /* index after the record returned last */
 	int have_recs;
 	struct rahead pf[PF_DEPTH]; /* read ahead: pf_n of them from pf_head */
 	size_t pf_head, pf_n;
@@ -2763,7 +2764,16 @@ static int reader_records(struct ls_reader *r)
 	int rc;
 	if (r->have_recs)
 		return 0;
-	if (batch_is_zstd(b) && b->have_dec) {
+	if (batch_is_zstd(b) && !b->have_dec) {
+		struct tls_ctx *t = tls_get();
+		if (!t)
+			return -ENOMEM;
+		if ((rc = ls_batch_decode(b->raw.data, &b->hdr, &b->dec, t->scan.dctx,
+		                          batch_par())) < 0)
+			return batch_bad(r->p, b, rc);
+		b->have_dec = 1;
+	}
+	if (batch_is_zstd(b)) {
 		ls_batch_iter_init_decoded(&it, b->dec.data, b->dec.len, &b->hdr);
 	} else {
 		struct tls_ctx *t = tls_get();
@@ -2772,9 +2782,8 @@ static int reader_records(struct ls_reader *r)
 		rc = ls_batch_iter_init(&it, b->raw.data, &b->hdr, &b->dec, t->scan.dctx);
 		if (rc < 0)
 			return batch_bad(r->p, b, rc);
-		b->have_dec = batch_is_zstd(b);
 	}
-	r->nrecs = 0;
+	r->nrecs = r->next_rec = 0;
 	uint64_t vp = b->ent.view_pos;
 	struct ls_batch_record rec;
 	while ((rc = ls_batch_iter_next(&it, &rec)) == 1) {
@@ -2991,7 +3000,10 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 		    offset < r->b.batch_end) {
 			if ((rc = reader_records(r)) < 0)
 				return rc;
-			size_t lo = 0, hi = r->nrecs;
+			size_t lo = 0, hi = r->nrecs, h = r->next_rec;
+			if (h < r->nrecs && r->recs[h].r.offset >= offset &&
+			    (h == 0 || r->recs[h - 1].r.offset < offset))
+				lo = hi = h; /* the record after the last one returned */
 			while (lo < hi) {
 				size_t mid = lo + (hi - lo) / 2;
 				if (r->recs[mid].r.offset < offset)
@@ -3003,6 +3015,7 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 				const struct rrec *x = &r->recs[lo];
 				if (x->r.offset >= hw)
 					return 0;
+				r->next_rec = lo + 1;
 				*rec = (struct ls_record){
 					.offset = x->r.offset,
 					.timestamp_ms = x->r.timestamp,
