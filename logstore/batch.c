@@ -37,6 +37,12 @@
  *     computed (they are outside it); anything else changes the CRC.
  *  4. The codec asked for is a wish: records that zstd would not shrink are
  *     stored uncompressed (codec 0), as the codec is per batch.
+ *  5. A zstd records section is one zstd stream of one or more frames.
+ *     ls_batch_encode_par writes one frame per piece, each holding whole
+ *     records and its content size, so readers can decompress and render the
+ *     frames apart (ls_batch_render); any other split (other producers) is
+ *     still read, as one stream. Work is spread only through the caller's
+ *     ls_batch_par hooks: this file starts no threads and takes no locks.
  */
 #include "batch.h"
 

@@ -4,7 +4,10 @@
  * logstore.h).
  *
  * Owns: the segment list of DIR, partition.meta, the clean marker, the
- * in-memory state below, and the thread-local encode/decode contexts.
+ * in-memory state below, the thread-local encode/decode contexts, and the
+ * process-wide pool of helper threads that compress, decompress and render
+ * the pieces of one batch in parallel (see "helper threads"; readers also
+ * read ahead on it, see "readers").
  *
  * partition.meta (text, replaced atomically; the crc line covers every byte
  * before it):
@@ -26,6 +29,7 @@
  *              a batch; writers take it exclusive only to publish (push an
  *              index entry, move end offsets) or to change the segment list.
  *   sync_mu    group commit state only (never held with the others).
+ * Helper threads take none of these locks (only the pool's own mutex).
  * Batches are encoded and compressed before any lock is taken; only the base
  * offset, epoch (outside the CRC) and, if another append raced ahead, the
  * timestamp (then the CRC is recomputed) are stamped under append_mu.
