@@ -232,7 +232,10 @@ static ZSTD_CCtx *tls_cctx(void)
  * piece no helper has started, so a busy helper, or one slow to wake on the
  * other core, costs at most the piece it holds. par_run returns only once no
  * helper is inside the job (helpers counts them under pool.mu), so the job
- * can live on the caller's stack. Helpers never take partition locks.
+ * can live on the caller's stack. par_post and par_join are its two halves,
+ * for work started now and collected later (a reader's read-ahead: the job
+ * lives in the reader, and closing it joins with cancel). Helpers never
+ * take partition locks.
  */
 #define HELPERS_MAX 7
 
