@@ -248,13 +248,8 @@ int producer_write(struct producer *pr, const char *buf, size_t len)
 		p = nl + 1;
 	}
 
-	/* Whole lines. Count first so the scratch arrays are sized once. */
-	size_t lines = 0;
-	for (const char *q = p; q < end && (q = memchr(q, '\n', (size_t)(end - q))); q++)
-		lines++;
-	rc = ensure_recs(pr, n + lines);
-	if (rc < 0)
-		return rc;
+	/* Whole lines, in one pass; the scratch arrays grow (and stay grown
+	 * for the file's next writes) by doubling. */
 	while (p < end) {
 		nl = memchr(p, '\n', (size_t)(end - p));
 		if (!nl)
@@ -263,6 +258,8 @@ int producer_write(struct producer *pr, const char *buf, size_t len)
 		if (l > max) {
 			too_long = 1;
 		} else {
+			if (n == pr->crecs && (rc = ensure_recs(pr, n + 1)) < 0)
+				return rc;
 			make_rec(&pr->recs[n++], p, l, &cfg);
 		}
 		p = nl + 1;
