@@ -3046,8 +3046,10 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 			rc = next_loc(p, &l);
 		} else {
 			rc = find_by_offset(p, offset, &l);
-			/* the found batch may end before offset (compaction gap) */
-			if (rc == 0 && r->b.have && r->b.gen == gen &&
+			/* the found batch may be the cached one, which ends before
+			 * offset (a compaction gap after it); a batch found for an
+			 * offset before the cached one is the one to read */
+			if (rc == 0 && r->b.have && r->b.gen == gen && offset >= r->b.batch_end &&
 			    loc_entry(p, &l)->base_offset == r->b.ent.base_offset)
 				rc = next_loc(p, &l);
 		}
