@@ -216,6 +216,27 @@ struct ls_record {
  * Returns 1 with *rec filled, 0 if there is none yet, or -errno. */
 int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec);
 
+/* What ls_reader_read_records copied. */
+struct ls_records_res {
+	int64_t first;        /* offset of the first record copied (-1: none) */
+	int64_t next;         /* offset after the last record copied (-1: none) */
+	uint32_t count;       /* records copied */
+	size_t need;          /* -EMSGSIZE: view bytes of the first record */
+};
+
+/* Bulk ls_reader_next: copies the view bytes (rendered with sep, exactly as
+ * ls_reader_read_view gives them) of whole records, starting with the first
+ * record with offset >= `offset` below the high watermark, into buf. Copies
+ * from ONE batch (the reader's decoded batch: one decode per batch, its CRC
+ * checked), stopping at the batch's end, the high watermark, max_records
+ * (0: no limit) or the first record that does not fit in size. Returns the
+ * bytes copied with *res (count >= 1), 0 if there is no record yet, -EMSGSIZE
+ * with res->need if the first record is larger than size, or -errno. Asking
+ * again at res->next continues exactly after the last record copied. */
+ssize_t ls_reader_read_records(struct ls_reader *r, int64_t offset, void *buf, size_t size,
+                               char sep, uint32_t max_records,
+                               struct ls_records_res *res);
+
 /* ---- additions for replication (follower catch-up and compacted logs) ---- */
 
 /* Like ls_partition_read_batches, and also gives the view position of the

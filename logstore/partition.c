@@ -2990,13 +2990,18 @@ ssize_t ls_reader_read_view(struct ls_reader *r, uint64_t pos, void *buf, size_t
 	return (ssize_t)copied;
 }
 
-int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
+/* Finds the first record with offset >= `offset` below the high watermark
+ * and makes its batch the cached, decoded one: 1 with *idx its index in
+ * r->recs and *hw_out the high watermark read, 0 if there is none yet, or
+ * -errno. (ls_reader_next and ls_reader_read_records.) */
+static int reader_seek(struct ls_reader *r, int64_t offset, int ra, size_t *idx,
+                       int64_t *hw_out)
 {
 	struct ls_partition *p = r->p;
 	int rc;
 	pthread_rwlock_rdlock(&p->lock);
 	int64_t start = p->start_offset, hw = p->hw;
-	uint64_t gen = p->gen, layout = p->layout;
+	uint64_t gen = p->gen, layout = p->layout, hw_pos = p->hw_pos;
 	pthread_rwlock_unlock(&p->lock);
 	if (offset < start)
 		offset = start;
@@ -3019,19 +3024,10 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 					hi = mid;
 			}
 			if (lo < r->nrecs) {
-				const struct rrec *x = &r->recs[lo];
-				if (x->r.offset >= hw)
+				if (r->recs[lo].r.offset >= hw)
 					return 0;
-				r->next_rec = lo + 1;
-				*rec = (struct ls_record){
-					.offset = x->r.offset,
-					.timestamp_ms = x->r.timestamp,
-					.key = x->r.key_len >= 0 ? x->r.key : NULL,
-					.key_len = x->r.key_len > 0 ? (uint32_t)x->r.key_len : 0,
-					.value = x->r.value_len >= 0 ? x->r.value : NULL,
-					.value_len = x->r.value_len > 0 ? (uint32_t)x->r.value_len : 0,
-					.view_pos = x->view_pos,
-				};
+				*idx = lo;
+				*hw_out = hw;
 				return 1;
 			}
 			offset = r->b.batch_end; /* a gap after the last record */
@@ -3057,11 +3053,40 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 			pthread_rwlock_unlock(&p->lock);
 			return 0;
 		}
-		rc = batch_fetch_locked(p, &r->b, &l);
-		pthread_rwlock_unlock(&p->lock);
-		r->have_recs = 0;
-		if (rc == 0)
-			rc = batch_check(p, &r->b, 0);
+		if (ra >= 0 && cached_next && r->pf_n) {
+			/* sequential: the read-ahead may hold it, decoded */
+			uint64_t vp = loc_entry(p, &l)->view_pos;
+			pthread_rwlock_unlock(&p->lock);
+			if (reader_pf_take(r, vp, gen, (char)ra))
+				rc = 0;
+			else {
+				pthread_rwlock_rdlock(&p->lock);
+				if (p->layout != layout || p->gen != gen) {
+					gen = p->gen;
+					layout = p->layout;
+					hw = p->hw;
+					hw_pos = p->hw_pos;
+					pthread_rwlock_unlock(&p->lock);
+					continue; /* changed meanwhile: look again */
+				}
+				rc = 1;
+			}
+		} else {
+			rc = 1;
+		}
+		if (rc == 1) {
+			rc = batch_fetch_locked(p, &r->b, &l);
+			pthread_rwlock_unlock(&p->lock);
+			r->have_recs = 0;
+			if (rc == 0)
+				rc = batch_check(p, &r->b, 0);
+		}
+		if (ra >= 0 && rc == 0) {
+			if (cached_next)
+				reader_pf_fill(r, hw_pos, (char)ra);
+			else
+				reader_pf_cancel(r);
+		}
 		if (rc == 0)
 			rc = reader_records(r);
 		if (rc < 0)
@@ -3071,4 +3096,72 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 		if (offset < r->b.ent.base_offset)
 			offset = r->b.ent.base_offset;
 	}
+}
+
+int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
+{
+	size_t i;
+	int64_t hw;
+	int rc = reader_seek(r, offset, -1, &i, &hw);
+	if (rc <= 0)
+		return rc;
+	const struct rrec *x = &r->recs[i];
+	r->next_rec = i + 1;
+	*rec = (struct ls_record){
+		.offset = x->r.offset,
+		.timestamp_ms = x->r.timestamp,
+		.key = x->r.key_len >= 0 ? x->r.key : NULL,
+		.key_len = x->r.key_len > 0 ? (uint32_t)x->r.key_len : 0,
+		.value = x->r.value_len >= 0 ? x->r.value : NULL,
+		.value_len = x->r.value_len > 0 ? (uint32_t)x->r.value_len : 0,
+		.view_pos = x->view_pos,
+	};
+	return 1;
+}
+
+ssize_t ls_reader_read_records(struct ls_reader *r, int64_t offset, void *buf, size_t size,
+                               char sep, uint32_t max_records, struct ls_records_res *res)
+{
+	size_t i;
+	int64_t hw;
+	*res = (struct ls_records_res){.first = -1, .next = -1};
+	int rc = reader_seek(r, offset, (unsigned char)sep, &i, &hw);
+	if (rc <= 0)
+		return rc;
+	uint8_t *out = buf;
+	size_t used = 0;
+	uint32_t n = 0;
+	res->first = r->recs[i].r.offset;
+	for (; i < r->nrecs && (!max_records || n < max_records); i++, n++) {
+		const struct ls_batch_record *x = &r->recs[i].r;
+		if (x->offset >= hw)
+			break;
+		size_t len = x->view_size;
+		if (len > size - used) {
+			if (n == 0) {
+				res->need = len;
+				return -EMSGSIZE;
+			}
+			break;
+		}
+		uint8_t *o = out + used;
+		if (x->key_len >= 0) {
+			if (x->key_len > 0)
+				memcpy(o, x->key, (size_t)x->key_len);
+			o += x->key_len;
+			*o++ = (uint8_t)sep;
+		}
+		if (x->value_len > 0) {
+			memcpy(o, x->value, (size_t)x->value_len);
+			o += x->value_len;
+		}
+		*o++ = '\n';
+		if ((size_t)(o - (out + used)) != len)
+			return batch_bad(r->p, &r->b, LS_ECORRUPT); /* view size lies */
+		used += len;
+		res->next = x->offset + 1;
+	}
+	r->next_rec = i;
+	res->count = n;
+	return (ssize_t)used;
 }

@@ -1716,23 +1716,42 @@ static int part_take(struct mreader *mr, struct ls_partition *log, char *buf, si
 			return -EMSGSIZE;
 		}
 	}
+	/* whole records, a batch per ls_reader_read_records call; o is a
+	 * record's offset, and every later call asks right after a record of
+	 * the reader's cached batch: exact */
 	size_t used = 0;
 	uint32_t n = 0;
-	res->first_offset = rec.offset;
+	int64_t o = rec.offset;
+	res->first_offset = o;
 	mr->first = -1;
-	for (;;) {
-		used += rec_render(buf + used, &rec, sep);
-		res->next_offset = rec.offset + 1;
-		if (++n == max)
-			break;
-		/* asked right after a record of its cached batch: exact */
-		if ((rc = ls_reader_next(mr->rd, res->next_offset, &rec)) != 1)
-			break; /* an error comes back at the next call */
-		if ((len = rec_len(&rec)) > size - used) {
-			mr->first = rec.offset;
-			break;
-		}
+	while (used < size && (!max || n < max)) {
+		struct ls_records_res rr;
+		ssize_t got = ls_reader_read_records(mr->rd, o, buf + used, size - used, sep,
+		                                     max ? max - n : 0, &rr);
+		if (got <= 0)
+			break; /* none, too large, or an error: comes back below or at
+			          the next call */
+		if (n == 0)
+			res->first_offset = rr.first;
+		used += (size_t)got;
+		n += rr.count;
+		o = rr.next;
 	}
+	if (n == 0) {
+		/* retention took the record meanwhile, or an error: say it now */
+		rc = ls_reader_next(mr->rd, res->first_offset, &rec);
+		if (rc <= 0)
+			return rc;
+		if ((len = rec_len(&rec)) > size) {
+			res->need = len;
+			return -EMSGSIZE;
+		}
+		res->first_offset = rec.offset;
+		used = rec_render(buf, &rec, sep);
+		n = 1;
+		o = rec.offset + 1;
+	}
+	res->next_offset = o;
 	mr->at = res->next_offset;
 	res->records = n;
 	res->bytes = used;

@@ -740,6 +740,114 @@ static void test_compaction(void)
 	free(full);
 }
 
+/* Reads every record with ls_reader_read_records (buffers of `size`, at most
+ * max a call) and checks the bytes against the view, each call's first/next
+ * against ls_reader_next, and that a call never skips a record. */
+static void check_read_records(struct ls_partition *p, char sep, size_t size, uint32_t max)
+{
+	char *view = read_all(p, 0, sep, 4096, NULL);
+	size_t vlen = strlen(view), got_len = 0;
+	char *got = malloc(vlen + 1);
+	char *buf = malloc(size);
+	struct ls_reader *r, *rn;
+	CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+	CHECK_EQ_INT(ls_reader_open(p, &rn), 0);
+	int64_t o = 0;
+	for (;;) {
+		struct ls_records_res res;
+		struct ls_record rec;
+		ssize_t n = ls_reader_read_records(r, o, buf, size, sep, max, &res);
+		int has = ls_reader_next(rn, o, &rec);
+		if (n == 0) {
+			CHECK_EQ_INT(has, 0);
+			break;
+		}
+		if (n == -EMSGSIZE) {
+			CHECK_EQ_INT(has, 1);
+			CHECK(res.need > size);
+			CHECK_EQ_INT((int64_t)res.need,
+			             (int64_t)((rec.key ? rec.key_len + 1 : 0) + rec.value_len + 1));
+			o = rec.offset + 1; /* skip it, as a test */
+			char *v = read_all(p, rec.view_pos, sep, 4096, NULL);
+			CHECK(got_len + res.need <= vlen);
+			memcpy(got + got_len, v, res.need);
+			got_len += res.need;
+			free(v);
+			continue;
+		}
+		CHECK(n > 0);
+		if (n <= 0)
+			break;
+		CHECK_EQ_INT(has, 1);
+		CHECK_EQ_INT(res.first, rec.offset);
+		CHECK(res.count >= 1 && (!max || res.count <= max));
+		CHECK((size_t)n <= size);
+		CHECK(res.next > res.first);
+		/* records first .. next-1 are exactly `count` records */
+		uint32_t k = 0;
+		for (int64_t q = res.first; q < res.next; q = rec.offset + 1) {
+			CHECK_EQ_INT(ls_reader_next(rn, q, &rec), 1);
+			if (rec.offset >= res.next)
+				break;
+			k++;
+		}
+		CHECK_EQ_INT(k, res.count);
+		CHECK(got_len + (size_t)n <= vlen);
+		if (got_len + (size_t)n > vlen)
+			break;
+		memcpy(got + got_len, buf, (size_t)n);
+		got_len += (size_t)n;
+		o = res.next;
+	}
+	CHECK_EQ_INT(got_len, vlen);
+	CHECK(memcmp(got, view, vlen) == 0);
+	ls_reader_close(r);
+	ls_reader_close(rn);
+	free(buf);
+	free(got);
+	free(view);
+}
+
+/* ls_reader_read_records gives the view's bytes of whole records: plain
+ * and zstd batches, keys and tombstones, several segments, max_records 1,
+ * records too large for the buffer, and compaction holes. */
+static void test_read_records(void)
+{
+	for (int codec = 0; codec < 2; codec++) {
+		const char *dir = unit_tmpdir();
+		struct ls_config c;
+		ls_config_default(&c);
+		if (codec == 0)
+			c.compression = LS_CODEC_NONE;
+		c.segment_bytes = 600;
+		c.cleanup = LS_CLEANUP_COMPACT;
+		struct ls_partition *p = open_p(dir, &c);
+		for (int b = 0; b < 40; b++) {
+			int keys[7], vals[7];
+			int n = 1 + b % 7;
+			for (int i = 0; i < n; i++) {
+				keys[i] = (b * 5 + i * 3) % 9;
+				vals[i] = (b + i) % 11 == 3 ? -1 : b * 1000000 + i;
+			}
+			append_kv(p, keys, vals, n, b);
+		}
+		append_lines(p, "plain", 20, 100);
+		static const size_t sizes[] = {4096, 64, 15, 12};
+		for (int pass = 0; pass < 2; pass++) {
+			for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+				check_read_records(p, '\t', sizes[si], 0);
+				check_read_records(p, '=', sizes[si], 1);
+				check_read_records(p, '\t', sizes[si], 3);
+			}
+			if (pass == 0) { /* now with holes */
+				int removed = ls_partition_compact(p);
+				CHECK(removed > 0);
+			}
+		}
+		CHECK_EQ_INT(ls_partition_close(p), 0);
+	}
+}
+
 /* A batch damaged on disk is never served: readers get LS_ECORRUPT. */
 static void test_corrupt_batch_not_served(void)
 {
@@ -940,6 +1048,7 @@ int main(int argc, char **argv)
 	RUN(test_leader_epochs);
 	RUN(test_idempotent_producer);
 	RUN(test_compaction);
+	RUN(test_read_records);
 	RUN(test_corrupt_batch_not_served);
 	RUN(test_concurrency);
 	if (argc > 1 || getenv("TFS_BENCH")) {
