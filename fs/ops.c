@@ -595,6 +595,12 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 static void fh_free(struct fh *h)
 {
+	/* A reply sent from this handle's buffers may still be returning from
+	 * writev in another worker (the client got its bytes, closed, and the
+	 * RELEASE came to us meanwhile): every reply from h's buffers is made
+	 * under h->lock, so taking it waits for the last one to finish. */
+	pthread_mutex_lock(&h->lock);
+	pthread_mutex_unlock(&h->lock);
 	if (h->watching)
 		rep_watch(tfs.rep, -1);
 	if (h->cursor)
@@ -963,11 +969,13 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		cursor_read(h->cursor, req, size, fi->flags);
 		return;
 	default:
+		pthread_mutex_lock(&h->lock); /* see fh_free */
 		if ((size_t)off >= h->text.len)
 			fuse_reply_buf(req, NULL, 0);
 		else
 			fuse_reply_buf(req, h->text.data + off,
 			               size < h->text.len - (size_t)off ? size : h->text.len - (size_t)off);
+		pthread_mutex_unlock(&h->lock);
 		break;
 	}
 	metrics_request(MOP_READ, now_ns() - t0, 0);
