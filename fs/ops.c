@@ -188,6 +188,15 @@ static int requester_is_opening(fuse_req_t req)
 		;
 }
 
+/* Resolves ino and renders its path for log lines; on failure holds nothing. */
+static int resolve_path(fuse_ino_t ino, struct tnode *n, char *path, size_t size)
+{
+	int rc = tnode_resolve(ino, n);
+	if (rc == 0)
+		tnode_path(n, path, size);
+	return rc;
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	uint64_t t0 = now_ns();
@@ -235,13 +244,12 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 {
 	(void)fi;
 	struct tnode n;
-	int rc = tnode_resolve(ino, &n);
+	char path[512];
+	int rc = resolve_path(ino, &n, path, sizeof(path));
 	if (rc < 0) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	char path[512];
-	tnode_path(&n, path, sizeof(path));
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
 	int owner_change = to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID);
 	int err = 0;
@@ -473,13 +481,12 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	(void)mode;
 	uint64_t t0 = now_ns();
 	struct tnode p;
-	int rc = tnode_resolve(parent, &p);
+	char ppath[512];
+	int rc = resolve_path(parent, &p, ppath, sizeof(ppath));
 	if (rc < 0) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	char ppath[512];
-	tnode_path(&p, ppath, sizeof(ppath));
 	enum tnode_kind pk = p.kind;
 	if (pk == TN_GROUPS) {
 		if (!rep_name_valid(name)) {
@@ -711,13 +718,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	uint64_t t0 = now_ns();
 	struct tnode n;
-	int rc = tnode_resolve(ino, &n);
+	char path[512];
+	int rc = resolve_path(ino, &n, path, sizeof(path));
 	if (rc < 0) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	char path[512];
-	tnode_path(&n, path, sizeof(path));
 	rc = fh_open(&n, fi->flags, fi, path);
 	tnode_release(&n);
 	metrics_request(MOP_OPEN, now_ns() - t0, rc < 0 ? -rc : 0);
@@ -734,13 +740,12 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 {
 	uint64_t t0 = now_ns();
 	struct tnode p;
-	int rc = tnode_resolve(parent, &p);
+	char ppath[512];
+	int rc = resolve_path(parent, &p, ppath, sizeof(ppath));
 	if (rc < 0) {
 		fuse_reply_err(req, -rc);
 		return;
 	}
-	char ppath[512];
-	tnode_path(&p, ppath, sizeof(ppath));
 	if (p.kind != TN_TOPIC) {
 		tnode_release(&p);
 		refuse(req, EPERM, MOP_CREATE,
