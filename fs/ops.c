@@ -476,6 +476,23 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	fuse_reply_err(req, 0);
 }
 
+/* Answers a successful mkdir with the entry of the directory just made
+ * (ENOENT if it was deleted again in between). */
+static void reply_made(fuse_req_t req, const struct tnode *parent, const char *name, uint64_t t0)
+{
+	struct tnode c;
+	int rc = tnode_lookup(parent, name, &c);
+	if (rc < 0) {
+		fuse_reply_err(req, -rc);
+		return;
+	}
+	struct fuse_entry_param e;
+	fill_entry(&c, &e);
+	tnode_release(&c);
+	metrics_request(MOP_MKDIR, now_ns() - t0, 0);
+	fuse_reply_entry(req, &e);
+}
+
 static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
 {
 	(void)mode;
@@ -503,18 +520,8 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 			       rc == -EEXIST ? "group exists" : tfs_strerror(rc));
 			return;
 		}
-		struct tnode c;
-		rc = tnode_lookup(&p, name, &c);
+		reply_made(req, &p, name, t0);
 		tnode_release(&p);
-		if (rc < 0) {
-			fuse_reply_err(req, -rc);
-			return;
-		}
-		struct fuse_entry_param e;
-		fill_entry(&c, &e);
-		tnode_release(&c);
-		metrics_request(MOP_MKDIR, now_ns() - t0, 0);
-		fuse_reply_entry(req, &e);
 		return;
 	}
 	tnode_release(&p);
@@ -538,18 +545,8 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		       rc == -EEXIST ? "topic exists" : tfs_strerror(rc));
 		return;
 	}
-	struct tnode root = {.kind = TN_ROOT, .ino = INO_ROOT}, c;
-	rc = tnode_lookup(&root, name, &c);
-	if (rc < 0) {
-		/* Deleted again in between. */
-		fuse_reply_err(req, -rc);
-		return;
-	}
-	struct fuse_entry_param e;
-	fill_entry(&c, &e);
-	tnode_release(&c);
-	metrics_request(MOP_MKDIR, now_ns() - t0, 0);
-	fuse_reply_entry(req, &e);
+	struct tnode root = {.kind = TN_ROOT, .ino = INO_ROOT};
+	reply_made(req, &root, name, t0);
 }
 
 static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
