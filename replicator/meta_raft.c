@@ -27,6 +27,7 @@
 struct meta_raft_pending {
 	struct raft_apply req;      /* req.data = this */
 	struct meta_raft_fsm *fsm;
+	uint16_t origin;
 	uint64_t seq;
 	bool applied;               /* this node's apply saw it */
 	int rc;
@@ -108,9 +109,9 @@ static int fsm_apply(struct raft_fsm *rf, const struct raft_buffer *buf, void **
 	} else {
 		f->applied++;
 	}
-	if (c->origin == f->node_id) {
+	{
 		for (struct meta_raft_pending *p = f->pending; p; p = p->next) {
-			if (p->seq == c->seq) {
+			if (p->origin == c->origin && p->seq == c->seq) {
 				p->applied = true;
 				p->rc = rc;
 				p->res = res;
@@ -231,7 +232,10 @@ int meta_raft_fsm_propose(struct meta_raft_fsm *f, struct raft *r, const struct 
 	if (!p)
 		return -ENOMEM;
 	p->fsm = f;
-	p->seq = ++f->next_seq;
+	/* A caller-tagged command (seq != 0: forwarded from another node, or
+	 * tagged by the caller to find it in the applied hook) keeps its tag. */
+	p->origin = c->seq ? c->origin : f->node_id;
+	p->seq = c->seq ? c->seq : ++f->next_seq;
 	p->done = done;
 	p->ctx = ctx;
 	p->req.data = p;
@@ -244,7 +248,7 @@ int meta_raft_fsm_propose(struct meta_raft_fsm *f, struct raft *r, const struct 
 		return -ENOMEM;
 	}
 	*tagged = *c;
-	tagged->origin = f->node_id;
+	tagged->origin = p->origin;
 	tagged->seq = p->seq;
 	n = meta_cmd_encode(tagged, NULL, 0);
 	size_t padded = n > 0 ? ((size_t)n + 7) & ~(size_t)7 : 0;

@@ -94,8 +94,11 @@ int meta_raft_fsm_init(struct meta_raft_fsm *f, uint16_t node_id, const struct m
  * close callback fired), so no proposal is left. */
 void meta_raft_fsm_close(struct meta_raft_fsm *f);
 
-/* Proposes c on raft r (whose FSM is f), loop thread only. c->origin and
- * c->seq are set here. Returns 0 and later calls done exactly once, or
+/* Proposes c on raft r (whose FSM is f), loop thread only. With c->seq == 0,
+ * c->origin and c->seq are set here (this node, the FSM's own counter); a
+ * caller that sets c->seq keeps its (origin, seq) tag, which must be unique
+ * (replicator/cluster.c forwards other nodes' proposals this way and uses
+ * seqs with the top bit set, which the FSM's counter never reaches). Returns 0 and later calls done exactly once, or
  * returns an error (REP_ENOTLEADER, -ENOMEM, -EINVAL for an unencodable
  * command, ...) and never calls done. */
 int meta_raft_fsm_propose(struct meta_raft_fsm *f, struct raft *r, const struct meta_cmd *c,

@@ -1,0 +1,170 @@
+/*
+ * cluster.h - one node of a multi-node cluster (issue 4), as the modules of
+ * replicator/ see it. fs/ never includes this file; it reaches the cluster
+ * through replicator.h and groups.h only.
+ *
+ * A node runs cluster mode when cluster.voters is configured. local.c stays
+ * the owner of topics, partitions and their logs (DATA/ctopics/<topic id>/<p>/
+ * in cluster mode), but its view follows the metadata quorum:
+ *
+ *   fs (any thread) ──rep_topic_create etc──> cluster_propose
+ *       ──this node leads raft? meta_raft_submit : TF_META_PROPOSE to the leader──>
+ *       raft log ──applied on every node──> cluster.c's applied hook (loop thread)
+ *       ──> local.c reconciles its topics with the state (rep_cluster_reconcile)
+ *           ──> replica_add / replica_update / replica_remove     (replica.c)
+ *           ──> rep_groups_meta_changed                           (groups.c)
+ *       ──the proposer's own apply of its (origin, seq)──> cluster_propose returns
+ *
+ * So when cluster_propose returns 0 the change is already in this node's view.
+ *
+ * Modules on top of the core, each owning its frame types (TF_*):
+ *   cluster.c   the core: transport + raft start/stop, proposals, node
+ *               registration and heartbeats, the controller on the raft leader
+ *               (node deaths, leader elections, group coordinator moves)
+ *   replica.c   data replication: fetch, high watermark, acks, in-sync set
+ *               reports, truncation by leader epoch, produce forwarding
+ *   groups.c    + group frames: members on any node, one coordinator per group
+ *
+ * Threading: the transport's loop thread runs raft, every frame handler, the
+ * applied hook and the timers. cluster_propose blocks and must never be
+ * called on the loop thread; cluster_submit is for the loop thread (and any
+ * other thread) when nobody waits for the outcome.
+ */
+#ifndef TFS_CLUSTER_H
+#define TFS_CLUSTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "meta.h"
+#include "transport.h"
+
+struct cluster;
+struct rep;
+
+/* Application frame types (transport.h TR_TYPE_APP_MIN..). Each module
+ * refuses malformed payloads with REP_EPROTO (the connection is closed and
+ * logged). Payload layouts are documented next to each module's encoder. */
+enum tf_type {
+	/* cluster.c */
+	TF_META_PROPOSE = 16,  /* request: an encoded meta_cmd; response: i32 rc,
+	                          i64 value, u16 len + err */
+	TF_HEARTBEAT = 17,     /* one-way node -> raft leader: u16 node, u64 incarnation */
+	/* replica.c: 32..47 */
+	TF_FETCH = 32,
+	TF_EPOCH_END = 33,     /* OFFSET_FOR_EPOCH */
+	TF_PRODUCE = 34,
+	TF_REPLICA_MAX = 47,
+	/* groups.c: 48..63 */
+	TF_GROUP_MIN = 48,
+	TF_GROUP_MAX = 63,
+};
+
+struct cluster_voter {
+	uint16_t id;
+	char address[META_ADDR_MAX];             /* "a.b.c.d:port" */
+};
+
+/* Node-level cluster settings (node.yaml, section cluster:). */
+struct cluster_options {
+	uint16_t node_id;
+	char listen[META_ADDR_MAX];              /* "a.b.c.d:port" */
+	struct cluster_voter voters[64];         /* cluster.voters */
+	unsigned nvoters;
+	unsigned replica_lag_ms;     /* a follower behind this long leaves the isr [10000] */
+	unsigned replica_wait_ms;    /* acks: all waits this long for the isr [5000] */
+	unsigned node_timeout_ms;    /* no heartbeat this long: node down [3000] */
+	unsigned request_timeout_ms; /* one node-to-node request [5000] */
+};
+
+/* ---- the core (cluster.c) --------------------------------------------------- */
+
+/* Proposes cmd through the quorum and waits until this node has applied it
+ * (or until request_timeout_ms). Not on the loop thread. Returns meta_apply's
+ * code (res->err says why on refusal; res may be NULL), or -ETIMEDOUT /
+ * -ENOTCONN (no quorum reachable), -ECANCELED (closing). */
+int cluster_propose(struct cluster *c, const struct meta_cmd *cmd,
+                    struct meta_result *res) TFS_MUST_CHECK;
+
+/* Fire and forget (any thread, the loop thread included): the outcome is
+ * logged at debug level. 0 or -ENOMEM / -ECANCELED. */
+int cluster_submit(struct cluster *c, const struct meta_cmd *cmd);
+
+/* Calls fn with the metadata state under its read lock (any thread; fn must
+ * not block or call into the cluster). */
+void cluster_read(struct cluster *c, void (*fn)(void *ctx, const struct meta_state *s),
+                  void *ctx);
+
+struct tr_net *cluster_net(struct cluster *c);
+struct rep *cluster_rep(struct cluster *c);
+uint16_t cluster_node_id(const struct cluster *c);
+const struct cluster_options *cluster_opts(const struct cluster *c);
+
+/* 1 if node id is registered and alive in the metadata state. */
+int cluster_node_alive(struct cluster *c, uint16_t id);
+
+/* Milliseconds on a monotonic clock (timers and lag accounting). */
+int64_t cluster_now_ms(void);
+
+/* ---- data replication (replica.c) ------------------------------------------- */
+
+struct replica_set;   /* every replicated partition of this node */
+struct replica;       /* one partition on this node */
+struct rep_partition;
+
+/* Opens the replication layer of node c (before the net starts). */
+int replica_set_open(struct cluster *c, struct replica_set **out) TFS_MUST_CHECK;
+/* Stops fetchers and fails waiting produces with -ECANCELED. Call after the
+ * net is stopped (no handler runs any more). Every replica must have been
+ * removed. */
+void replica_set_close(struct replica_set *rs);
+
+/* Frames of types TF_FETCH..TF_REPLICA_MAX (loop thread). */
+int replica_on_frame(struct replica_set *rs, const struct tr_frame *f);
+
+/* The local copy of a partition appears (loop thread, from reconciliation):
+ * p is local.c's partition, log its open log (both outlive the replica:
+ * replica_remove comes first). Every node holds a copy of every partition:
+ * the leader appends; replicas in mp->replicas follow and count for the
+ * in-sync set; other nodes observe (they fetch like followers so reads are
+ * served locally, and never count for the in-sync set). */
+struct replica *replica_add(struct replica_set *rs, struct rep_partition *p,
+                            uint64_t topic_id, uint32_t index, struct ls_partition *log,
+                            const struct meta_partition *mp);
+/* Leader, epoch, replicas or isr changed (loop thread). */
+void replica_update(struct replica *rp, const struct meta_partition *mp);
+/* The partition goes away (topic deleted, node closing); loop thread. After
+ * it returns nothing touches p or its log. */
+void replica_remove(struct replica *rp);
+
+/* FUSE threads (never the loop thread): replicator.h's rep_produce,
+ * rep_partition_commit and rep_partition_state in cluster mode. acks and
+ * min_insync come from the topic's effective settings. */
+int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
+                    const struct ls_producer *prod, enum rep_acks acks, uint32_t min_insync,
+                    struct ls_append_result *res) TFS_MUST_CHECK;
+int replica_commit(struct replica *rp, enum rep_acks acks) TFS_MUST_CHECK;
+void replica_state(struct replica *rp, struct rep_partition_state *st);
+
+/* ---- what local.c offers the modules (implemented in local.c) --------------- */
+
+struct cluster *rep_cluster(struct rep *r);   /* NULL on a single node */
+/* The partition's high watermark moved (new committed data): wakes readers
+ * (tail -f, cursors) through local.c's notifier. Any thread. */
+void rep_partition_hw_moved(struct rep_partition *p);
+/* Counters as rep_produce keeps them (records_in, bytes_in). */
+void rep_partition_count_in(struct rep_partition *p, uint32_t records, uint64_t bytes);
+/* Reconciles local.c's topics, partitions and producer files with the state
+ * (loop thread, state read-locked by the caller). */
+void rep_cluster_reconcile(struct rep *r, const struct meta_state *s);
+
+/* ---- groups across nodes (groups.c) ----------------------------------------- */
+
+/* Frames of types TF_GROUP_MIN..TF_GROUP_MAX (loop thread). */
+int rep_groups_on_frame(struct rep *r, const struct tr_frame *f);
+/* The metadata changed (loop thread, after local.c's reconciliation; the
+ * state is read-locked by the caller): groups created, deleted or moved. */
+void rep_groups_meta_changed(struct rep *r, const struct meta_state *s);
+
+#endif
