@@ -35,7 +35,7 @@ LOGSTORE_SRCS := logstore/error.c logstore/log.c logstore/crc32c.c \
 	logstore/partition.c
 REPLICATOR_SRCS := replicator/topic_config.c replicator/local.c replicator/groups.c \
 	replicator/meta.c replicator/meta_raft.c replicator/transport.c \
-	replicator/raft_transport.c
+	replicator/raft_transport.c replicator/cluster.c
 FS_LIB_SRCS := fs/config.c fs/partitioner.c fs/metrics.c
 FS_SRCS := fs/main.c fs/tree.c fs/ops.c fs/produce.c fs/cursor.c
 UNIT_TESTS := test_crc32c test_batch test_partition test_recovery \

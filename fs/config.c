@@ -10,7 +10,8 @@
  *
  *     node:      id (1..65535), data_dir, listen (A.B.C.D:PORT), log_file,
  *                log_level (debug|info|warn|error)
- *     cluster:   voters: [ "ID@A.B.C.D:PORT", ... ]
+ *     cluster:   voters: [ "ID@A.B.C.D:PORT", ... ], replica_lag_ms,
+ *                replica_wait_ms, node_timeout_ms
  *     defaults:  any .config key (below)
  *     groups:    start (earliest|latest)
  *     storage:   flush_ms, retention_check_ms
@@ -50,6 +51,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -636,6 +638,9 @@ void node_config_default(struct node_config *out)
 	out->group_start = GROUP_START_EARLIEST;
 	out->flush_ms = 1000;
 	out->retention_check_ms = 5000;
+	out->replica_lag_ms = 10000;
+	out->replica_wait_ms = 5000;
+	out->node_timeout_ms = 3000;
 }
 
 /* "A.B.C.D" with each part 0..255 in decimal, no leading zeros; the text is
@@ -841,16 +846,39 @@ bad:
 static int parse_cluster_section(struct yp *p, yaml_node_t *m, struct node_config *c,
                                  struct node_lines *ln)
 {
+	static const struct {
+		const char *name;
+		size_t off;
+	} ms_keys[] = {
+		{ "replica_lag_ms", offsetof(struct node_config, replica_lag_ms) },
+		{ "replica_wait_ms", offsetof(struct node_config, replica_wait_ms) },
+		{ "node_timeout_ms", offsetof(struct node_config, node_timeout_ms) },
+	};
+	const char *keys = "voters, replica_lag_ms, replica_wait_ms, node_timeout_ms";
 	yaml_node_t *k, *v;
+	char sh[80];
 	int rc;
 
-	if ((rc = section(p, "cluster.", m, "voters")) != 0)
+	if ((rc = section(p, "cluster.", m, keys)) != 0)
 		return rc;
 	FOR_PAIRS(p, m, k, v, pair) {
 		const char *name = scalar(k);
+		size_t j;
+		for (j = 0; j < sizeof(ms_keys) / sizeof(ms_keys[0]); j++)
+			if (strcmp(name, ms_keys[j].name) == 0)
+				break;
+		if (j < sizeof(ms_keys) / sizeof(ms_keys[0])) {
+			int64_t i;
+			if (parse_int(v, 100, 3600000, &i))
+				return yp_fail(p, line_of(v), "cluster.%s: must be an integer "
+				               "100..3600000 (milliseconds), got %s", name,
+				               show(v, sh, sizeof(sh)));
+			*(uint32_t *)((char *)c + ms_keys[j].off) = (uint32_t)i;
+			continue;
+		}
 		if (strcmp(name, "voters") != 0)
-			return yp_fail(p, line_of(k), "cluster.%s: unknown key (allowed: voters)",
-			               name);
+			return yp_fail(p, line_of(k), "cluster.%s: unknown key (allowed: %s)",
+			               name, keys);
 		if ((rc = parse_voters(p, v, c)) != 0)
 			return rc;
 		ln->voters = line_of(k);

@@ -39,6 +39,12 @@ struct node_config {
 	uint32_t flush_ms;              /* storage.flush_ms: background fsync period; 0 = never;
 	                                   default 1000 */
 	uint32_t retention_check_ms;    /* storage.retention_check_ms; default 5000 */
+	uint32_t replica_lag_ms;        /* cluster.replica_lag_ms: a follower behind this
+	                                   long leaves the in-sync set; default 10000 */
+	uint32_t replica_wait_ms;       /* cluster.replica_wait_ms: acks: all waits this
+	                                   long for the in-sync set; default 5000 */
+	uint32_t node_timeout_ms;       /* cluster.node_timeout_ms: no heartbeat this long
+	                                   = node down; default 3000 */
 };
 
 /* Built-in node defaults (single node, id 1, 127.0.0.1:7070, data_dir ""). */

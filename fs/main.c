@@ -177,7 +177,16 @@ static int run(struct cli *cli, struct fuse_args *args)
 		.defaults = cfg.defaults,
 		.flush_ms = cfg.flush_ms,
 		.retention_check_ms = cfg.retention_check_ms,
+		.nvoters = cfg.nvoters,
+		.replica_lag_ms = cfg.replica_lag_ms,
+		.replica_wait_ms = cfg.replica_wait_ms,
+		.node_timeout_ms = cfg.node_timeout_ms,
 	};
+	for (unsigned i = 0; i < cfg.nvoters && i < 64; i++) {
+		ropts.voters[i].id = cfg.voters[i].id;
+		snprintf(ropts.voters[i].address, sizeof(ropts.voters[i].address), "%s:%u",
+		         cfg.voters[i].host, cfg.voters[i].port);
+	}
 	tfs.uid = getuid();
 	tfs.gid = getgid();
 	clock_gettime(CLOCK_REALTIME, &tfs.start_time);
@@ -232,7 +241,10 @@ static int run(struct cli *cli, struct fuse_args *args)
 	 * which measured 2x slower small appends here. 8 is plenty on 2 cores:
 	 * no handler waits on anything but the local disk. */
 	fuse_loop_cfg_set_clone_fd(lc, 0);
-	fuse_loop_cfg_set_max_threads(lc, 8);
+	/* In a cluster a forwarded write or a remote group call waits on the
+	 * network (bounded by replica_wait_ms / the request timeout): allow
+	 * more threads so those waits don't hold up local requests. */
+	fuse_loop_cfg_set_max_threads(lc, cfg.nvoters ? 64 : 8);
 	fuse_loop_cfg_set_idle_threads(lc, 8);
 	status = fuse_session_loop_mt(tfs.se, lc) < 0 ? 1 : 0;
 	fuse_loop_cfg_destroy(lc);

@@ -367,6 +367,7 @@ static void free_listing(struct dirent_rec *ents, size_t n)
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct tnode n;
+	rep_sync(tfs.rep);   /* a cluster: list what other mounts just made */
 	int rc = tnode_resolve(ino, &n);
 	if (rc < 0) {
 		fuse_reply_err(req, -rc);

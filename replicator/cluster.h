@@ -51,6 +51,7 @@ enum tf_type {
 	TF_META_PROPOSE = 16,  /* request: an encoded meta_cmd; response: i32 rc,
 	                          i64 value, u16 len + err */
 	TF_HEARTBEAT = 17,     /* one-way node -> raft leader: u16 node, u64 incarnation */
+	TF_META_BARRIER = 18,  /* request (empty) -> u64 the leader's commit index */
 	/* replica.c: 32..47 */
 	TF_FETCH = 32,
 	TF_EPOCH_END = 33,     /* OFFSET_FOR_EPOCH */
@@ -80,6 +81,23 @@ struct cluster_options {
 
 /* ---- the core (cluster.c) --------------------------------------------------- */
 
+/* Life, on the owner's thread (local.c): open (no thread, no socket) in
+ * rep_open; start (transport, raft, replication, timers) in rep_start, after
+ * daemonising; wait_ready until this node is registered in the state (0 or
+ * -ETIMEDOUT: the quorum may still be forming); close in rep_close. */
+int cluster_open(struct rep *r, const struct cluster_options *o, const char *data_dir,
+                 struct cluster **out) TFS_MUST_CHECK;
+int cluster_start(struct cluster *c) TFS_MUST_CHECK;
+int cluster_wait_ready(struct cluster *c, unsigned ms);
+void cluster_close(struct cluster *c);
+/* Read barrier: returns once this node has applied everything the quorum
+ * had committed when it was called (bounded by ~1 s; a no-op on the loop
+ * thread and on the quorum leader). For look-ups that miss: a name made on
+ * another mount a moment ago is found. */
+void cluster_sync(struct cluster *c);
+/* .cluster/nodes: every voter with its state (up/down) and quorum role. */
+size_t cluster_nodes(struct cluster *c, struct rep_node_info *out, size_t max);
+
 /* Proposes cmd through the quorum and waits until this node has applied it
  * (or until request_timeout_ms). Not on the loop thread. Returns meta_apply's
  * code (res->err says why on refusal; res may be NULL), or -ETIMEDOUT /
@@ -98,6 +116,7 @@ void cluster_read(struct cluster *c, void (*fn)(void *ctx, const struct meta_sta
 
 struct tr_net *cluster_net(struct cluster *c);
 struct rep *cluster_rep(struct cluster *c);
+struct replica_set *cluster_replicas(struct cluster *c);
 uint16_t cluster_node_id(const struct cluster *c);
 const struct cluster_options *cluster_opts(const struct cluster *c);
 
@@ -156,8 +175,11 @@ void rep_partition_hw_moved(struct rep_partition *p);
 /* Counters as rep_produce keeps them (records_in, bytes_in). */
 void rep_partition_count_in(struct rep_partition *p, uint32_t records, uint64_t bytes);
 /* Reconciles local.c's topics, partitions and producer files with the state
- * (loop thread, state read-locked by the caller). */
+ * (loop thread, state read-locked by the caller). s == NULL (closing): removes
+ * every replica (replica_remove) and keeps the topics for rep_close. */
 void rep_cluster_reconcile(struct rep *r, const struct meta_state *s);
+/* Periodic work of local.c on the loop thread (every few hundred ms). */
+void rep_cluster_tick(struct rep *r);
 
 /* ---- groups across nodes (groups.c) ----------------------------------------- */
 

@@ -51,6 +51,7 @@
 
 #include "../logstore/fsutil.h"
 #include "../logstore/log.h"
+#include "cluster.h"
 #include "groups.h"
 #include "internal.h"
 
@@ -63,6 +64,14 @@ struct rep_partition {
 	int64_t hw;
 	atomic_bool dirty;          /* appended since the last background sync */
 	atomic_bool notify_pending; /* queued for the notifier */
+	/* cluster mode: the replica (replica.c) and the assignment it was last
+	 * told (loop thread); inflight counts FUSE calls into it, gone stops new
+	 * ones once the topic is deleted (the replica is removed when the last
+	 * call has left: rep_cluster_tick). */
+	struct replica *repl;
+	struct meta_partition mp;
+	atomic_int inflight;
+	atomic_bool gone;
 };
 
 struct pfile {
@@ -87,6 +96,7 @@ struct rep_topic {
 	uint32_t next_pfile_id;
 	uint32_t load_parts;         /* partition count read from metadata */
 	char trash_dir[PATH_MAX];    /* set when deleted */
+	struct rep_topic *grave_next; /* cluster: deleted, replicas not yet removed */
 };
 
 struct notify_item {
@@ -120,7 +130,23 @@ struct rep {
 	size_t nqueue, cqueue;
 
 	struct rep_groups *groups;    /* group coordinator (groups.c), NULL until opened */
+
+	struct cluster *cluster;      /* cluster mode (cluster.h), else NULL */
+	struct rep_topic *graveyard;  /* loop thread: deleted topics with replicas */
+	bool orphans_checked;         /* loop thread: stray ctopics/ dirs removed */
 };
+
+/* Cluster mode (the end of this file): the same calls through the quorum. */
+static int cl_topic_create(struct rep *r, const char *name);
+static int cl_topic_delete(struct rep *r, const char *name);
+static int cl_topic_set_config(struct rep_topic *t, const struct topic_config *changes,
+                               uint32_t cleared, char *err, size_t errlen);
+static int cl_pfile_create(struct rep_topic *t, const char *name,
+                           const struct rep_pfile_attr *attr, uint32_t *id);
+static int cl_pfile_unlink(struct rep_topic *t, const char *name);
+static int cl_pfile_rename(struct rep_topic *t, const char *from, const char *to);
+static int64_t cl_new_producer_id(struct rep *r);
+static unsigned cl_nodes_alive(struct rep *r);
 
 /* ---- accessors for groups.c (internal.h) -------------------------------- */
 
@@ -279,6 +305,10 @@ static int meta_save(struct rep *r)
 
 static int partition_dir(const struct rep_topic *t, uint32_t p, char *out, size_t size)
 {
+	/* A cluster names topic directories by id: a node that was away while a
+	 * name was deleted and made again must not mistake the old data. */
+	if (t->rep->cluster)
+		return pathf(out, size, "%s/ctopics/%" PRIu64 "/%u", t->rep->data_dir, t->id, p);
 	return pathf(out, size, "%s/topics/%s/%u", t->rep->data_dir, t->name, p);
 }
 
@@ -301,11 +331,14 @@ static int partition_open(struct rep_topic *t, uint32_t index, const struct ls_c
 		free(p);
 		return rc;
 	}
-	/* One node: everything appended is committed. */
-	struct ls_partition_info info;
-	ls_partition_get_info(p->log, &info);
-	ls_partition_set_hw(p->log, info.end_offset);
-	p->hw = info.end_offset;
+	/* One node: everything appended is committed. In a cluster the
+	 * replica sets the high watermark as it learns it. */
+	if (!t->rep->cluster) {
+		struct ls_partition_info info;
+		ls_partition_get_info(p->log, &info);
+		ls_partition_set_hw(p->log, info.end_offset);
+		p->hw = info.end_offset;
+	}
 	*out = p;
 	return 0;
 }
@@ -379,7 +412,25 @@ static int topic_close_partitions(struct rep_topic *t)
 	return first;
 }
 
+void rep_sync(struct rep *r)
+{
+	if (r->cluster)
+		cluster_sync(r->cluster);
+}
+
+static struct rep_topic *topic_get(struct rep *r, const char *name);
+
 struct rep_topic *rep_topic_get(struct rep *r, const char *name)
+{
+	struct rep_topic *t = topic_get(r, name);
+	if (!t && r->cluster) {
+		cluster_sync(r->cluster);   /* made on another mount a moment ago? */
+		t = topic_get(r, name);
+	}
+	return t;
+}
+
+static struct rep_topic *topic_get(struct rep *r, const char *name)
 {
 	struct rep_topic *found = NULL;
 	pthread_rwlock_rdlock(&r->topics_lock);
@@ -460,6 +511,13 @@ struct rep_partition *rep_topic_partition(struct rep_topic *t, uint32_t p)
 	if (p < t->nparts)
 		rp = t->parts[p];
 	pthread_mutex_unlock(&t->lock);
+	if (!rp && t->rep->cluster && p < META_MAX_PARTITIONS) {
+		cluster_sync(t->rep->cluster);
+		pthread_mutex_lock(&t->lock);
+		if (p < t->nparts)
+			rp = t->parts[p];
+		pthread_mutex_unlock(&t->lock);
+	}
 	return rp;
 }
 
@@ -475,6 +533,8 @@ int rep_topic_create(struct rep *r, const char *name)
 {
 	if (!rep_name_valid(name))
 		return -EINVAL;
+	if (r->cluster)
+		return cl_topic_create(r, name);
 	int rc = 0;
 	char dir[PATH_MAX];
 	pthread_mutex_lock(&r->meta_lock);
@@ -553,6 +613,8 @@ out:
 int rep_topic_delete(struct rep *r, const char *name)
 {
 	int rc = 0;
+	if (r->cluster)
+		return cl_topic_delete(r, name);
 	pthread_mutex_lock(&r->meta_lock);
 	pthread_rwlock_wrlock(&r->topics_lock);
 	size_t i;
@@ -634,10 +696,15 @@ static int topic_set_config(struct rep_topic *t, const struct topic_config *chan
 	topic_config_effective(&r->opts.defaults, &t->overrides, &old_eff);
 	old_eff.partitions = t->nparts;
 	topic_config_effective(&r->opts.defaults, &neu, &eff);
-	rc = topic_config_check(&old_eff, &eff, 1, err, errlen);
+	rc = topic_config_check(&old_eff, &eff, r->cluster ? cl_nodes_alive(r) : 1, err, errlen);
 	if (rc < 0 || !apply) {
 		pthread_mutex_unlock(&t->lock);
 		goto out;
+	}
+	if (r->cluster) {
+		pthread_mutex_unlock(&t->lock);
+		pthread_mutex_unlock(&r->meta_lock);
+		return cl_topic_set_config(t, changes, cleared, err, errlen);
 	}
 	uint32_t old_parts = t->nparts;
 	t->overrides = neu;
@@ -704,6 +771,8 @@ int rep_pfile_create(struct rep_topic *t, const char *name, const struct rep_pfi
 		return -EINVAL;
 	struct rep *r = t->rep;
 	int rc = 0;
+	if (r->cluster)
+		return cl_pfile_create(t, name, attr, id);
 	pthread_mutex_lock(&r->meta_lock);
 	pthread_mutex_lock(&t->lock);
 	if (rep_topic_deleted(t)) {
@@ -751,12 +820,19 @@ out_unlock:
 
 int rep_pfile_lookup(struct rep_topic *t, const char *name, uint32_t *id)
 {
-	pthread_mutex_lock(&t->lock);
-	ssize_t i = pfile_find(t, name);
-	if (i >= 0)
-		*id = t->pfiles[i].id;
-	pthread_mutex_unlock(&t->lock);
-	return i >= 0 ? 0 : -ENOENT;
+	for (int pass = 0; pass < 2; pass++) {
+		pthread_mutex_lock(&t->lock);
+		ssize_t i = pfile_find(t, name);
+		if (i >= 0)
+			*id = t->pfiles[i].id;
+		pthread_mutex_unlock(&t->lock);
+		if (i >= 0)
+			return 0;
+		if (!t->rep->cluster || pass)
+			break;
+		cluster_sync(t->rep->cluster);
+	}
+	return -ENOENT;
 }
 
 int rep_pfile_name(struct rep_topic *t, uint32_t id, char *buf, size_t size)
@@ -808,6 +884,11 @@ int rep_pfile_set_attr(struct rep_topic *t, uint32_t id, const struct rep_pfile_
 	pf->attr = *attr;
 	pf->attr.mode &= 07777;
 	pthread_mutex_unlock(&t->lock);
+	if (r->cluster) {
+		/* Owner and mode are this node's view of the file (not replicated). */
+		pthread_mutex_unlock(&r->meta_lock);
+		return 0;
+	}
 	rc = pfile_save(t);
 	if (rc < 0) {
 		pthread_mutex_lock(&t->lock);
@@ -823,6 +904,8 @@ int rep_pfile_set_attr(struct rep_topic *t, uint32_t id, const struct rep_pfile_
 int rep_pfile_unlink(struct rep_topic *t, const char *name)
 {
 	struct rep *r = t->rep;
+	if (r->cluster)
+		return cl_pfile_unlink(t, name);
 	pthread_mutex_lock(&r->meta_lock);
 	pthread_mutex_lock(&t->lock);
 	ssize_t i = pfile_find(t, name);
@@ -855,6 +938,8 @@ int rep_pfile_rename(struct rep_topic *t, const char *from, const char *to)
 		return -EINVAL;
 	struct rep *r = t->rep;
 	int rc = 0;
+	if (r->cluster)
+		return cl_pfile_rename(t, from, to);
 	pthread_mutex_lock(&r->meta_lock);
 	pthread_mutex_lock(&t->lock);
 	ssize_t i = pfile_find(t, from);
@@ -955,9 +1040,16 @@ static void notify_queue(struct rep_partition *p)
 	pthread_mutex_unlock(&r->bg_lock);
 }
 
+static int cl_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
+                      const struct ls_producer *prod, struct ls_append_result *res);
+static int cl_commit(struct rep_partition *p);
+static void cl_state(struct rep_partition *p, struct rep_partition_state *st);
+
 int rep_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
                 const struct ls_producer *prod, struct ls_append_result *res)
 {
+	if (p->topic->rep->cluster)
+		return cl_produce(p, recs, n, prod, res);
 	int rc = ls_partition_append(p->log, recs, n, now_ms(), prod, res);
 	if (rc < 0)
 		return rc == LS_ESTICKY ? -EROFS : rc;
@@ -982,6 +1074,8 @@ int rep_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
 
 int rep_partition_commit(struct rep_partition *p)
 {
+	if (p->topic->rep->cluster)
+		return cl_commit(p);
 	int rc = ls_partition_sync(p->log);
 	if (rc < 0) {
 		tfs_error("%s/%u: commit failed: %s", p->topic->name, p->index, tfs_strerror(rc));
@@ -996,6 +1090,10 @@ struct rep_counters *rep_partition_counters(struct rep_partition *p) { return &p
 void rep_partition_state(struct rep_partition *p, struct rep_partition_state *st)
 {
 	struct rep *r = p->topic->rep;
+	if (r->cluster) {
+		cl_state(p, st);
+		return;
+	}
 	memset(st, 0, sizeof(*st));
 	st->partition = p->index;
 	st->leader = r->opts.node_id;
@@ -1013,6 +1111,8 @@ uint16_t rep_node_id(const struct rep *r) { return r->opts.node_id; }
 
 size_t rep_nodes(struct rep *r, struct rep_node_info *out, size_t max)
 {
+	if (r->cluster)
+		return cluster_nodes(r->cluster, out, max);
 	if (max < 1)
 		return 0;
 	out[0].id = r->opts.node_id;
@@ -1024,6 +1124,8 @@ size_t rep_nodes(struct rep *r, struct rep_node_info *out, size_t max)
 
 int64_t rep_new_producer_id(struct rep *r)
 {
+	if (r->cluster)
+		return cl_new_producer_id(r);
 	/* Ids come from blocks reserved in metadata first, so a restart never
 	 * hands out an id twice. */
 	int64_t id = atomic_fetch_add(&r->next_producer_id, 1);
@@ -1282,8 +1384,8 @@ int rep_open(const struct rep_options *opts, struct rep **out)
 		tfs_error("%s: %s", r->data_dir, strerror(errno));
 		goto err_lock;
 	}
-	const char *subdirs[] = {"topics", "trash"};
-	for (size_t i = 0; i < 2; i++) {
+	const char *subdirs[] = {"topics", "trash", "ctopics"};
+	for (size_t i = 0; i < (opts->nvoters ? 3u : 2u); i++) {
 		rc = pathf(path, sizeof(path), "%s/%s", r->data_dir, subdirs[i]);
 		if (rc == 0 && mkdir(path, 0755) < 0 && errno != EEXIST)
 			rc = -errno;
@@ -1305,6 +1407,27 @@ int rep_open(const struct rep_options *opts, struct rep **out)
 				tfs_warn("could not remove %s", sub);
 		}
 		closedir(d);
+	}
+	if (opts->nvoters) {
+		/* Topics come from the quorum once the node has started. */
+		struct cluster_options co = {
+			.node_id = opts->node_id,
+			.nvoters = opts->nvoters,
+			.replica_lag_ms = opts->replica_lag_ms,
+			.replica_wait_ms = opts->replica_wait_ms,
+			.node_timeout_ms = opts->node_timeout_ms,
+		};
+		snprintf(co.listen, sizeof(co.listen), "%s", r->listen);
+		for (unsigned i = 0; i < opts->nvoters && i < 64; i++) {
+			co.voters[i].id = opts->voters[i].id;
+			snprintf(co.voters[i].address, sizeof(co.voters[i].address), "%s",
+			         opts->voters[i].address);
+		}
+		rc = cluster_open(r, &co, r->data_dir, &r->cluster);
+		if (rc < 0)
+			goto err_lock;
+		*out = r;
+		return 0;
 	}
 	rc = meta_load(r);
 	if (rc < 0)
@@ -1355,11 +1478,25 @@ int rep_start(struct rep *r, const struct rep_listener *l)
 		return -rc;
 	}
 	r->started = 1;
+	if (r->cluster) {
+		rc = cluster_start(r->cluster);
+		if (rc < 0) {
+			tfs_error("cannot start the cluster node: %s", tfs_strerror(rc));
+			return rc;
+		}
+		/* Serve once this node has caught up with the quorum (its own
+		 * registration applied), or go on without it: the quorum may
+		 * still be forming. */
+		if (cluster_wait_ready(r->cluster, 10000) < 0)
+			tfs_warn("no metadata quorum yet; topics appear once it forms");
+	}
 	return 0;
 }
 
 void rep_close(struct rep *r)
 {
+	cluster_close(r->cluster);   /* replicas removed, raft and net stopped */
+	r->cluster = NULL;
 	if (r->started) {
 		pthread_mutex_lock(&r->bg_lock);
 		r->stopping = 1;
@@ -1386,4 +1523,497 @@ void rep_close(struct rep *r)
 	pthread_mutex_destroy(&r->bg_lock);
 	pthread_cond_destroy(&r->bg_cond);
 	free(r);
+}
+
+/* ---- cluster mode ------------------------------------------------------- */
+
+struct cluster *rep_cluster(struct rep *r) { return r->cluster; }
+
+void rep_partition_hw_moved(struct rep_partition *p) { notify_queue(p); }
+
+void rep_partition_count_in(struct rep_partition *p, uint32_t records, uint64_t bytes)
+{
+	__atomic_add_fetch(&p->counters.records_in, records, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&p->counters.bytes_in, bytes, __ATOMIC_RELAXED);
+	atomic_store(&p->dirty, true);
+}
+
+struct alive_count {
+	unsigned n;
+};
+
+static void alive_count_fn(void *ctx, const struct meta_state *s)
+{
+	((struct alive_count *)ctx)->n = meta_nodes_alive(s);
+}
+
+static unsigned cl_nodes_alive(struct rep *r)
+{
+	struct alive_count q = {0};
+	cluster_read(r->cluster, alive_count_fn, &q);
+	return q.n;
+}
+
+/* One log line for a refusal by the quorum; returns rc. */
+static int cl_refused(const char *what, const char *name, int rc, const struct meta_result *res)
+{
+	if (rc < 0)
+		tfs_warn("%s %s: %s", what, name, res->err[0] ? res->err : tfs_strerror(rc));
+	return rc;
+}
+
+static int cl_topic_create(struct rep *r, const char *name)
+{
+	struct meta_cmd *c = malloc(sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	meta_cmd_init(c, META_CMD_TOPIC_CREATE);
+	snprintf(c->name, sizeof(c->name), "%s", name);
+	/* The quorum pins the counts (meta.h invariant 6): resolve this node's
+	 * defaults now. */
+	const struct topic_config *d = &r->opts.defaults;
+	cfg_set(&c->config, TC_PARTITIONS, d->partitions ? d->partitions : 1);
+	cfg_set(&c->config, TC_REPLICATION, d->replication ? d->replication : 1);
+	cfg_set(&c->config, TC_MIN_INSYNC, d->min_insync ? d->min_insync : 1);
+	struct meta_result res;
+	int rc = cluster_propose(r->cluster, c, &res);
+	free(c);
+	if (rc == 0)
+		tfs_info("topic %s created (id %" PRId64 ")", name, res.value);
+	return cl_refused("mkdir", name, rc, &res);
+}
+
+static int cl_topic_delete(struct rep *r, const char *name)
+{
+	struct rep_topic *t = rep_topic_get(r, name);
+	if (!t)
+		return -ENOENT;
+	struct meta_cmd *c = malloc(sizeof(*c));
+	if (!c) {
+		rep_topic_put(t);
+		return -ENOMEM;
+	}
+	meta_cmd_init(c, META_CMD_TOPIC_DELETE);
+	c->topic_id = t->id;
+	rep_topic_put(t);
+	struct meta_result res;
+	int rc = cluster_propose(r->cluster, c, &res);
+	free(c);
+	if (rc == 0)
+		tfs_info("topic %s deleted", name);
+	return cl_refused("rmdir", name, rc, &res);
+}
+
+static int cl_topic_set_config(struct rep_topic *t, const struct topic_config *changes,
+                               uint32_t cleared, char *err, size_t errlen)
+{
+	struct meta_cmd *c = malloc(sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	meta_cmd_init(c, META_CMD_TOPIC_CONFIG);
+	c->topic_id = t->id;
+	c->config = *changes;
+	c->cleared = cleared;
+	struct meta_result res;
+	int rc = cluster_propose(t->rep->cluster, c, &res);
+	free(c);
+	if (rc < 0)
+		snprintf(err, errlen, "%s", res.err[0] ? res.err : tfs_strerror(rc));
+	return rc;
+}
+
+static void pfile_set_local_attr(struct rep_topic *t, uint32_t id, const struct rep_pfile_attr *a)
+{
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < t->npfiles; i++) {
+		if (t->pfiles[i].id == id) {
+			t->pfiles[i].attr = *a;
+			t->pfiles[i].attr.mode &= 07777;
+		}
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+static int cl_pfile_op(struct rep_topic *t, enum meta_cmd_type type, const char *name,
+                       const char *to, int64_t *value)
+{
+	struct meta_cmd *c = malloc(sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	meta_cmd_init(c, type);
+	c->topic_id = t->id;
+	snprintf(c->name, sizeof(c->name), "%s", name);
+	if (to)
+		snprintf(c->name2, sizeof(c->name2), "%s", to);
+	struct meta_result res;
+	int rc = cluster_propose(t->rep->cluster, c, &res);
+	free(c);
+	if (value)
+		*value = res.value;
+	if (rc < 0 && rc != -EEXIST && rc != -ENOENT)
+		tfs_warn("%s/%s: %s", t->name, name, res.err[0] ? res.err : tfs_strerror(rc));
+	return rc;
+}
+
+static int cl_pfile_create(struct rep_topic *t, const char *name,
+                           const struct rep_pfile_attr *attr, uint32_t *id)
+{
+	int64_t v = 0;
+	int rc = cl_pfile_op(t, META_CMD_PFILE_ADD, name, NULL, &v);
+	if (rc < 0)
+		return rc;
+	*id = (uint32_t)v;
+	pfile_set_local_attr(t, *id, attr);
+	return 0;
+}
+
+static int cl_pfile_unlink(struct rep_topic *t, const char *name)
+{
+	return cl_pfile_op(t, META_CMD_PFILE_REMOVE, name, NULL, NULL);
+}
+
+static int cl_pfile_rename(struct rep_topic *t, const char *from, const char *to)
+{
+	if (strcmp(from, to) == 0) {
+		uint32_t id;
+		return rep_pfile_lookup(t, from, &id);
+	}
+	return cl_pfile_op(t, META_CMD_PFILE_RENAME, from, to, NULL);
+}
+
+static int64_t cl_new_producer_id(struct rep *r)
+{
+	int64_t id = atomic_fetch_add(&r->next_producer_id, 1);
+	if (id < atomic_load(&r->producer_id_limit))
+		return id;
+	pthread_mutex_lock(&r->meta_lock);
+	for (;;) {
+		id = atomic_fetch_add(&r->next_producer_id, 1);
+		if (id < atomic_load(&r->producer_id_limit))
+			break;
+		struct meta_cmd *c = malloc(sizeof(*c));
+		if (!c) {
+			id = -1;
+			break;
+		}
+		meta_cmd_init(c, META_CMD_ALLOC_PIDS);
+		c->count = 65536;
+		struct meta_result res;
+		int rc = cluster_propose(r->cluster, c, &res);
+		free(c);
+		if (rc < 0) {
+			/* No id: the file's appends go without dedup of retries. */
+			tfs_warn("no producer id block from the quorum: %s", res.err);
+			id = -1;
+			break;
+		}
+		atomic_store(&r->next_producer_id, res.value);
+		atomic_store(&r->producer_id_limit, res.value + 65536);
+	}
+	pthread_mutex_unlock(&r->meta_lock);
+	return id;
+}
+
+/* FUSE calls into a partition's replica: -ENOENT once its topic is gone. */
+static struct replica *repl_enter(struct rep_partition *p)
+{
+	atomic_fetch_add(&p->inflight, 1);
+	if (atomic_load(&p->gone) || !p->repl) {
+		atomic_fetch_sub(&p->inflight, 1);
+		return NULL;
+	}
+	return p->repl;
+}
+
+static void repl_leave(struct rep_partition *p) { atomic_fetch_sub(&p->inflight, 1); }
+
+static int cl_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
+                      const struct ls_producer *prod, struct ls_append_result *res)
+{
+	struct topic_config eff;
+	rep_topic_config(p->topic, &eff);
+	struct replica *rp = repl_enter(p);
+	if (!rp)
+		return -ENOENT;
+	int rc = replica_produce(rp, recs, n, prod, eff.acks, eff.min_insync, res);
+	repl_leave(p);
+	return rc;
+}
+
+static int cl_commit(struct rep_partition *p)
+{
+	struct topic_config eff;
+	rep_topic_config(p->topic, &eff);
+	struct replica *rp = repl_enter(p);
+	if (!rp)
+		return -EIO;
+	int rc = replica_commit(rp, eff.acks);
+	repl_leave(p);
+	return rc;
+}
+
+static void cl_state(struct rep_partition *p, struct rep_partition_state *st)
+{
+	struct replica *rp = repl_enter(p);
+	if (rp) {
+		replica_state(rp, st);
+		repl_leave(p);
+		return;
+	}
+	memset(st, 0, sizeof(*st));
+	st->partition = p->index;
+	ls_partition_get_info(p->log, &st->log);
+	st->leader_epoch = st->log.leader_epoch;
+}
+
+/* ---- reconciliation (loop thread) ---- */
+
+static bool mp_equal(const struct meta_partition *a, const struct meta_partition *b)
+{
+	return a->leader == b->leader && a->leader_epoch == b->leader_epoch &&
+	       a->nreplicas == b->nreplicas && a->nisr == b->nisr &&
+	       memcmp(a->replicas, b->replicas, a->nreplicas * sizeof(a->replicas[0])) == 0 &&
+	       memcmp(a->isr, b->isr, a->nisr * sizeof(a->isr[0])) == 0;
+}
+
+static bool overrides_equal(const struct topic_config *a, const struct topic_config *b)
+{
+	if (a->set_mask != b->set_mask)
+		return false;
+	for (int k = 0; k < TC_NKEYS; k++)
+		if ((a->set_mask & (1u << k)) && cfg_get(a, k) != cfg_get(b, k))
+			return false;
+	return true;
+}
+
+/* Opens the partitions a topic gained and hands them to replication. */
+static void cl_grow(struct rep_topic *t, const struct meta_topic *mt)
+{
+	struct rep *r = t->rep;
+	pthread_mutex_lock(&t->lock);
+	uint32_t before = t->nparts;
+	int rc = topic_grow(t, mt->nparts);
+	uint32_t after = t->nparts;
+	pthread_mutex_unlock(&t->lock);
+	if (rc < 0)
+		tfs_error("%s: cannot open partition %u: %s", t->name, after, tfs_strerror(rc));
+	for (uint32_t i = before; i < after; i++) {
+		struct rep_partition *p = t->parts[i];
+		p->mp = mt->parts[i];
+		p->repl = replica_add(cluster_replicas(r->cluster), p, t->id, i, p->log, &mt->parts[i]);
+	}
+}
+
+static void cl_sync_pfiles(struct rep_topic *t, const struct meta_topic *mt)
+{
+	pthread_mutex_lock(&t->lock);
+	bool same = t->npfiles == mt->npfiles;
+	for (size_t i = 0; same && i < t->npfiles; i++)
+		same = t->pfiles[i].id == mt->pfiles[i].id &&
+		       strcmp(t->pfiles[i].name, mt->pfiles[i].name) == 0;
+	if (same) {
+		pthread_mutex_unlock(&t->lock);
+		return;
+	}
+	struct pfile *nu = calloc(mt->npfiles ? mt->npfiles : 1, sizeof(*nu));
+	size_t k = 0;
+	for (; nu && k < mt->npfiles; k++) {
+		nu[k].id = mt->pfiles[k].id;
+		nu[k].name = strdup(mt->pfiles[k].name);
+		if (!nu[k].name)
+			break;
+		nu[k].attr = (struct rep_pfile_attr){0644, (uint32_t)getuid(), (uint32_t)getgid()};
+		for (size_t j = 0; j < t->npfiles; j++)
+			if (t->pfiles[j].id == nu[k].id)
+				nu[k].attr = t->pfiles[j].attr;
+	}
+	if (!nu || k < mt->npfiles) {
+		for (size_t j = 0; nu && j < k; j++)
+			free(nu[j].name);
+		free(nu);
+		pthread_mutex_unlock(&t->lock);
+		tfs_error("%s: out of memory updating producer files", t->name);
+		return;
+	}
+	for (size_t i = 0; i < t->npfiles; i++)
+		free(t->pfiles[i].name);
+	free(t->pfiles);
+	t->pfiles = nu;
+	t->npfiles = mt->npfiles;
+	t->next_pfile_id = mt->next_pfile_id;
+	pthread_mutex_unlock(&t->lock);
+}
+
+static void cl_add_topic(struct rep *r, const struct meta_topic *mt)
+{
+	char dir[PATH_MAX];
+	if (pathf(dir, sizeof(dir), "%s/ctopics/%" PRIu64, r->data_dir, mt->id) < 0)
+		return;
+	if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+		tfs_error("%s: %s", dir, strerror(errno));
+		return;
+	}
+	struct rep_topic *t = topic_new(r, mt->id, mt->name);
+	if (!t)
+		return;
+	t->overrides = mt->overrides;
+	pthread_rwlock_wrlock(&r->topics_lock);
+	struct rep_topic **topics = realloc(r->topics, (r->ntopics + 1) * sizeof(*topics));
+	if (!topics) {
+		pthread_rwlock_unlock(&r->topics_lock);
+		topic_free(t);
+		return;
+	}
+	r->topics = topics;
+	r->topics[r->ntopics++] = t;
+	pthread_rwlock_unlock(&r->topics_lock);
+	cl_grow(t, mt);
+	cl_sync_pfiles(t, mt);
+	tfs_info("topic %s (id %" PRIu64 "): %u partition(s)", t->name, t->id, t->nparts);
+}
+
+/* The topic is gone from the quorum: out of the list now; its replicas are
+ * removed once no FUSE call is inside them (rep_cluster_tick). */
+static void cl_drop_topic(struct rep *r, size_t i)
+{
+	struct rep_topic *t = r->topics[i];
+	memmove(&r->topics[i], &r->topics[i + 1], (r->ntopics - i - 1) * sizeof(*r->topics));
+	r->ntopics--;
+	atomic_store(&t->deleted, 1);
+	for (uint32_t j = 0; j < t->nparts; j++)
+		atomic_store(&t->parts[j]->gone, true);
+	char dir[PATH_MAX];
+	if (pathf(dir, sizeof(dir), "%s/ctopics/%" PRIu64, r->data_dir, t->id) < 0 ||
+	    pathf(t->trash_dir, sizeof(t->trash_dir), "%s/trash/%" PRIu64, r->data_dir,
+	          t->id) < 0 ||
+	    rename(dir, t->trash_dir) < 0) {
+		tfs_warn("rmdir %s: could not move %s to trash: %s", t->name, dir, strerror(errno));
+		t->trash_dir[0] = 0;
+	}
+	t->grave_next = r->graveyard;   /* keeps the list's reference */
+	r->graveyard = t;
+	tfs_info("topic %s deleted", t->name);
+}
+
+/* Removes the replicas of deleted topics nobody is calling into any more. */
+static void cl_bury(struct rep *r, bool force)
+{
+	for (struct rep_topic **pp = &r->graveyard; *pp;) {
+		struct rep_topic *t = *pp;
+		bool busy = false;
+		for (uint32_t j = 0; j < t->nparts && !force; j++)
+			busy |= atomic_load(&t->parts[j]->inflight) > 0;
+		if (busy) {
+			pp = &t->grave_next;
+			continue;
+		}
+		*pp = t->grave_next;
+		for (uint32_t j = 0; j < t->nparts; j++) {
+			if (t->parts[j]->repl)
+				replica_remove(t->parts[j]->repl);
+			t->parts[j]->repl = NULL;
+		}
+		rep_groups_topic_deleted(r, t->id);
+		rep_topic_put(t);
+	}
+}
+
+void rep_cluster_tick(struct rep *r) { cl_bury(r, false); }
+
+/* Directories of topics the quorum has deleted while this node was away. */
+static void cl_remove_orphans(struct rep *r, const struct meta_state *s)
+{
+	char path[PATH_MAX];
+	if (pathf(path, sizeof(path), "%s/ctopics", r->data_dir) < 0)
+		return;
+	DIR *d = opendir(path);
+	if (!d)
+		return;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		char *end;
+		unsigned long long id = strtoull(e->d_name, &end, 10);
+		if (e->d_name[0] < '0' || e->d_name[0] > '9' || *end || id >= s->next_topic_id ||
+		    meta_topic_find(s, id))
+			continue;
+		char sub[PATH_MAX];
+		if (pathf(sub, sizeof(sub), "%s/%s", path, e->d_name) == 0) {
+			tfs_info("removing %s: its topic was deleted while this node was away", sub);
+			if (ls_fsutil_rm_rf(sub) < 0)
+				tfs_warn("could not remove %s", sub);
+		}
+	}
+	closedir(d);
+}
+
+void rep_cluster_reconcile(struct rep *r, const struct meta_state *s)
+{
+	if (!s) {
+		/* Closing: every replica goes; the topics stay for rep_close. */
+		pthread_rwlock_rdlock(&r->topics_lock);
+		for (size_t i = 0; i < r->ntopics; i++) {
+			struct rep_topic *t = r->topics[i];
+			for (uint32_t j = 0; j < t->nparts; j++) {
+				atomic_store(&t->parts[j]->gone, true);
+				if (t->parts[j]->repl)
+					replica_remove(t->parts[j]->repl);
+				t->parts[j]->repl = NULL;
+			}
+		}
+		pthread_rwlock_unlock(&r->topics_lock);
+		cl_bury(r, true);
+		return;
+	}
+	/* Topics gone from the state. */
+	pthread_rwlock_wrlock(&r->topics_lock);
+	for (size_t i = 0; i < r->ntopics;) {
+		if (meta_topic_find(s, r->topics[i]->id))
+			i++;
+		else
+			cl_drop_topic(r, i);
+	}
+	pthread_rwlock_unlock(&r->topics_lock);
+	/* New and changed topics (only the loop thread changes the list). */
+	for (uint32_t k = 0; k < s->ntopics; k++) {
+		const struct meta_topic *mt = &s->topics[k];
+		struct rep_topic *t = NULL;
+		for (size_t i = 0; i < r->ntopics; i++)
+			if (r->topics[i]->id == mt->id)
+				t = r->topics[i];
+		if (!t) {
+			cl_add_topic(r, mt);
+			continue;
+		}
+		if (!overrides_equal(&t->overrides, &mt->overrides)) {
+			pthread_mutex_lock(&t->lock);
+			t->overrides = mt->overrides;
+			struct topic_config eff;
+			struct ls_config lc;
+			topic_config_effective(&r->opts.defaults, &t->overrides, &eff);
+			topic_config_to_ls(&eff, &lc);
+			for (uint32_t j = 0; j < t->nparts; j++)
+				ls_partition_set_config(t->parts[j]->log, &lc);
+			pthread_mutex_unlock(&t->lock);
+		}
+		uint32_t before = t->nparts;
+		if (mt->nparts > before) {
+			cl_grow(t, mt);
+			tfs_info("topic %s: partitions %u -> %u", t->name, before, t->nparts);
+			rep_groups_topic_changed(r, t);
+		}
+		for (uint32_t j = 0; j < t->nparts && j < before; j++) {
+			struct rep_partition *p = t->parts[j];
+			if (!mp_equal(&p->mp, &mt->parts[j])) {
+				p->mp = mt->parts[j];
+				if (p->repl)
+					replica_update(p->repl, &mt->parts[j]);
+			}
+		}
+		cl_sync_pfiles(t, mt);
+	}
+	if (!r->orphans_checked && meta_node_find(s, r->opts.node_id)) {
+		r->orphans_checked = true;
+		cl_remove_orphans(r, s);
+	}
+	cl_bury(r, false);
 }

@@ -422,6 +422,9 @@ int meta_raft_submit(struct meta_raft *m, const struct meta_cmd *c, meta_raft_do
 
 bool meta_raft_is_leader(struct meta_raft *m) { return atomic_load(&m->is_leader); }
 
+uint64_t meta_raft_last_applied(struct meta_raft *m) { return raft_last_applied(&m->raft); }
+uint64_t meta_raft_commit_index(struct meta_raft *m) { return raft_commit_index(&m->raft); }
+
 uint16_t meta_raft_leader(struct meta_raft *m, char *addr, size_t addrlen)
 {
 	if (addr && addrlen) {

@@ -164,6 +164,11 @@ bool meta_raft_is_leader(struct meta_raft *m);
 /* The leader's id (0 if unknown) and, if addr, its address. Any thread. */
 uint16_t meta_raft_leader(struct meta_raft *m, char *addr, size_t addrlen);
 
+/* libraft's last applied and commit indexes (loop thread only). While an
+ * applied hook runs, the entry being applied is last_applied + 1. */
+uint64_t meta_raft_last_applied(struct meta_raft *m);
+uint64_t meta_raft_commit_index(struct meta_raft *m);
+
 /* The node's FSM (meta_raft_fsm_read for the state). */
 struct meta_raft_fsm *meta_raft_fsm(struct meta_raft *m);
 

@@ -41,6 +41,11 @@ struct rep;
 struct rep_topic;
 struct rep_partition;
 
+struct rep_voter {
+	uint16_t id;
+	char address[80];              /* dotted-quad "a.b.c.d:port" */
+};
+
 struct rep_options {
 	uint16_t node_id;
 	const char *data_dir;          /* must exist */
@@ -48,6 +53,14 @@ struct rep_options {
 	struct topic_config defaults;  /* node defaults for every topic key */
 	uint32_t flush_ms;             /* background fsync period, 0 = never */
 	uint32_t retention_check_ms;   /* retention/compaction period */
+	/* Cluster mode when nvoters > 0 (cluster.voters; replicator/cluster.h):
+	 * metadata through the quorum, data replicated. 0: a single node with
+	 * its metadata in DATA/metadata. */
+	struct rep_voter voters[64];
+	unsigned nvoters;
+	uint32_t replica_lag_ms;       /* 0: defaults (cluster.h) */
+	uint32_t replica_wait_ms;
+	uint32_t node_timeout_ms;
 };
 
 /* Told when a partition's high watermark moves (new committed data), from a
@@ -75,6 +88,12 @@ int rep_start(struct rep *r, const struct rep_listener *l) TFS_MUST_CHECK;
 void rep_close(struct rep *r);
 
 uint16_t rep_node_id(const struct rep *r);
+
+/* Makes this node's view of topics, partitions and producer files at least
+ * as new as the metadata quorum's at the call (a cluster's read barrier,
+ * bounded by about a second; a no-op on a single node). Look-ups that miss
+ * call it themselves; listings call it first. */
+void rep_sync(struct rep *r);
 
 /* One line per node for .cluster/nodes: fills at most max entries. */
 struct rep_node_info {
