@@ -597,6 +597,9 @@ static void test_node_full(void)
 		"    - 1@127.0.0.1:7070\n"
 		"    - 2@127.0.0.2:7070\n"
 		"    - \"3@127.0.0.3:7070\"\n"
+		"  replica_lag_ms: 1500\n"
+		"  replica_wait_ms: 2500\n"
+		"  node_timeout_ms: 2000\n"
 		"defaults:\n"
 		"  partitions: 4\n"
 		"  replication: 3\n"
@@ -633,6 +636,9 @@ static void test_node_full(void)
 	CHECK_EQ_INT(c.group_start, GROUP_START_LATEST);
 	CHECK_EQ_INT(c.flush_ms, 0);
 	CHECK_EQ_INT(c.retention_check_ms, 250);
+	CHECK_EQ_INT(c.replica_lag_ms, 1500);
+	CHECK_EQ_INT(c.replica_wait_ms, 2500);
+	CHECK_EQ_INT(c.node_timeout_ms, 2000);
 }
 
 /* Without node.listen, a voter listens on its own voter address. */
@@ -723,7 +729,8 @@ static void test_node_refusals(void)
 	      "2: node.id: 1 (the default) is not among cluster.voters; every voter's "
 	      "node.id must be listed"));
 	CHECK(node_refused_with("cluster:\n  members: []\n",
-	      "2: cluster.members: unknown key (allowed: voters)"));
+	      "2: cluster.members: unknown key (allowed: voters, replica_lag_ms, "
+	      "replica_wait_ms, node_timeout_ms)"));
 	CHECK(node_refused_with("defaults:\n  partitions: 2\n  segment_bytes: 1MiB\n",
 	      "3: defaults.segment_bytes: must be an integer 1024..2147483647 (bytes, no "
 	      "units), got '1MiB'"));
@@ -743,6 +750,12 @@ static void test_node_refusals(void)
 	      "2: groups.start: must be earliest or latest, got 'middle'"));
 	CHECK(node_refused_with("groups:\n  begin: latest\n",
 	      "2: groups.begin: unknown key (allowed: start)"));
+	CHECK(node_refused_with("cluster:\n  replica_lag_ms: 50\n",
+	      "2: cluster.replica_lag_ms: must be an integer 100..3600000 (milliseconds), "
+	      "got '50'"));
+	CHECK(node_refused_with("cluster:\n  node_timeout: 5\n",
+	      "2: cluster.node_timeout: unknown key (allowed: voters, replica_lag_ms, "
+	      "replica_wait_ms, node_timeout_ms)"));
 	CHECK(node_refused_with("storage:\n  flush_ms: -1\n",
 	      "2: storage.flush_ms: must be an integer 0..4294967295 (milliseconds; 0 = "
 	      "never), got '-1'"));
