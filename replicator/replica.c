@@ -1682,8 +1682,12 @@ static int forward(struct replica *rp, uint16_t leader, int32_t epoch, const str
 	fw->rp = rp;
 	atomic_init(&fw->refs, 2);
 	atomic_init(&fw->abandoned, false);
+	/* at least a second even near the deadline: an attempt cut short would
+	 * end ambiguous (-ETIMEDOUT) where the leader would have answered */
 	int64_t left = deadline - cluster_now_ms();
-	unsigned timeout = (unsigned)(left < 1 ? 1 : left < rs->request_ms ? left : rs->request_ms);
+	if (left < 1000)
+		left = 1000;
+	unsigned timeout = (unsigned)(left < rs->request_ms ? left : rs->request_ms);
 	int rc = tr_request(net_of(rs), leader, TF_PRODUCE, 0, buf, len, timeout, fwd_done, fw,
 	                    NULL);
 	free(buf);
