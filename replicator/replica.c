@@ -1479,12 +1479,15 @@ struct replica *replica_add(struct replica_set *rs, struct rep_partition *p, uin
 	rp->log = log;
 	rp->topic_id = topic_id;
 	rp->index = index;
-	pthread_rwlock_init(&rp->role_lock, NULL);
+	/* writers first: a stream of overlapping appends must not starve the
+	 * loop thread's role change */
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&rp->role_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
 	pthread_mutex_init(&rp->mu, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_cond_init(&rp->cv, &ca);
-	pthread_condattr_destroy(&ca);
+	pthread_cond_init(&rp->cv, NULL); /* CLOCK_REALTIME: see wait_until */
 	struct ls_partition_info info;
 	ls_partition_get_info(log, &info);
 	rp->hw = info.high_watermark;
