@@ -1,0 +1,1883 @@
+/*
+ * replica.c - data replication of one node (cluster.h, "data replication"):
+ * Kafka's in-sync-replica model over the node-to-node transport.
+ *
+ * What it owns: for every local partition (struct replica) the role this node
+ * plays, the high watermark (HW) it knows, and on a leader what it knows of
+ * every replica's log; per leader node one fetch session (struct session)
+ * that long-polls every partition this node follows from that leader; the
+ * fetches other nodes have parked here; one tick timer on the loop thread.
+ *
+ * Roles, from the metadata (replica_add / replica_update):
+ *
+ *   mp->leader == self ───────────────> LEADER   appends (replica_produce,
+ *                                                TF_PRODUCE), answers fetches,
+ *                                                moves the HW, reports the isr
+ *   self in mp->replicas ─────────────> FOLLOWER ┐ fetch from the leader;
+ *   neither, mp->leader != 0 ─────────> OBSERVER ┘ observers never count for
+ *                                                the isr or the HW
+ *   mp->leader == 0 ──────────────────> OFFLINE  nothing moves
+ *
+ * A follower's (or observer's) way to a leader L at epoch E:
+ *
+ *   replica_update(new L or E) ──> NEED ──session_kick──> ASKING ──TF_EPOCH_END
+ *   answer (epoch_end_done: ls_partition_truncate)──> FETCHING ──TF_FETCH
+ *   answers (fetch_apply: ls_partition_append_batches_at, HW)──> FETCHING ...
+ *   an error answer: held RETRY_MS, then again; "your offset is past my end":
+ *   back to NEED.
+ *
+ * Invariants:
+ *  1. The HW a node knows only moves forward (ls_partition_reset aside); on
+ *     the leader it is min over the isr of each member's log end, a follower's
+ *     log end being the fetch offset of its latest fetch (-1 until it fetched
+ *     at this epoch, which holds the HW); on a follower it is
+ *     min(leader's HW, own log end).
+ *  2. Only a LEADER appends records of its own, and only under role_lock held
+ *     for reading; a role change takes it for writing, so no append of an old
+ *     leader lands after this node became a follower (whose truncation would
+ *     race it).
+ *  3. A follower truncates only by leader epochs (KIP-101 with KIP-279's
+ *     refinement): to min(the leader's end of the largest epoch <= the
+ *     follower's latest, the follower's own end of that epoch, its log end);
+ *     never by the HW alone.
+ *  4. A fetch answer is applied only if its partition, leader, epoch and fetch
+ *     offset still match this node's (a truncation or metadata change in
+ *     between makes it stale: dropped, fetched again).
+ *  5. Forwarded produces carry producer id and sequence; the leader's
+ *     ls_partition_append dedups a retry (res->duplicate), so a retried forward
+ *     never appends twice. Without a producer id an ambiguous failure
+ *     (-ECONNRESET, -ETIMEDOUT) is not retried: -EIO.
+ *
+ * Threading: the table of replicas, the sessions, parked fetches and the
+ * timer belong to the loop thread (replica_add/update/remove/on_frame,
+ * response callbacks, timers). FUSE threads (replica_produce/commit/state)
+ * touch one replica through its mu + cv (and role_lock); no lock spans two
+ * partitions. Lock order: role_lock, then mu. A FUSE thread inside a replica
+ * counts in rp->users; replica_remove wakes every waiter (-ECANCELED) and
+ * waits for them to leave before freeing.
+ *
+ * Wire formats (payloads of transport frames; integers big-endian, errors
+ * are 0 or a negative code as i32). Every count and length is checked; a
+ * payload that breaks the layout is REP_EPROTO (the connection closes). An
+ * unknown topic or partition is an error code in the answer (-ENOENT).
+ *
+ * TF_FETCH request (follower -> leader):
+ *   | bytes | field                                             |
+ *   |-------|---------------------------------------------------|
+ *   | 4     | max wait ms (<= 60000)                            |
+ *   | 4     | n partitions (<= FETCH_MAX_PARTS)                 |
+ *   | 33*n  | per partition:                                    |
+ *   |   8   |   topic id                                        |
+ *   |   4   |   partition                                       |
+ *   |   4   |   leader epoch the follower believes              |
+ *   |   8   |   fetch offset (the follower's log end)           |
+ *   |   8   |   HW the follower knows                           |
+ *   |   1   |   flags: bit 0 observer (never counts for the isr)|
+ *
+ * TF_FETCH response (same partitions, same order):
+ *   | 4     | n partitions                                      |
+ *   | per partition: 64 bytes, then the batches                 |
+ *   |   8   |   topic id                                        |
+ *   |   4   |   partition                                       |
+ *   |   4   |   leader epoch (as asked)                         |
+ *   |   8   |   fetch offset (as asked)                         |
+ *   |   4   |   error: 0, REP_ENOTLEADER, -ESTALE (epoch        |
+ *   |       |   mismatch), -ENOENT, LS_EOUTOFRANGE (offset      |
+ *   |       |   below log start or past log end), -errno        |
+ *   |   8   |   leader HW                                       |
+ *   |   8   |   leader log start offset                         |
+ *   |   8   |   view position of the log start                  |
+ *   |   8   |   view position of the first batch                |
+ *   |   4   |   batch bytes m (<= 1 MiB, more for one big batch)|
+ *   |   m   |   whole v2 batches (ls_partition_read_batches_at) |
+ *
+ * TF_EPOCH_END request (OFFSET_FOR_EPOCH), 20 bytes:
+ *   | 8 topic id | 4 partition | 4 leader epoch believed | 4 epoch asked |
+ * response, 16 bytes:
+ *   | 4 error | 4 epoch answered (largest <= asked the leader has, -1) |
+ *   | 8 end offset of that epoch on the leader (-1: older than its log) |
+ *
+ * TF_PRODUCE request (forwarded by a non-leader):
+ *   | bytes | field                                             |
+ *   |-------|---------------------------------------------------|
+ *   | 8     | topic id                                          |
+ *   | 4     | partition                                         |
+ *   | 4     | leader epoch believed (informational)             |
+ *   | 8     | producer id (-1: none)                            |
+ *   | 2     | producer epoch                                    |
+ *   | 4     | base sequence                                     |
+ *   | 1     | acks (0 leader, 1 all)                            |
+ *   | 4     | min_insync                                        |
+ *   | 4     | n records (1 .. PRODUCE_MAX_RECS)                 |
+ *   | per record: 1 flags (bit 0 key, bit 1 value), 4 key length,   |
+ *   |   key bytes, 4 value length, value bytes (absent: length 0)   |
+ * response, 29 bytes:
+ *   | 4 error | 8 base offset | 8 last offset | 8 view end | 1 duplicate |
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../logstore/log.h"
+#include "cluster.h"
+
+#define FETCH_WAIT_MS 500            /* a leader parks a fetch this long */
+#define FETCH_PART_MAX (1u << 20)    /* batch bytes per partition per answer */
+#define FETCH_TOTAL_MAX (8u << 20)   /* batch bytes per answer */
+#define FETCH_MAX_PARTS 200000u
+#define FETCH_REQ_HEAD 8u
+#define FETCH_REQ_PART 33u
+#define FETCH_RESP_PART 64u
+#define EPOCH_REQ_LEN 20u
+#define EPOCH_RESP_LEN 16u
+#define PRODUCE_HEAD 39u
+#define PRODUCE_RESP_LEN 29u
+#define PRODUCE_MAX_RECS (1u << 20)
+#define RETRY_MS 100                 /* back-off after an error */
+#define STICKY_HOLD_MS 1000          /* back-off after a local write error */
+#define TICK_MS 50
+#define ISR_EVERY_MS 250
+#define ISR_RESUBMIT_MS 1000
+#define COMMIT_SPREAD_MS 200         /* commit's best-effort wait for followers */
+#define PARKED_MAX 1024
+#define EPOCH_WALK_MAX 100000
+
+#define F_OBSERVER 0x01u
+#define R_KEY 0x01u
+#define R_VALUE 0x02u
+
+enum role { ROLE_OFFLINE, ROLE_LEADER, ROLE_FOLLOWER, ROLE_OBSERVER };
+enum follow { FOLLOW_NEED, FOLLOW_ASKING, FOLLOW_FETCHING };
+enum timer_state { TIMER_NONE, TIMER_ACTIVE, TIMER_CLOSING };
+
+/* The leader's view of one replica (peers[], under mu). */
+struct peer {
+	uint16_t node;
+	int64_t end;                 /* fetch offset of its latest fetch; -1: none */
+	int64_t known_hw;            /* the HW it said it knows; -1: none */
+	int64_t caught_up_ms;        /* last time it had fetched up to our end */
+	int64_t last_fetch_ms;
+	int64_t end_at_last_fetch;   /* our log end at its previous fetch */
+	int64_t isr_sent_ms;         /* last ISR command submitted about it */
+	enum meta_cmd_type isr_sent_type;
+	int32_t isr_sent_epoch;
+};
+
+struct replica {
+	struct replica_set *rs;
+	struct rep_partition *p;
+	struct ls_partition *log;
+	uint64_t topic_id;
+	uint32_t index;
+	struct replica *hnext;          /* rs->tab chain (loop thread) */
+
+	pthread_rwlock_t role_lock;     /* invariant 2 */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;              /* any change below */
+	/* under mu (written on the loop thread, except as noted) */
+	struct meta_partition mp;
+	enum role role;
+	uint64_t version;               /* +1 per metadata change */
+	int64_t hw;                     /* invariant 1 (FUSE threads move it too) */
+	int64_t fwd_end;                /* highest end produced through this node
+	                                   while not leading (FUSE threads) */
+	uint64_t trunc_count;           /* truncations and resets */
+	int64_t trunc_low;              /* lowest end any of them left */
+	struct peer peers[META_MAX_REPLICAS];
+	unsigned npeers;
+	unsigned users;                 /* FUSE threads inside */
+	bool removed;
+
+	/* following (loop thread only) */
+	uint16_t src;                   /* leader fetched from; 0: none */
+	int32_t src_epoch;
+	enum follow follow;
+	uint32_t ask_seq;               /* matches a TF_EPOCH_END answer */
+	int64_t hold_until;
+};
+
+/* One fetch session: everything this node follows from one leader. */
+struct session {
+	struct replica_set *rs;
+	uint16_t leader;
+	bool inflight;
+	int64_t retry_at;
+	struct session *next;
+};
+
+struct fetch_part {
+	uint64_t topic_id;
+	uint32_t index;
+	int32_t epoch;
+	int64_t offset;
+	int64_t known_hw;
+	uint8_t flags;
+};
+
+/* A fetch request received (answered at once or parked). */
+struct parked {
+	struct tr_origin origin;
+	uint16_t peer;
+	int64_t deadline;
+	uint32_t n;
+	struct parked *next;
+	struct fetch_part parts[];
+};
+
+/* What a leader says about one partition in a fetch answer. */
+struct fetch_entry {
+	uint64_t topic_id;
+	uint32_t index;
+	int32_t epoch;
+	int64_t offset;
+	int32_t err;
+	int64_t hw;
+	int64_t start;
+	uint64_t start_pos;
+	uint64_t view_pos;
+	uint32_t len;
+	const uint8_t *batches;
+};
+
+struct replica_set {
+	struct cluster *c;
+	uint16_t self;
+	unsigned lag_ms, wait_ms, request_ms;
+
+	/* loop thread */
+	struct replica **tab;
+	size_t nbuckets, nreplicas;
+	struct session *sessions;
+	struct parked *parked;
+	size_t nparked;
+	bool kick_parked;               /* a HW moved while handling a frame */
+	uv_timer_t timer;
+	enum timer_state timer_state;
+	int64_t last_isr_ms;
+	uint8_t *out;                   /* fetch answer being built */
+	size_t out_cap;
+	struct ls_rec *recs;            /* a forwarded produce's records */
+	size_t recs_cap;
+	struct meta_cmd *cmds;          /* META_MAX_REPLICAS isr commands */
+
+	/* any thread */
+	atomic_uint parked_count;       /* fetches parked or being evaluated */
+	atomic_bool wake_pending;       /* a tr_call to wake them is queued */
+};
+
+/* ---- small helpers ------------------------------------------------------------ */
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static struct tr_net *net_of(struct replica_set *rs) { return cluster_net(rs->c); }
+
+static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void put32(uint8_t *p, uint32_t v)
+{
+	put16(p, (uint16_t)(v >> 16));
+	put16(p + 2, (uint16_t)v);
+}
+static void put64(uint8_t *p, uint64_t v)
+{
+	put32(p, (uint32_t)(v >> 32));
+	put32(p + 4, (uint32_t)v);
+}
+
+/* A bounds-checked reader: any read past the end sets bad and yields 0. */
+struct rd {
+	const uint8_t *p;
+	size_t left;
+	bool bad;
+};
+
+static const uint8_t *rd_take(struct rd *r, size_t n)
+{
+	if (r->bad || r->left < n) {
+		r->bad = true;
+		return NULL;
+	}
+	const uint8_t *p = r->p;
+	r->p += n;
+	r->left -= n;
+	return p;
+}
+static uint8_t rd8(struct rd *r)
+{
+	const uint8_t *p = rd_take(r, 1);
+	return p ? p[0] : 0;
+}
+static uint16_t rd16(struct rd *r)
+{
+	const uint8_t *p = rd_take(r, 2);
+	return p ? (uint16_t)(p[0] << 8 | p[1]) : 0;
+}
+static uint32_t rd32(struct rd *r)
+{
+	const uint8_t *p = rd_take(r, 4);
+	return p ? (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3] : 0;
+}
+static uint64_t rd64(struct rd *r)
+{
+	uint64_t hi = rd32(r);
+	return hi << 32 | rd32(r);
+}
+
+/* Waits on rp->cv (mu held) until something changes or until (monotonic ms).
+ * Returns false once until has passed. */
+static bool wait_until(struct replica *rp, int64_t until)
+{
+	int64_t now = cluster_now_ms();
+	if (now >= until)
+		return false;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t ns = ts.tv_nsec + (until - now) % 1000 * 1000000;
+	ts.tv_sec += (time_t)((until - now) / 1000 + ns / 1000000000);
+	ts.tv_nsec = (long)(ns % 1000000000);
+	pthread_cond_timedwait(&rp->cv, &rp->mu, &ts);
+	return true;
+}
+
+static bool in_list(const uint16_t *l, unsigned n, uint16_t id)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (l[i] == id)
+			return true;
+	return false;
+}
+
+static struct peer *peer_find(struct replica *rp, uint16_t node)
+{
+	for (unsigned i = 0; i < rp->npeers; i++)
+		if (rp->peers[i].node == node)
+			return &rp->peers[i];
+	return NULL;
+}
+
+static const char *role_name(enum role r)
+{
+	switch (r) {
+	case ROLE_LEADER: return "leader";
+	case ROLE_FOLLOWER: return "follower";
+	case ROLE_OBSERVER: return "observer";
+	case ROLE_OFFLINE: break;
+	}
+	return "offline";
+}
+
+/* ---- the table of replicas (loop thread) --------------------------------------- */
+
+static size_t bucket_of(const struct replica_set *rs, uint64_t topic_id, uint32_t index)
+{
+	uint64_t h = (topic_id * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)index * 0xC2B2AE3D27D4EB4Full);
+	return (size_t)(h >> 17) % rs->nbuckets;
+}
+
+static struct replica *lookup(struct replica_set *rs, uint64_t topic_id, uint32_t index)
+{
+	for (struct replica *rp = rs->tab[bucket_of(rs, topic_id, index)]; rp; rp = rp->hnext)
+		if (rp->topic_id == topic_id && rp->index == index)
+			return rp;
+	return NULL;
+}
+
+static void table_grow(struct replica_set *rs)
+{
+	size_t nb = rs->nbuckets * 4;
+	struct replica **tab = calloc(nb, sizeof(*tab));
+	if (!tab)
+		return; /* longer chains, still correct */
+	struct replica **old = rs->tab;
+	size_t ob = rs->nbuckets;
+	rs->tab = tab;
+	rs->nbuckets = nb;
+	for (size_t i = 0; i < ob; i++) {
+		struct replica *rp = old[i], *next;
+		for (; rp; rp = next) {
+			next = rp->hnext;
+			size_t b = bucket_of(rs, rp->topic_id, rp->index);
+			rp->hnext = tab[b];
+			tab[b] = rp;
+		}
+	}
+	free(old);
+}
+
+#define FOREACH_REPLICA(rs, rp)                                             \
+	for (size_t b_ = 0; b_ < (rs)->nbuckets; b_++)                      \
+		for (struct replica *rp = (rs)->tab[b_]; rp; rp = rp->hnext)
+
+/* ---- waking parked fetches ------------------------------------------------------ */
+
+static void parked_process(struct replica_set *rs);
+
+static void on_wake(struct tr_net *net, void *ctx, int status)
+{
+	(void)net;
+	struct replica_set *rs = ctx;
+	atomic_store(&rs->wake_pending, false);
+	if (status == 0)
+		parked_process(rs);
+}
+
+/* New data or a new HW on a partition this node leads (any thread but the
+ * loop thread, which sets kick_parked instead): re-evaluates parked fetches,
+ * with one hand-off per burst and none while nobody fetches. */
+static void wake_fetchers(struct replica_set *rs)
+{
+	if (atomic_load(&rs->parked_count) == 0)
+		return;
+	if (atomic_exchange(&rs->wake_pending, true))
+		return;
+	if (tr_call(net_of(rs), on_wake, rs) < 0)
+		atomic_store(&rs->wake_pending, false);
+}
+
+/* ---- the high watermark ---------------------------------------------------------- */
+
+/* Leader: HW = min over the isr of log ends (mu held). Returns true if it
+ * moved; the caller then calls hw_moved_outside() without mu. */
+static bool hw_recompute_locked(struct replica *rp)
+{
+	if (rp->role != ROLE_LEADER)
+		return false;
+	struct ls_partition_info info;
+	ls_partition_get_info(rp->log, &info);
+	int64_t hw = info.end_offset;
+	for (unsigned i = 0; i < rp->mp.nisr; i++) {
+		uint16_t node = rp->mp.isr[i];
+		if (node == rp->rs->self)
+			continue;
+		struct peer *pe = peer_find(rp, node);
+		if (!pe || pe->end < 0)
+			return false;
+		hw = min64(hw, pe->end);
+	}
+	if (hw <= rp->hw)
+		return false;
+	rp->hw = hw;
+	ls_partition_set_hw(rp->log, hw);
+	pthread_cond_broadcast(&rp->cv);
+	return true;
+}
+
+/* Follower: HW = min(leader's HW, own end), forward only (mu held). */
+static bool hw_follow_locked(struct replica *rp, int64_t leader_hw)
+{
+	struct ls_partition_info info;
+	ls_partition_get_info(rp->log, &info);
+	int64_t hw = min64(leader_hw, info.end_offset);
+	if (hw <= rp->hw)
+		return false;
+	rp->hw = hw;
+	ls_partition_set_hw(rp->log, hw);
+	pthread_cond_broadcast(&rp->cv);
+	return true;
+}
+
+/* ---- roles (loop thread) ------------------------------------------------------------ */
+
+static enum role role_of(const struct meta_partition *mp, uint16_t self)
+{
+	if (mp->leader == 0)
+		return ROLE_OFFLINE;
+	if (mp->leader == self)
+		return ROLE_LEADER;
+	return in_list(mp->replicas, mp->nreplicas, self) ? ROLE_FOLLOWER : ROLE_OBSERVER;
+}
+
+static struct session *session_get(struct replica_set *rs, uint16_t leader)
+{
+	struct session *s;
+	for (s = rs->sessions; s; s = s->next)
+		if (s->leader == leader)
+			return s;
+	if (!(s = calloc(1, sizeof(*s))))
+		return NULL;
+	s->rs = rs;
+	s->leader = leader;
+	s->next = rs->sessions;
+	rs->sessions = s;
+	return s;
+}
+
+static void session_kick(struct replica_set *rs, struct session *s);
+
+/* The peers a leader tracks: every replica but itself, kept across isr
+ * changes, fresh (end unknown, caught up now) at a new epoch (mu held). */
+static void peers_reset_locked(struct replica *rp, bool fresh)
+{
+	struct peer old[META_MAX_REPLICAS];
+	unsigned nold = fresh ? 0 : rp->npeers;
+	memcpy(old, rp->peers, sizeof(old));
+	int64_t now = cluster_now_ms();
+	rp->npeers = 0;
+	for (unsigned i = 0; i < rp->mp.nreplicas; i++) {
+		uint16_t node = rp->mp.replicas[i];
+		if (node == rp->rs->self)
+			continue;
+		struct peer *pe = &rp->peers[rp->npeers++];
+		*pe = (struct peer){.node = node, .end = -1, .known_hw = -1, .caught_up_ms = now,
+		                    .last_fetch_ms = now, .end_at_last_fetch = -1};
+		for (unsigned k = 0; k < nold; k++)
+			if (old[k].node == node)
+				*pe = old[k];
+	}
+}
+
+/* Takes on the metadata mp (loop thread; first: from replica_add). */
+static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool first)
+{
+	struct replica_set *rs = rp->rs;
+	enum role role = role_of(mp, rs->self);
+	bool moved = false;
+
+	pthread_rwlock_wrlock(&rp->role_lock);
+	pthread_mutex_lock(&rp->mu);
+	enum role old_role = first ? ROLE_OFFLINE : rp->role;
+	int32_t old_epoch = rp->mp.leader_epoch;
+	rp->mp = *mp;
+	rp->role = role;
+	rp->version++;
+	if (role == ROLE_LEADER) {
+		bool fresh = first || old_role != ROLE_LEADER || old_epoch != mp->leader_epoch;
+		if (fresh) {
+			int rc = ls_partition_set_leader_epoch(rp->log, mp->leader_epoch);
+			if (rc < 0)
+				tfs_error("partition %" PRIu64 "/%u: cannot start leader epoch %" PRId32
+				          ": %s", rp->topic_id, rp->index, mp->leader_epoch,
+				          tfs_strerror(rc));
+		}
+		peers_reset_locked(rp, fresh);
+		rp->src = 0;
+		moved = hw_recompute_locked(rp);
+	} else if (role == ROLE_OFFLINE) {
+		rp->src = 0;
+	} else if (rp->src != mp->leader || rp->src_epoch != mp->leader_epoch ||
+	           old_role == ROLE_LEADER) {
+		rp->src = mp->leader;
+		rp->src_epoch = mp->leader_epoch;
+		rp->follow = FOLLOW_NEED;
+		rp->ask_seq++;
+		rp->hold_until = 0;
+	}
+	pthread_cond_broadcast(&rp->cv);
+	pthread_mutex_unlock(&rp->mu);
+	pthread_rwlock_unlock(&rp->role_lock);
+
+	if (first || old_role != role)
+		tfs_info("partition %" PRIu64 "/%u: %s at epoch %" PRId32 " (leader %u)",
+		         rp->topic_id, rp->index, role_name(role), mp->leader_epoch, mp->leader);
+	if (moved)
+		rep_partition_hw_moved(rp->p);
+	if (rp->src) {
+		struct session *s = session_get(rs, rp->src);
+		if (s)
+			session_kick(rs, s);
+		else
+			tfs_error("replication: no memory for a fetch session to node %u", rp->src);
+	}
+	parked_process(rs); /* fetches for this partition get their new answer */
+}
+
+/* ---- following: truncation by leader epoch (loop thread) --------------------------- */
+
+/* The latest epoch in the log's epoch cache (the largest with an end offset),
+ * looked for from `from` down; -1 if none. */
+static int32_t latest_epoch(struct ls_partition *log, int32_t from)
+{
+	for (int32_t e = from, n = 0; e >= 0 && n < EPOCH_WALK_MAX; e--, n++)
+		if (ls_partition_epoch_end_offset(log, e) >= 0)
+			return e;
+	return -1;
+}
+
+/* Truncates the follower's log to offset (mu not held); keeps the HW and the
+ * commit bookkeeping consistent. */
+static int truncate_to(struct replica *rp, int64_t offset)
+{
+	int rc = ls_partition_truncate(rp->log, offset);
+	if (rc < 0)
+		return rc;
+	struct ls_partition_info info;
+	ls_partition_get_info(rp->log, &info);
+	pthread_mutex_lock(&rp->mu);
+	if (rp->hw > info.end_offset)
+		rp->hw = info.end_offset;
+	rp->trunc_count++;
+	rp->trunc_low = min64(rp->trunc_low, info.end_offset);
+	pthread_cond_broadcast(&rp->cv);
+	pthread_mutex_unlock(&rp->mu);
+	return 0;
+}
+
+struct ask {
+	struct replica_set *rs;
+	uint64_t topic_id;
+	uint32_t index;
+	uint32_t seq;
+	uint16_t leader;
+};
+
+static void hold(struct replica *rp, int64_t ms) { rp->hold_until = cluster_now_ms() + ms; }
+
+static void epoch_end_done(void *ctx, int status, const struct tr_frame *resp)
+{
+	struct ask *a = ctx;
+	struct replica_set *rs = a->rs;
+	struct replica *rp = lookup(rs, a->topic_id, a->index);
+	if (!rp || rp->src != a->leader || rp->ask_seq != a->seq || rp->follow != FOLLOW_ASKING)
+		goto out; /* the metadata moved on meanwhile */
+	rp->follow = FOLLOW_NEED;
+	int32_t err = 0, epoch = -1;
+	int64_t end = -1;
+	if (status == 0) {
+		struct rd r = {resp->payload, resp->len, false};
+		err = (int32_t)rd32(&r);
+		epoch = (int32_t)rd32(&r);
+		end = (int64_t)rd64(&r);
+		if (r.bad || r.left || err > 0 || epoch < -1 || end < -1) {
+			tfs_warn("partition %" PRIu64 "/%u: malformed epoch answer from node %u",
+			         rp->topic_id, rp->index, a->leader);
+			status = REP_EPROTO;
+		}
+	}
+	if (status < 0 || err < 0) {
+		tfs_debug("partition %" PRIu64 "/%u: epoch end from node %u: %s", rp->topic_id,
+		          rp->index, a->leader, tfs_strerror(status < 0 ? status : err));
+		hold(rp, RETRY_MS);
+		goto out;
+	}
+	struct ls_partition_info info;
+	ls_partition_get_info(rp->log, &info);
+	int64_t target = info.end_offset;
+	if (end < 0 || epoch < 0) {
+		target = info.start_offset; /* older than anything the leader holds */
+	} else {
+		int64_t mine = ls_partition_epoch_end_offset(rp->log, epoch);
+		if (mine < 0)
+			mine = info.start_offset;
+		target = min64(target, min64(end, mine));
+		/* Our next epoch starts exactly at target and the leader has more
+		 * of `epoch` to send: ls_partition_truncate keeps an epoch entry
+		 * starting at the new end, and the epoch-`epoch` batches appended
+		 * after it would not replace it (the cache only takes newer
+		 * epochs), leaving a wrong cache. One batch further back, the
+		 * entry goes and the refetched batch restores the right one. */
+		if (target == mine && end > mine && target < info.end_offset &&
+		    target > info.start_offset)
+			target--;
+	}
+	if (target < info.end_offset) {
+		tfs_info("partition %" PRIu64 "/%u: truncating from %" PRId64 " to %" PRId64
+		         " (leader %u ends epoch %" PRId32 " at %" PRId64 ")", rp->topic_id,
+		         rp->index, info.end_offset, target, a->leader, epoch, end);
+		int rc = truncate_to(rp, target);
+		if (rc < 0) {
+			tfs_error("partition %" PRIu64 "/%u: truncation to %" PRId64 " failed: %s",
+			          rp->topic_id, rp->index, target, tfs_strerror(rc));
+			hold(rp, STICKY_HOLD_MS);
+			goto out;
+		}
+	}
+	rp->follow = FOLLOW_FETCHING;
+	struct session *s = session_get(rs, rp->src);
+	if (s)
+		session_kick(rs, s);
+out:
+	free(a);
+}
+
+/* Asks the leader for the end of this log's latest epoch (FOLLOW_NEED). */
+static void epoch_end_ask(struct replica_set *rs, struct replica *rp)
+{
+	struct ls_partition_info info;
+	ls_partition_get_info(rp->log, &info);
+	int32_t latest = latest_epoch(rp->log, rp->src_epoch);
+	if (latest < 0) {
+		if (info.end_offset > info.start_offset &&
+		    truncate_to(rp, info.start_offset) < 0) {
+			hold(rp, STICKY_HOLD_MS);
+			return;
+		}
+		rp->follow = FOLLOW_FETCHING; /* nothing of ours to compare */
+		return;
+	}
+	struct ask *a = malloc(sizeof(*a));
+	if (!a) {
+		hold(rp, RETRY_MS);
+		return;
+	}
+	*a = (struct ask){rs, rp->topic_id, rp->index, rp->ask_seq, rp->src};
+	uint8_t buf[EPOCH_REQ_LEN];
+	put64(buf, rp->topic_id);
+	put32(buf + 8, rp->index);
+	put32(buf + 12, (uint32_t)rp->src_epoch);
+	put32(buf + 16, (uint32_t)latest);
+	int rc = tr_request(net_of(rs), rp->src, TF_EPOCH_END, 0, buf, sizeof(buf),
+	                    rs->request_ms, epoch_end_done, a, NULL);
+	if (rc < 0) {
+		free(a);
+		hold(rp, RETRY_MS);
+		return;
+	}
+	rp->follow = FOLLOW_ASKING;
+}
+
+/* ---- following: fetch sessions (loop thread) ------------------------------------------- */
+
+static void fetch_done(void *ctx, int status, const struct tr_frame *resp);
+
+static bool follows(const struct replica *rp, uint16_t leader)
+{
+	return (rp->role == ROLE_FOLLOWER || rp->role == ROLE_OBSERVER) && rp->src == leader;
+}
+
+/* Sends the session's next fetch unless one is out or it backs off; first
+ * asks TF_EPOCH_END for each partition that needs it. */
+static void session_kick(struct replica_set *rs, struct session *s)
+{
+	int64_t now = cluster_now_ms();
+	if (s->inflight || now < s->retry_at)
+		return;
+	uint32_t n = 0;
+	FOREACH_REPLICA(rs, rp) {
+		if (!follows(rp, s->leader) || now < rp->hold_until)
+			continue;
+		if (rp->follow == FOLLOW_NEED)
+			epoch_end_ask(rs, rp);
+		if (rp->follow == FOLLOW_FETCHING)
+			n++;
+	}
+	if (n == 0)
+		return;
+	size_t len = FETCH_REQ_HEAD + (size_t)n * FETCH_REQ_PART;
+	uint8_t *buf = malloc(len), *p = buf + FETCH_REQ_HEAD;
+	if (!buf) {
+		s->retry_at = now + RETRY_MS;
+		return;
+	}
+	put32(buf, FETCH_WAIT_MS);
+	put32(buf + 4, n);
+	uint32_t k = 0;
+	FOREACH_REPLICA(rs, rp) {
+		if (k == n || !follows(rp, s->leader) || now < rp->hold_until ||
+		    rp->follow != FOLLOW_FETCHING)
+			continue;
+		struct ls_partition_info info;
+		ls_partition_get_info(rp->log, &info);
+		pthread_mutex_lock(&rp->mu);
+		int64_t hw = rp->hw;
+		pthread_mutex_unlock(&rp->mu);
+		put64(p, rp->topic_id);
+		put32(p + 8, rp->index);
+		put32(p + 12, (uint32_t)rp->src_epoch);
+		put64(p + 16, (uint64_t)info.end_offset);
+		put64(p + 24, (uint64_t)hw);
+		p[32] = rp->role == ROLE_OBSERVER ? F_OBSERVER : 0;
+		p += FETCH_REQ_PART;
+		k++;
+	}
+	int rc = tr_request(net_of(rs), s->leader, TF_FETCH, 0, buf, len,
+	                    FETCH_WAIT_MS + rs->request_ms, fetch_done, s, NULL);
+	free(buf);
+	if (rc < 0) {
+		tfs_debug("replication: fetch from node %u not sent: %s", s->leader,
+		          tfs_strerror(rc));
+		s->retry_at = now + RETRY_MS;
+		return;
+	}
+	s->inflight = true;
+}
+
+/* Applies one partition of a fetch answer (invariant 4). */
+static void fetch_apply(struct replica_set *rs, uint16_t leader, const struct fetch_entry *e)
+{
+	struct replica *rp = lookup(rs, e->topic_id, e->index);
+	if (!rp || !follows(rp, leader) || rp->src_epoch != e->epoch ||
+	    rp->follow != FOLLOW_FETCHING)
+		return;
+	struct ls_partition_info info;
+	ls_partition_get_info(rp->log, &info);
+	if (info.end_offset != e->offset)
+		return;
+	int rc = 0;
+	bool moved = false;
+	if (e->err == LS_EOUTOFRANGE && e->offset < e->start) {
+		tfs_info("partition %" PRIu64 "/%u: log end %" PRId64 " is below the leader's "
+		         "start %" PRId64 ": restarting there", rp->topic_id, rp->index,
+		         e->offset, e->start);
+		if ((rc = ls_partition_reset(rp->log, e->start, e->start_pos)) < 0)
+			goto failed;
+		pthread_mutex_lock(&rp->mu);
+		rp->hw = e->start;
+		rp->trunc_count++;
+		rp->trunc_low = min64(rp->trunc_low, e->start);
+		pthread_cond_broadcast(&rp->cv);
+		pthread_mutex_unlock(&rp->mu);
+		return;
+	}
+	if (e->err == LS_EOUTOFRANGE) { /* past the leader's end: truncate again */
+		rp->follow = FOLLOW_NEED;
+		rp->ask_seq++;
+		return;
+	}
+	if (e->err < 0) {
+		tfs_debug("partition %" PRIu64 "/%u: fetch from node %u: %s", rp->topic_id,
+		          rp->index, leader, tfs_strerror(e->err));
+		hold(rp, RETRY_MS);
+		return;
+	}
+	if (e->len) {
+		rc = ls_partition_append_batches_at(rp->log, e->batches, e->len, e->view_pos);
+		if (rc == LS_EOUTOFRANGE) {
+			rp->follow = FOLLOW_NEED;
+			rp->ask_seq++;
+			return;
+		}
+		if (rc < 0)
+			goto failed;
+	}
+	pthread_mutex_lock(&rp->mu);
+	moved = hw_follow_locked(rp, e->hw);
+	pthread_mutex_unlock(&rp->mu);
+	if (moved)
+		rep_partition_hw_moved(rp->p);
+	return;
+failed:
+	tfs_error("partition %" PRIu64 "/%u: cannot take batches from node %u at offset %" PRId64
+	          ": %s", rp->topic_id, rp->index, leader, e->offset, tfs_strerror(rc));
+	hold(rp, STICKY_HOLD_MS);
+}
+
+/* Parses one partition of a fetch answer. */
+static bool fetch_entry_read(struct rd *r, struct fetch_entry *e)
+{
+	e->topic_id = rd64(r);
+	e->index = rd32(r);
+	e->epoch = (int32_t)rd32(r);
+	e->offset = (int64_t)rd64(r);
+	e->err = (int32_t)rd32(r);
+	e->hw = (int64_t)rd64(r);
+	e->start = (int64_t)rd64(r);
+	e->start_pos = rd64(r);
+	e->view_pos = rd64(r);
+	e->len = rd32(r);
+	e->batches = rd_take(r, e->len);
+	return !r->bad && e->err <= 0;
+}
+
+static void fetch_done(void *ctx, int status, const struct tr_frame *resp)
+{
+	struct session *s = ctx;
+	struct replica_set *rs = s->rs;
+	s->inflight = false;
+	if (status == -ECANCELED)
+		return; /* the net is stopping */
+	if (status < 0) {
+		tfs_debug("replication: fetch from node %u failed: %s", s->leader,
+		          tfs_strerror(status));
+		s->retry_at = cluster_now_ms() + RETRY_MS;
+		return;
+	}
+	/* check the whole answer before applying any of it */
+	struct rd r = {resp->payload, resp->len, false};
+	uint32_t n = rd32(&r);
+	struct fetch_entry e;
+	for (uint32_t i = 0; i < n && !r.bad; i++)
+		if (!fetch_entry_read(&r, &e))
+			r.bad = true;
+	if (r.bad || r.left) {
+		tfs_warn("replication: malformed fetch answer from node %u (%u bytes)", s->leader,
+		         resp->len);
+		s->retry_at = cluster_now_ms() + RETRY_MS;
+		return;
+	}
+	r = (struct rd){resp->payload + 4, resp->len - 4, false};
+	for (uint32_t i = 0; i < n; i++) {
+		(void)fetch_entry_read(&r, &e);
+		fetch_apply(rs, s->leader, &e);
+	}
+	session_kick(rs, s);
+}
+
+/* ---- leading: fetches from followers (loop thread) ---------------------------------------- */
+
+/* Checks one partition of a fetch against this node (mu held): the error to
+ * answer, 0 if this node leads it at that epoch. */
+static int32_t fetch_check_locked(struct replica *rp, const struct fetch_part *fp,
+                                  const struct ls_partition_info *info)
+{
+	if (rp->role != ROLE_LEADER)
+		return REP_ENOTLEADER;
+	if (fp->epoch != rp->mp.leader_epoch)
+		return -ESTALE;
+	if (fp->offset < info->start_offset || fp->offset > info->end_offset)
+		return LS_EOUTOFRANGE;
+	return 0;
+}
+
+/* Records what a replica's fetch says of it (mu held): its log end, the HW
+ * it knows, and whether it is caught up (Kafka's lastCaughtUpTime: at our
+ * end now, or at least at our end as of its previous fetch). */
+static void peer_record_locked(struct replica *rp, uint16_t node, const struct fetch_part *fp,
+                               int64_t leader_end)
+{
+	struct peer *pe = peer_find(rp, node);
+	if (!pe || (fp->flags & F_OBSERVER))
+		return;
+	int64_t now = cluster_now_ms();
+	if (fp->offset >= leader_end)
+		pe->caught_up_ms = now;
+	else if (pe->end_at_last_fetch >= 0 && fp->offset >= pe->end_at_last_fetch)
+		pe->caught_up_ms = pe->last_fetch_ms > pe->caught_up_ms ? pe->last_fetch_ms
+		                                                        : pe->caught_up_ms;
+	if (fp->offset != pe->end || fp->known_hw != pe->known_hw)
+		pthread_cond_broadcast(&rp->cv); /* commit waits on known_hw */
+	pe->end = fp->offset;
+	pe->known_hw = fp->known_hw;
+	pe->last_fetch_ms = now;
+	pe->end_at_last_fetch = leader_end;
+}
+
+/* Evaluates a fetch: records each replica's position, moves HWs, and says
+ * whether to answer now (data, a newer HW or an error for some partition). */
+static bool fetch_ready(struct replica_set *rs, struct parked *pk)
+{
+	bool ready = false;
+	for (uint32_t i = 0; i < pk->n; i++) {
+		const struct fetch_part *fp = &pk->parts[i];
+		struct replica *rp = lookup(rs, fp->topic_id, fp->index);
+		if (!rp)
+			return true; /* -ENOENT */
+		struct ls_partition_info info;
+		ls_partition_get_info(rp->log, &info);
+		pthread_mutex_lock(&rp->mu);
+		int32_t err = fetch_check_locked(rp, fp, &info);
+		bool moved = false;
+		if (err == 0) {
+			peer_record_locked(rp, pk->peer, fp, info.end_offset);
+			moved = hw_recompute_locked(rp);
+			if (fp->offset < info.end_offset || min64(rp->hw, fp->offset) > fp->known_hw)
+				ready = true;
+		} else {
+			ready = true;
+		}
+		pthread_mutex_unlock(&rp->mu);
+		if (moved) {
+			rep_partition_hw_moved(rp->p);
+			rs->kick_parked = true;
+		}
+	}
+	return ready;
+}
+
+static int out_reserve(struct replica_set *rs, size_t need)
+{
+	if (need <= rs->out_cap)
+		return 0;
+	size_t cap = rs->out_cap ? rs->out_cap : 64 * 1024;
+	while (cap < need)
+		cap *= 2;
+	uint8_t *p = realloc(rs->out, cap);
+	if (!p)
+		return -ENOMEM;
+	rs->out = p;
+	rs->out_cap = cap;
+	return 0;
+}
+
+/* Builds and sends the answer to a fetch (rs->out is reused). */
+static void fetch_answer(struct replica_set *rs, struct parked *pk)
+{
+	size_t used = 4, total = 0;
+	int rc = out_reserve(rs, 4 + (size_t)pk->n * FETCH_RESP_PART);
+	if (rc < 0)
+		goto failed;
+	put32(rs->out, pk->n);
+	for (uint32_t i = 0; i < pk->n; i++) {
+		const struct fetch_part *fp = &pk->parts[i];
+		struct replica *rp = lookup(rs, fp->topic_id, fp->index);
+		struct ls_partition_info info = {0};
+		int32_t err = -ENOENT;
+		int64_t hw = 0;
+		uint64_t view_pos = 0;
+		size_t len = 0;
+		if (rp) {
+			ls_partition_get_info(rp->log, &info);
+			pthread_mutex_lock(&rp->mu);
+			err = fetch_check_locked(rp, fp, &info);
+			hw = rp->hw;
+			pthread_mutex_unlock(&rp->mu);
+		}
+		if ((rc = out_reserve(rs, used + FETCH_RESP_PART)) < 0)
+			goto failed;
+		size_t head = used;
+		used += FETCH_RESP_PART;
+		if (err == 0 && fp->offset < info.end_offset) {
+			/* one big batch may exceed the per-partition share, never
+			 * the frame */
+			size_t max = FETCH_PART_MAX, need = 0;
+			if (total >= FETCH_TOTAL_MAX)
+				max = 0;
+			else if (max > FETCH_TOTAL_MAX - total)
+				max = FETCH_TOTAL_MAX - total;
+			for (int attempt = 0; max > 0 && attempt < 2; attempt++) {
+				if ((rc = out_reserve(rs, used + max)) < 0)
+					goto failed;
+				ssize_t got = ls_partition_read_batches_at(rp->log, fp->offset,
+				                                           rs->out + used, max,
+				                                           &need, &view_pos);
+				if (got < 0) {
+					err = (int32_t)got;
+					break;
+				}
+				if (got > 0 || need == 0) {
+					len = (size_t)got;
+					break;
+				}
+				if (i > 0 && total + need > FETCH_TOTAL_MAX)
+					break; /* next answer, alone */
+				if (need > TR_MAX_PAYLOAD - used) {
+					tfs_error("partition %" PRIu64 "/%u: batch at %" PRId64
+					          " of %zu bytes cannot be replicated", rp->topic_id,
+					          rp->index, fp->offset, need);
+					err = -EMSGSIZE;
+					break;
+				}
+				max = need;
+			}
+		}
+		uint8_t *p = rs->out + head;
+		put64(p, fp->topic_id);
+		put32(p + 8, fp->index);
+		put32(p + 12, (uint32_t)fp->epoch);
+		put64(p + 16, (uint64_t)fp->offset);
+		put32(p + 24, (uint32_t)err);
+		put64(p + 28, (uint64_t)hw);
+		put64(p + 36, (uint64_t)info.start_offset);
+		put64(p + 44, info.start_pos);
+		put64(p + 52, view_pos);
+		put32(p + 60, (uint32_t)len);
+		used += len;
+		total += len;
+	}
+	rc = tr_respond(net_of(rs), &pk->origin, TF_FETCH, 0, rs->out, used);
+	if (rc < 0)
+		tfs_debug("replication: fetch answer to node %u dropped: %s", pk->peer,
+		          tfs_strerror(rc));
+	return;
+failed:
+	if (tr_respond_error(net_of(rs), &pk->origin, TF_FETCH, rc) < 0)
+		tfs_debug("replication: fetch error to node %u dropped", pk->peer);
+}
+
+/* Answers the parked fetches that have something (or whose wait is over). */
+static void parked_process(struct replica_set *rs)
+{
+	for (int pass = 0; pass < 4; pass++) {
+		rs->kick_parked = false;
+		int64_t now = cluster_now_ms();
+		for (struct parked **pp = &rs->parked; *pp;) {
+			struct parked *pk = *pp;
+			if (fetch_ready(rs, pk) || now >= pk->deadline) {
+				*pp = pk->next;
+				rs->nparked--;
+				fetch_answer(rs, pk);
+				free(pk);
+				atomic_fetch_sub(&rs->parked_count, 1);
+			} else {
+				pp = &pk->next;
+			}
+		}
+		if (!rs->kick_parked)
+			break;
+	}
+}
+
+static int on_fetch(struct replica_set *rs, const struct tr_frame *f)
+{
+	struct rd r = {f->payload, f->len, false};
+	uint32_t wait = rd32(&r), n = rd32(&r);
+	if (r.bad || wait > 60000 || n > FETCH_MAX_PARTS ||
+	    r.left != (size_t)n * FETCH_REQ_PART)
+		return REP_EPROTO;
+	struct parked *pk = malloc(sizeof(*pk) + (size_t)n * sizeof(pk->parts[0]));
+	if (!pk) {
+		if (tr_respond_error(net_of(rs), &f->origin, TF_FETCH, -ENOMEM) < 0)
+			tfs_debug("replication: fetch error to node %u dropped", f->peer);
+		return 0;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		struct fetch_part *fp = &pk->parts[i];
+		fp->topic_id = rd64(&r);
+		fp->index = rd32(&r);
+		fp->epoch = (int32_t)rd32(&r);
+		fp->offset = (int64_t)rd64(&r);
+		fp->known_hw = (int64_t)rd64(&r);
+		fp->flags = rd8(&r);
+		if (fp->offset < 0 || fp->known_hw < -1 || (fp->flags & ~F_OBSERVER)) {
+			free(pk);
+			return REP_EPROTO;
+		}
+	}
+	pk->origin = f->origin;
+	pk->peer = f->peer;
+	pk->n = n;
+	pk->deadline = cluster_now_ms() + (wait < FETCH_WAIT_MS ? wait : FETCH_WAIT_MS);
+	/* counted before evaluating, so an append racing the evaluation wakes it */
+	atomic_fetch_add(&rs->parked_count, 1);
+	if (fetch_ready(rs, pk) || wait == 0 || rs->nparked >= PARKED_MAX) {
+		fetch_answer(rs, pk);
+		free(pk);
+		atomic_fetch_sub(&rs->parked_count, 1);
+	} else {
+		pk->next = rs->parked;
+		rs->parked = pk;
+		rs->nparked++;
+	}
+	if (rs->kick_parked)
+		parked_process(rs);
+	return 0;
+}
+
+/* ---- leading: OFFSET_FOR_EPOCH (loop thread) ----------------------------------------------- */
+
+static int on_epoch_end(struct replica_set *rs, const struct tr_frame *f)
+{
+	struct rd r = {f->payload, f->len, false};
+	uint64_t topic_id = rd64(&r);
+	uint32_t index = rd32(&r);
+	int32_t believed = (int32_t)rd32(&r), asked = (int32_t)rd32(&r);
+	if (r.bad || r.left || asked < 0)
+		return REP_EPROTO;
+	int32_t err = 0, answered = -1;
+	int64_t end = -1;
+	struct replica *rp = lookup(rs, topic_id, index);
+	if (!rp) {
+		err = -ENOENT;
+	} else {
+		pthread_mutex_lock(&rp->mu);
+		if (rp->role != ROLE_LEADER)
+			err = REP_ENOTLEADER;
+		else if (believed != rp->mp.leader_epoch)
+			err = -ESTALE;
+		pthread_mutex_unlock(&rp->mu);
+	}
+	if (err == 0 && (end = ls_partition_epoch_end_offset(rp->log, asked)) >= 0) {
+		/* KIP-279: the largest epoch <= asked that this log has is the
+		 * lowest one that still ends at the same offset */
+		answered = asked;
+		for (int n = 0; answered > 0 && n < EPOCH_WALK_MAX; n++, answered--)
+			if (ls_partition_epoch_end_offset(rp->log, answered - 1) != end)
+				break;
+	}
+	uint8_t buf[EPOCH_RESP_LEN];
+	put32(buf, (uint32_t)err);
+	put32(buf + 4, (uint32_t)answered);
+	put64(buf + 8, (uint64_t)end);
+	if (tr_respond(net_of(rs), &f->origin, TF_EPOCH_END, 0, buf, sizeof(buf)) < 0)
+		tfs_debug("replication: epoch answer to node %u dropped", f->peer);
+	return 0;
+}
+
+/* ---- leading: appends --------------------------------------------------------------------- */
+
+/* Appends as the leader (role_lock held for reading, role checked). */
+static int leader_append(struct replica *rp, const struct ls_rec *recs, uint32_t n,
+                         const struct ls_producer *prod, struct ls_append_result *res)
+{
+	int rc = ls_partition_append(rp->log, recs, n, wall_ms(), prod, res);
+	if (rc < 0)
+		return rc == LS_ESTICKY ? -EROFS : rc;
+	if (!res->duplicate) {
+		uint64_t bytes = 0;
+		for (uint32_t i = 0; i < n; i++)
+			bytes += recs[i].value_len + (recs[i].key ? recs[i].key_len : 0);
+		rep_partition_count_in(rp->p, n, bytes);
+	}
+	pthread_mutex_lock(&rp->mu);
+	bool moved = hw_recompute_locked(rp);
+	pthread_mutex_unlock(&rp->mu);
+	if (moved)
+		rep_partition_hw_moved(rp->p);
+	return 0;
+}
+
+/* The records of a TF_PRODUCE into rs->recs (pointing into the payload). */
+static int produce_records(struct replica_set *rs, struct rd *r, uint32_t n)
+{
+	if (n == 0 || n > PRODUCE_MAX_RECS || n > r->left / 9)
+		return REP_EPROTO;
+	if (n > rs->recs_cap) {
+		struct ls_rec *recs = realloc(rs->recs, n * sizeof(*recs));
+		if (!recs)
+			return -ENOMEM;
+		rs->recs = recs;
+		rs->recs_cap = n;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		struct ls_rec *rec = &rs->recs[i];
+		uint8_t flags = rd8(r);
+		rec->key_len = rd32(r);
+		rec->key = rd_take(r, rec->key_len);
+		rec->value_len = rd32(r);
+		rec->value = rd_take(r, rec->value_len);
+		if (r->bad || (flags & ~(R_KEY | R_VALUE)) ||
+		    (!(flags & R_KEY) && rec->key_len) || (!(flags & R_VALUE) && rec->value_len))
+			return REP_EPROTO;
+		if (!(flags & R_KEY))
+			rec->key = NULL;
+		if (!(flags & R_VALUE))
+			rec->value = NULL;
+	}
+	return r->left ? REP_EPROTO : 0;
+}
+
+static int on_produce(struct replica_set *rs, const struct tr_frame *f)
+{
+	struct rd r = {f->payload, f->len, false};
+	uint64_t topic_id = rd64(&r);
+	uint32_t index = rd32(&r);
+	(void)rd32(&r); /* the epoch the sender believes: logged only */
+	struct ls_producer prod;
+	prod.producer_id = (int64_t)rd64(&r);
+	prod.producer_epoch = (int16_t)rd16(&r);
+	prod.base_sequence = (int32_t)rd32(&r);
+	uint8_t acks = rd8(&r);
+	uint32_t min_insync = rd32(&r), n = rd32(&r);
+	if (r.bad || acks > REP_ACKS_ALL)
+		return REP_EPROTO;
+	int rc = produce_records(rs, &r, n);
+	if (rc == REP_EPROTO)
+		return rc;
+	struct ls_append_result res = {0};
+	struct replica *rp = lookup(rs, topic_id, index);
+	if (rc == 0 && !rp)
+		rc = -ENOENT;
+	if (rc == 0) {
+		pthread_rwlock_rdlock(&rp->role_lock);
+		pthread_mutex_lock(&rp->mu);
+		if (rp->role != ROLE_LEADER)
+			rc = REP_ENOTLEADER;
+		else if (acks == REP_ACKS_ALL && rp->mp.nisr < min_insync)
+			rc = -ENOTCONN;
+		pthread_mutex_unlock(&rp->mu);
+		if (rc == 0)
+			rc = leader_append(rp, rs->recs, n, prod.producer_id >= 0 ? &prod : NULL,
+			                   &res);
+		pthread_rwlock_unlock(&rp->role_lock);
+		if (rc == 0)
+			rs->kick_parked = true;
+	}
+	uint8_t buf[PRODUCE_RESP_LEN];
+	put32(buf, (uint32_t)rc);
+	put64(buf + 4, (uint64_t)res.base_offset);
+	put64(buf + 12, (uint64_t)res.last_offset);
+	put64(buf + 20, res.view_end);
+	buf[28] = res.duplicate ? 1 : 0;
+	if (tr_respond(net_of(rs), &f->origin, TF_PRODUCE, 0, buf, sizeof(buf)) < 0)
+		tfs_debug("replication: produce answer to node %u dropped", f->peer);
+	if (rs->kick_parked)
+		parked_process(rs);
+	return 0;
+}
+
+int replica_on_frame(struct replica_set *rs, const struct tr_frame *f)
+{
+	if (f->request_id == 0)
+		return REP_EPROTO; /* every replication frame is a request */
+	switch (f->type) {
+	case TF_FETCH: return on_fetch(rs, f);
+	case TF_EPOCH_END: return on_epoch_end(rs, f);
+	case TF_PRODUCE: return on_produce(rs, f);
+	default: return REP_EPROTO;
+	}
+}
+
+/* ---- in-sync set maintenance (loop thread) -------------------------------------------------- */
+
+struct isr_plan {
+	struct replica *rp;
+	struct meta_lag_report reports[META_MAX_REPLICAS];
+	size_t nreports;
+	int64_t hw, now;
+	struct meta_cmd *out;
+	size_t n;
+	int64_t lag_ms;
+};
+
+static void isr_plan_fn(void *ctx, const struct meta_state *s)
+{
+	struct isr_plan *pl = ctx;
+	const struct meta_topic *t = meta_topic_find(s, pl->rp->topic_id);
+	pl->n = 0;
+	if (!t || pl->rp->index >= t->nparts ||
+	    t->parts[pl->rp->index].leader != pl->rp->rs->self)
+		return; /* the state has moved past our view: wait for replica_update */
+	pl->n = meta_ctl_isr(s, pl->rp->topic_id, pl->rp->index, pl->hw, pl->now, pl->lag_ms,
+	                     pl->reports, pl->nreports, pl->out, META_MAX_REPLICAS);
+	if (pl->n > META_MAX_REPLICAS)
+		pl->n = META_MAX_REPLICAS;
+}
+
+/* Reports each led partition's followers to meta_ctl_isr and submits its
+ * decisions (the same change at most once per ISR_RESUBMIT_MS). */
+static void isr_check(struct replica_set *rs)
+{
+	struct isr_plan pl = {.out = rs->cmds, .lag_ms = rs->lag_ms};
+	FOREACH_REPLICA(rs, rp) {
+		pthread_mutex_lock(&rp->mu);
+		if (rp->role != ROLE_LEADER) {
+			pthread_mutex_unlock(&rp->mu);
+			continue;
+		}
+		pl.rp = rp;
+		pl.hw = rp->hw;
+		pl.now = cluster_now_ms();
+		pl.nreports = 0;
+		for (unsigned i = 0; i < rp->npeers; i++)
+			pl.reports[pl.nreports++] = (struct meta_lag_report){
+				rp->peers[i].node, rp->peers[i].end, rp->peers[i].caught_up_ms};
+		pthread_mutex_unlock(&rp->mu);
+		cluster_read(rs->c, isr_plan_fn, &pl);
+		for (size_t i = 0; i < pl.n; i++) {
+			struct meta_cmd *cmd = &pl.out[i];
+			pthread_mutex_lock(&rp->mu);
+			struct peer *pe = peer_find(rp, cmd->node);
+			bool skip = pe && pe->isr_sent_type == cmd->type &&
+			            pe->isr_sent_epoch == cmd->epoch &&
+			            pl.now - pe->isr_sent_ms < ISR_RESUBMIT_MS;
+			if (pe && !skip) {
+				pe->isr_sent_type = cmd->type;
+				pe->isr_sent_epoch = cmd->epoch;
+				pe->isr_sent_ms = pl.now;
+			}
+			pthread_mutex_unlock(&rp->mu);
+			if (skip)
+				continue;
+			cmd->origin = rs->self;
+			tfs_info("partition %" PRIu64 "/%u: %s of node %u (epoch %" PRId32 ")",
+			         rp->topic_id, rp->index, meta_cmd_name(cmd->type), cmd->node,
+			         cmd->epoch);
+			int rc = cluster_submit(rs->c, cmd);
+			if (rc < 0)
+				tfs_warn("partition %" PRIu64 "/%u: cannot submit %s: %s",
+				         rp->topic_id, rp->index, meta_cmd_name(cmd->type),
+				         tfs_strerror(rc));
+		}
+	}
+}
+
+/* ---- the tick (loop thread) ------------------------------------------------------------------- */
+
+static void on_tick(uv_timer_t *t)
+{
+	struct replica_set *rs = t->data;
+	parked_process(rs);
+	for (struct session *s = rs->sessions; s; s = s->next)
+		session_kick(rs, s);
+	int64_t now = cluster_now_ms();
+	if (now - rs->last_isr_ms >= ISR_EVERY_MS) {
+		rs->last_isr_ms = now;
+		isr_check(rs);
+	}
+}
+
+static void timer_start(struct replica_set *rs)
+{
+	if (rs->timer_state != TIMER_NONE)
+		return;
+	uv_timer_init(tr_loop(net_of(rs)), &rs->timer);
+	rs->timer.data = rs;
+	uv_timer_start(&rs->timer, on_tick, TICK_MS, TICK_MS);
+	rs->timer_state = TIMER_ACTIVE;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+	struct replica_set *rs = h->data;
+	rs->timer_state = TIMER_NONE;
+	if (rs->nreplicas > 0)
+		timer_start(rs);
+}
+
+/* ---- the set and its replicas ------------------------------------------------------------------ */
+
+int replica_set_open(struct cluster *c, struct replica_set **out)
+{
+	const struct cluster_options *o = cluster_opts(c);
+	struct replica_set *rs = calloc(1, sizeof(*rs));
+	if (!rs)
+		return -ENOMEM;
+	rs->c = c;
+	rs->self = cluster_node_id(c);
+	rs->lag_ms = o->replica_lag_ms ? o->replica_lag_ms : 10000;
+	rs->wait_ms = o->replica_wait_ms ? o->replica_wait_ms : 5000;
+	rs->request_ms = o->request_timeout_ms ? o->request_timeout_ms : 5000;
+	rs->nbuckets = 256;
+	rs->tab = calloc(rs->nbuckets, sizeof(*rs->tab));
+	rs->cmds = calloc(META_MAX_REPLICAS, sizeof(*rs->cmds));
+	if (!rs->tab || !rs->cmds) {
+		free(rs->tab);
+		free(rs->cmds);
+		free(rs);
+		return -ENOMEM;
+	}
+	atomic_init(&rs->parked_count, 0);
+	atomic_init(&rs->wake_pending, false);
+	*out = rs;
+	return 0;
+}
+
+void replica_set_close(struct replica_set *rs)
+{
+	if (!rs)
+		return;
+	if (rs->nreplicas)
+		tfs_error("replication: closing with %zu partitions not removed", rs->nreplicas);
+	while (rs->parked) {
+		struct parked *pk = rs->parked;
+		rs->parked = pk->next;
+		free(pk);
+	}
+	while (rs->sessions) {
+		struct session *s = rs->sessions;
+		rs->sessions = s->next;
+		free(s);
+	}
+	free(rs->tab);
+	free(rs->out);
+	free(rs->recs);
+	free(rs->cmds);
+	free(rs);
+}
+
+struct replica *replica_add(struct replica_set *rs, struct rep_partition *p, uint64_t topic_id,
+                            uint32_t index, struct ls_partition *log,
+                            const struct meta_partition *mp)
+{
+	struct replica *rp = calloc(1, sizeof(*rp));
+	if (!rp) {
+		tfs_error("partition %" PRIu64 "/%u: no memory to replicate it", topic_id, index);
+		return NULL;
+	}
+	rp->rs = rs;
+	rp->p = p;
+	rp->log = log;
+	rp->topic_id = topic_id;
+	rp->index = index;
+	/* writers first: a stream of overlapping appends must not starve the
+	 * loop thread's role change */
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&rp->role_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	pthread_mutex_init(&rp->mu, NULL);
+	pthread_cond_init(&rp->cv, NULL); /* CLOCK_REALTIME: see wait_until */
+	struct ls_partition_info info;
+	ls_partition_get_info(log, &info);
+	rp->hw = info.high_watermark;
+	rp->trunc_low = INT64_MAX;
+
+	if (rs->nreplicas + 1 > rs->nbuckets * 2)
+		table_grow(rs);
+	size_t b = bucket_of(rs, topic_id, index);
+	rp->hnext = rs->tab[b];
+	rs->tab[b] = rp;
+	rs->nreplicas++;
+	timer_start(rs);
+	apply_meta(rp, mp, true);
+	return rp;
+}
+
+void replica_update(struct replica *rp, const struct meta_partition *mp)
+{
+	apply_meta(rp, mp, false);
+}
+
+void replica_remove(struct replica *rp)
+{
+	struct replica_set *rs = rp->rs;
+	for (struct replica **pp = &rs->tab[bucket_of(rs, rp->topic_id, rp->index)]; *pp;
+	     pp = &(*pp)->hnext) {
+		if (*pp == rp) {
+			*pp = rp->hnext;
+			break;
+		}
+	}
+	pthread_mutex_lock(&rp->mu);
+	rp->removed = true;
+	pthread_cond_broadcast(&rp->cv);
+	while (rp->users > 0)
+		pthread_cond_wait(&rp->cv, &rp->mu);
+	pthread_mutex_unlock(&rp->mu);
+	pthread_cond_destroy(&rp->cv);
+	pthread_mutex_destroy(&rp->mu);
+	pthread_rwlock_destroy(&rp->role_lock);
+	free(rp);
+	if (--rs->nreplicas == 0 && rs->timer_state == TIMER_ACTIVE) {
+		rs->timer_state = TIMER_CLOSING;
+		uv_close((uv_handle_t *)&rs->timer, on_timer_closed);
+	}
+	parked_process(rs); /* fetches of this partition: -ENOENT */
+}
+
+/* ---- FUSE threads: produce, commit, state ---------------------------------------------------- */
+
+static bool enter(struct replica *rp)
+{
+	pthread_mutex_lock(&rp->mu);
+	bool ok = !rp->removed;
+	if (ok)
+		rp->users++;
+	pthread_mutex_unlock(&rp->mu);
+	return ok;
+}
+
+static void leave(struct replica *rp)
+{
+	pthread_mutex_lock(&rp->mu);
+	if (--rp->users == 0 && rp->removed)
+		pthread_cond_broadcast(&rp->cv);
+	pthread_mutex_unlock(&rp->mu);
+}
+
+/* One forwarded produce: shared by the waiting FUSE thread and the response
+ * callback; whoever drops the last reference frees it. rp is touched by the
+ * callback only while the thread still waits (abandoned == false). */
+struct fwd {
+	struct replica *rp;
+	atomic_int refs;
+	atomic_bool abandoned;
+	bool done;                   /* under rp->mu */
+	int status;
+	struct ls_append_result res;
+};
+
+static void fwd_put(struct fwd *fw)
+{
+	if (atomic_fetch_sub(&fw->refs, 1) == 1)
+		free(fw);
+}
+
+static void fwd_done(void *ctx, int status, const struct tr_frame *resp)
+{
+	struct fwd *fw = ctx;
+	if (atomic_load(&fw->abandoned))
+		goto out;
+	struct ls_append_result res = {0};
+	if (status == 0) {
+		struct rd r = {resp->payload, resp->len, false};
+		int32_t err = (int32_t)rd32(&r);
+		res.base_offset = (int64_t)rd64(&r);
+		res.last_offset = (int64_t)rd64(&r);
+		res.view_end = rd64(&r);
+		res.duplicate = rd8(&r) ? 1 : 0;
+		status = r.bad || r.left || err > 0 ? REP_EPROTO : err;
+	}
+	/* the thread sets abandoned under rp->mu before leaving, and rp is only
+	 * freed (on this thread) after every thread left */
+	struct replica *rp = fw->rp;
+	pthread_mutex_lock(&rp->mu);
+	if (!atomic_load(&fw->abandoned)) {
+		fw->status = status;
+		fw->res = res;
+		fw->done = true;
+		pthread_cond_broadcast(&rp->cv);
+	}
+	pthread_mutex_unlock(&rp->mu);
+out:
+	fwd_put(fw);
+}
+
+/* Encodes a TF_PRODUCE (see the table at the top). */
+static uint8_t *produce_encode(const struct replica *rp, int32_t epoch, const struct ls_rec *recs,
+                               uint32_t n, const struct ls_producer *prod, enum rep_acks acks,
+                               uint32_t min_insync, size_t *len)
+{
+	size_t size = PRODUCE_HEAD;
+	for (uint32_t i = 0; i < n; i++)
+		size += 9 + (recs[i].key ? recs[i].key_len : 0) +
+		        (recs[i].value ? recs[i].value_len : 0);
+	if (size > TR_MAX_PAYLOAD)
+		return NULL;
+	uint8_t *buf = malloc(size), *p = buf;
+	if (!buf)
+		return NULL;
+	put64(p, rp->topic_id);
+	put32(p + 8, rp->index);
+	put32(p + 12, (uint32_t)epoch);
+	put64(p + 16, (uint64_t)(prod ? prod->producer_id : -1));
+	put16(p + 24, (uint16_t)(prod ? prod->producer_epoch : -1));
+	put32(p + 26, (uint32_t)(prod ? prod->base_sequence : -1));
+	p[30] = (uint8_t)acks;
+	put32(p + 31, min_insync);
+	put32(p + 35, n);
+	p += PRODUCE_HEAD;
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t kl = recs[i].key ? recs[i].key_len : 0;
+		uint32_t vl = recs[i].value ? recs[i].value_len : 0;
+		*p++ = (uint8_t)((recs[i].key ? R_KEY : 0) | (recs[i].value ? R_VALUE : 0));
+		put32(p, kl);
+		if (kl)
+			memcpy(p + 4, recs[i].key, kl);
+		p += 4 + kl;
+		put32(p, vl);
+		if (vl)
+			memcpy(p + 4, recs[i].value, vl);
+		p += 4 + vl;
+	}
+	*len = size;
+	return buf;
+}
+
+/* Errors after which a forward is tried again (while time remains). The
+ * ambiguous ones (the leader may have appended) only with a producer id. */
+static bool fwd_retryable(int rc, bool idempotent)
+{
+	switch (rc) {
+	case REP_ENOTLEADER:
+	case -ESTALE:
+	case -ENOENT:            /* the leader has not seen the topic yet */
+	case -ENOTCONN:          /* in-sync set below min_insync */
+	case -EHOSTUNREACH:
+	case -ENOBUFS:
+	case -ESHUTDOWN:
+		return true;
+	case -ECONNRESET:
+	case -ETIMEDOUT:
+		return idempotent;
+	default:
+		return false;
+	}
+}
+
+/* Sends the records to the leader and waits for its answer (users held,
+ * mu not held). */
+static int forward(struct replica *rp, uint16_t leader, int32_t epoch, const struct ls_rec *recs,
+                   uint32_t n, const struct ls_producer *prod, enum rep_acks acks,
+                   uint32_t min_insync, int64_t deadline, struct ls_append_result *res)
+{
+	struct replica_set *rs = rp->rs;
+	size_t len = 0;
+	uint8_t *buf = produce_encode(rp, epoch, recs, n, prod, acks, min_insync, &len);
+	if (!buf)
+		return len ? -ENOMEM : -EMSGSIZE;
+	struct fwd *fw = calloc(1, sizeof(*fw));
+	if (!fw) {
+		free(buf);
+		return -ENOMEM;
+	}
+	fw->rp = rp;
+	atomic_init(&fw->refs, 2);
+	atomic_init(&fw->abandoned, false);
+	/* at least a second even near the deadline: an attempt cut short would
+	 * end ambiguous (-ETIMEDOUT) where the leader would have answered */
+	int64_t left = deadline - cluster_now_ms();
+	if (left < 1000)
+		left = 1000;
+	unsigned timeout = (unsigned)(left < rs->request_ms ? left : rs->request_ms);
+	int rc = tr_request(net_of(rs), leader, TF_PRODUCE, 0, buf, len, timeout, fwd_done, fw,
+	                    NULL);
+	free(buf);
+	if (rc < 0) {
+		fwd_put(fw);
+		fwd_put(fw);
+		return rc;
+	}
+	pthread_mutex_lock(&rp->mu);
+	/* the transport answers within about timeout; the slack covers its timer */
+	int64_t until = cluster_now_ms() + timeout + 1000;
+	while (!fw->done && !rp->removed && wait_until(rp, until))
+		;
+	if (fw->done) {
+		rc = fw->status;
+		*res = fw->res;
+	} else {
+		rc = rp->removed ? -ECANCELED : -ETIMEDOUT;
+		atomic_store(&fw->abandoned, true);
+	}
+	if (rc == 0 && res->last_offset + 1 > rp->fwd_end)
+		rp->fwd_end = res->last_offset + 1;
+	pthread_mutex_unlock(&rp->mu);
+	fwd_put(fw);
+	return rc;
+}
+
+int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
+                    const struct ls_producer *prod, enum rep_acks acks, uint32_t min_insync,
+                    struct ls_append_result *res)
+{
+	struct replica_set *rs = rp->rs;
+	int64_t deadline = cluster_now_ms() + rs->wait_ms;
+	int rc;
+	if (!recs || n == 0)
+		return -EINVAL;
+	if (!enter(rp))
+		return -ECANCELED;
+	for (;;) {
+		pthread_rwlock_rdlock(&rp->role_lock);
+		pthread_mutex_lock(&rp->mu);
+		enum role role = rp->role;
+		uint16_t leader = rp->mp.leader;
+		int32_t epoch = rp->mp.leader_epoch;
+		uint64_t version = rp->version;
+		unsigned nisr = rp->mp.nisr;
+		if (rp->removed) {
+			rc = -ECANCELED;
+		} else if (role == ROLE_LEADER && (acks != REP_ACKS_ALL || nisr >= min_insync)) {
+			pthread_mutex_unlock(&rp->mu);
+			rc = leader_append(rp, recs, n, prod, res);
+			pthread_rwlock_unlock(&rp->role_lock);
+			if (rc == 0)
+				wake_fetchers(rs);
+			break;
+		} else if (role == ROLE_LEADER || leader == 0) {
+			/* wait for the in-sync set to grow or a leader to appear */
+			pthread_rwlock_unlock(&rp->role_lock);
+			while (rp->version == version && !rp->removed && wait_until(rp, deadline))
+				;
+			rc = rp->version != version || rp->removed ? 1 : -ENOTCONN;
+			pthread_mutex_unlock(&rp->mu);
+			if (rc == 1)
+				continue;
+			tfs_warn("partition %" PRIu64 "/%u: produce refused after %u ms: %s",
+			         rp->topic_id, rp->index, rs->wait_ms,
+			         leader == 0 ? "no leader"
+			                     : "fewer in-sync replicas than min_insync");
+			break;
+		} else {
+			pthread_mutex_unlock(&rp->mu);
+			pthread_rwlock_unlock(&rp->role_lock);
+			rc = forward(rp, leader, epoch, recs, n, prod, acks, min_insync, deadline, res);
+			if (rc == 0 || !fwd_retryable(rc, prod != NULL))
+				break;
+			if (cluster_now_ms() >= deadline) {
+				tfs_warn("partition %" PRIu64 "/%u: forward to node %u failed for %u ms:"
+				         " %s", rp->topic_id, rp->index, leader, rs->wait_ms,
+				         tfs_strerror(rc));
+				rc = -ENOTCONN;
+				break;
+			}
+			/* back off until the metadata changes or RETRY_MS */
+			pthread_mutex_lock(&rp->mu);
+			int64_t until = min64(deadline, cluster_now_ms() + RETRY_MS);
+			while (rp->version == version && !rp->removed && wait_until(rp, until))
+				;
+			pthread_mutex_unlock(&rp->mu);
+			continue;
+		}
+		pthread_mutex_unlock(&rp->mu);
+		pthread_rwlock_unlock(&rp->role_lock);
+		break;
+	}
+	if (rc == -ECONNRESET || rc == -ETIMEDOUT) {
+		tfs_warn("partition %" PRIu64 "/%u: forwarded produce without a producer id: "
+		         "outcome unknown (%s)", rp->topic_id, rp->index, tfs_strerror(rc));
+		rc = -EIO;
+	}
+	leave(rp);
+	return rc;
+}
+
+/* Waits (mu held) until this node's HW reaches target; -EIO if it did not by
+ * until, or if a truncation took the target away. */
+static int wait_hw_locked(struct replica *rp, int64_t target, int64_t until)
+{
+	uint64_t truncs = rp->trunc_count;
+	while (rp->hw < target && !rp->removed) {
+		if (rp->trunc_count != truncs && rp->trunc_low < target)
+			return -EIO;
+		if (!wait_until(rp, until))
+			return -EIO;
+	}
+	return rp->removed ? -ECANCELED : 0;
+}
+
+int replica_commit(struct replica *rp, enum rep_acks acks)
+{
+	struct replica_set *rs = rp->rs;
+	int64_t deadline = cluster_now_ms() + rs->wait_ms;
+	int rc = 0;
+	if (!enter(rp))
+		return -ECANCELED;
+	pthread_mutex_lock(&rp->mu);
+	if (rp->role != ROLE_LEADER) {
+		/* what was forwarded through here: committed once our own
+		 * fetching brings a HW past it */
+		if (acks == REP_ACKS_ALL && (rc = wait_hw_locked(rp, rp->fwd_end, deadline)) < 0)
+			tfs_error("partition %" PRIu64 "/%u: commit: high watermark %" PRId64
+			          " did not reach %" PRId64 " within %u ms", rp->topic_id, rp->index,
+			          rp->hw, rp->fwd_end, rs->wait_ms);
+		pthread_mutex_unlock(&rp->mu);
+		goto out;
+	}
+	struct ls_partition_info info;
+	ls_partition_get_info(rp->log, &info);
+	int64_t target = info.end_offset;
+	if (acks == REP_ACKS_ALL && (rc = wait_hw_locked(rp, target, deadline)) < 0) {
+		tfs_error("partition %" PRIu64 "/%u: commit: in-sync replicas did not reach offset %"
+		          PRId64 " within %u ms (high watermark %" PRId64 ")", rp->topic_id,
+		          rp->index, target, rs->wait_ms, rp->hw);
+		pthread_mutex_unlock(&rp->mu);
+		goto out;
+	}
+	pthread_mutex_unlock(&rp->mu);
+	if ((rc = ls_partition_sync(rp->log)) < 0) {
+		tfs_error("partition %" PRIu64 "/%u: commit failed: %s", rp->topic_id, rp->index,
+		          tfs_strerror(rc));
+		rc = -EIO;
+		goto out;
+	}
+	if (acks != REP_ACKS_ALL)
+		goto out;
+	/* best effort: in-sync followers know the new HW, so a read on their
+	 * mounts right after sees the data */
+	pthread_mutex_lock(&rp->mu);
+	int64_t until = cluster_now_ms() + COMMIT_SPREAD_MS;
+	for (;;) {
+		bool all = true;
+		for (unsigned i = 0; all && rp->role == ROLE_LEADER && i < rp->mp.nisr; i++) {
+			struct peer *pe = peer_find(rp, rp->mp.isr[i]);
+			all = !pe || pe->known_hw >= target;
+		}
+		if (all || rp->removed || !wait_until(rp, until))
+			break;
+	}
+	pthread_mutex_unlock(&rp->mu);
+out:
+	if (rc == -ECANCELED)
+		rc = -EIO;
+	leave(rp);
+	return rc;
+}
+
+void replica_state(struct replica *rp, struct rep_partition_state *st)
+{
+	memset(st, 0, sizeof(*st));
+	pthread_mutex_lock(&rp->mu);
+	const struct meta_partition *mp = &rp->mp;
+	st->partition = rp->index;
+	st->leader = mp->leader;
+	st->leader_epoch = mp->leader_epoch;
+	st->nreplicas = mp->nreplicas < 16 ? mp->nreplicas : 16;
+	memcpy(st->replicas, mp->replicas, st->nreplicas * sizeof(st->replicas[0]));
+	st->nisr = mp->nisr < 16 ? mp->nisr : 16;
+	memcpy(st->isr, mp->isr, st->nisr * sizeof(st->isr[0]));
+	pthread_mutex_unlock(&rp->mu);
+	ls_partition_get_info(rp->log, &st->log);
+}

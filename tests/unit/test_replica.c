@@ -1,0 +1,783 @@
+/* test_replica.c - data replication (replicator/replica.c) on real nets:
+ * up to three tr_nets on 127.0.0.1 in one process, each with its own
+ * replica_set and partition log, over fakes of the cluster core (one shared
+ * metadata state per test; cluster_submit applies commands with meta_apply
+ * at once and hands the new partition state to every running node's
+ * replica_update on its loop thread). Proves: a leader and two followers
+ * replicate byte-identically and the HW is the min of the in-sync set; a
+ * lagging follower is shrunk and, back and caught up, expanded; a produce
+ * forwarded from a non-leader (or an observer) lands once even when retried
+ * with the same producer sequence; acks all below min_insync is -ENOTCONN
+ * after replica_wait_ms and succeeds once the set recovers; a follower with a
+ * divergent tail from an old epoch truncates by TF_EPOCH_END (KIP-279 case)
+ * and then matches the new leader; malformed frames are REP_EPROTO, unknown
+ * partitions an answered -ENOENT. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../../logstore/log.h"
+#include "../../logstore/logstore.h"
+#include "../../replicator/cluster.h"
+#include "../../replicator/meta.h"
+#include "unit.h"
+
+#define CLUSTER_ID "replica-test"
+#define WAIT_MS 5000          /* the bound on every wait */
+#define MAX_NODES 3
+
+/* ---- time -------------------------------------------------------------------------- */
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+#define WAIT_FOR(cond) ({                                                  \
+	int64_t end_ = mono_ms() + WAIT_MS;                                 \
+	while (!(cond) && mono_ms() < end_)                                 \
+		sleep_ms(5);                                                \
+	(cond);                                                             \
+})
+
+static uint16_t free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof(sa);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+	    getsockname(fd, (struct sockaddr *)&sa, &sl) < 0)
+		abort();
+	close(fd);
+	return ntohs(sa.sin_port);
+}
+
+/* ---- the fakes of cluster.c and local.c ------------------------------------------------ */
+
+struct rep_partition {
+	atomic_int hw_moves;
+	atomic_ullong records_in, bytes_in;
+};
+
+struct world;
+
+struct cluster {
+	uint16_t id;
+	struct tr_net *net;
+	struct cluster_options opts;
+	struct replica_set *rs;
+	struct world *w;
+};
+
+struct node {
+	struct cluster c;
+	struct rep_partition part;
+	struct ls_partition *log;
+	struct replica *rp;
+	char dir[300];
+	char addr[32];
+	bool running;
+};
+
+struct submitted {
+	enum meta_cmd_type type;
+	uint16_t by, node;
+	int rc;
+};
+
+struct world {
+	pthread_rwlock_t lock;        /* the state */
+	struct meta_state state;
+	uint64_t topic_id;
+	size_t n;
+	struct node nodes[MAX_NODES];
+	struct tr_peer_addr table[MAX_NODES];
+	pthread_mutex_t mu;           /* subs */
+	struct submitted subs[256];
+	size_t nsubs;
+};
+
+struct tr_net *cluster_net(struct cluster *c) { return c->net; }
+uint16_t cluster_node_id(const struct cluster *c) { return c->id; }
+const struct cluster_options *cluster_opts(const struct cluster *c) { return &c->opts; }
+int64_t cluster_now_ms(void) { return mono_ms(); }
+
+int cluster_node_alive(struct cluster *c, uint16_t id)
+{
+	pthread_rwlock_rdlock(&c->w->lock);
+	const struct meta_node *n = meta_node_find(&c->w->state, id);
+	int alive = n && n->alive;
+	pthread_rwlock_unlock(&c->w->lock);
+	return alive;
+}
+
+void cluster_read(struct cluster *c, void (*fn)(void *ctx, const struct meta_state *s), void *ctx)
+{
+	pthread_rwlock_rdlock(&c->w->lock);
+	fn(ctx, &c->w->state);
+	pthread_rwlock_unlock(&c->w->lock);
+}
+
+void rep_partition_hw_moved(struct rep_partition *p) { atomic_fetch_add(&p->hw_moves, 1); }
+
+void rep_partition_count_in(struct rep_partition *p, uint32_t records, uint64_t bytes)
+{
+	atomic_fetch_add(&p->records_in, records);
+	atomic_fetch_add(&p->bytes_in, bytes);
+}
+
+/* The partition as the state has it now (topic w->topic_id, partition 0). */
+static struct meta_partition current_mp(struct world *w)
+{
+	struct meta_partition mp = {0};
+	pthread_rwlock_rdlock(&w->lock);
+	const struct meta_topic *t = meta_topic_find(&w->state, w->topic_id);
+	if (t)
+		mp = t->parts[0];
+	pthread_rwlock_unlock(&w->lock);
+	return mp;
+}
+
+/* On node's loop thread: replica_update with the state as it is then (so
+ * updates queued from several threads can never apply an old one last). */
+static void update_on_loop(struct tr_net *net, void *ctx, int status)
+{
+	(void)net;
+	struct node *nd = ctx;
+	if (status == 0 && nd->rp) {
+		struct meta_partition mp = current_mp(nd->c.w);
+		replica_update(nd->rp, &mp);
+	}
+}
+
+static void propagate(struct world *w)
+{
+	for (size_t i = 0; i < w->n; i++)
+		if (w->nodes[i].running && tr_call(w->nodes[i].c.net, update_on_loop, &w->nodes[i]) < 0)
+			fprintf(stderr, "propagate to node %zu failed\n", i + 1);
+}
+
+int cluster_submit(struct cluster *c, const struct meta_cmd *cmd)
+{
+	struct world *w = c->w;
+	struct meta_result res;
+	pthread_rwlock_wrlock(&w->lock);
+	int rc = meta_apply(&w->state, cmd, &res);
+	pthread_rwlock_unlock(&w->lock);
+	pthread_mutex_lock(&w->mu);
+	if (w->nsubs < sizeof(w->subs) / sizeof(w->subs[0]))
+		w->subs[w->nsubs++] = (struct submitted){cmd->type, c->id, cmd->node, rc};
+	pthread_mutex_unlock(&w->mu);
+	if (rc == 0)
+		propagate(w);
+	return 0;
+}
+
+/* Commands of type about node submitted (and applied: rc 0) so far. */
+static size_t submitted(struct world *w, enum meta_cmd_type type, uint16_t node)
+{
+	size_t k = 0;
+	pthread_mutex_lock(&w->mu);
+	for (size_t i = 0; i < w->nsubs; i++)
+		if (w->subs[i].type == type && w->subs[i].node == node && w->subs[i].rc == 0)
+			k++;
+	pthread_mutex_unlock(&w->mu);
+	return k;
+}
+
+/* ---- a world: nodes, one topic with one partition ---------------------------------------- */
+
+struct layout {
+	uint16_t leader;
+	int32_t epoch;
+	uint16_t replicas[MAX_NODES];
+	unsigned nreplicas;
+	uint16_t isr[MAX_NODES];
+	unsigned nisr;
+	unsigned lag_ms, wait_ms;
+};
+
+static void world_init(struct world *w, size_t n, const struct layout *l)
+{
+	memset(w, 0, sizeof(*w));
+	pthread_rwlock_init(&w->lock, NULL);
+	pthread_mutex_init(&w->mu, NULL);
+	meta_state_init(&w->state);
+	w->n = n;
+	const char *tmp = unit_tmpdir();
+	struct meta_result res;
+	for (size_t i = 0; i < n; i++) {
+		struct node *nd = &w->nodes[i];
+		nd->c.id = (uint16_t)(i + 1);
+		nd->c.w = w;
+		nd->c.opts.node_id = nd->c.id;
+		nd->c.opts.replica_lag_ms = l->lag_ms;
+		nd->c.opts.replica_wait_ms = l->wait_ms;
+		nd->c.opts.request_timeout_ms = 2000;
+		snprintf(nd->addr, sizeof(nd->addr), "127.0.0.1:%u", free_port());
+		snprintf(nd->dir, sizeof(nd->dir), "%s/node%zu", tmp, i + 1);
+		w->table[i] = (struct tr_peer_addr){nd->c.id, nd->addr};
+		struct ls_config cfg;
+		ls_config_default(&cfg);
+		CHECK_EQ_INT(ls_partition_open(nd->dir, &cfg, &nd->log), 0);
+		struct meta_cmd c;
+		meta_cmd_init(&c, META_CMD_NODE_REGISTER);
+		c.node = nd->c.id;
+		c.term = 1;
+		snprintf(c.address, sizeof(c.address), "%s", nd->addr);
+		CHECK_EQ_INT(meta_apply(&w->state, &c, &res), 0);
+	}
+	struct meta_cmd c;
+	meta_cmd_init(&c, META_CMD_TOPIC_CREATE);
+	snprintf(c.name, sizeof(c.name), "t");
+	c.config.partitions = 1;
+	c.config.replication = 1;
+	c.config.min_insync = 1;
+	c.config.set_mask = META_PINNED_KEYS;
+	CHECK_EQ_INT(meta_apply(&w->state, &c, &res), 0);
+	w->topic_id = (uint64_t)res.value;
+	/* then the partition exactly as the test wants it */
+	struct meta_partition *mp = &w->state.topics[0].parts[0];
+	memset(mp, 0, sizeof(*mp));
+	mp->leader = l->leader;
+	mp->leader_epoch = l->epoch;
+	mp->nreplicas = (uint8_t)l->nreplicas;
+	memcpy(mp->replicas, l->replicas, l->nreplicas * sizeof(uint16_t));
+	mp->nisr = (uint8_t)l->nisr;
+	memcpy(mp->isr, l->isr, l->nisr * sizeof(uint16_t));
+}
+
+static int on_frame(void *ctx, struct tr_net *net, const struct tr_frame *f)
+{
+	(void)net;
+	struct node *nd = ctx;
+	return replica_on_frame(nd->c.rs, f);
+}
+
+struct loop_call {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool done;
+	void (*fn)(struct node *nd);
+	struct node *nd;
+};
+
+static void loop_call_run(struct tr_net *net, void *ctx, int status)
+{
+	(void)net;
+	struct loop_call *lc = ctx;
+	if (status == 0)
+		lc->fn(lc->nd);
+	pthread_mutex_lock(&lc->mu);
+	lc->done = true;
+	pthread_cond_broadcast(&lc->cv);
+	pthread_mutex_unlock(&lc->mu);
+}
+
+/* Runs fn(nd) on nd's loop thread and waits for it. */
+static void on_loop(struct node *nd, void (*fn)(struct node *nd))
+{
+	struct loop_call lc = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, fn, nd};
+	if (tr_call(nd->c.net, loop_call_run, &lc) < 0)
+		abort();
+	pthread_mutex_lock(&lc.mu);
+	while (!lc.done)
+		pthread_cond_wait(&lc.cv, &lc.mu);
+	pthread_mutex_unlock(&lc.mu);
+}
+
+static void add_replica(struct node *nd)
+{
+	struct meta_partition mp = current_mp(nd->c.w);
+	nd->rp = replica_add(nd->c.rs, &nd->part, nd->c.w->topic_id, 0, nd->log, &mp);
+	CHECK(nd->rp != NULL);
+}
+
+static void remove_replica(struct node *nd)
+{
+	replica_remove(nd->rp);
+	nd->rp = NULL;
+}
+
+static void node_start(struct world *w, size_t i)
+{
+	struct node *nd = &w->nodes[i];
+	struct tr_options o = {
+		.node_id = nd->c.id, .cluster_id = CLUSTER_ID, .listen = nd->addr,
+		.peers = w->table, .npeers = w->n, .on_frame = on_frame, .ctx = nd,
+		.connect_timeout_ms = 500, .hello_timeout_ms = 500, .backoff_min_ms = 20,
+		.backoff_max_ms = 100, .down_after_ms = 60000,
+	};
+	CHECK_EQ_INT(tr_open(&o, &nd->c.net), 0);
+	CHECK_EQ_INT(replica_set_open(&nd->c, &nd->c.rs), 0);
+	CHECK_EQ_INT(tr_start(nd->c.net), 0);
+	nd->running = true;
+	on_loop(nd, add_replica);
+}
+
+static void node_stop(struct world *w, size_t i)
+{
+	struct node *nd = &w->nodes[i];
+	if (!nd->running)
+		return;
+	on_loop(nd, remove_replica);
+	nd->running = false;
+	tr_close(nd->c.net);
+	nd->c.net = NULL;
+	replica_set_close(nd->c.rs);
+	nd->c.rs = NULL;
+}
+
+static void world_free(struct world *w)
+{
+	for (size_t i = 0; i < w->n; i++)
+		node_stop(w, i);
+	for (size_t i = 0; i < w->n; i++)
+		CHECK_EQ_INT(ls_partition_close(w->nodes[i].log), 0);
+	meta_state_free(&w->state);
+	pthread_rwlock_destroy(&w->lock);
+	pthread_mutex_destroy(&w->mu);
+}
+
+/* ---- logs --------------------------------------------------------------------------------- */
+
+static struct ls_partition_info info_of(struct ls_partition *log)
+{
+	struct ls_partition_info info;
+	ls_partition_get_info(log, &info);
+	return info;
+}
+
+static int64_t end_of(struct node *nd) { return info_of(nd->log).end_offset; }
+static int64_t hw_of(struct node *nd) { return info_of(nd->log).high_watermark; }
+
+/* Every batch of a log from its start, as replication would ship them. */
+static size_t log_bytes(struct ls_partition *log, uint8_t *buf, size_t cap)
+{
+	size_t need = 0;
+	uint64_t vp;
+	ssize_t n = ls_partition_read_batches_at(log, info_of(log).start_offset, buf, cap, &need,
+	                                         &vp);
+	return n < 0 ? 0 : (size_t)n;
+}
+
+static bool same_log(struct ls_partition *a, struct ls_partition *b)
+{
+	static uint8_t ba[1 << 20], bb[1 << 20];
+	size_t na = log_bytes(a, ba, sizeof(ba)), nb = log_bytes(b, bb, sizeof(bb));
+	struct ls_partition_info ia = info_of(a), ib = info_of(b);
+	return na == nb && memcmp(ba, bb, na) == 0 && ia.end_offset == ib.end_offset &&
+	       ia.end_pos == ib.end_pos;
+}
+
+/* Produces n records "<tag>-<i>" as one batch through nd's replica. */
+static int produce(struct node *nd, const char *tag, uint32_t n, const struct ls_producer *prod,
+                   enum rep_acks acks, uint32_t min_insync, struct ls_append_result *res)
+{
+	char vals[8][32];
+	struct ls_rec recs[8];
+	for (uint32_t i = 0; i < n && i < 8; i++) {
+		int len = snprintf(vals[i], sizeof(vals[i]), "%s-%u", tag, i);
+		recs[i] = (struct ls_rec){NULL, 0, vals[i], (uint32_t)len};
+	}
+	struct ls_append_result ignored;
+	return replica_produce(nd->rp, recs, n, prod, acks, min_insync, res ? res : &ignored);
+}
+
+/* Appends one batch straight to a log (no replication). */
+static void append_raw(struct ls_partition *log, const char *value)
+{
+	struct ls_rec rec = {NULL, 0, value, (uint32_t)strlen(value)};
+	struct ls_append_result res;
+	CHECK_EQ_INT(ls_partition_append(log, &rec, 1, 1000, NULL, &res), 0);
+}
+
+/* Copies batches [from, to) of src onto the end of dst, as a follower would. */
+static void copy_batches(struct ls_partition *src, struct ls_partition *dst, int64_t from,
+                         int64_t to)
+{
+	static uint8_t buf[1 << 16];
+	size_t need;
+	uint64_t vp;
+	ssize_t n = ls_partition_read_batches_at(src, from, buf, sizeof(buf), &need, &vp);
+	CHECK(n > 0);
+	/* keep whole batches below `to`: v2 batch = 8 base offset + 4 length + length */
+	size_t at = 0;
+	while (at + 12 <= (size_t)n) {
+		int64_t base = 0;
+		uint32_t blen = 0;
+		for (int k = 0; k < 8; k++)
+			base = base << 8 | buf[at + (size_t)k];
+		for (int k = 8; k < 12; k++)
+			blen = blen << 8 | buf[at + (size_t)k];
+		if (base >= to)
+			break;
+		at += 12 + blen;
+	}
+	CHECK_EQ_INT(ls_partition_append_batches_at(dst, buf, at, vp), 0);
+}
+
+/* ---- tests ---------------------------------------------------------------------------------- */
+
+static const struct layout three_in_sync = {
+	.leader = 1, .epoch = 0, .replicas = {1, 2, 3}, .nreplicas = 3, .isr = {1, 2, 3},
+	.nisr = 3, .lag_ms = 10000, .wait_ms = 3000,
+};
+
+/* A leader and two followers end byte-identical with the HW at the end
+ * everywhere; with one in-sync follower stopped the leader's HW stays at
+ * that follower's end (min of the isr) while the other follower has more. */
+static void test_three_nodes_replicate_identically_hw_is_min_of_isr(void)
+{
+	static struct world w;
+	world_init(&w, 3, &three_in_sync);
+	for (size_t i = 0; i < 3; i++)
+		node_start(&w, i);
+	struct node *l = &w.nodes[0], *f2 = &w.nodes[1], *f3 = &w.nodes[2];
+	for (int b = 0; b < 5; b++)
+		CHECK_EQ_INT(produce(l, "a", 3, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL), 0);
+	CHECK_EQ_INT(hw_of(l), 15);
+	CHECK(WAIT_FOR(hw_of(f2) == 15 && hw_of(f3) == 15));
+	CHECK(same_log(l->log, f2->log));
+	CHECK(same_log(l->log, f3->log));
+	CHECK_EQ_INT(atomic_load(&l->part.records_in), 15);
+	CHECK(atomic_load(&f2->part.hw_moves) > 0);
+
+	node_stop(&w, 2);
+	CHECK_EQ_INT(produce(l, "b", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK(WAIT_FOR(end_of(f2) == 17));
+	sleep_ms(300);
+	CHECK_EQ_INT(end_of(l), 17);
+	CHECK_EQ_INT(hw_of(l), 15);   /* node 3 (in sync, stopped) is at 15 */
+	CHECK_EQ_INT(hw_of(f2), 15);
+	struct rep_partition_state st;
+	replica_state(l->rp, &st);
+	CHECK_EQ_INT(st.leader, 1);
+	CHECK_EQ_INT(st.nisr, 3);
+	CHECK_EQ_INT(st.log.end_offset, 17);
+	world_free(&w);
+}
+
+/* A follower that stops fetching is shrunk after replica_lag_ms (and the
+ * HW moves on without it); back and caught up, it is expanded again. */
+static void test_lagging_follower_shrunk_then_expanded(void)
+{
+	static struct world w;
+	struct layout lay = three_in_sync;
+	lay.lag_ms = 600;
+	world_init(&w, 3, &lay);
+	for (size_t i = 0; i < 3; i++)
+		node_start(&w, i);
+	struct node *l = &w.nodes[0], *f3 = &w.nodes[2];
+	CHECK_EQ_INT(produce(l, "a", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL), 0);
+	node_stop(&w, 2);
+	CHECK_EQ_INT(produce(l, "b", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK(WAIT_FOR(submitted(&w, META_CMD_ISR_SHRINK, 3) == 1));
+	CHECK(WAIT_FOR(hw_of(l) == 4));
+	CHECK_EQ_INT(current_mp(&w).nisr, 2);
+	CHECK_EQ_INT(submitted(&w, META_CMD_ISR_SHRINK, 2), 0);
+
+	node_start(&w, 2);
+	CHECK(WAIT_FOR(submitted(&w, META_CMD_ISR_EXPAND, 3) == 1));
+	CHECK_EQ_INT(current_mp(&w).nisr, 3);
+	CHECK(WAIT_FOR(hw_of(f3) == 4));
+	CHECK(same_log(l->log, f3->log));
+	world_free(&w);
+}
+
+/* A produce on a follower (and on an observer) is forwarded to the leader;
+ * the same producer sequence again is a duplicate with the original
+ * offsets, appended once; acks-all commit there waits for its local HW. */
+static void test_forwarded_produce_lands_once(void)
+{
+	static struct world w;
+	struct layout lay = {.leader = 1, .replicas = {1, 2}, .nreplicas = 2, .isr = {1, 2},
+	                     .nisr = 2, .lag_ms = 10000, .wait_ms = 3000};
+	world_init(&w, 3, &lay);
+	for (size_t i = 0; i < 3; i++)
+		node_start(&w, i);
+	struct node *l = &w.nodes[0], *f = &w.nodes[1], *obs = &w.nodes[2];
+	struct ls_producer prod = {42, 0, 0};
+	struct ls_append_result res;
+	CHECK_EQ_INT(produce(f, "x", 2, &prod, REP_ACKS_ALL, 2, &res), 0);
+	CHECK_EQ_INT(res.base_offset, 0);
+	CHECK_EQ_INT(res.last_offset, 1);
+	CHECK_EQ_INT(res.duplicate, 0);
+	CHECK_EQ_INT(produce(f, "x", 2, &prod, REP_ACKS_ALL, 2, &res), 0); /* a retry */
+	CHECK_EQ_INT(res.duplicate, 1);
+	CHECK_EQ_INT(res.base_offset, 0);
+	CHECK_EQ_INT(res.last_offset, 1);
+	CHECK_EQ_INT(end_of(l), 2);
+	CHECK_EQ_INT(atomic_load(&l->part.records_in), 2);
+	CHECK_EQ_INT(atomic_load(&f->part.records_in), 0);
+	CHECK_EQ_INT(replica_commit(f->rp, REP_ACKS_ALL), 0);
+	CHECK(hw_of(f) >= 2);
+
+	struct ls_producer prod2 = {43, 0, 0};
+	CHECK_EQ_INT(produce(obs, "y", 3, &prod2, REP_ACKS_ALL, 2, &res), 0);
+	CHECK_EQ_INT(res.base_offset, 2);
+	CHECK_EQ_INT(replica_commit(obs->rp, REP_ACKS_ALL), 0);
+	CHECK_EQ_INT(hw_of(obs), 5);
+	CHECK(same_log(l->log, obs->log));
+	CHECK(WAIT_FOR(same_log(l->log, f->log)));
+	CHECK_EQ_INT(current_mp(&w).nisr, 2); /* the observer never joins */
+	world_free(&w);
+}
+
+/* acks all with fewer in-sync replicas than min_insync: -ENOTCONN after
+ * replica_wait_ms with nothing appended (also when forwarded); acks leader
+ * goes through; once the follower is back and expanded, acks all too. */
+static void test_acks_all_below_min_insync(void)
+{
+	static struct world w;
+	struct layout lay = {.leader = 1, .replicas = {1, 2}, .nreplicas = 2, .isr = {1},
+	                     .nisr = 1, .lag_ms = 10000, .wait_ms = 400};
+	world_init(&w, 3, &lay);
+	node_start(&w, 0);
+	node_start(&w, 2); /* an observer */
+	struct node *l = &w.nodes[0], *obs = &w.nodes[2];
+	int64_t t0 = mono_ms();
+	CHECK_EQ_INT(produce(l, "a", 1, NULL, REP_ACKS_ALL, 2, NULL), -ENOTCONN);
+	CHECK(mono_ms() - t0 >= 380);
+	CHECK_EQ_INT(end_of(l), 0);
+	struct ls_producer prod = {7, 0, 0};
+	CHECK_EQ_INT(produce(obs, "a", 1, &prod, REP_ACKS_ALL, 2, NULL), -ENOTCONN);
+	CHECK_EQ_INT(end_of(l), 0);
+	CHECK_EQ_INT(produce(l, "b", 1, NULL, REP_ACKS_LEADER, 2, NULL), 0);
+	CHECK_EQ_INT(end_of(l), 1);
+	CHECK_EQ_INT(hw_of(l), 1); /* the isr is the leader alone */
+
+	node_start(&w, 1);
+	CHECK(WAIT_FOR(submitted(&w, META_CMD_ISR_EXPAND, 2) == 1));
+	CHECK_EQ_INT(produce(l, "c", 1, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL), 0);
+	CHECK_EQ_INT(hw_of(l), 2);
+	world_free(&w);
+}
+
+/* Node 1 got only A from the epoch-0 leader, then led epoch 1 alone (C1,
+ * C2); node 2 got A and B and leads epoch 2 (D). Node 1 asks the end of its
+ * epoch 1; node 2 answers epoch 0 ending at 2, node 1's own epoch 0 ends at
+ * 1, so it truncates to 1 (not 2: C1 would survive) and then matches. */
+static void test_divergent_tail_truncated_by_epoch(void)
+{
+	static struct world w;
+	struct layout lay = {.leader = 2, .epoch = 2, .replicas = {2, 1}, .nreplicas = 2,
+	                     .isr = {2}, .nisr = 1, .lag_ms = 10000, .wait_ms = 3000};
+	world_init(&w, 2, &lay);
+	struct node *n1 = &w.nodes[0], *n2 = &w.nodes[1];
+	struct ls_partition *old;
+	struct ls_config cfg;
+	ls_config_default(&cfg);
+	char dir[400];
+	snprintf(dir, sizeof(dir), "%s-old-leader", n1->dir);
+	CHECK_EQ_INT(ls_partition_open(dir, &cfg, &old), 0);
+	append_raw(old, "A");
+	append_raw(old, "B");
+	copy_batches(old, n1->log, 0, 1);
+	copy_batches(old, n2->log, 0, 2);
+	CHECK_EQ_INT(ls_partition_set_leader_epoch(n1->log, 1), 0);
+	append_raw(n1->log, "C1");
+	append_raw(n1->log, "C2");
+	CHECK_EQ_INT(ls_partition_set_leader_epoch(n2->log, 2), 0);
+	append_raw(n2->log, "D");
+	CHECK_EQ_INT(end_of(n1), 3);
+	CHECK_EQ_INT(end_of(n2), 3);
+	CHECK(!same_log(n1->log, n2->log));
+
+	node_start(&w, 1);
+	node_start(&w, 0);
+	CHECK(WAIT_FOR(same_log(n1->log, n2->log)));
+	CHECK(WAIT_FOR(hw_of(n1) == 3));
+	CHECK_EQ_INT(ls_partition_epoch_end_offset(n1->log, 0), 2);
+	CHECK(WAIT_FOR(submitted(&w, META_CMD_ISR_EXPAND, 1) == 1));
+	CHECK_EQ_INT(produce(n1, "E", 1, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK(WAIT_FOR(end_of(n1) == 4 && same_log(n1->log, n2->log)));
+	world_free(&w);
+	CHECK_EQ_INT(ls_partition_close(old), 0);
+}
+
+/* ---- malformed frames ---------------------------------------------------------------------- */
+
+static int frame(struct replica_set *rs, uint16_t type, uint32_t req, const uint8_t *p,
+                 size_t len)
+{
+	struct tr_frame f = {.peer = 2, .type = type, .request_id = req, .payload = p,
+	                     .len = (uint32_t)len};
+	f.origin.request_id = req;
+	return replica_on_frame(rs, &f);
+}
+
+static size_t be(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = 0; i < n; i++)
+		p[i] = (uint8_t)(v >> (8 * (n - 1 - i)));
+	return (size_t)n;
+}
+
+static void test_malformed_frames_refused(void)
+{
+	static struct world w;
+	world_init(&w, 1, &three_in_sync);
+	struct node *nd = &w.nodes[0];
+	struct tr_options o = {.node_id = 1, .cluster_id = CLUSTER_ID, .listen = nd->addr,
+	                       .peers = w.table, .npeers = 1, .on_frame = on_frame, .ctx = nd};
+	CHECK_EQ_INT(tr_open(&o, &nd->c.net), 0);
+	CHECK_EQ_INT(replica_set_open(&nd->c, &nd->c.rs), 0);
+	struct replica_set *rs = nd->c.rs;
+	uint8_t b[256];
+	size_t n;
+
+	CHECK_EQ_INT(frame(rs, TF_FETCH, 0, b, 0), REP_EPROTO);          /* one-way */
+	CHECK_EQ_INT(frame(rs, TF_REPLICA_MAX, 1, b, 0), REP_EPROTO);    /* unknown type */
+	CHECK_EQ_INT(frame(rs, TF_FETCH, 1, b, 3), REP_EPROTO);          /* short */
+	n = be(b, 500, 4) + be(b + 4, 2, 4);                              /* 2 parts, 1 sent */
+	memset(b + n, 0, 33);
+	CHECK_EQ_INT(frame(rs, TF_FETCH, 1, b, n + 33), REP_EPROTO);
+	be(b + 4, 1, 4);
+	b[n + 32] = 0x80;                                                 /* unknown flag */
+	CHECK_EQ_INT(frame(rs, TF_FETCH, 1, b, n + 33), REP_EPROTO);
+	b[n + 32] = 0;
+	be(b, 100000, 4);                                                 /* wait too long */
+	CHECK_EQ_INT(frame(rs, TF_FETCH, 1, b, n + 33), REP_EPROTO);
+	be(b, 500, 4);
+	be(b + n + 16, (uint64_t)-5, 8);                                  /* negative offset */
+	CHECK_EQ_INT(frame(rs, TF_FETCH, 1, b, n + 33), REP_EPROTO);
+
+	memset(b, 0, sizeof(b));
+	CHECK_EQ_INT(frame(rs, TF_EPOCH_END, 1, b, 19), REP_EPROTO);
+	CHECK_EQ_INT(frame(rs, TF_EPOCH_END, 1, b, 21), REP_EPROTO);
+	be(b + 16, (uint64_t)-1, 4);                                      /* epoch -1 */
+	CHECK_EQ_INT(frame(rs, TF_EPOCH_END, 1, b, 20), REP_EPROTO);
+
+	/* produce: 39-byte head, then records */
+	memset(b, 0, sizeof(b));
+	CHECK_EQ_INT(frame(rs, TF_PRODUCE, 1, b, 38), REP_EPROTO);
+	CHECK_EQ_INT(frame(rs, TF_PRODUCE, 1, b, 39), REP_EPROTO);        /* 0 records */
+	be(b + 35, 1, 4);
+	b[39] = 0x02;                                                     /* value only */
+	be(b + 40, 0, 4);
+	be(b + 44, 100, 4);                                               /* 100 > what is there */
+	CHECK_EQ_INT(frame(rs, TF_PRODUCE, 1, b, 50), REP_EPROTO);
+	be(b + 44, 2, 4);
+	b[39] = 0x00;                                                     /* no value, length 2 */
+	CHECK_EQ_INT(frame(rs, TF_PRODUCE, 1, b, 50), REP_EPROTO);
+	b[39] = 0x02;
+	CHECK_EQ_INT(frame(rs, TF_PRODUCE, 1, b, 51), REP_EPROTO);        /* trailing byte */
+	b[30] = 9;                                                        /* acks 9 */
+	CHECK_EQ_INT(frame(rs, TF_PRODUCE, 1, b, 50), REP_EPROTO);
+	be(b + 35, 0xffffffffu, 4);                                       /* absurd count */
+	b[30] = 1;
+	CHECK_EQ_INT(frame(rs, TF_PRODUCE, 1, b, 50), REP_EPROTO);
+
+	replica_set_close(rs);
+	nd->c.rs = NULL;
+	tr_close(nd->c.net);
+	nd->c.net = NULL;
+	world_free(&w);
+}
+
+struct answer {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool done;
+	int status;
+	uint8_t buf[64];
+	uint32_t len;
+};
+
+static void on_answer(void *ctx, int status, const struct tr_frame *resp)
+{
+	struct answer *a = ctx;
+	pthread_mutex_lock(&a->mu);
+	a->status = status;
+	if (resp) {
+		a->len = resp->len < sizeof(a->buf) ? resp->len : (uint32_t)sizeof(a->buf);
+		memcpy(a->buf, resp->payload, a->len);
+	}
+	a->done = true;
+	pthread_cond_broadcast(&a->cv);
+	pthread_mutex_unlock(&a->mu);
+}
+
+static int32_t answer_err(struct tr_net *net, uint16_t to, uint16_t type, const uint8_t *p,
+                          size_t len)
+{
+	struct answer a = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, 0, {0}, 0};
+	CHECK_EQ_INT(tr_request(net, to, type, 0, p, len, 3000, on_answer, &a, NULL), 0);
+	pthread_mutex_lock(&a.mu);
+	while (!a.done)
+		pthread_cond_wait(&a.cv, &a.mu);
+	pthread_mutex_unlock(&a.mu);
+	CHECK_EQ_INT(a.status, 0);
+	CHECK(a.len >= 4);
+	return (int32_t)((uint32_t)a.buf[0] << 24 | (uint32_t)a.buf[1] << 16 |
+	                 (uint32_t)a.buf[2] << 8 | a.buf[3]);
+}
+
+/* An unknown partition is an answered error, never a protocol error: the
+ * connection stays up. */
+static void test_unknown_partition_answered(void)
+{
+	static struct world w;
+	world_init(&w, 2, &three_in_sync);
+	node_start(&w, 0);
+	node_start(&w, 1);
+	uint8_t b[64] = {0};
+	be(b, 999, 8);
+	CHECK_EQ_INT(answer_err(w.nodes[1].c.net, 1, TF_EPOCH_END, b, 20), -ENOENT);
+	memset(b, 0, sizeof(b));
+	be(b, 999, 8);
+	be(b + 35, 1, 4);
+	b[39] = 0x02;
+	be(b + 44, 1, 4);
+	b[48] = 'x';
+	CHECK_EQ_INT(answer_err(w.nodes[1].c.net, 1, TF_PRODUCE, b, 49), -ENOENT);
+	world_free(&w);
+}
+
+int main(void)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/replica.log", unit_tmpdir());
+	if (tfs_log_open(path) < 0)
+		return 1;
+	tfs_log_set_level(TFS_LOG_INFO);
+	RUN(test_three_nodes_replicate_identically_hw_is_min_of_isr);
+	RUN(test_lagging_follower_shrunk_then_expanded);
+	RUN(test_forwarded_produce_lands_once);
+	RUN(test_acks_all_below_min_insync);
+	RUN(test_divergent_tail_truncated_by_epoch);
+	RUN(test_malformed_frames_refused);
+	RUN(test_unknown_partition_answered);
+	if (unit_failed_checks) { /* the log goes with the temporary directory */
+		FILE *f = fopen(path, "r");
+		char line[1024];
+		while (f && fgets(line, sizeof(line), f))
+			fprintf(stderr, "  log: %s", line);
+		if (f)
+			fclose(f);
+	}
+	return unit_report("test_replica");
+}
