@@ -34,6 +34,7 @@ LOGSTORE_SRCS := logstore/error.c logstore/log.c logstore/crc32c.c \
 	logstore/fsutil.c logstore/batch.c logstore/index.c logstore/segment.c \
 	logstore/partition.c
 REPLICATOR_SRCS := replicator/topic_config.c replicator/local.c replicator/groups.c \
+	replicator/group_remote.c \
 	replicator/meta.c replicator/meta_raft.c replicator/transport.c \
 	replicator/raft_transport.c
 FS_LIB_SRCS := fs/config.c fs/partitioner.c fs/metrics.c
