@@ -41,7 +41,7 @@ FS_LIB_SRCS := fs/config.c fs/partitioner.c fs/metrics.c
 FS_SRCS := fs/main.c fs/tree.c fs/ops.c fs/produce.c fs/cursor.c
 UNIT_TESTS := test_crc32c test_batch test_partition test_recovery \
 	test_config test_partitioner test_metrics test_groups test_meta test_transport \
-	test_raft_transport
+	test_raft_transport test_group_remote
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 LOGSTORE_LIB := $(BUILD)/liblogstore.a

@@ -745,7 +745,7 @@ static void *waker_main(void *arg)
 		uint64_t id = gr->wq[first].stub;
 		gr->wq[first] = gr->wq[--gr->nwq];
 		struct grm_stub *s = stub_find_locked(gr, id);
-		if (!s)
+		if (!s || !s->waker)
 			continue;
 		s->busy++;
 		pthread_mutex_unlock(&gr->smu);
