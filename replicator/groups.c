@@ -57,6 +57,15 @@
  *     rewinds the member: its records are delivered again).
  *  4. base == pos == resolve(committed) when a partition is given to a member.
  *
+ * Cluster mode (c->cluster): no DATA/__groups (glog_append does nothing);
+ * the registry follows the metadata (rep_groups_reconcile, on
+ * group_remote.c's worker); a group is `real` only on its coordinator node,
+ * elsewhere its committed offsets mirror the metadata; members fs opens are
+ * fronts whose calls go to a stub (group_remote.c), which uses a real member
+ * here or a proxy on the coordinator. Leaving the coordinator role (or
+ * taking it again) evicts every member: they become orphans, owning
+ * nothing, until their owner frees them with rep_member_leave.
+ *
  * Locks, outermost first: registry_lock (the coordinator pointer; read-held
  * by every entry point that starts from a struct rep or a topic) >
  * c->mu (topics and group lists) > m->mu (one member's calls, its readers) >
