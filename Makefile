@@ -34,14 +34,14 @@ LOGSTORE_SRCS := logstore/error.c logstore/log.c logstore/crc32c.c \
 	logstore/fsutil.c logstore/batch.c logstore/index.c logstore/segment.c \
 	logstore/partition.c
 REPLICATOR_SRCS := replicator/topic_config.c replicator/local.c replicator/groups.c \
-	replicator/replica.c \
+	replicator/replica.c replicator/group_remote.c \
 	replicator/meta.c replicator/meta_raft.c replicator/transport.c \
 	replicator/raft_transport.c replicator/cluster.c
 FS_LIB_SRCS := fs/config.c fs/partitioner.c fs/metrics.c
 FS_SRCS := fs/main.c fs/tree.c fs/ops.c fs/produce.c fs/cursor.c
 UNIT_TESTS := test_crc32c test_batch test_partition test_recovery \
 	test_config test_partitioner test_metrics test_groups test_meta test_transport \
-	test_raft_transport test_replica
+	test_raft_transport test_replica test_group_remote
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 LOGSTORE_LIB := $(BUILD)/liblogstore.a

@@ -57,6 +57,15 @@
  *     rewinds the member: its records are delivered again).
  *  4. base == pos == resolve(committed) when a partition is given to a member.
  *
+ * Cluster mode (c->cluster): no DATA/__groups (glog_append does nothing);
+ * the registry follows the metadata (rep_groups_reconcile, on
+ * group_remote.c's worker); a group is `real` only on its coordinator node,
+ * elsewhere its committed offsets mirror the metadata; members fs opens are
+ * fronts whose calls go to a stub (group_remote.c), which uses a real member
+ * here or a proxy on the coordinator. Leaving the coordinator role (or
+ * taking it again) evicts every member: they become orphans, owning
+ * nothing, until their owner frees them with rep_member_leave.
+ *
  * Locks, outermost first: registry_lock (the coordinator pointer; read-held
  * by every entry point that starts from a struct rep or a topic) >
  * c->mu (topics and group lists) > m->mu (one member's calls, its readers) >
@@ -81,6 +90,7 @@
 #include <time.h>
 
 #include "../logstore/log.h"
+#include "group_remote.h"
 #include "internal.h"
 
 #define GKEY_MAX (20 + 1 + REP_NAME_MAX + 1 + 10 + 1)
@@ -120,6 +130,9 @@ static void mreader_close(struct mreader *mr)
 
 struct rep_member {
 	struct rep_group *g;        /* holds a group reference */
+	struct grm_stub *stub;      /* cluster mode: a front, its calls go to the
+	                               stub (group_remote.c); NULL: a real member */
+	atomic_int orphaned;        /* evicted (set under g->mu): owns nothing */
 	void (*waker)(void *ctx);
 	void *ctx;
 	size_t idx;                 /* position in g->members (under g->mu) */
@@ -152,6 +165,14 @@ struct rep_group {
 	struct gpart *parts;
 	struct rep_member **members;
 	size_t nmembers, cmembers;
+	/* cluster mode (under mu): */
+	uint16_t coord;             /* the metadata's coordinator */
+	int real;                   /* run here: parts and members are real (always
+	                               1 on a single node) */
+	uint64_t epoch;             /* +1 whenever real changes */
+	int commit_dirty;           /* committed moved since the last submission */
+	int64_t *submitted;         /* per partition: last GROUP_COMMIT submitted */
+	uint32_t nsubmitted;
 };
 
 struct gtopic {
@@ -168,8 +189,10 @@ struct rep_groups {
 	struct gtopic *topics;
 	size_t ntopics;
 	pthread_mutex_t log_mu;     /* append + high watermark of `log` */
-	struct ls_partition *log;   /* DATA/__groups/ */
+	struct ls_partition *log;   /* DATA/__groups/; NULL in cluster mode */
 	atomic_bool dirty;          /* appended since the last sync */
+	int cluster;                /* cluster mode: the metadata holds groups */
+	struct grm *remote;         /* cluster mode: group_remote.c's half */
 };
 
 /* Guards the coordinator pointer in struct rep: rep_groups_close() takes it
@@ -311,8 +334,8 @@ static void gbatch_free(struct gbatch *b)
 /* Appends the batch as one logstore batch (no fsync). */
 static int glog_append(struct rep_groups *c, struct gbatch *b)
 {
-	if (b->n == 0)
-		return 0;
+	if (b->n == 0 || !c->log)
+		return 0; /* cluster mode: the metadata quorum holds offsets */
 	for (uint32_t i = 0; i < b->n; i++) {
 		b->recs[i].key = b->keys[i];
 		if (b->recs[i].value)
@@ -399,6 +422,7 @@ static struct rep_group *group_new(struct rep_groups *c, struct rep_topic *t, ui
 	snprintf(g->name, sizeof(g->name), "%s", name);
 	atomic_init(&g->refs, 1);
 	atomic_init(&g->deleted, 0);
+	g->real = !c->cluster;
 	pthread_mutex_init(&g->mu, NULL);
 	pthread_cond_init(&g->cond, NULL);
 	return g;
@@ -410,6 +434,7 @@ static void group_destroy(struct rep_group *g)
 		rep_topic_put(g->topic);
 	free(g->parts);
 	free(g->members);
+	free(g->submitted);
 	pthread_cond_destroy(&g->cond);
 	pthread_mutex_destroy(&g->mu);
 	free(g);
@@ -742,6 +767,8 @@ static void group_force_destroy(struct rep_group *g)
 
 static void coord_free(struct rep_groups *c)
 {
+	grm_close(c->remote); /* its threads call into the groups below */
+	c->remote = NULL;
 	for (size_t i = 0; i < c->ntopics; i++) {
 		for (size_t j = 0; j < c->topics[i].n; j++)
 			group_force_destroy(c->topics[i].groups[j]);
@@ -778,6 +805,16 @@ int rep_groups_open(struct rep *r, enum rep_group_start start)
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_mutex_init(&c->log_mu, NULL);
 	atomic_init(&c->dirty, false);
+	struct cluster *cl = grm_cluster_of(r);
+	if (cl) {
+		/* The metadata quorum holds groups and offsets: no DATA/__groups. */
+		c->cluster = 1;
+		if ((rc = grm_open(c, r, cl, &c->remote)) < 0) {
+			tfs_error("groups: cannot start the cluster groups: %s", tfs_strerror(rc));
+			goto err;
+		}
+		goto publish;
+	}
 	struct ls_config cfg;
 	ls_config_default(&cfg);
 	cfg.cleanup = LS_CLEANUP_COMPACT;
@@ -794,6 +831,7 @@ int rep_groups_open(struct rep *r, enum rep_group_start start)
 	ls_partition_set_hw(c->log, info.end_offset); /* one node: all of it is ours */
 	if ((rc = replay(c)) < 0 || (rc = replay_finish(c)) < 0)
 		goto err;
+publish:
 	pthread_rwlock_wrlock(&registry_lock);
 	if (rep_groups_state(r)) {
 		pthread_rwlock_unlock(&registry_lock);
@@ -802,6 +840,12 @@ int rep_groups_open(struct rep *r, enum rep_group_start start)
 	}
 	rep_set_groups_state(r, c);
 	pthread_rwlock_unlock(&registry_lock);
+	if (c->cluster) {
+		grm_meta_changed(c->remote); /* changes before it was published */
+		tfs_info("groups: from the cluster metadata (start: %s)",
+		         start == REP_GROUP_LATEST ? "latest" : "earliest");
+		return 0;
+	}
 	size_t n = 0;
 	for (size_t i = 0; i < c->ntopics; i++)
 		n += c->topics[i].n;
@@ -828,7 +872,7 @@ void rep_groups_sync(struct rep *r)
 	struct rep_groups *c = coord_enter(r);
 	if (!c)
 		return;
-	if (atomic_exchange(&c->dirty, false)) {
+	if (c->log && atomic_exchange(&c->dirty, false)) {
 		int rc = ls_partition_sync(c->log);
 		if (rc < 0)
 			tfs_error("%s/" GROUPS_DIR ": background fsync failed: %s",
@@ -842,6 +886,10 @@ void rep_groups_compact(struct rep *r)
 	struct rep_groups *c = coord_enter(r);
 	if (!c)
 		return;
+	if (!c->log) {
+		coord_leave();
+		return;
+	}
 	int rc = ls_partition_compact(c->log);
 	if (rc > 0)
 		tfs_info("%s/" GROUPS_DIR ": compaction removed %d record(s)", rep_data_dir(r), rc);
@@ -987,7 +1035,7 @@ void rep_groups_foreach_lag(struct rep *r,
 		struct rep_group *g = gs[i];
 		uint32_t np = rep_topic_partition_count(g->topic);
 		struct rep_group_offset *rows = malloc((np ? np : 1) * sizeof(*rows));
-		size_t k = rows ? rep_group_offsets(g, rows, np) : 0;
+		size_t k = rows ? rep_group_offsets_local(g, rows, np) : 0;
 		for (size_t j = 0; j < k; j++)
 			fn(ctx, rep_topic_name(g->topic), g->name, rows[j].partition,
 			   rows[j].committed, rows[j].lag);
@@ -1065,12 +1113,80 @@ out:
 	return rc;
 }
 
+/* Cluster mode: GROUP_CREATE through the quorum (the quorum picks the
+ * coordinator); with groups.start latest, a GROUP_COMMIT of this node's
+ * high watermarks follows. Returns once this node's registry lists it.
+ * Caller holds registry_lock (read). */
+static int cluster_create(struct rep_groups *c, struct rep_topic *t, const char *name)
+{
+	struct meta_cmd cmd;
+	struct meta_result res = {0};
+	if (!rep_name_valid(name))
+		return -EINVAL;
+	meta_cmd_init(&cmd, META_CMD_GROUP_CREATE);
+	cmd.topic_id = rep_topic_id(t);
+	snprintf(cmd.name, sizeof(cmd.name), "%s", name);
+	int rc = grm_propose(c->remote, &cmd, &res);
+	if (rc < 0) {
+		if (rc != -EEXIST)
+			tfs_warn("group %s/%s: create refused: %s%s%s", rep_topic_name(t), name,
+			         tfs_strerror(rc), res.err[0] ? ": " : "", res.err);
+		return rc;
+	}
+	if (c->start == REP_GROUP_LATEST) {
+		meta_cmd_init(&cmd, META_CMD_GROUP_COMMIT);
+		cmd.topic_id = rep_topic_id(t);
+		snprintf(cmd.name, sizeof(cmd.name), "%s", name);
+		uint32_t np = rep_topic_partition_count(t);
+		for (uint32_t p = 0; p < np && p < META_CMD_MAX_OFFSETS; p++) {
+			struct rep_partition *rp = rep_topic_partition(t, p);
+			struct ls_partition_info info = {0};
+			if (rp)
+				ls_partition_get_info(rep_partition_log(rp), &info);
+			cmd.offsets[cmd.noffsets++] = (struct meta_offset){p, info.high_watermark};
+		}
+		if ((rc = grm_propose(c->remote, &cmd, &res)) < 0)
+			tfs_warn("group %s/%s: start at latest not recorded (%s): it starts at "
+			         "the earliest", rep_topic_name(t), name, tfs_strerror(rc));
+	}
+	grm_sync(c->remote);
+	tfs_info("group %s/%s created", rep_topic_name(t), name);
+	return 0;
+}
+
+/* Cluster mode: the registry's group, after catching up with the metadata
+ * (and creating it first if asked). Caller holds registry_lock (read). */
+static int cluster_lookup(struct rep_groups *c, struct rep_topic *t, const char *name,
+                          int create, struct rep_group **out)
+{
+	if (!rep_name_valid(name))
+		return -EINVAL;
+	struct rep_group *g = rep_groups_find(c, rep_topic_id(t), name);
+	if (!g) {
+		grm_sync(c->remote);
+		g = rep_groups_find(c, rep_topic_id(t), name);
+	}
+	if (!g && create) {
+		int rc = cluster_create(c, t, name);
+		if (rc < 0 && rc != -EEXIST)
+			return rc;
+		g = rep_groups_find(c, rep_topic_id(t), name);
+	}
+	if (!g)
+		return -ENOENT;
+	if (out)
+		*out = g;
+	else
+		rep_group_put(g);
+	return 0;
+}
+
 int rep_group_create(struct rep_topic *t, const char *name)
 {
 	struct rep_groups *c = coord_enter(rep_topic_rep(t));
 	if (!c)
 		return -ENOTCONN;
-	int rc = group_lookup(c, t, name, 1, 1, NULL);
+	int rc = c->cluster ? cluster_create(c, t, name) : group_lookup(c, t, name, 1, 1, NULL);
 	coord_leave();
 	return rc;
 }
@@ -1080,7 +1196,8 @@ int rep_group_get(struct rep_topic *t, const char *name, int create, struct rep_
 	struct rep_groups *c = coord_enter(rep_topic_rep(t));
 	if (!c)
 		return -ENOTCONN;
-	int rc = group_lookup(c, t, name, create, 0, out);
+	int rc = c->cluster ? cluster_lookup(c, t, name, create, out)
+	                    : group_lookup(c, t, name, create, 0, out);
 	coord_leave();
 	return rc;
 }
@@ -1111,11 +1228,54 @@ void rep_group_put(struct rep_group *g)
 		group_destroy(g);
 }
 
+/* Cluster mode: -EBUSY if the coordinator has members, else GROUP_DELETE
+ * through the quorum. Caller holds registry_lock (read). */
+static int cluster_delete(struct rep_groups *c, struct rep_topic *t, const char *name)
+{
+	struct rep_group *g;
+	int rc = cluster_lookup(c, t, name, 0, &g);
+	if (rc < 0)
+		return rc;
+	uint32_t n = 0;
+	rc = rep_group_member_count(g, &n);
+	if (rc == -ESTALE)
+		rc = grm_group_members(c->remote, g, &n);
+	rep_group_put(g);
+	if (rc < 0) {
+		tfs_warn("rmdir %s/groups/%s: its coordinator cannot say whether it has members: "
+		         "%s", rep_topic_name(t), name, tfs_strerror(rc));
+		return rc;
+	}
+	if (n) {
+		tfs_warn("rmdir %s/groups/%s: the group has %u member(s)", rep_topic_name(t), name,
+		         n);
+		return -EBUSY;
+	}
+	struct meta_cmd cmd;
+	struct meta_result res = {0};
+	meta_cmd_init(&cmd, META_CMD_GROUP_DELETE);
+	cmd.topic_id = rep_topic_id(t);
+	snprintf(cmd.name, sizeof(cmd.name), "%s", name);
+	if ((rc = grm_propose(c->remote, &cmd, &res)) < 0) {
+		tfs_warn("rmdir %s/groups/%s: refused: %s%s%s", rep_topic_name(t), name,
+		         tfs_strerror(rc), res.err[0] ? ": " : "", res.err);
+		return rc;
+	}
+	grm_sync(c->remote);
+	tfs_info("group %s/%s deleted", rep_topic_name(t), name);
+	return 0;
+}
+
 int rep_group_delete(struct rep_topic *t, const char *name)
 {
 	struct rep_groups *c = coord_enter(rep_topic_rep(t));
 	if (!c)
 		return -ENOTCONN;
+	if (c->cluster) {
+		int crc = cluster_delete(c, t, name);
+		coord_leave();
+		return crc;
+	}
 	uint64_t tid = rep_topic_id(t);
 	struct gbatch b = {0};
 	struct rep_group *g = NULL;
@@ -1165,6 +1325,8 @@ void rep_group_foreach(struct rep_topic *t,
 	if (!c)
 		return;
 	size_t n = 0;
+	if (c->cluster)
+		grm_sync(c->remote);
 	struct rep_group **gs = groups_of(c, rep_topic_id(t), &n);
 	coord_leave();
 	size_t i = 0;
@@ -1182,6 +1344,29 @@ const char *rep_group_name(const struct rep_group *g) { return g->name; }
 int rep_group_deleted(const struct rep_group *g) { return atomic_load(&g->deleted); }
 
 size_t rep_group_offsets(struct rep_group *g, struct rep_group_offset *out, size_t max)
+{
+	struct rep_groups *c = g->c;
+	pthread_mutex_lock(&g->mu);
+	int here = g->real;
+	pthread_mutex_unlock(&g->mu);
+	if (c->cluster && !here) {
+		/* the coordinator's own view; the metadata's if it cannot answer */
+		struct rep_group_offset *rows;
+		uint32_t n;
+		int rc = grm_group_offsets(c->remote, g, &rows, &n);
+		if (rc == 0) {
+			size_t k = n < max ? n : max;
+			memcpy(out, rows, k * sizeof(*out));
+			free(rows);
+			return k;
+		}
+		tfs_debug("group %s: offsets from the metadata: the coordinator: %s", g->name,
+		          tfs_strerror(rc));
+	}
+	return rep_group_offsets_local(g, out, max);
+}
+
+size_t rep_group_offsets_local(struct rep_group *g, struct rep_group_offset *out, size_t max)
 {
 	size_t n = 0;
 	pthread_mutex_lock(&g->mu);
@@ -1208,6 +1393,20 @@ size_t rep_group_offsets(struct rep_group *g, struct rep_group_offset *out, size
 
 int rep_group_reset(struct rep_group *g, enum rep_reset how, int64_t partition, int64_t value)
 {
+	int rc = rep_group_reset_real(g, how, partition, value);
+	for (int tries = 0; rc == -ESTALE && tries < 2; tries++) {
+		rc = grm_group_reset(g->c->remote, g, how, partition, value);
+		if (rc == -ESTALE) { /* moved: perhaps here */
+			grm_sync(g->c->remote);
+			rc = rep_group_reset_real(g, how, partition, value);
+		}
+	}
+	return rc;
+}
+
+int rep_group_reset_real(struct rep_group *g, enum rep_reset how, int64_t partition,
+                         int64_t value)
+{
 	struct gbatch b = {0};
 	struct wakeups w = {0};
 	int64_t *to = NULL;
@@ -1215,6 +1414,10 @@ int rep_group_reset(struct rep_group *g, enum rep_reset how, int64_t partition, 
 	pthread_mutex_lock(&g->mu);
 	if (g->deleted) {
 		rc = -ENOENT;
+		goto out;
+	}
+	if (!g->real) {
+		rc = -ESTALE;
 		goto out;
 	}
 	if ((rc = group_sync_parts(g)) < 0)
@@ -1261,6 +1464,7 @@ int rep_group_reset(struct rep_group *g, enum rep_reset how, int64_t partition, 
 				gp->owner->peek_valid = 0;
 		}
 	}
+	g->commit_dirty = 1;
 	for (size_t i = 0; i < g->nmembers; i++)
 		wake_add(&w, g->members[i]);
 	rebalance(g, &w); /* revoking partitions have nothing in flight now */
@@ -1278,6 +1482,35 @@ out:
 int rep_member_join(struct rep_group *g, void (*waker)(void *ctx), void *ctx,
                     struct rep_member **out)
 {
+	if (!g->c->cluster)
+		return rep_member_join_real(g, waker, ctx, out);
+	/* a front: its stub joins where the group runs */
+	struct rep_member *m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->g = g;
+	pthread_mutex_init(&m->mu, NULL);
+	atomic_fetch_add(&g->refs, 1);
+	int rc = grm_stub_open(g->c->remote, m, g, waker, ctx, &m->stub);
+	if (rc < 0) {
+		rep_member_free_front(m);
+		return rc;
+	}
+	*out = m;
+	return 0;
+}
+
+void rep_member_free_front(struct rep_member *m)
+{
+	struct rep_group *g = m->g;
+	pthread_mutex_destroy(&m->mu);
+	free(m);
+	rep_group_put(g);
+}
+
+int rep_member_join_real(struct rep_group *g, void (*waker)(void *ctx), void *ctx,
+                         struct rep_member **out)
+{
 	struct wakeups w = {0};
 	struct rep_member *m = calloc(1, sizeof(*m));
 	if (!m)
@@ -1290,6 +1523,10 @@ int rep_member_join(struct rep_group *g, void (*waker)(void *ctx), void *ctx,
 	pthread_mutex_lock(&g->mu);
 	if (g->deleted) {
 		rc = -ENOENT;
+		goto err;
+	}
+	if (!g->real) {
+		rc = -ESTALE;
 		goto err;
 	}
 	if ((rc = group_sync_parts(g)) < 0)
@@ -1345,6 +1582,7 @@ static int commit_locked(struct rep_member *m)
 		} else {
 			gp->committed = gp->pos;
 			gp->base = gp->pos;
+			g->commit_dirty = 1;
 		}
 	}
 	if (rc < 0)
@@ -1357,28 +1595,38 @@ void rep_member_leave(struct rep_member *m, int commit)
 {
 	struct rep_group *g = m->g;
 	struct wakeups w = {0};
+	if (m->stub) {
+		grm_stub_close(m->stub, commit);
+		rep_member_free_front(m);
+		return;
+	}
 	pthread_mutex_lock(&m->mu);
 	pthread_mutex_lock(&g->mu);
 	m->peek_valid = 0;
-	if (commit) /* on failure the records go back to the group */
-		(void)commit_locked(m);
-	for (uint32_t p = 0; p < g->nparts; p++) {
-		if (g->parts[p].owner == m) {
-			g->parts[p].owner = NULL;
-			g->parts[p].revoking = 0;
+	if (!atomic_load(&m->orphaned)) { /* an orphan is in no list and owns nothing */
+		if (commit) /* on failure the records go back to the group */
+			(void)commit_locked(m);
+		for (uint32_t p = 0; p < g->nparts; p++) {
+			if (g->parts[p].owner == m) {
+				g->parts[p].owner = NULL;
+				g->parts[p].revoking = 0;
+			}
 		}
+		memmove(&g->members[m->idx], &g->members[m->idx + 1],
+		        (g->nmembers - m->idx - 1) * sizeof(*g->members));
+		g->nmembers--;
+		for (size_t i = m->idx; i < g->nmembers; i++)
+			g->members[i]->idx = i;
+		rebalance(g, &w);
 	}
-	memmove(&g->members[m->idx], &g->members[m->idx + 1],
-	        (g->nmembers - m->idx - 1) * sizeof(*g->members));
-	g->nmembers--;
-	for (size_t i = m->idx; i < g->nmembers; i++)
-		g->members[i]->idx = i;
-	rebalance(g, &w);
+	int kick = commit && g->c->cluster;
 	while (m->wake_refs > 0) /* a waker of m is running in another thread */
 		pthread_cond_wait(&g->cond, &g->mu);
 	pthread_mutex_unlock(&g->mu);
 	pthread_mutex_unlock(&m->mu);
 	wake_run(&w);
+	if (kick)
+		grm_kick(g->c->remote); /* its commit reaches the quorum now */
 	rep_watch(rep_topic_rep(g->topic), -1);
 	for (uint32_t p = 0; p < m->nreaders; p++)
 		mreader_close(&m->readers[p]);
@@ -1541,6 +1789,8 @@ again:;
 
 int rep_member_peek(struct rep_member *m, struct rep_delivery *d)
 {
+	if (m->stub)
+		return grm_stub_peek(m->stub, d);
 	pthread_mutex_lock(&m->mu);
 	int rc = peek_locked(m, d);
 	pthread_mutex_unlock(&m->mu);
@@ -1550,6 +1800,8 @@ int rep_member_peek(struct rep_member *m, struct rep_delivery *d)
 int rep_member_ready(struct rep_member *m)
 {
 	struct rep_delivery d;
+	if (m->stub)
+		return grm_stub_ready(m->stub);
 	pthread_mutex_lock(&m->mu);
 	int rc = peek_locked(m, &d);
 	pthread_mutex_lock(&m->g->mu);
@@ -1763,6 +2015,8 @@ int rep_member_take_bulk(struct rep_member *m, void *buf, size_t size, uint32_t 
 {
 	struct rep_group *g = m->g;
 	int rc, view = 0;
+	if (m->stub)
+		return grm_stub_take_bulk(m->stub, buf, size, max_records, sep, out);
 	*out = (struct rep_bulk){0};
 	if (max_records != 1) {
 		struct topic_config cfg;
@@ -1817,6 +2071,10 @@ out:
 void rep_member_take(struct rep_member *m)
 {
 	struct rep_group *g = m->g;
+	if (m->stub) {
+		grm_stub_take(m->stub);
+		return;
+	}
 	pthread_mutex_lock(&m->mu);
 	pthread_mutex_lock(&g->mu);
 	if (m->peek_valid) {
@@ -1838,6 +2096,8 @@ int rep_member_commit(struct rep_member *m)
 {
 	struct rep_group *g = m->g;
 	struct wakeups w = {0};
+	if (m->stub)
+		return grm_stub_commit(m->stub);
 	pthread_mutex_lock(&m->mu);
 	pthread_mutex_lock(&g->mu);
 	m->peek_valid = 0;
@@ -1854,6 +2114,10 @@ void rep_member_rewind(struct rep_member *m)
 {
 	struct rep_group *g = m->g;
 	struct wakeups w = {0};
+	if (m->stub) {
+		grm_stub_rewind(m->stub);
+		return;
+	}
 	pthread_mutex_lock(&m->mu);
 	pthread_mutex_lock(&g->mu);
 	m->peek_valid = 0;
@@ -1870,10 +2134,382 @@ size_t rep_member_assignment(struct rep_member *m, uint32_t *out, size_t max)
 {
 	struct rep_group *g = m->g;
 	size_t n = 0;
+	if (m->stub)
+		return grm_stub_assignment(m->stub, out, max);
 	pthread_mutex_lock(&g->mu);
 	for (uint32_t p = 0; p < g->nparts && n < max; p++)
 		if (g->parts[p].owner == m)
 			out[n++] = p;
 	pthread_mutex_unlock(&g->mu);
 	return n;
+}
+
+/* ---- cluster mode: what group_remote.c calls ------------------------------ */
+
+uint64_t rep_group_topic_id(const struct rep_group *g) { return g->topic_id; }
+
+void rep_group_coord(struct rep_group *g, uint16_t *node, int *real, uint64_t *epoch)
+{
+	pthread_mutex_lock(&g->mu);
+	*node = g->coord;
+	*real = g->real && !g->deleted;
+	*epoch = g->epoch;
+	pthread_mutex_unlock(&g->mu);
+}
+
+int rep_group_member_count(struct rep_group *g, uint32_t *n)
+{
+	int rc = 0;
+	pthread_mutex_lock(&g->mu);
+	if (g->real)
+		*n = (uint32_t)g->nmembers;
+	else
+		rc = -ESTALE;
+	pthread_mutex_unlock(&g->mu);
+	return rc;
+}
+
+int rep_member_orphaned(struct rep_member *m)
+{
+	return atomic_load(&m->orphaned);
+}
+
+void rep_member_resync(struct rep_member *m, const struct grm_pos *pos, uint32_t n)
+{
+	struct rep_group *g = m->g;
+	struct wakeups w = {0};
+	pthread_mutex_lock(&m->mu);
+	pthread_mutex_lock(&g->mu);
+	m->peek_valid = 0;
+	uint32_t k = 0;
+	for (uint32_t p = 0; p < g->nparts; p++) {
+		struct gpart *gp = &g->parts[p];
+		while (k < n && pos[k].partition < p)
+			k++;
+		if (gp->owner != m)
+			continue;
+		int64_t to = gp->base;
+		if (k < n && pos[k].partition == p && pos[k].offset >= gp->base &&
+		    pos[k].offset <= gp->pos)
+			to = pos[k].offset;
+		gp->pos = to; /* its reader starts afresh unless it is there */
+	}
+	if (rebalance_due(g))
+		rebalance(g, &w);
+	pthread_mutex_unlock(&g->mu);
+	pthread_mutex_unlock(&m->mu);
+	wake_run(&w);
+}
+
+struct rep_group *rep_groups_find(struct rep_groups *c, uint64_t topic_id, const char *name)
+{
+	struct rep_group *g = NULL;
+	pthread_mutex_lock(&c->mu);
+	struct gtopic *gt = gtopic_find(c, topic_id, 0);
+	ssize_t i = gtopic_index(gt, name);
+	if (i >= 0) {
+		g = gt->groups[i];
+		atomic_fetch_add(&g->refs, 1);
+	}
+	pthread_mutex_unlock(&c->mu);
+	return g;
+}
+
+/* References to every listed group (caller puts each). */
+static struct rep_group **all_groups(struct rep_groups *c, size_t *n)
+{
+	struct rep_group **gs = NULL;
+	size_t k = 0, total = 0;
+	pthread_mutex_lock(&c->mu);
+	for (size_t i = 0; i < c->ntopics; i++)
+		total += c->topics[i].n;
+	if (total && (gs = malloc(total * sizeof(*gs)))) {
+		for (size_t i = 0; i < c->ntopics; i++)
+			for (size_t j = 0; j < c->topics[i].n; j++) {
+				gs[k] = c->topics[i].groups[j];
+				atomic_fetch_add(&gs[k++]->refs, 1);
+			}
+	}
+	pthread_mutex_unlock(&c->mu);
+	*n = k;
+	return gs;
+}
+
+/* Every member leaves at once without commit (the group stops running
+ * here, or starts again): they become orphans their owners free. Caller
+ * holds g->mu. */
+static void group_evict_locked(struct rep_group *g)
+{
+	for (size_t i = 0; i < g->nmembers; i++) {
+		atomic_store(&g->members[i]->orphaned, 1);
+		g->members[i]->peek_valid = 0;
+	}
+	g->nmembers = 0;
+	for (uint32_t p = 0; p < g->nparts; p++)
+		g->parts[p] = (struct gpart){.committed = g->parts[p].committed};
+}
+
+static int submitted_fit(struct rep_group *g)
+{
+	if (g->nsubmitted >= g->nparts)
+		return 0;
+	int64_t *s = realloc(g->submitted, g->nparts * sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	for (uint32_t p = g->nsubmitted; p < g->nparts; p++)
+		s[p] = -2; /* never equal to an offset */
+	g->submitted = s;
+	g->nsubmitted = g->nparts;
+	return 0;
+}
+
+/* A GROUP_COMMIT of g's offsets that moved since the last submission (at
+ * most META_CMD_MAX_OFFSETS; *more says some were left). NULL if none.
+ * Caller holds g->mu. */
+static struct meta_cmd *commit_cmd_locked(struct rep_group *g, int *more)
+{
+	*more = 0;
+	if (submitted_fit(g) < 0)
+		return *more = 1, NULL;
+	struct meta_cmd *cmd = NULL;
+	for (uint32_t p = 0; p < g->nparts; p++) {
+		int64_t o = g->parts[p].committed;
+		if (o < 0 || o == g->submitted[p])
+			continue;
+		if (!cmd) {
+			if (!(cmd = malloc(sizeof(*cmd))))
+				return *more = 1, NULL;
+			meta_cmd_init(cmd, META_CMD_GROUP_COMMIT);
+			cmd->topic_id = g->topic_id;
+			snprintf(cmd->name, sizeof(cmd->name), "%s", g->name);
+		}
+		if (cmd->noffsets == META_CMD_MAX_OFFSETS) {
+			*more = 1;
+			break;
+		}
+		cmd->offsets[cmd->noffsets++] = (struct meta_offset){p, o};
+	}
+	return cmd;
+}
+
+/* Submits cmd; on success its offsets count as submitted. */
+static void commit_submit(struct rep_groups *c, struct rep_group *g, struct meta_cmd *cmd)
+{
+	if (!cmd)
+		return;
+	int rc = grm_submit(c->remote, cmd);
+	pthread_mutex_lock(&g->mu);
+	if (rc == 0 && submitted_fit(g) == 0) {
+		for (uint32_t k = 0; k < cmd->noffsets; k++)
+			if (cmd->offsets[k].partition < g->nsubmitted)
+				g->submitted[cmd->offsets[k].partition] = cmd->offsets[k].offset;
+	} else {
+		g->commit_dirty = 1;
+	}
+	pthread_mutex_unlock(&g->mu);
+	if (rc < 0)
+		tfs_warn("group %s: committed offsets not submitted to the quorum (%s); trying "
+		         "again", g->name, tfs_strerror(rc));
+	free(cmd);
+}
+
+void rep_groups_flush_commits(struct rep_groups *c)
+{
+	size_t n;
+	struct rep_group **gs = all_groups(c, &n);
+	for (size_t i = 0; i < n; i++) {
+		struct rep_group *g = gs[i];
+		struct meta_cmd *cmd = NULL;
+		int more = 0;
+		pthread_mutex_lock(&g->mu);
+		if (g->real && g->commit_dirty && !g->deleted) {
+			cmd = commit_cmd_locked(g, &more);
+			g->commit_dirty = more;
+		}
+		pthread_mutex_unlock(&g->mu);
+		commit_submit(c, g, cmd);
+		rep_group_put(g);
+	}
+	free(gs);
+}
+
+/* The metadata's offset of p for m, -1 if none. */
+static int64_t moffset(const struct grm_mgroup *m, uint32_t p)
+{
+	return p < m->noffsets ? m->offsets[p] : -1;
+}
+
+/* Applies one metadata group to g (see rep_groups_reconcile). */
+static void group_update(struct rep_groups *c, struct rep_group *g, const struct grm_mgroup *m)
+{
+	struct wakeups w = {0};
+	struct meta_cmd *final = NULL;
+	int demoted = 0, more;
+	uint16_t self = grm_self(c->remote);
+	pthread_mutex_lock(&g->mu);
+	if (group_sync_parts(g) < 0)
+		tfs_error("group %s: out of memory growing partitions", g->name);
+	int moved = g->coord != m->coordinator;
+	g->coord = m->coordinator;
+	int want = m->coordinator == self;
+	if (want && !g->real) {
+		group_evict_locked(g); /* members of an earlier run here, if any */
+		for (uint32_t p = 0; p < g->nparts; p++)
+			g->parts[p].committed = moffset(m, p);
+		if (submitted_fit(g) == 0)
+			for (uint32_t p = 0; p < g->nparts; p++)
+				g->submitted[p] = moffset(m, p);
+		g->real = 1;
+		g->epoch++;
+		moved = 1;
+		tfs_info("group %s/%s: coordinated by this node", rep_topic_name(g->topic),
+		         g->name);
+	} else if (!want && g->real) {
+		final = commit_cmd_locked(g, &more); /* what its members committed last */
+		group_evict_locked(g);
+		for (uint32_t p = 0; p < g->nparts; p++)
+			g->parts[p].committed = moffset(m, p);
+		g->real = 0;
+		g->commit_dirty = 0;
+		g->epoch++;
+		demoted = moved = 1;
+		tfs_info("group %s/%s: coordinated by node %u now", rep_topic_name(g->topic),
+		         g->name, m->coordinator);
+	} else if (!want) {
+		for (uint32_t p = 0; p < g->nparts; p++)
+			g->parts[p].committed = moffset(m, p);
+	} else {
+		/* Run here: memory wins, except where it has nothing yet (the
+		 * creator's "latest" start arrives after the creation). */
+		for (uint32_t p = 0; p < g->nparts; p++) {
+			struct gpart *gp = &g->parts[p];
+			if (gp->committed >= 0 || moffset(m, p) < 0)
+				continue;
+			gp->committed = moffset(m, p);
+			if (gp->owner && gp->pos == gp->base) {
+				gp->pos = gp->base = resolve(g, p, gp->committed);
+				if (gp->owner->peek_valid && gp->owner->peek_p == p)
+					gp->owner->peek_valid = 0;
+				wake_add(&w, gp->owner);
+			}
+		}
+	}
+	pthread_mutex_unlock(&g->mu);
+	wake_run(&w);
+	if (final)
+		commit_submit(c, g, final);
+	if (demoted)
+		grm_group_demoted(c->remote, g);
+	if (moved)
+		grm_group_moved(c->remote, g);
+}
+
+static const struct grm_mgroup *mg_find(const struct grm_mgroup *mg, size_t n, uint64_t tid,
+                                        const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (mg[i].topic_id == tid && strcmp(mg[i].name, name) == 0)
+			return &mg[i];
+	return NULL;
+}
+
+int rep_groups_reconcile(struct rep_groups *c, const struct grm_mgroup *mg, size_t n)
+{
+	struct rep_group **gone = NULL;
+	size_t ngone = 0;
+	int retry = 0;
+	pthread_mutex_lock(&c->mu);
+	for (size_t i = 0; i < c->ntopics;) {
+		struct gtopic *gt = &c->topics[i];
+		for (size_t j = 0; j < gt->n;) {
+			struct rep_group *g = gt->groups[j];
+			if (mg_find(mg, n, g->topic_id, g->name)) {
+				j++;
+				continue;
+			}
+			struct rep_group **ng = realloc(gone, (ngone + 1) * sizeof(*ng));
+			if (!ng) {
+				retry = 1;
+				j++;
+				continue;
+			}
+			gone = ng;
+			gone[ngone++] = g;
+			gtopic_remove(gt, j);
+		}
+		if (gt->n == 0)
+			gtopic_drop(c, gt);
+		else
+			i++;
+	}
+	for (size_t k = 0; k < n; k++) {
+		struct gtopic *gt = gtopic_find(c, mg[k].topic_id, 0);
+		if (gtopic_index(gt, mg[k].name) >= 0)
+			continue;
+		struct rep_topic *t = rep_topic_get_id(c->rep, mg[k].topic_id);
+		if (!t) { /* local.c does not know the topic yet */
+			retry = 1;
+			continue;
+		}
+		struct rep_group *g = NULL;
+		gt = gtopic_find(c, mg[k].topic_id, 1);
+		if (gt)
+			g = group_new(c, t, mg[k].topic_id, mg[k].name);
+		rep_topic_put(t);
+		if (!g || gtopic_add(gt, g) < 0) {
+			if (g)
+				group_destroy(g);
+			if (gt && gt->n == 0)
+				gtopic_drop(c, gt);
+			retry = 1;
+			continue;
+		}
+		tfs_debug("group %s listed (id %" PRIu32 ", coordinator %u)", mg[k].name, g->id,
+		          mg[k].coordinator);
+	}
+	pthread_mutex_unlock(&c->mu);
+	for (size_t i = 0; i < ngone; i++) {
+		struct rep_group *g = gone[i];
+		pthread_mutex_lock(&g->mu);
+		g->deleted = 1;
+		group_evict_locked(g);
+		g->real = 0;
+		g->epoch++;
+		pthread_mutex_unlock(&g->mu);
+		grm_group_demoted(c->remote, g);
+		grm_group_moved(c->remote, g);
+		rep_group_put(g); /* the registry's reference */
+	}
+	free(gone);
+	for (size_t k = 0; k < n; k++) {
+		struct rep_group *g = rep_groups_find(c, mg[k].topic_id, mg[k].name);
+		if (!g)
+			continue;
+		group_update(c, g, &mg[k]);
+		rep_group_put(g);
+	}
+	return retry;
+}
+
+/* ---- cluster mode: the core's hooks (cluster.h) ------------------------------ */
+
+int rep_groups_on_frame(struct rep *r, const struct tr_frame *f)
+{
+	struct rep_groups *c = coord_enter(r);
+	if (!c)
+		return 0; /* not open (yet, or any more): the requester times out */
+	int rc = c->remote ? grm_on_frame(c->remote, f) : REP_EPROTO;
+	coord_leave();
+	return rc;
+}
+
+void rep_groups_meta_changed(struct rep *r, const struct meta_state *s)
+{
+	(void)s; /* the worker reads the state itself (cluster_read) */
+	struct rep_groups *c = coord_enter(r);
+	if (!c)
+		return;
+	if (c->remote)
+		grm_meta_changed(c->remote);
+	coord_leave();
 }

@@ -45,6 +45,13 @@
  * flush syncs them), so a crash of the whole machine can only move a group
  * back (records delivered again), never forward (records lost).
  *
+ * Cluster mode (cluster.h, rep_cluster(r) != NULL at rep_groups_open): the
+ * groups are the metadata's, one node coordinates each, members on other
+ * nodes reach it through group_remote.c (a member call may then wait on the
+ * network, bounded by the request timeout: never call one on the transport
+ * loop thread), offsets are durable in the metadata quorum instead of
+ * DATA/__groups, and wakers run on group_remote.c's waker thread.
+ *
  * Threading: every function may be called from any thread. Wakers are
  * called without coordinator locks held, from whatever thread caused the
  * event (an append's notifier thread, a leave, a commit, a reset).

@@ -175,20 +175,6 @@ static int __attribute__((format(printf, 3, 4))) pathf(char *buf, size_t size,
 
 /* ---- names ------------------------------------------------------------- */
 
-int rep_name_valid(const char *name)
-{
-	size_t n = strlen(name);
-	if (n < 1 || n > REP_NAME_MAX || name[0] == '.')
-		return 0;
-	for (size_t i = 0; i < n; i++) {
-		char c = name[i];
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-		      (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
-			return 0;
-	}
-	return 1;
-}
-
 static int pfile_name_valid(const char *name)
 {
 	size_t n = strlen(name);

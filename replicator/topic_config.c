@@ -22,6 +22,7 @@
  *     overrides->set_mask; every other field comes from the defaults.
  */
 #include "topic_config.h"
+#include "replicator.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -153,4 +154,19 @@ int topic_config_check(const struct topic_config *old, const struct topic_config
 		return refuse(err, errlen, "min_insync: %" PRIu32 " exceeds replication %" PRIu32,
 		              neu->min_insync, neu->replication);
 	return 0;
+}
+
+/* replicator.h's name rule, here so meta.c links without the node backend. */
+int rep_name_valid(const char *name)
+{
+	size_t n = strlen(name);
+	if (n < 1 || n > REP_NAME_MAX || name[0] == '.')
+		return 0;
+	for (size_t i = 0; i < n; i++) {
+		char c = name[i];
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-'))
+			return 0;
+	}
+	return 1;
 }
