@@ -197,14 +197,6 @@ static int run(struct cli *cli, struct fuse_args *args)
 		return 1;
 	}
 
-	rc = rep_groups_open(tfs.rep, cfg.group_start == GROUP_START_LATEST ? REP_GROUP_LATEST
-	                                                                    : REP_GROUP_EARLIEST);
-	if (rc < 0) {
-		fprintf(stderr, "topicfs: cannot open consumer groups in %s: %s\n", tfs.data_dir,
-		        tfs_strerror(rc));
-		rep_close(tfs.rep);
-		return 1;
-	}
 
 	int status = 1;
 	char fsname[PATH_MAX + 16];
@@ -226,6 +218,14 @@ static int run(struct cli *cli, struct fuse_args *args)
 	rc = rep_start(tfs.rep, &listener);
 	if (rc < 0) {
 		tfs_error("cannot start background threads: %s", tfs_strerror(rc));
+		goto out_unmount;
+	}
+	/* After daemonising (its threads must be the child's) and after the
+	 * node started (in a cluster it needs the transport). */
+	rc = rep_groups_open(tfs.rep, cfg.group_start == GROUP_START_LATEST ? REP_GROUP_LATEST
+	                                                                    : REP_GROUP_EARLIEST);
+	if (rc < 0) {
+		tfs_error("cannot open consumer groups in %s: %s", tfs.data_dir, tfs_strerror(rc));
 		goto out_unmount;
 	}
 	rc = cursor_start();
