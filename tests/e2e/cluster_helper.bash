@@ -35,8 +35,9 @@
 #   followers_of TOPIC P [i]        the replicas that are not the leader
 #   other_than ID...                the first node of 1..CL_N that is none of ID
 #   wait_secs SECS 'EXPR'           like wait_until with a longer limit
-#   same_everywhere 'CMD' [i...]    CMD (with @M@ for a mount) prints the same
-#                                   on every (given) up mount
+#   same_everywhere 'CMD' [i...]    CMD (@M@: a mount, @I@: its node) prints
+#                                   the same on every (given) up node
+#   parts_of i TOPIC                the partition directories on mount i: "0 1 2"
 #   cl_bg CMD...                    run CMD in the background, killed in teardown
 #
 # Network namespaces (netns.sh): cl_use_netns [N] makes namespaces for N nodes
@@ -358,6 +359,7 @@ quorum_leader() { awk -F '\t' '$4 == "leader" { print $1 }' "${M[$1]}/.cluster/n
 
 # ---- partition state ------------------------------------------------------------
 
+parts_of() { ls "${M[$1]}/$2" | grep -E '^[0-9]+$' | sort -n | paste -sd' '; }
 cl_state() { sed -n "s/^$4: *//p" "${M[$1]}/$2/$3/state"; }
 # "[1, 3, 2]" -> "1 2 3"
 cl_set() { tr -d '[],' | tr -s ' ' '\n' | grep -v '^$' | sort -n | paste -sd ' '; }
@@ -374,22 +376,25 @@ followers_of() {
 # ---- waiting -------------------------------------------------------------------
 
 # wait_secs SECS 'EXPR': retry shell code EXPR every 0.1 s for up to SECS.
+# Time-based: EXPR may itself take long (a write that fails after seconds).
 wait_secs() {
-	local k n=$(($1 * 10))
-	for ((k = 0; k < n; k++)); do
+	local end=$((SECONDS + $1))
+	while ((SECONDS < end)); do
 		eval "$2" && return 0
 		sleep 0.1
 	done
 	eval "$2"
 }
 
-# same_everywhere 'CMD' [i...]: CMD, with @M@ replaced by each mount point,
-# prints the same (and succeeds) on every given up node (default: all up).
+# same_everywhere 'CMD' [i...]: CMD, with @M@ replaced by each mount point and
+# @I@ by the node's number, prints the same (and succeeds) on every given up
+# node (default: every up node).
 same_everywhere() {
-	local cmd=$1 i first="" out ref=""
+	local cmd=$1 i first="" out ref="" c
 	shift
 	for i in $(up_nodes "$@"); do
-		out=$(eval "${cmd//@M@/${M[i]}}") || return 1
+		c=${cmd//@M@/${M[i]}}
+		out=$(eval "${c//@I@/$i}") || return 1
 		if [[ -z $first ]]; then first=x ref=$out; elif [[ $out != "$ref" ]]; then return 1; fi
 	done
 	[[ -n $first ]]
@@ -413,3 +418,85 @@ cl_use_netns() {
 }
 cut_node() { netns_cut "$CL_NETNS" "$1"; }
 heal_node() { netns_heal "$CL_NETNS" "$1"; }
+
+# ---- acknowledged writers --------------------------------------------------------
+
+# acks_writer FILE OUT PREFIX: in the background (pid in WRITER, killed in
+# teardown), append lines "PREFIX-<attempt>" to FILE, one per open + write +
+# fsync + close, attempts numbered 1, 2, 3, ... and never reused. An attempt
+# whose calls all succeed is acknowledged: its number is appended to OUT.
+# A failed attempt goes to OUT.err ("attempt ERRNO time") and the next
+# attempt (a new line) follows 50 ms later. It stops after the attempt in
+# progress once OUT.stop exists (writer_stop).
+acks_writer() {
+	python3 - "$1" "$2" "$3" 3>&- <<-'EOF' &
+		import errno, os, sys, time
+		path, out, prefix = sys.argv[1:4]
+		a = 0
+		with open(out, "a", buffering=1) as ack, open(out + ".err", "a", buffering=1) as err:
+		    while not os.path.exists(out + ".stop"):
+		        a += 1
+		        try:
+		            fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+		            try:
+		                os.write(fd, b"%s-%d\n" % (prefix.encode(), a))
+		                os.fsync(fd)
+		            finally:
+		                os.close(fd)
+		        except OSError as e:
+		            err.write("%d %s %.3f\n" % (a, errno.errorcode.get(e.errno, str(e.errno)), time.time()))
+		            time.sleep(0.05)
+		            continue
+		        ack.write("%d\n" % a)
+		        time.sleep(0.002)
+	EOF
+	WRITER=$!
+	bg_track "$WRITER"
+}
+
+# acked OUT: how many attempts of that writer were acknowledged.
+acked() { if [[ -f $1 ]]; then wc -l <"$1"; else echo 0; fi; }
+
+# writer_stop OUT PID: ask the writer to stop and wait (up to 60 s: an
+# attempt in progress may be waiting for a commit) for it to exit.
+writer_stop() {
+	touch "$1.stop"
+	local k
+	for ((k = 0; k < 600; k++)); do kill -0 "$2" 2>/dev/null || break; sleep 0.1; done
+	if kill -0 "$2" 2>/dev/null; then
+		echo "writer $2 did not stop within 60 s (a write hangs)" >&2
+		return 1
+	fi
+	wait "$2" 2>/dev/null || true
+}
+
+# check_acked LOGFILE OUT PREFIX: in LOGFILE (a copy of a partition's log)
+# every acknowledged "PREFIX-n" is present exactly once, no PREFIX line
+# appears twice, and PREFIX lines are in attempt order (the writer is
+# sequential). Prints a summary.
+check_acked() {
+	python3 - "$1" "$2" "$3" <<-'EOF'
+		import collections, sys
+		log, out, prefix = sys.argv[1:4]
+		acked = [int(x) for x in open(out).read().split()]
+		seen = []
+		for line in open(log, encoding="utf-8", errors="replace"):
+		    line = line.rstrip("\n")
+		    if line.startswith(prefix + "-"):
+		        seen.append(int(line[len(prefix) + 1:]))
+		c = collections.Counter(seen)
+		dup = sorted(k for k, v in c.items() if v > 1)
+		missing = sorted(set(acked) - set(c))
+		disorder = [(a, b) for a, b in zip(seen, seen[1:]) if b <= a]
+		print("%d acknowledged, %d %s lines in the log, %d unacknowledged present"
+		      % (len(acked), len(seen), prefix, len(set(c) - set(acked))))
+		ok = True
+		if missing:
+		    print("LOST acknowledged lines:", missing[:20], "... (%d)" % len(missing)); ok = False
+		if dup:
+		    print("DUPLICATED lines:", dup[:20], "... (%d)" % len(dup)); ok = False
+		if disorder:
+		    print("OUT OF ORDER:", disorder[:10]); ok = False
+		sys.exit(0 if ok else 1)
+	EOF
+}
