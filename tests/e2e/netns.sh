@@ -112,6 +112,7 @@ netns_reap_stale() {
 }
 
 # netns_probe PREFIX I J [SECS]: a one-shot listener in J on port 9, a client in I.
+# (errexit-safe: bats runs tests under set -e)
 netns_probe() {
 	local prefix=$1 i=$2 j=$3 secs=${4:-2} srv rc
 	ip netns exec "$prefix-n$j" python3 -c '
@@ -133,14 +134,13 @@ try:
 except ConnectionRefusedError:
     sys.exit(3)
 except OSError:
-    sys.exit(1)' "$(netns_addr "$j")" "$secs"
-		rc=$?
+    sys.exit(1)' "$(netns_addr "$j")" "$secs" && rc=0 || rc=$?
 		((rc == 3)) || break # refused: the listener is not up yet
 		sleep 0.1
 	done
-	kill "$srv" 2>/dev/null
-	wait "$srv" 2>/dev/null
-	return $((rc == 0 ? 0 : 1))
+	kill "$srv" 2>/dev/null || true
+	wait "$srv" 2>/dev/null || true
+	((rc == 0))
 }
 
 netns_selftest() {
