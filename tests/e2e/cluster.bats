@@ -80,9 +80,12 @@ logs_agree() {
 
 @test "concurrent mkdir of one name on three nodes: exactly one succeeds, the others get EEXIST" {
 	cluster_start 3
-	local i ok=0
-	for i in 1 2 3; do (mkdir "${M[i]}/race" 2>"$T/mkdir$i.err"; echo $? >"$T/mkdir$i.rc") & done
-	wait
+	local i ok=0 pids=()
+	for i in 1 2 3; do
+		(rc=0; mkdir "${M[i]}/race" 2>"$T/mkdir$i.err" || rc=$?; echo $rc >"$T/mkdir$i.rc") 3>&- &
+		pids+=($!)
+	done
+	wait "${pids[@]}" || true
 	for i in 1 2 3; do
 		if [[ $(cat "$T/mkdir$i.rc") == 0 ]]; then
 			ok=$((ok + 1))
