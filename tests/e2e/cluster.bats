@@ -371,7 +371,11 @@ logs_agree() {
 	lines 1 100 before >>"${M[1]}/t/0/log"
 	local addrs=() i
 	for i in 1 2 3; do addrs+=("${NODE_ADDR[i]}:$CL_PORT"); done
-	timeout 120 python3 - "${addrs[@]}" <<-'EOF'
+	# the cluster id, if the log names it, lets frames get past HELLO too
+	local cid
+	cid=$(sed -n 's/.*cluster \(topicfs-[^:]*\): node .*/\1/p' "${NODE_LOG[1]}" | head -n 1)
+	echo "cluster id: ${cid:-(not in the log: only attacks before HELLO)}"
+	CID=$cid timeout 180 python3 - "${addrs[@]}" <<-'EOF'
 		import os, random, socket, struct, sys, time
 		def crc32c(data):
 		    crc = 0xFFFFFFFF
@@ -401,6 +405,29 @@ logs_agree() {
 		    ("raft huge length", lambda: b"R" + header(1, 0, 0, 0x7FFFFFFF, 0)),
 		    ("empty", lambda: b""),
 		]
+		cid = os.environ.get("CID", "").encode()
+		if cid:
+		    def junk(n):
+		        return bytes(rnd.getrandbits(8) for _ in range(n))
+		    def frame(type_, payload, flags=0, rid=1):
+		        return header(type_, flags, rid, len(payload), crc32c(payload)) + payload
+		    attacks += [
+		        ("hello as node 2, unknown type", lambda: b"T" + hello(2, cid) + frame(99, b"x" * 10)),
+		        ("hello as unknown node 9", lambda: b"T" + hello(9, cid) + frame(16, junk(40))),
+		        ("hello, then over 16 MiB", lambda: b"T" + hello(2, cid) + header(16, 0, 1, (16 << 20) + 1, 0) + b"z" * 1000),
+		        ("hello, then a response nobody asked for", lambda: b"T" + hello(2, cid) + frame(16, b"\0" * 8, flags=1, rid=777)),
+		        ("hello, then an error response", lambda: b"T" + hello(3, cid) + frame(32, b"\xff" * 4, flags=3, rid=778)),
+		        ("hello, then reserved flags", lambda: b"T" + hello(3, cid) + frame(32, b"", flags=0x10)),
+		        ("hello twice", lambda: b"T" + hello(2, cid) + hello(2, cid)),
+		        ("raft hello then junk", lambda: b"R" + hello(2, cid) + junk(4096)),
+		        ("raft hello then a huge raft message", lambda: b"R" + hello(3, cid) + struct.pack("<QQ", 1, 1 << 40) + junk(64)),
+		        ("raft hello then a truncated raft message", lambda: b"R" + hello(2, cid) + struct.pack("<QQ", 1, 64) + junk(10)),
+		    ]
+		    # every application frame type with random payloads of a few sizes
+		    for t in list(range(16, 20)) + list(range(32, 40)) + list(range(48, 56)):
+		        for n in (0, 1, 7, 64, 3000):
+		            attacks.append(("hello, type %d with %d random bytes" % (t, n),
+		                            lambda t=t, n=n: b"T" + hello(2 + t % 2, cid) + frame(t, junk(n), rid=t * 100 + n)))
 		def addr(s):
 		    h, p = s.rsplit(":", 1)
 		    return h, int(p)
