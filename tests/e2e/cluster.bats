@@ -15,8 +15,8 @@ load cluster_helper
 
 # ---- helpers for this file ------------------------------------------------------
 
-# lines FROM TO PREFIX: "PREFIX-i" for i in FROM..TO
-lines() { seq "$1" "$2" | sed "s/^/$3-/"; }
+# mklines FROM TO PREFIX: "PREFIX-i" for i in FROM..TO
+mklines() { seq "$1" "$2" | sed "s/^/$3-/"; }
 
 # dd_append FILE TEXT: one open + write + fsync + close of TEXT and a newline,
 # as a shell user would with dd (under a 60 s timeout: exit 124 if it hangs);
@@ -63,7 +63,7 @@ logs_agree() {
 	wait_secs 10 '[[ $(cat ${M[2]}/t/4/log) == "on the new partition" && $(cat ${M[3]}/t/4/log) == "on the new partition" ]]'
 
 	# rmdir on node 3: gone everywhere, data included
-	lines 1 100 old >>"${M[2]}/t/0/log"
+	mklines 1 100 old >>"${M[2]}/t/0/log"
 	wait_secs 10 '[[ $(wc -l <${M[3]}/t/0/log) == 100 ]]'
 	rmdir "${M[3]}/t"
 	wait_secs 10 '[[ ! -e ${M[1]}/t && ! -e ${M[2]}/t && ! -e ${M[3]}/t ]]'
@@ -123,7 +123,7 @@ logs_agree() {
 		l=$(leader_of t "$p")
 		f=$(other_than "$l")
 		# 20000 lines of ~30 bytes: several writes of cat's buffer
-		lines 1 20000 "p$p record with some padding" >"$T/p$p"
+		mklines 1 20000 "p$p record with some padding" >"$T/p$p"
 		cat "$T/p$p" >>"${M[f]}/t/$p/log"
 		echo "partition $p: leader $l, written on node $f"
 	done
@@ -138,7 +138,7 @@ logs_agree() {
 	# a producer file on a follower of partition 0: the partitioner spreads the
 	# lines; every mount holds the same records in the same partitions
 	f=$(other_than "$(leader_of t 0)")
-	lines 1 30000 spread >"$T/spread"
+	mklines 1 30000 spread >"$T/spread"
 	cat "$T/spread" >>"${M[f]}/t/spread.txt"
 	wait_secs 15 '[[ $(MNT=${M[1]} all_records t | grep -c "^spread-") == 30000 ]]'
 	for p in 0 1 2; do wait_secs 15 "logs_agree t $p"; done
@@ -150,7 +150,7 @@ logs_agree() {
 	mkdir "${M[2]}/t"
 	wait_secs 10 '[[ -d ${M[1]}/t/2 && -d ${M[3]}/t/2 ]]'
 	local p i k
-	for p in 0 1 2; do lines 1 $((10 * (p + 1))) "p$p" >>"${M[1]}/t/$p/log"; done
+	for p in 0 1 2; do mklines 1 $((10 * (p + 1))) "p$p" >>"${M[1]}/t/$p/log"; done
 	for p in 0 1 2; do
 		for k in leader replicas isr leader_epoch end_offset high_watermark start_offset; do
 			wait_secs 10 "same_everywhere 'cl_state @I@ t $p $k'" ||
@@ -307,7 +307,7 @@ logs_agree() {
 	produce_round() {
 		n=$((n + 1))
 		for p in 0 1 2; do
-			lines $((n * 100 - 99)) $((n * 100)) "p$p" | tee -a "$T/expected" >>"${M[3]}/t/$p/log"
+			mklines $((n * 100 - 99)) $((n * 100)) "p$p" | tee -a "$T/expected" >>"${M[3]}/t/$p/log"
 		done
 	}
 	produce_round
@@ -345,7 +345,7 @@ logs_agree() {
 	mkdir "${M[1]}/t"
 	wait_secs 10 '[[ -d ${M[2]}/t/2 && -d ${M[3]}/t/2 ]]'
 	local p
-	for p in 0 1 2; do lines 1 5000 "p$p" >>"${M[3]}/t/$p/log"; done
+	for p in 0 1 2; do mklines 1 5000 "p$p" >>"${M[3]}/t/$p/log"; done
 	for p in 0 1 2; do wait_secs 10 "[[ \$(wc -l <${M[1]}/t/$p/log) == 5000 && \$(wc -l <${M[2]}/t/$p/log) == 5000 ]]"; done
 	mkdir "${M[1]}/t/groups/g"
 	wait_secs 10 '[[ -d ${M[2]}/t/groups/g ]]'
@@ -356,7 +356,7 @@ logs_agree() {
 	wait "$ca"
 	wait "$cb"
 	echo "node 1: $(wc -l <"$T/a") records, node 2: $(wc -l <"$T/b")"
-	diff <(for p in 0 1 2; do lines 1 5000 "p$p"; done | sort) <(sort "$T/a" "$T/b")
+	diff <(for p in 0 1 2; do mklines 1 5000 "p$p"; done | sort) <(sort "$T/a" "$T/b")
 	run timeout 10 cat "${M[3]}/t/groups/g/pending"
 	assert_success
 	assert_output ''
@@ -368,7 +368,7 @@ logs_agree() {
 	cluster_start 3
 	mkdir "${M[1]}/t"
 	wait_secs 10 '[[ -d ${M[2]}/t && -d ${M[3]}/t ]]'
-	lines 1 100 before >>"${M[1]}/t/0/log"
+	mklines 1 100 before >>"${M[1]}/t/0/log"
 	local addrs=() i
 	for i in 1 2 3; do addrs+=("${NODE_ADDR[i]}:$CL_PORT"); done
 	# the cluster id, if the log names it, lets frames get past HELLO too
