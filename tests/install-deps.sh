@@ -11,7 +11,8 @@ set -euo pipefail
 pkgs=(build-essential pkg-config libfuse3-dev fuse3 libzstd-dev libyaml-dev
       libuv1-dev
       bats bats-assert bats-support python3 procps psmisc util-linux logrotate gawk
-      nginx-light rsyslog curl bsdutils)
+      nginx-light rsyslog curl bsdutils
+      iproute2 nftables)   # iproute2, nftables: cluster_faults.bats (netns + nft)
 raft_min=0.22
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,6 +1,6 @@
 /* latency.c - append-to-cursor latency on a topicfs topic.
  *
- *   latency TOPICDIR [SAMPLES [INTERVAL_US [WARMUP]]]   (1000 3000 50)
+ *   latency TOPICDIR [SAMPLES [INTERVAL_US [WARMUP [READ_TOPICDIR]]]]   (1000 3000 50)
  *
  * One thread holds TOPICDIR/groups/lat/cursor open and sits in a blocking
  * read() (4 KiB buffer: under 64 KiB, so one record per read, INTERFACE.md
@@ -11,6 +11,11 @@
  * written only after the previous one arrived and INTERVAL_US passed, so
  * the reader is always already blocked: this is wake-up latency, not
  * queueing. The first WARMUP samples are dropped (group join, cold caches).
+ *
+ * READ_TOPICDIR (default TOPICDIR) is where the cursor is opened: the same
+ * topic seen through another node's mount, for the write-on-one-node,
+ * consume-on-another latency of a cluster. Both paths are on this machine,
+ * so one clock times both ends.
  *
  * Prints "samples=N p50_us=X p90_us=X p99_us=X max_us=X"; exit 1 with a
  * reason on stderr if the cursor cannot be opened, returns EOF or an error,
@@ -90,23 +95,24 @@ int main(int argc, char **argv)
 	long samples = argc > 2 ? atol(argv[2]) : 1000;
 	long interval_us = argc > 3 ? atol(argv[3]) : 3000;
 	long warmup = argc > 4 ? atol(argv[4]) : 50;
+	const char *rdir = argc > 5 ? argv[5] : argv[1];
 	int cfd, lfd;
 	pthread_t th;
 
 	if (argc < 2 || samples < 1 || interval_us < 0 || warmup < 0) {
-		fprintf(stderr, "usage: latency TOPICDIR [SAMPLES [INTERVAL_US [WARMUP]]]\n");
+		fprintf(stderr, "usage: latency TOPICDIR [SAMPLES [INTERVAL_US [WARMUP [READ_TOPICDIR]]]]\n");
 		return 2;
 	}
 	R.total = samples + warmup;
 	R.lat_ns = calloc((size_t)R.total, sizeof(*R.lat_ns));
 	if (R.lat_ns == NULL)
 		return 1;
-	snprintf(path, sizeof(path), "%s/groups/lat", argv[1]);
+	snprintf(path, sizeof(path), "%s/groups/lat", rdir);
 	if (mkdir(path, 0755) != 0 && errno != EEXIST) {
 		fprintf(stderr, "latency: mkdir %s: %s\n", path, strerror(errno));
 		return 1;
 	}
-	snprintf(path, sizeof(path), "%s/groups/lat/cursor", argv[1]);
+	snprintf(path, sizeof(path), "%s/groups/lat/cursor", rdir);
 	cfd = open(path, O_RDONLY | O_CLOEXEC);
 	if (cfd < 0) {
 		fprintf(stderr, "latency: open %s: %s\n", path, strerror(errno));

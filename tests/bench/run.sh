@@ -513,7 +513,180 @@ if [[ -n $NULL_A ]]; then
 else
 	na c3 "ceiling: null FUSE, $APPENDS × echo >> t/0/log" "null FUSE mount failed" "—"
 fi
-row l3 "latency write() → cursor, 3 nodes, acks: all, p99" "n.a. (not measured: cluster not built yet)" "—" "—" "—" "—" "n.a."
+# ---- topicfs, 3 nodes ------------------------------------------------------------
+# Three daemons on 127.0.0.1..3 (one port number, each on its own address),
+# defaults replication 3, one partition; topics with acks: all. p4 times the
+# same cat of the data set into t/0/log on the partition leader's mount; l3
+# runs latency.c writing on the leader's mount and reading the cursor on a
+# follower's mount. Rows stay n.a. with the reason if the cluster does not form.
+CL_PIDS=() CL_M=() CL_WHY=''
+cl_port() { # a port free on 127.0.0.1..3
+	python3 -c '
+import random, socket, sys
+for _ in range(200):
+    port, socks = random.randint(20000, 60000), []
+    try:
+        for i in (1, 2, 3):
+            s = socket.socket(); socks.append(s); s.bind(("127.0.0.%d" % i, port))
+        print(port); sys.exit(0)
+    except OSError:
+        pass
+    finally:
+        for s in socks: s.close()
+sys.exit(1)'
+}
+# cl_formed: every mount lists 3 nodes up and the same one quorum leader.
+cl_formed() {
+	local i q='' l
+	for i in 1 2 3; do
+		[[ $(awk -F '\t' '$3 == "up"' "${CL_M[i]}/.cluster/nodes" 2>/dev/null | wc -l) == 3 ]] || return 1
+		l=$(awk -F '\t' '$4 == "leader" { print $1 }' "${CL_M[i]}/.cluster/nodes" 2>/dev/null)
+		[[ $l =~ ^[0-9]+$ && ( -z $q || $q == "$l" ) ]] || return 1
+		q=$l
+	done
+}
+cl_alive() {
+	local i
+	for i in 1 2 3; do
+		if ! kill -0 "${CL_PIDS[i]}" 2>/dev/null || ! mountpoint -q "${CL_M[i]}"; then
+			CL_WHY="node $i died: $(tail -n 1 "$T/cl/n$i.log" 2>/dev/null | cut -c1-80)"
+			return 1
+		fi
+	done
+}
+cl_start() {
+	local i port voters='' k
+	CL_WHY=''
+	if [[ ! -x $TOPICFS ]]; then CL_WHY="${TOPICFS#"$root"/} not built"; return 1; fi
+	port=$(cl_port) || { CL_WHY="no free port on 127.0.0.1-3"; return 1; }
+	for i in 1 2 3; do voters+="    - $i@127.0.0.$i:$port"$'\n'; done
+	for i in 1 2 3; do
+		CL_M[i]=$T/cl/m$i
+		mkdir -p "${CL_M[i]}" "$T/cl/d$i"
+		printf 'node:\n  id: %d\n  data_dir: %s\n  listen: 127.0.0.%d:%d\ncluster:\n  voters:\n%sdefaults:\n  partitions: 1\n  replication: 3\n' \
+			"$i" "$T/cl/d$i" "$i" "$port" "$voters" >"$T/cl/n$i.yaml"
+	done
+	for i in 1 2 3; do
+		"$TOPICFS" -f -c "$T/cl/n$i.yaml" "${CL_M[i]}" >"$T/cl/n$i.log" 2>&1 &
+		CL_PIDS[i]=$!
+		PIDS+=("${CL_PIDS[i]}")
+		MOUNTS+=("${CL_M[i]}")
+	done
+	for ((k = 0; k < 600; k++)); do # 30 s
+		cl_formed && return 0
+		for i in 1 2 3; do
+			if ! kill -0 "${CL_PIDS[i]}" 2>/dev/null; then
+				CL_WHY="node $i exited at start: $(tail -n 1 "$T/cl/n$i.log" | cut -c1-80)"
+				return 1
+			fi
+		done
+		sleep 0.05
+	done
+	CL_WHY="the 3-node cluster did not form within 30 s"
+	for i in 1 2 3; do
+		mountpoint -q "${CL_M[i]}" || { CL_WHY+=" (node $i not mounted)"; break; }
+		CL_WHY+=" (node $i lists $(awk -F '\t' '$3 == "up"' "${CL_M[i]}/.cluster/nodes" 2>/dev/null | wc -l) up)"
+		break
+	done
+	return 1
+}
+cl_stop() {
+	local i
+	for i in 1 2 3; do
+		[[ -n ${CL_M[i]:-} ]] && mountpoint -q "${CL_M[i]}" && { fusermount3 -u "${CL_M[i]}" || fusermount3 -uz "${CL_M[i]}" || true; }
+	done
+	for i in 1 2 3; do
+		[[ -n ${CL_PIDS[i]:-} ]] || continue
+		for _ in $(seq 100); do kill -0 "${CL_PIDS[i]}" 2>/dev/null || break; sleep 0.05; done
+		kill -9 "${CL_PIDS[i]}" 2>/dev/null || true
+		wait "${CL_PIDS[i]}" 2>/dev/null || true
+	done
+}
+# cl_topic NAME: make topic NAME (acks: all) on node 1 and wait up to 10 s
+# until its partition 0 has a leader and all three replicas in sync; sets
+# CL_LEADER and CL_FOLLOWER (node numbers).
+CL_LEADER='' CL_FOLLOWER=''
+cl_topic() {
+	local name=$1 k isr i
+	try mkdir "${CL_M[1]}/$name" || { CL_WHY="mkdir topic: $ERR"; return 1; }
+	try write_file "${CL_M[1]}/$name/.config" $'compression: zstd\nacks: all' ||
+		{ CL_WHY="echo 'acks: all' > .config: $ERR"; return 1; }
+	for ((k = 0; k < 200; k++)); do
+		CL_LEADER=$(sed -n 's/^leader: *//p' "${CL_M[1]}/$name/0/state" 2>/dev/null)
+		isr=$(sed -n 's/^isr: *//p' "${CL_M[1]}/$name/0/state" 2>/dev/null | tr -cd '0-9\n ,' | tr ',' ' ' | wc -w)
+		if [[ $CL_LEADER =~ ^[123]$ && $isr == 3 && -d ${CL_M[2]}/$name/0 && -d ${CL_M[3]}/$name/0 ]]; then
+			for i in 1 2 3; do [[ $i == "$CL_LEADER" ]] || { CL_FOLLOWER=$i; break; }; done
+			return 0
+		fi
+		sleep 0.05
+	done
+	CL_WHY="topic $name: no leader with 3 in-sync replicas within 10 s"
+	return 1
+}
+
+say "-- topicfs, 3 nodes"
+lbl_p4="produce, 3 nodes (acks: all, replication 3): cat $MB MB >> t/0/log on the leader's mount"
+lbl_l3="latency write() on the leader's mount → blocked cursor read on a follower's mount, 3 nodes, acks: all"
+if ! more 1 "$EPOCHREALTIME"; then
+	na p4 "$lbl_p4" "$BUDGET_WHY" "—"
+	na l3 "$lbl_l3 p99" "$BUDGET_WHY" "—"
+elif ! cl_start; then
+	na p4 "$lbl_p4" "$CL_WHY" "—"
+	na l3 "$lbl_l3 p99" "$CL_WHY" "—"
+	note "3-node rows n.a.: $CL_WHY"
+	cl_stop
+else
+	note "3 nodes formed (pids ${CL_PIDS[*]})"
+	# produce
+	ts=() why='' row_t0=$EPOCHREALTIME
+	for ((r = 1; r <= RUNS; r++)); do
+		more "$r" "$row_t0" || { ((r > 1)) || why=$BUDGET_WHY; break; }
+		cl_alive || { why=$CL_WHY; break; }
+		cl_topic "p4-$r" || { why=$CL_WHY; break; }
+		if ! run_timed cat_append "$DATA" "${CL_M[CL_LEADER]}/p4-$r/0/log"; then why="cat >> log: $ERR"; break; fi
+		ts+=("$SECS")
+		# the same loss check as p1: every byte committed, on every node
+		for i in 1 2 3; do
+			for _ in $(seq 200); do (($(fsize "${CL_M[i]}/p4-$r/0/log") >= BYTES)) && break; sleep 0.05; done
+			got=$(fsize "${CL_M[i]}/p4-$r/0/log")
+			if ((got != BYTES)); then why="invalid: node $i holds $got of $BYTES bytes after produce"; break 2; fi
+		done
+	done
+	if [[ $why == invalid* ]]; then
+		row p4 "$lbl_p4" "$why" "—" "—" "—" "—" FAIL
+	elif ((${#ts[@]} == 0)); then
+		na p4 "$lbl_p4" "$why" "—"
+	else
+		SECS=$(median "${ts[@]}")
+		rates "$SECS"
+		x="n.a. (no ceiling)"
+		[[ -z $NULL_W ]] || x=$(calc '%.2f' "$NULL_W / $SECS")
+		[[ -z $TFS_PRODUCE_RECS ]] || x+=" ($(calc '%.2f' "$RECS / $TFS_PRODUCE_RECS")× 1-node p1)"
+		row p4 "$lbl_p4" "$(calc '%.3f' "$SECS") s$(runs_note "${#ts[@]}")" "$(commify "$RECS")" "$MBPS" "$x" "—" "—"
+		note "$lbl_p4: median $SECS s"
+		[[ -z $why ]] || note "p4 stopped early: $why"
+	fi
+	# latency
+	if ! more 1 "$EPOCHREALTIME"; then
+		na l3 "$lbl_l3 p99" "$BUDGET_WHY" "—"
+	elif ! cl_alive; then
+		na l3 "$lbl_l3 p99" "$CL_WHY" "—"
+	elif ! cl_topic lat; then
+		na l3 "$lbl_l3 p99" "$CL_WHY" "—"
+	elif out=$(timeout --foreground -k 5 60 "$BIN/latency" "${CL_M[CL_LEADER]}/lat" "$LAT_SAMPLES" 3000 50 \
+		"${CL_M[CL_FOLLOWER]}/lat" 2>"$T/step.err"); then
+		p50=$(sed -n 's/.*p50_us=\([0-9.]*\).*/\1/p' <<<"$out")
+		p99=$(sed -n 's/.*p99_us=\([0-9.]*\).*/\1/p' <<<"$out")
+		pmax=$(sed -n 's/.*max_us=\([0-9.]*\).*/\1/p' <<<"$out")
+		row l3 "$lbl_l3 p99 ($LAT_SAMPLES samples, p50 $p50 µs, max $pmax µs)" "$p99 µs" "—" "—" "—" "—" "—"
+		note "3-node latency (write on node $CL_LEADER, read on node $CL_FOLLOWER): $out"
+	else
+		why=$(tail -n 1 "$T/step.err" | sed 's/^latency: //' | cut -c1-100)
+		[[ -n $why ]] || why="timed out"
+		na l3 "$lbl_l3 p99" "$why" "—"
+	fi
+	cl_stop
+fi
 
 # memory: a fresh daemon with 100 topics × 10 partitions, then idle
 lbl="memory: daemon RSS idle, 100 topics × 10 partitions"
@@ -657,7 +830,7 @@ vs_row v3 "topicfs consume (r1) vs Redis Streams consume" "$TFS_CONSUME_RECS" "$
 vs_row v4 "topicfs consume (r1) vs NATS JetStream consume" "$TFS_CONSUME_RECS" "$NATS_C" NATS
 
 # ---- report ----------------------------------------------------------------------
-ORDER="c1 c2 c3 c4 c5 c6 p1 p2 p3 s1 r1 r2 r3 l1 l2 l3 m1 m2 xp xc np nc v1 v2 v3 v4"
+ORDER="c1 c2 c3 c4 c5 c6 p1 p2 p3 p4 s1 r1 r2 r3 l1 l2 l3 m1 m2 xp xc np nc v1 v2 v3 v4"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 elapsed=$(calc '%.0f' "$EPOCHREALTIME - $suite_t0")

@@ -1,0 +1,471 @@
+#!/usr/bin/env bats
+# cluster.bats - three nodes on 127.0.0.1..3 (INTERFACE.md section 9): one
+# namespace on every mount, writes forwarded to partition leaders and readable
+# everywhere, consistent partition state, leader failover under kill -9 with no
+# acknowledged record lost, in-sync sets that shrink and grow back, refusal
+# without a quorum of replicas, consumer groups spanning nodes, and hostile
+# bytes on the node port.
+#
+# Run: bats tests/e2e/cluster.bats   (TOPICFS=/path/to/topicfs to pick a binary)
+# Nodes use replica_lag_ms 1500, replica_wait_ms 3000, node_timeout_ms 2000
+# (cluster_helper.bash), so every failover here takes seconds, not minutes;
+# all waits are wait_secs bounds, never timing assertions.
+
+load cluster_helper
+
+# ---- helpers for this file ------------------------------------------------------
+
+# mklines FROM TO PREFIX: "PREFIX-i" for i in FROM..TO
+mklines() { seq "$1" "$2" | sed "s/^/$3-/"; }
+
+# dd_append FILE TEXT: one open + write + fsync + close of TEXT and a newline,
+# as a shell user would with dd (under a 60 s timeout: exit 124 if it hangs);
+# errors, with their errno text, go to stderr.
+dd_append() {
+	timeout 60 bash -c 'printf "%s\n" "$2" | dd of="$1" oflag=append conv=notrunc,fsync status=none' _ "$1" "$2"
+}
+
+# log_md5 i TOPIC P: checksum of a partition's log on mount i.
+log_md5() { md5sum <"${M[$1]}/$2/$3/log" | cut -d' ' -f1; }
+
+# logs_agree TOPIC P [i...]: the partition's log is byte-identical on every
+# given (default: every up) mount.
+logs_agree() {
+	local t=$1 p=$2
+	shift 2
+	same_everywhere "md5sum <@M@/$t/$p/log" "$@"
+}
+
+# ---- the namespace ----------------------------------------------------------------
+
+@test "topics made, changed, grown and removed on one node appear on every node" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[2]}/t && -d ${M[3]}/t ]]'
+	wait_secs 10 'same_everywhere "parts_of @I@ t"'
+	[[ $(parts_of 3 t) == "0 1 2" ]]
+	# an existing name is EEXIST on another node too
+	run mkdir "${M[2]}/t"
+	assert_failure
+	assert_output --partial "File exists"
+
+	# a .config change on node 2 shows on nodes 1 and 3
+	echo 'retention_ms: 3600000' >"${M[2]}/t/.config"
+	wait_secs 10 '[[ $(MNT=${M[1]} cfg_value t retention_ms) == 3600000 && $(MNT=${M[3]} cfg_value t retention_ms) == 3600000 ]]'
+	# partition growth on node 3: new partition directories everywhere
+	echo 'partitions: 5' >"${M[3]}/t/.config"
+	wait_secs 10 '[[ $(parts_of 1 t) == "0 1 2 3 4" ]] && same_everywhere "parts_of @I@ t"'
+	for i in 1 2 3; do
+		[[ $(MNT=${M[i]} cfg_value t partitions) == 5 ]]
+		[[ -n $(cl_state "$i" t 4 leader) ]] || { cat "${M[i]}/t/4/state"; false; }
+	done
+	echo 'on the new partition' >>"${M[1]}/t/4/log"
+	wait_secs 10 '[[ $(cat ${M[2]}/t/4/log) == "on the new partition" && $(cat ${M[3]}/t/4/log) == "on the new partition" ]]'
+
+	# rmdir on node 3: gone everywhere, data included
+	mklines 1 100 old >>"${M[2]}/t/0/log"
+	wait_secs 10 '[[ $(wc -l <${M[3]}/t/0/log) == 100 ]]'
+	rmdir "${M[3]}/t"
+	wait_secs 10 '[[ ! -e ${M[1]}/t && ! -e ${M[2]}/t && ! -e ${M[3]}/t ]]'
+	# the name can be made again (on another node) and starts empty everywhere
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[2]}/t/0 && -d ${M[3]}/t/0 ]]'
+	for i in 1 2 3; do
+		run cat "${M[i]}/t/0/log"
+		assert_success
+		assert_output ''
+		[[ $(MNT=${M[i]} cfg_value t partitions) == 3 ]]
+	done
+}
+
+@test "concurrent mkdir of one name on three nodes: exactly one succeeds, the others get EEXIST" {
+	cluster_start 3
+	local i ok=0 pids=()
+	for i in 1 2 3; do
+		(rc=0; mkdir "${M[i]}/race" 2>"$T/mkdir$i.err" || rc=$?; echo $rc >"$T/mkdir$i.rc") 3>&- &
+		pids+=($!)
+	done
+	wait "${pids[@]}" || true
+	for i in 1 2 3; do
+		if [[ $(cat "$T/mkdir$i.rc") == 0 ]]; then
+			ok=$((ok + 1))
+		else
+			grep -q "File exists" "$T/mkdir$i.err" || { cat "$T/mkdir$i.err"; false; }
+		fi
+	done
+	[[ $ok == 1 ]] || { echo "$ok of 3 mkdirs succeeded"; false; }
+	wait_secs 10 '[[ -d ${M[1]}/race/0 && -d ${M[2]}/race/0 && -d ${M[3]}/race/0 ]]'
+}
+
+@test "replication greater than the number of nodes is EINVAL and changes nothing" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[2]}/t ]]'
+	run bash -c "echo 'replication: 4' >'${M[2]}/t/.config'"
+	assert_failure
+	assert_output --partial "Invalid argument"
+	for i in 1 2 3; do
+		[[ $(MNT=${M[i]} cfg_value t replication) == 3 ]] || { cat "${M[i]}/t/.config"; false; }
+	done
+	grep -q '^# error: ' "${M[2]}/t/.config" || { cat "${M[2]}/t/.config"; false; }
+	[[ $(replicas_of t 0) == "1 2 3" ]]
+}
+
+# ---- data path ----------------------------------------------------------------------
+
+@test "lines written on a follower's mount read back byte-identical on every mount" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[2]}/t/2 && -d ${M[3]}/t/2 ]]'
+	local p l f
+	for p in 0 1 2; do
+		wait_secs 10 '[[ -n $(leader_of t $p) ]]'
+		l=$(leader_of t "$p")
+		f=$(other_than "$l")
+		# 20000 lines of ~30 bytes: several writes of cat's buffer
+		mklines 1 20000 "p$p record with some padding" >"$T/p$p"
+		cat "$T/p$p" >>"${M[f]}/t/$p/log"
+		echo "partition $p: leader $l, written on node $f"
+	done
+	for p in 0 1 2; do
+		for i in 1 2 3; do
+			wait_secs 15 "cmp -s '$T/p$p' '${M[i]}/t/$p/log'" ||
+				{ echo "node $i partition $p differs"; cmp "$T/p$p" "${M[i]}/t/$p/log"; false; }
+			[[ $(stat -c %s "${M[i]}/t/$p/log") == $(stat -c %s "$T/p$p") ]]
+			[[ $(cl_state "$i" t "$p" end_offset) == 20000 ]]
+		done
+	done
+	# a producer file on a follower of partition 0: the partitioner spreads the
+	# lines; every mount holds the same records in the same partitions
+	f=$(other_than "$(leader_of t 0)")
+	mklines 1 30000 spread >"$T/spread"
+	cat "$T/spread" >>"${M[f]}/t/spread.txt"
+	wait_secs 15 '[[ $(MNT=${M[1]} all_records t | grep -c "^spread-") == 30000 ]]'
+	for p in 0 1 2; do wait_secs 15 "logs_agree t $p"; done
+	diff <(sort "$T/spread") <(MNT=${M[3]} all_records t | grep '^spread-' | sort)
+}
+
+@test "partition state files agree on every mount: leader, replicas, isr, epoch, offsets" {
+	cluster_start 3
+	mkdir "${M[2]}/t"
+	wait_secs 10 '[[ -d ${M[1]}/t/2 && -d ${M[3]}/t/2 ]]'
+	local p i k
+	for p in 0 1 2; do mklines 1 $((10 * (p + 1))) "p$p" >>"${M[1]}/t/$p/log"; done
+	for p in 0 1 2; do
+		for k in leader replicas isr leader_epoch end_offset high_watermark start_offset; do
+			wait_secs 10 "same_everywhere 'cl_state @I@ t $p $k'" ||
+				{ for i in 1 2 3; do echo "node $i:"; cat "${M[i]}/t/$p/state"; done; false; }
+		done
+		[[ $(replicas_of t "$p") == "1 2 3" ]] || { cat "${M[1]}/t/$p/state"; false; }
+		wait_secs 10 "[[ \$(isr_of t $p) == '1 2 3' ]]"
+		[[ $(leader_of t "$p") =~ ^[123]$ ]]
+		[[ $(epoch_of t "$p") =~ ^[0-9]+$ ]]
+		[[ $(cl_state 3 t "$p" end_offset) == $((10 * (p + 1))) ]]
+		[[ $(cl_state 3 t "$p" high_watermark) == $((10 * (p + 1))) ]]
+		[[ $(cl_state 3 t "$p" start_offset) == 0 ]]
+	done
+}
+
+# ---- failures ----------------------------------------------------------------------------
+
+@test "kill -9 of a partition leader during acks: all writes loses no acknowledged line; the node rejoins" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	echo $'acks: all\nmin_insync: 2' >"${M[1]}/t/.config"
+	wait_secs 10 '[[ $(MNT=${M[3]} cfg_value t acks) == all && $(MNT=${M[2]} cfg_value t acks) == all ]]'
+	wait_secs 10 '[[ $(isr_of t 0) == "1 2 3" ]]'
+	local l w e0 k0 s
+	l=$(leader_of t 0)
+	e0=$(epoch_of t 0)
+	w=$(other_than "$l")
+	s=$(other_than "$l" "$w")
+	echo "leader of t/0: node $l (epoch $e0); writer on node $w"
+	acks_writer "${M[w]}/t/0/log" "$T/acked" w
+	local writer=$WRITER
+	wait_secs 20 '[[ $(acked $T/acked) -ge 100 ]]'
+	node_kill9 "$l"
+	k0=$(acked "$T/acked")
+	echo "killed node $l after $k0 acknowledged writes"
+	# writes resume on the survivors
+	wait_secs 30 "[[ \$(acked $T/acked) -ge $((k0 + 100)) ]]" ||
+		{ echo "acked: $(acked "$T/acked")"; tail -n 5 "$T/acked.err"; false; }
+	writer_stop "$T/acked" "$writer"
+	echo "$(acked "$T/acked") acknowledged, $(wc -l <"$T/acked.err") failed attempts"
+	# a new leader from the in-sync survivors, with a higher epoch, seen alike by both
+	wait_secs 10 "same_everywhere 'cl_state @I@ t 0 leader' $w $s"
+	[[ $(leader_of t 0 "$w") != "$l" ]]
+	[[ $(leader_of t 0 "$w") =~ ^[123]$ ]]
+	[[ $(epoch_of t 0 "$w") -gt $e0 ]] || { cat "${M[w]}/t/0/state"; false; }
+	# every acknowledged line exactly once, on both survivors, byte-identical
+	wait_secs 10 "logs_agree t 0 $w $s"
+	cat "${M[s]}/t/0/log" >"$T/log.s"
+	check_acked "$T/log.s" "$T/acked" w
+	# the killed node comes back, catches up byte for byte and rejoins the isr
+	node_start "$l"
+	node_wait_mounted "$l"
+	wait_secs 30 "[[ \$(log_md5 $l t 0) == \$(md5sum <$T/log.s | cut -d' ' -f1) ]]" ||
+		{ echo "node $l: $(wc -l <"${M[l]}/t/0/log") lines, survivors $(wc -l <"$T/log.s")"; false; }
+	for i in 1 2 3; do
+		wait_secs 30 "[[ \$(isr_of t 0 $i) == '1 2 3' ]]" || { cat "${M[i]}/t/0/state"; false; }
+	done
+	wait_secs 10 'cl_formed'
+	# and the partition takes writes again on the restarted node's mount
+	dd_append "${M[l]}/t/0/log" "after rejoin"
+	wait_secs 10 'logs_agree t 0'
+	[[ $(tail -n 1 "${M[s]}/t/0/log") == "after rejoin" ]]
+}
+
+@test "SIGSTOP of a follower shrinks the in-sync set; SIGCONT restores it" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	echo $'acks: all\nmin_insync: 2' >"${M[1]}/t/.config"
+	wait_secs 10 '[[ $(MNT=${M[2]} cfg_value t acks) == all && $(MNT=${M[3]} cfg_value t acks) == all ]]'
+	wait_secs 10 '[[ $(isr_of t 0) == "1 2 3" ]]'
+	local l f o q
+	l=$(leader_of t 0)
+	q=$(quorum_leader "$l")
+	# the stopped follower: preferably not the quorum leader either
+	f=$(other_than "$l" "$q") || f=$(other_than "$l")
+	o=$(other_than "$l" "$f")
+	echo "t/0 leader $l, quorum leader $q, stopping follower $f"
+	dd_append "${M[l]}/t/0/log" before
+	node_stop_signal "$f" STOP
+	# (the stopped node's mount is not touched until SIGCONT: it cannot answer)
+	wait_secs 20 "[[ \$(isr_of t 0 $l) != *$f* ]]" || { cat "${M[l]}/t/0/state"; false; }
+	[[ $(isr_of t 0 "$l") == "$(printf '%s\n' "$l" "$o" | sort -n | paste -sd' ')" ]]
+	wait_secs 10 "[[ \$(isr_of t 0 $o) != *$f* ]]"
+	# with two in sync an acks: all write commits (min_insync 2)
+	run dd_append "${M[o]}/t/0/log" "while stopped"
+	assert_success
+	wait_secs 10 "[[ \$(tail -n 1 ${M[l]}/t/0/log) == 'while stopped' ]]"
+	node_stop_signal "$f" CONT
+	for i in 1 2 3; do
+		wait_secs 30 "[[ \$(isr_of t 0 $i) == '1 2 3' ]]" || { cat "${M[i]}/t/0/state"; false; }
+	done
+	wait_secs 10 'logs_agree t 0'
+	[[ $(cat "${M[f]}/t/0/log") == $'before\nwhile stopped' ]]
+}
+
+@test "with two of three nodes down an acks: all write fails with ENOTCONN; one node back and writes work" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	echo $'acks: all\nmin_insync: 2' >"${M[1]}/t/.config"
+	wait_secs 10 '[[ $(MNT=${M[2]} cfg_value t acks) == all && $(MNT=${M[3]} cfg_value t acks) == all ]]'
+	wait_secs 10 '[[ $(isr_of t 0) == "1 2 3" ]]'
+	local s a b
+	s=$(leader_of t 0)
+	a=$(other_than "$s")
+	b=$(other_than "$s" "$a")
+	dd_append "${M[a]}/t/0/log" committed
+	echo "survivor: node $s (leader of t/0); killing $a and $b"
+	node_kill9 "$a"
+	node_kill9 "$b"
+	# the write is refused after replica_wait_ms (3 s): ENOTCONN, not a hang,
+	# not success, not a generic EIO
+	run dd_append "${M[s]}/t/0/log" refused
+	echo "$output"
+	[[ $status -ne 124 ]] || { echo "the write hung for 60 s"; false; }
+	assert_failure
+	assert_output --partial "Transport endpoint is not connected"
+	# the other partitions refuse too, whoever leads them
+	for p in 1 2; do
+		run dd_append "${M[s]}/t/$p/log" refused
+		echo "t/$p: status $status: $output"
+		[[ $status -ne 124 ]] || { echo "the write to t/$p hung for 60 s"; false; }
+		assert_failure
+	done
+	# reading what was committed still works on the survivor
+	[[ $(head -n 1 "${M[s]}/t/0/log") == committed ]]
+	# one node back: a majority again; writes commit within seconds
+	node_start "$a"
+	node_wait_mounted "$a"
+	wait_secs 40 "dd_append '${M[s]}/t/0/log' back 2>/dev/null" || { dd_append "${M[s]}/t/0/log" back; false; }
+	wait_secs 10 "[[ \$(tail -n 1 ${M[a]}/t/0/log) == back ]]"
+	wait_secs 10 "logs_agree t 0 $s $a"
+}
+
+# ---- consumer groups across nodes ---------------------------------------------------------
+
+@test "group members on two nodes share the partitions; every record is delivered once in total" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[2]}/t/2 && -d ${M[3]}/t/2 ]]'
+	mkdir "${M[1]}/t/groups/g"
+	wait_secs 10 '[[ -d ${M[2]}/t/groups/g ]]'
+	local ra rb n=0 p
+	(while IFS= read -r line; do printf '%s\n' "$line"; done <"${M[1]}/t/groups/g/cursor" >"$T/a") 3>&- &
+	ra=$!
+	bg_track "$ra"
+	wait_until "ls -l /proc/$ra/fd 2>/dev/null | grep -qF -- ' -> ${M[1]}/t/groups/g/cursor'"
+	(while IFS= read -r line; do printf '%s\n' "$line"; done <"${M[2]}/t/groups/g/cursor" >"$T/b") 3>&- &
+	rb=$!
+	bg_track "$rb"
+	wait_until "ls -l /proc/$rb/fd 2>/dev/null | grep -qF -- ' -> ${M[2]}/t/groups/g/cursor'"
+	: >"$T/expected"
+	# produce rounds (on node 3) until both members have received records;
+	# a rebalance may take a moment after the second member joined
+	produce_round() {
+		n=$((n + 1))
+		for p in 0 1 2; do
+			mklines $((n * 100 - 99)) $((n * 100)) "p$p" | tee -a "$T/expected" >>"${M[3]}/t/$p/log"
+		done
+	}
+	produce_round
+	wait_secs 30 'produce_round; sleep 0.3; [[ -s $T/a && -s $T/b ]]' ||
+		{ echo "a: $(wc -l <"$T/a") b: $(wc -l <"$T/b") after $n rounds"; false; }
+	produce_round
+	local total
+	total=$(wc -l <"$T/expected")
+	wait_secs 30 "[[ \$(cat $T/a $T/b | wc -l) -ge $total ]]" ||
+		{ echo "delivered $(cat "$T/a" "$T/b" | wc -l) of $total"; false; }
+	sleep 1 # anything delivered twice would show up now
+	kill -TERM "$ra" "$rb"
+	wait "$ra" "$rb" 2>/dev/null || true
+	echo "member on node 1: $(wc -l <"$T/a") records, on node 2: $(wc -l <"$T/b")"
+	diff <(sort "$T/expected") <(sort "$T/a" "$T/b")
+	# within each member, each partition's records in offset order
+	python3 - "$T/a" "$T/b" <<-'EOF'
+		import sys
+		for f in sys.argv[1:]:
+		    last = {}
+		    for line in open(f):
+		        p, i = line.strip().split("-")
+		        assert int(i) > last.get(p, 0), "%s: %s after %s-%d" % (f, line.strip(), p, last[p])
+		        last[p] = int(i)
+	EOF
+	# the offsets are the group's, on every node: nothing left for a third member
+	wait_secs 10 "[[ -z \$(timeout 10 cat ${M[3]}/t/groups/g/pending) ]]"
+	run timeout 10 cat "${M[3]}/t/groups/g/pending"
+	assert_success
+	assert_output ''
+}
+
+@test "two pending readers on different nodes at once deliver each record exactly once" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[2]}/t/2 && -d ${M[3]}/t/2 ]]'
+	local p
+	for p in 0 1 2; do mklines 1 5000 "p$p" >>"${M[3]}/t/$p/log"; done
+	for p in 0 1 2; do wait_secs 10 "[[ \$(wc -l <${M[1]}/t/$p/log) == 5000 && \$(wc -l <${M[2]}/t/$p/log) == 5000 ]]"; done
+	mkdir "${M[1]}/t/groups/g"
+	wait_secs 10 '[[ -d ${M[2]}/t/groups/g ]]'
+	timeout 60 cat "${M[1]}/t/groups/g/pending" >"$T/a" &
+	local ca=$!
+	timeout 60 cat "${M[2]}/t/groups/g/pending" >"$T/b" &
+	local cb=$!
+	wait "$ca"
+	wait "$cb"
+	echo "node 1: $(wc -l <"$T/a") records, node 2: $(wc -l <"$T/b")"
+	diff <(for p in 0 1 2; do mklines 1 5000 "p$p"; done | sort) <(sort "$T/a" "$T/b")
+	run timeout 10 cat "${M[3]}/t/groups/g/pending"
+	assert_success
+	assert_output ''
+}
+
+# ---- hostile bytes on the node port ----------------------------------------------------------
+
+@test "garbage, truncated frames and huge lengths on every node port crash nothing; the cluster keeps serving" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[2]}/t && -d ${M[3]}/t ]]'
+	mklines 1 100 before >>"${M[1]}/t/0/log"
+	local addrs=() i
+	for i in 1 2 3; do addrs+=("${NODE_ADDR[i]}:$CL_PORT"); done
+	# the cluster id, if the log names it, lets frames get past HELLO too
+	local cid
+	cid=$(sed -n 's/.*cluster \(topicfs-[^:]*\): node .*/\1/p' "${NODE_LOG[1]}" | head -n 1)
+	echo "cluster id: ${cid:-(not in the log: only attacks before HELLO)}"
+	CID=$cid timeout 180 python3 - "${addrs[@]}" <<-'EOF'
+		import os, random, socket, struct, sys, time
+		def crc32c(data):
+		    crc = 0xFFFFFFFF
+		    for b in data:
+		        crc ^= b
+		        for _ in range(8):
+		            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+		    return crc ^ 0xFFFFFFFF
+		def header(type_, flags, rid, length, crc):
+		    return b"TFS1" + struct.pack(">HHIII", type_, flags, rid, length, crc)
+		def hello(node, cluster=b"not-this-cluster"):
+		    payload = struct.pack(">HHB", 1, node, len(cluster)) + cluster
+		    return header(1, 0, 0, len(payload), crc32c(payload)) + payload
+		rnd = random.Random(20240601)
+		attacks = [
+		    ("random bytes", lambda: bytes(rnd.getrandbits(8) for _ in range(65536))),
+		    ("T then random", lambda: b"T" + bytes(rnd.getrandbits(8) for _ in range(4096))),
+		    ("R then random", lambda: b"R" + bytes(rnd.getrandbits(8) for _ in range(4096))),
+		    ("truncated header", lambda: b"T" + header(1, 0, 0, 10, 0)[:11]),
+		    ("truncated hello", lambda: b"T" + hello(2)[:-3]),
+		    ("huge length before hello", lambda: b"T" + header(1, 0, 0, 0xFFFFFFFF, 0) + b"x" * 100),
+		    ("16 MiB hello", lambda: b"T" + header(1, 0, 0, 16 << 20, 0) + b"x" * 1000),
+		    ("bad crc hello", lambda: b"T" + hello(2)[:-1] + b"?"),
+		    ("hello then huge frame", lambda: b"T" + hello(2) + header(16, 0, 1, 0xFFFFFFF0, 0) + b"y" * 100),
+		    ("hello then type 0", lambda: b"T" + hello(3) + header(0, 0, 0, 0, crc32c(b""))),
+		    ("raft hello then junk", lambda: b"R" + hello(2) + bytes(rnd.getrandbits(8) for _ in range(4096))),
+		    ("raft huge length", lambda: b"R" + header(1, 0, 0, 0x7FFFFFFF, 0)),
+		    ("empty", lambda: b""),
+		]
+		cid = os.environ.get("CID", "").encode()
+		if cid:
+		    def junk(n):
+		        return bytes(rnd.getrandbits(8) for _ in range(n))
+		    def frame(type_, payload, flags=0, rid=1):
+		        return header(type_, flags, rid, len(payload), crc32c(payload)) + payload
+		    attacks += [
+		        ("hello as node 2, unknown type", lambda: b"T" + hello(2, cid) + frame(99, b"x" * 10)),
+		        ("hello as unknown node 9", lambda: b"T" + hello(9, cid) + frame(16, junk(40))),
+		        ("hello, then over 16 MiB", lambda: b"T" + hello(2, cid) + header(16, 0, 1, (16 << 20) + 1, 0) + b"z" * 1000),
+		        ("hello, then a response nobody asked for", lambda: b"T" + hello(2, cid) + frame(16, b"\0" * 8, flags=1, rid=777)),
+		        ("hello, then an error response", lambda: b"T" + hello(3, cid) + frame(32, b"\xff" * 4, flags=3, rid=778)),
+		        ("hello, then reserved flags", lambda: b"T" + hello(3, cid) + frame(32, b"", flags=0x10)),
+		        ("hello twice", lambda: b"T" + hello(2, cid) + hello(2, cid)),
+		        ("raft hello then junk", lambda: b"R" + hello(2, cid) + junk(4096)),
+		        ("raft hello then a huge raft message", lambda: b"R" + hello(3, cid) + struct.pack("<QQ", 1, 1 << 40) + junk(64)),
+		        ("raft hello then a truncated raft message", lambda: b"R" + hello(2, cid) + struct.pack("<QQ", 1, 64) + junk(10)),
+		    ]
+		    # every application frame type with random payloads of a few sizes
+		    for t in list(range(16, 20)) + list(range(32, 40)) + list(range(48, 56)):
+		        for n in (0, 1, 7, 64, 3000):
+		            attacks.append(("hello, type %d with %d random bytes" % (t, n),
+		                            lambda t=t, n=n: b"T" + hello(2 + t % 2, cid) + frame(t, junk(n), rid=t * 100 + n)))
+		def addr(s):
+		    h, p = s.rsplit(":", 1)
+		    return h, int(p)
+		for target in sys.argv[1:]:
+		    for name, make in attacks:
+		        try:
+		            c = socket.create_connection(addr(target), timeout=5)
+		            try:
+		                c.sendall(make())
+		                c.settimeout(1)
+		                try:
+		                    c.recv(4096)
+		                except (socket.timeout, OSError):
+		                    pass
+		            except OSError:
+		                pass  # the node closed on us: fine
+		            c.close()
+		        except OSError as e:
+		            print("%s %s: connect: %s" % (target, name, e))
+		            sys.exit(1)
+		    # many idle half-open connections at once, then dropped
+		    idle = [socket.create_connection(addr(target), timeout=5) for _ in range(64)]
+		    for c in idle[::2]:
+		        c.sendall(b"T")
+		    time.sleep(0.5)
+		    for c in idle:
+		        c.close()
+		    print("%s: %d attacks sent" % (target, len(attacks)))
+	EOF
+	# every daemon is alive and still sees a whole cluster
+	for i in 1 2 3; do
+		kill -0 "${NODE_PID[i]}" || { echo "node $i died"; false; }
+		mountpoint -q "${M[i]}"
+	done
+	wait_secs 15 'cl_formed'
+	# and serves: a write on each mount is readable on every mount
+	for i in 1 2 3; do dd_append "${M[i]}/t/0/log" "after garbage $i"; done
+	wait_secs 10 'logs_agree t 0'
+	[[ $(grep -c '^after garbage' "${M[2]}/t/0/log") == 3 ]]
+	[[ $(wc -l <"${M[3]}/t/0/log") == 103 ]]
+}

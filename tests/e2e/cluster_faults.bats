@@ -1,0 +1,169 @@
+#!/usr/bin/env bats
+# cluster_faults.bats - network partitions (INTERFACE.md section 9: "a
+# partitioned minority cannot accept writes that the majority will later
+# contradict"). Three nodes, each in its own network namespace on 10.77.0.1-3
+# joined by a bridge (netns.sh), started with `nsenter --net=...` so their
+# FUSE mounts stay visible here. A node is cut off with nft drop rules inside
+# its namespace and healed by deleting them.
+#
+# Needs root, ip (iproute2), nsenter, nft (nftables) and python3; skips with
+# the reason when namespaces or nft are unavailable. Check the plumbing alone
+# with: bash tests/e2e/netns.sh selftest
+
+load cluster_helper
+
+dd_append() {
+	timeout 60 bash -c 'printf "%s\n" "$2" | dd of="$1" oflag=append conv=notrunc,fsync status=none' _ "$1" "$2"
+}
+logs_agree() {
+	local t=$1 p=$2
+	shift 2
+	same_everywhere "md5sum <@M@/$t/$p/log" "$@"
+}
+
+@test "namespace plumbing: nodes reach each other, an nft cut isolates one, healing restores it (no topicfs)" {
+	cl_use_netns 3
+	netns_probe "$CL_NETNS" 1 2
+	netns_probe "$CL_NETNS" 2 3
+	netns_probe "$CL_NETNS" 3 1
+	cut_node 1
+	run netns_probe "$CL_NETNS" 1 2 1
+	assert_failure
+	run netns_probe "$CL_NETNS" 3 1 1
+	assert_failure
+	netns_probe "$CL_NETNS" 2 3
+	heal_node 1
+	netns_probe "$CL_NETNS" 1 2
+	netns_probe "$CL_NETNS" 3 1
+}
+
+# minority_test WHICH: WHICH is "quorum-leader" or "quorum-follower": the node
+# cut off is the metadata quorum's leader, or a node that is not (and leads
+# some partitions).
+minority_test() {
+	cl_use_netns 3
+	netns_probe "$CL_NETNS" 1 2 # the plumbing works before topicfs is involved
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	echo $'partitions: 6\nacks: all\nmin_insync: 2' >"${M[1]}/t/.config"
+	local p i x q maj
+	for p in 0 1 2 3 4 5; do
+		wait_secs 15 "[[ \$(isr_of t $p 1) == '1 2 3' && \$(isr_of t $p 2) == '1 2 3' && \$(isr_of t $p 3) == '1 2 3' ]]" ||
+			{ cat "${M[1]}/t/$p/state"; false; }
+		dd_append "${M[2]}/t/$p/log" "base-$p"
+	done
+	q=$(quorum_leader 1)
+	if [[ $1 == quorum-leader ]]; then
+		x=$q
+	else
+		# a quorum follower that leads at least one partition, if there is one
+		x=
+		for p in 0 1 2 3 4 5; do
+			i=$(leader_of t "$p" 1)
+			[[ $i != "$q" ]] && { x=$i; break; }
+		done
+		[[ -n $x ]] || x=$(other_than "$q")
+	fi
+	maj=$(other_than "$x")
+	local majb
+	majb=$(other_than "$x" "$maj")
+	local led=()
+	for p in 0 1 2 3 4 5; do [[ $(leader_of t "$p" 1) == "$x" ]] && led+=("$p"); done
+	echo "quorum leader $q; cutting node $x (leads partitions: ${led[*]:-none}); majority $maj $majb"
+	# the majority's writer targets a partition the cut node leads (if any)
+	local mp=${led[0]:-0}
+	acks_writer "${M[maj]}/t/$mp/log" "$T/maj" maj
+	local wmaj=$WRITER
+	wait_secs 20 '[[ $(acked $T/maj) -ge 50 ]]'
+
+	cut_node "$x"
+	local k0
+	k0=$(acked "$T/maj")
+	echo "cut after $k0 acknowledged majority writes"
+	# the minority: a writer through its mount, started after the cut, and one
+	# dd per partition; nothing may be acknowledged
+	acks_writer "${M[x]}/t/$mp/log" "$T/min" min
+	local wmin=$WRITER
+	local ddpids=()
+	for p in 0 1 2 3 4 5; do
+		(dd_append "${M[x]}/t/$p/log" "minority-dd-$p" 2>"$T/dd$p.err"; echo $? >"$T/dd$p.rc") 3>&- &
+		ddpids+=($!)
+		bg_track $!
+	done
+	# a topic made on the minority side cannot be agreed either
+	run timeout 60 mkdir "${M[x]}/minority-topic"
+	echo "mkdir on the minority: status $status: $output"
+	[[ $status -ne 124 ]] || { echo "mkdir on the minority hung for 60 s"; false; }
+	assert_failure
+
+	# the majority: node x down, leaders elected among the two, writes go on
+	wait_secs 30 "[[ \$(node_state $maj $x) == down && \$(node_state $majb $x) == down ]]" ||
+		{ cat "${M[maj]}/.cluster/nodes"; false; }
+	wait_secs 30 "[[ -n \$(quorum_leader $maj) && \$(quorum_leader $maj) != $x && \$(quorum_leader $majb) == \$(quorum_leader $maj) ]]" ||
+		{ cat "${M[maj]}/.cluster/nodes" "${M[majb]}/.cluster/nodes"; false; }
+	for p in 0 1 2 3 4 5; do
+		wait_secs 30 "[[ \$(leader_of t $p $maj) != $x && \$(leader_of t $p $majb) == \$(leader_of t $p $maj) ]]" ||
+			{ cat "${M[maj]}/t/$p/state"; false; }
+	done
+	wait_secs 30 "[[ \$(acked $T/maj) -ge $((k0 + 50)) ]]" ||
+		{ echo "majority acked $(acked "$T/maj")"; tail -n 5 "$T/maj.err"; false; }
+	for p in 0 1 2 3 4 5; do
+		wait_secs 30 "dd_append '${M[majb]}/t/$p/log' 'majority-dd-$p' 2>/dev/null" ||
+			{ dd_append "${M[majb]}/t/$p/log" "majority-dd-$p"; false; }
+	done
+	# the majority can change metadata (a new topic would need 3 live nodes
+	# for replication 3, so a .config change stands for it)
+	echo 'retention_ms: 7200000' >"${M[maj]}/t/.config"
+
+	# every minority write has failed, with an errno, none hung, none acknowledged
+	wait "${ddpids[@]}"
+	for p in 0 1 2 3 4 5; do
+		echo "minority dd to t/$p: exit $(cat "$T/dd$p.rc"): $(cat "$T/dd$p.err")"
+		[[ $(cat "$T/dd$p.rc") != 124 ]] || { echo "the minority write to t/$p hung for 60 s"; false; }
+		[[ $(cat "$T/dd$p.rc") != 0 ]] || { echo "a minority write to t/$p was acknowledged"; false; }
+		[[ -s $T/dd$p.err ]]
+	done
+	writer_stop "$T/maj" "$wmaj"
+	writer_stop "$T/min" "$wmin"
+	echo "minority writer: $(acked "$T/min") acknowledged, $(wc -l <"$T/min.err") failed attempts"
+	[[ $(acked "$T/min") == 0 ]] || { echo "the minority acknowledged writes:"; head "$T/min"; false; }
+	[[ -s $T/min.err ]]
+
+	heal_node "$x"
+	# node x rejoins, catches up, the logs agree everywhere, the isr is whole
+	wait_secs 40 'cl_formed' || { for i in 1 2 3; do cat "${M[i]}/.cluster/nodes"; done; false; }
+	for p in 0 1 2 3 4 5; do
+		wait_secs 40 "logs_agree t $p" ||
+			{ for i in 1 2 3; do echo "node $i: $(md5sum <"${M[i]}/t/$p/log") $(wc -l <"${M[i]}/t/$p/log") lines"; done; false; }
+		for i in 1 2 3; do
+			wait_secs 30 "[[ \$(isr_of t $p $i) == '1 2 3' ]]" || { cat "${M[i]}/t/$p/state"; false; }
+		done
+		grep -qx "majority-dd-$p" "${M[x]}/t/$p/log"
+		grep -qx "base-$p" "${M[x]}/t/$p/log"
+	done
+	cat "${M[x]}/t/$mp/log" >"$T/final"
+	check_acked "$T/final" "$T/maj" maj
+	# nor any unacknowledged minority line: during the cut no packet of x
+	# reached the majority, and every such write had failed before the heal,
+	# so one of them in the agreed log means x's divergent log was adopted or
+	# a write already reported failed was sent again afterwards
+	for p in 0 1 2 3 4 5; do
+		run grep -E '^(min-[0-9]+|minority-dd-[0-9]+)$' "${M[maj]}/t/$p/log"
+		[[ -z $output ]] || { echo "t/$p holds minority writes: $output"; false; }
+	done
+	# the namespace: the majority's change reached x; the minority's topic is nowhere
+	wait_secs 20 "[[ \$(MNT=${M[x]} cfg_value t retention_ms) == 7200000 ]]"
+	for i in 1 2 3; do [[ ! -e ${M[i]}/minority-topic ]]; done
+	# and x takes writes again
+	dd_append "${M[x]}/t/$mp/log" "after heal"
+	wait_secs 10 "logs_agree t $mp"
+	[[ $(tail -n 1 "${M[maj]}/t/$mp/log") == "after heal" ]]
+}
+
+@test "a cut-off quorum leader cannot commit; the majority elects leaders and goes on; healed, it catches up" {
+	minority_test quorum-leader
+}
+
+@test "a cut-off partition leader (quorum follower) cannot commit; the majority goes on; healed, it catches up" {
+	minority_test quorum-follower
+}
