@@ -770,10 +770,15 @@ static int epoch_assign(struct ls_partition *p, int32_t epoch, int64_t start_off
 	return 1;
 }
 
-/* Drops epochs starting after end (truncation). Caller holds exclusive lock. */
-static void epochs_truncate_end(struct ls_partition *p, int64_t end)
+/* Drops epochs starting after end (recovery: a leader's epoch may start at
+ * the log end with nothing appended yet), or with `at` also those starting
+ * at end (truncation: their data is gone, and batches of an older epoch
+ * appended next must be able to re-establish theirs). Caller holds the
+ * exclusive lock. */
+static void epochs_truncate_end(struct ls_partition *p, int64_t end, int at)
 {
-	while (p->nepochs && p->epochs[p->nepochs - 1].start_offset > end)
+	while (p->nepochs && (p->epochs[p->nepochs - 1].start_offset > end ||
+	                      (at && p->epochs[p->nepochs - 1].start_offset == end)))
 		p->nepochs--;
 }
 
@@ -1272,7 +1277,7 @@ int ls_partition_open(const char *dir, const struct ls_config *cfg,
 		memcpy(p->epochs, m.epochs, m.nepochs * sizeof(*p->epochs));
 		p->nepochs = m.nepochs;
 		p->leader_epoch = m.leader_epoch;
-		epochs_truncate_end(p, p->end_offset);
+		epochs_truncate_end(p, p->end_offset, 0);
 	}
 	if (p->nepochs == 0) /* saves a partition.meta write at the first append */
 		p->epochs[p->nepochs++] = (struct epoch_entry){p->leader_epoch, p->end_offset};
@@ -1850,7 +1855,7 @@ int ls_partition_truncate(struct ls_partition *p, int64_t offset)
 		p->hw = p->end_offset;
 		p->hw_pos = p->end_pos;
 	}
-	epochs_truncate_end(p, p->end_offset);
+	epochs_truncate_end(p, p->end_offset, 1);
 	p->gen++;
 	p->layout++;
 	p->append_seq++;

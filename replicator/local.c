@@ -682,7 +682,12 @@ static int topic_set_config(struct rep_topic *t, const struct topic_config *chan
 	topic_config_effective(&r->opts.defaults, &t->overrides, &old_eff);
 	old_eff.partitions = t->nparts;
 	topic_config_effective(&r->opts.defaults, &neu, &eff);
-	rc = topic_config_check(&old_eff, &eff, r->cluster ? cl_nodes_alive(r) : 1, err, errlen);
+	/* A cluster checks replication against the live nodes, and only when it
+	 * changes (as meta.c does): a node being down must not block other keys. */
+	unsigned nodes = 1;
+	if (r->cluster)
+		nodes = eff.replication != old_eff.replication ? cl_nodes_alive(r) : 0;
+	rc = topic_config_check(&old_eff, &eff, nodes, err, errlen);
 	if (rc < 0 || !apply) {
 		pthread_mutex_unlock(&t->lock);
 		goto out;

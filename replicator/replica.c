@@ -515,6 +515,28 @@ static struct session *session_get(struct replica_set *rs, uint16_t leader)
 
 static void session_kick(struct replica_set *rs, struct session *s);
 
+/* The in-sync replicas a leader can count on now: itself and the in-sync
+ * followers that were caught up within replica_lag_ms. Without a quorum
+ * (this node cut off with a minority) the metadata's set cannot shrink, but
+ * acks: all must still refuse rather than accept what cannot commit. */
+static unsigned live_isr_locked(struct replica *rp)
+{
+	int64_t now = cluster_now_ms();
+	unsigned n = 0;
+	for (unsigned i = 0; i < rp->mp.nisr; i++) {
+		uint16_t node = rp->mp.isr[i];
+		if (node == rp->rs->self) {
+			n++;
+			continue;
+		}
+		for (unsigned k = 0; k < rp->npeers; k++)
+			if (rp->peers[k].node == node &&
+			    now - rp->peers[k].caught_up_ms <= (int64_t)rp->rs->lag_ms)
+				n++;
+	}
+	return n;
+}
+
 /* The peers a leader tracks: every replica but itself, kept across isr
  * changes, fresh (end unknown, caught up now) at a new epoch (mu held). */
 static void peers_reset_locked(struct replica *rp, bool fresh)
@@ -670,15 +692,6 @@ static void epoch_end_done(void *ctx, int status, const struct tr_frame *resp)
 		if (mine < 0)
 			mine = info.start_offset;
 		target = min64(target, min64(end, mine));
-		/* Our next epoch starts exactly at target and the leader has more
-		 * of `epoch` to send: ls_partition_truncate keeps an epoch entry
-		 * starting at the new end, and the epoch-`epoch` batches appended
-		 * after it would not replace it (the cache only takes newer
-		 * epochs), leaving a wrong cache. One batch further back, the
-		 * entry goes and the refetched batch restores the right one. */
-		if (target == mine && end > mine && target < info.end_offset &&
-		    target > info.start_offset)
-			target--;
 	}
 	if (target < info.end_offset) {
 		tfs_info("partition %" PRIu64 "/%u: truncating from %" PRId64 " to %" PRId64
@@ -1736,7 +1749,7 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 		uint16_t leader = rp->mp.leader;
 		int32_t epoch = rp->mp.leader_epoch;
 		uint64_t version = rp->version;
-		unsigned nisr = rp->mp.nisr;
+		unsigned nisr = role == ROLE_LEADER ? live_isr_locked(rp) : rp->mp.nisr;
 		if (rp->removed) {
 			rc = -ECANCELED;
 		} else if (role == ROLE_LEADER && (acks != REP_ACKS_ALL || nisr >= min_insync)) {
@@ -1747,11 +1760,15 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 				wake_fetchers(rs);
 			break;
 		} else if (role == ROLE_LEADER || leader == 0) {
-			/* wait for the in-sync set to grow or a leader to appear */
+			/* wait for the in-sync set to grow or a leader to appear (the
+			 * live set is looked at again every RETRY_MS: followers that
+			 * fetch again count again before the quorum expands the set) */
 			pthread_rwlock_unlock(&rp->role_lock);
-			while (rp->version == version && !rp->removed && wait_until(rp, deadline))
+			int64_t until = min64(deadline, cluster_now_ms() + RETRY_MS);
+			while (rp->version == version && !rp->removed && wait_until(rp, until))
 				;
-			rc = rp->version != version || rp->removed ? 1 : -ENOTCONN;
+			rc = rp->version != version || rp->removed || cluster_now_ms() < deadline
+				? 1 : -ENOTCONN;
 			pthread_mutex_unlock(&rp->mu);
 			if (rc == 1)
 				continue;
