@@ -1674,6 +1674,7 @@ static int cl_pfile_rename(struct rep_topic *t, const char *from, const char *to
 
 static int64_t cl_new_producer_id(struct rep *r)
 {
+	static _Atomic int64_t failed_at;   /* last time the quorum gave no block */
 	int64_t id = atomic_fetch_add(&r->next_producer_id, 1);
 	if (id < atomic_load(&r->producer_id_limit))
 		return id;
@@ -1682,6 +1683,12 @@ static int64_t cl_new_producer_id(struct rep *r)
 		id = atomic_fetch_add(&r->next_producer_id, 1);
 		if (id < atomic_load(&r->producer_id_limit))
 			break;
+		/* Without a quorum, opens go on without an id (their forwarded
+		 * appends are then not retried) instead of each waiting for it. */
+		if (failed_at && cluster_now_ms() - atomic_load(&failed_at) < 2000) {
+			id = -1;
+			break;
+		}
 		struct meta_cmd *c = malloc(sizeof(*c));
 		if (!c) {
 			id = -1;
@@ -1693,7 +1700,7 @@ static int64_t cl_new_producer_id(struct rep *r)
 		int rc = cluster_propose(r->cluster, c, &res);
 		free(c);
 		if (rc < 0) {
-			/* No id: the file's appends go without dedup of retries. */
+			atomic_store(&failed_at, cluster_now_ms());
 			tfs_warn("no producer id block from the quorum: %s", res.err);
 			id = -1;
 			break;
