@@ -86,7 +86,9 @@ minority_test() {
 	local wmin=$WRITER
 	local ddpids=()
 	for p in 0 1 2 3 4 5; do
-		(dd_append "${M[x]}/t/$p/log" "minority-dd-$p" 2>"$T/dd$p.err"; echo $? >"$T/dd$p.rc") 3>&- &
+		# (bats runs with errexit: keep the failure's status, don't exit on it)
+		(rc=0; dd_append "${M[x]}/t/$p/log" "minority-dd-$p" 2>"$T/dd$p.err" || rc=$?
+		 echo $rc >"$T/dd$p.rc") 3>&- &
 		ddpids+=($!)
 		bg_track $!
 	done
