@@ -49,6 +49,7 @@
 #include "internal.h"
 #include "meta_raft.h"
 #include "raft_transport.h"
+#include "wire.h"
 
 #define TICK_MS 200              /* heartbeat and controller period */
 #define CTL_MAX_CMDS 256         /* commands per controller pass */
@@ -148,22 +149,6 @@ int cluster_node_alive(struct cluster *c, uint16_t id)
 	return q.alive;
 }
 
-/* ---- big-endian helpers ------------------------------------------------- */
-
-static void put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = (uint8_t)v; }
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)(v >> 16));
-	put16(p + 2, (uint16_t)v);
-}
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
-static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
-static uint32_t get32(const uint8_t *p) { return (uint32_t)get16(p) << 16 | get16(p + 2); }
-
 /* ---- proposals ------------------------------------------------------------ */
 
 static void waiter_finish(struct cluster *c, uint64_t seq, int state, int rc,
@@ -214,7 +199,7 @@ static void forward_resp(void *ctx, int status, const struct tr_frame *resp)
 	if (status < 0)
 		attempt_failed(a->c, a->seq, status);
 	else if (resp->len >= 14) {
-		int rc = (int32_t)get32(resp->payload);
+		int rc = (int32_t)wire_get32(resp->payload);
 		if (rc == REP_ENOTLEADER || rc == REP_ENOQUORUM || rc == -ECANCELED)
 			attempt_failed(a->c, a->seq, rc);
 	}
@@ -252,16 +237,6 @@ static int propose_attempt(struct cluster *c, const struct meta_cmd *cmd)
 	return rc;
 }
 
-static void deadline_after(struct timespec *ts, unsigned ms)
-{
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
 
 int cluster_propose(struct cluster *c, const struct meta_cmd *cmd, struct meta_result *res)
 {
@@ -304,14 +279,14 @@ int cluster_propose(struct cluster *c, const struct meta_cmd *cmd, struct meta_r
 		/* Wait for the apply, an attempt failure, or a retry tick. */
 		while (w->state == 0 && !c->closing && cluster_now_ms() < deadline) {
 			struct timespec ts;
-			deadline_after(&ts, RETRY_MS * 4);
+			wire_deadline(&ts, RETRY_MS * 4);
 			pthread_cond_timedwait(&c->cond, &c->lock, &ts);
 		}
 		if (w->state == 1 || c->closing || cluster_now_ms() >= deadline)
 			break;
 		last = w->rc;
 		struct timespec ts;
-		deadline_after(&ts, RETRY_MS);
+		wire_deadline(&ts, RETRY_MS);
 		pthread_cond_timedwait(&c->cond, &c->lock, &ts);
 		if (w->state == 1)
 			break;
@@ -395,9 +370,9 @@ static void forward_done(void *ctx, int rc, const struct meta_result *res)
 	struct forward *fw = ctx;
 	uint8_t buf[14 + sizeof(res->err)];
 	size_t n = strnlen(res->err, sizeof(res->err) - 1);
-	put32(buf, (uint32_t)rc);
-	put64(buf + 4, (uint64_t)res->value);
-	put16(buf + 12, (uint16_t)n);
+	wire_put32(buf, (uint32_t)rc);
+	wire_put64(buf + 4, (uint64_t)res->value);
+	wire_put16(buf + 12, (uint16_t)n);
 	memcpy(buf + 14, res->err, n);
 	if (tr_respond(fw->c->net, &fw->from, TF_META_PROPOSE, 0, buf, 14 + n) < 0)
 		tfs_debug("metadata: could not answer node %u's proposal", fw->from.peer);
@@ -487,7 +462,7 @@ static void maybe_register(struct cluster *c, uint16_t node, size_t idx)
 
 static int on_heartbeat(struct cluster *c, const struct tr_frame *f)
 {
-	if (f->len != 10 || get16(f->payload) != f->peer)
+	if (f->len != 10 || wire_get16(f->payload) != f->peer)
 		return REP_EPROTO;
 	if (!meta_raft_is_leader(c->mr))
 		return 0;
@@ -509,8 +484,7 @@ static int on_barrier(struct cluster *c, const struct tr_frame *f)
 		return 0;
 	}
 	uint8_t buf[8];
-	put32(buf, (uint32_t)(meta_raft_commit_index(c->mr) >> 32));
-	put32(buf + 4, (uint32_t)meta_raft_commit_index(c->mr));
+	wire_put64(buf, meta_raft_commit_index(c->mr));
 	if (tr_respond(c->net, &f->origin, f->type, 0, buf, sizeof(buf)) < 0)
 		tfs_debug("could not answer node %u's barrier", f->peer);
 	return 0;
@@ -536,7 +510,7 @@ static void barrier_resp(void *ctx, int status, const struct tr_frame *resp)
 	struct cluster *c = b->c;
 	pthread_mutex_lock(&c->lock);
 	if (status == 0 && resp->len == 8) {
-		b->index = (uint64_t)get32(resp->payload) << 32 | get32(resp->payload + 4);
+		b->index = wire_get64(resp->payload);
 		b->done = 1;
 	} else {
 		b->done = -1;
@@ -566,7 +540,7 @@ void cluster_sync(struct cluster *c)
 		return;
 	}
 	struct timespec ts;
-	deadline_after(&ts, 1000);
+	wire_deadline(&ts, 1000);
 	pthread_mutex_lock(&c->lock);
 	while (b->done == 0 && !c->closing)
 		if (pthread_cond_timedwait(&c->cond, &c->lock, &ts) != 0)
@@ -687,8 +661,8 @@ static void on_tick(uv_timer_t *t)
 	if (leader == 0 || leader == c->o.node_id)
 		return;
 	uint8_t hb[10];
-	put16(hb, c->o.node_id);
-	put64(hb + 2, c->boot_id);
+	wire_put16(hb, c->o.node_id);
+	wire_put64(hb + 2, c->boot_id);
 	int rc = tr_send(c->net, leader, TF_HEARTBEAT, 0, hb, sizeof(hb));
 	if (rc < 0 && rc != -ENOBUFS)
 		tfs_debug("heartbeat to node %u: %s", leader, tfs_strerror(rc));
@@ -883,7 +857,7 @@ void cluster_close(struct cluster *c)
 	if (c->net && c->mr) {
 		if (tr_call(c->net, stop_on_loop, c) == 0) {
 			struct timespec ts;
-			deadline_after(&ts, 10000);
+			wire_deadline(&ts, 10000);
 			pthread_mutex_lock(&c->lock);
 			while (!(c->raft_closed && c->loop_closed))
 				if (pthread_cond_timedwait(&c->cond, &c->lock, &ts) != 0)

@@ -66,6 +66,7 @@
  *     (s->mu), the waker thread (under smu) and grm_close.
  */
 #include "group_remote.h"
+#include "wire.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -133,17 +134,6 @@ static void sleep_ms(unsigned ms)
 	nanosleep(&ts, NULL);
 }
 
-/* A CLOCK_REALTIME deadline ms from now (condition variables). */
-static void deadline(struct timespec *ts, int64_t ms)
-{
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
 
 /* ---- codec ------------------------------------------------------------------ */
 
@@ -727,7 +717,7 @@ static void *waker_main(void *arg)
 		int64_t wait = gr->wq[first].due_ms - mono_ms();
 		if (wait > 0) {
 			struct timespec ts;
-			deadline(&ts, wait);
+			wire_deadline(&ts, wait);
 			pthread_cond_timedwait(&gr->scv, &gr->smu, &ts);
 			continue;
 		}
@@ -1637,7 +1627,7 @@ static void *worker_main(void *arg)
 			continue;
 		}
 		struct timespec ts;
-		deadline(&ts, next_tick - now);
+		wire_deadline(&ts, next_tick - now);
 		pthread_cond_timedwait(&gr->cv, &gr->mu, &ts);
 	}
 	pthread_mutex_unlock(&gr->mu);
@@ -1655,7 +1645,7 @@ void grm_meta_changed(struct grm *gr)
 void grm_sync(struct grm *gr)
 {
 	struct timespec ts;
-	deadline(&ts, gr->timeout_ms);
+	wire_deadline(&ts, gr->timeout_ms);
 	pthread_mutex_lock(&gr->mu);
 	uint64_t want = gr->meta_gen;
 	while (!gr->stop && gr->done_gen < want)

@@ -125,6 +125,7 @@
 
 #include "../logstore/log.h"
 #include "cluster.h"
+#include "wire.h"
 
 #define FETCH_WAIT_MS 500            /* a leader parks a fetch this long */
 #define FETCH_PART_MAX (1u << 20)    /* batch bytes per partition per answer */
@@ -282,18 +283,6 @@ static int64_t wall_ms(void)
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 static struct tr_net *net_of(struct replica_set *rs) { return cluster_net(rs->c); }
-
-static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
-static void put32(uint8_t *p, uint32_t v)
-{
-	put16(p, (uint16_t)(v >> 16));
-	put16(p + 2, (uint16_t)v);
-}
-static void put64(uint8_t *p, uint64_t v)
-{
-	put32(p, (uint32_t)(v >> 32));
-	put32(p + 4, (uint32_t)v);
-}
 
 /* A bounds-checked reader: any read past the end sets bad and yields 0. */
 struct rd {
@@ -735,10 +724,10 @@ static void epoch_end_ask(struct replica_set *rs, struct replica *rp)
 	}
 	*a = (struct ask){rs, rp->topic_id, rp->index, rp->ask_seq, rp->src};
 	uint8_t buf[EPOCH_REQ_LEN];
-	put64(buf, rp->topic_id);
-	put32(buf + 8, rp->index);
-	put32(buf + 12, (uint32_t)rp->src_epoch);
-	put32(buf + 16, (uint32_t)latest);
+	wire_put64(buf, rp->topic_id);
+	wire_put32(buf + 8, rp->index);
+	wire_put32(buf + 12, (uint32_t)rp->src_epoch);
+	wire_put32(buf + 16, (uint32_t)latest);
 	int rc = tr_request(net_of(rs), rp->src, TF_EPOCH_END, 0, buf, sizeof(buf),
 	                    rs->request_ms, epoch_end_done, a, NULL);
 	if (rc < 0) {
@@ -782,8 +771,8 @@ static void session_kick(struct replica_set *rs, struct session *s)
 		s->retry_at = now + RETRY_MS;
 		return;
 	}
-	put32(buf, FETCH_WAIT_MS);
-	put32(buf + 4, n);
+	wire_put32(buf, FETCH_WAIT_MS);
+	wire_put32(buf + 4, n);
 	uint32_t k = 0;
 	FOREACH_REPLICA(rs, rp) {
 		if (k == n || !follows(rp, s->leader) || now < rp->hold_until ||
@@ -794,11 +783,11 @@ static void session_kick(struct replica_set *rs, struct session *s)
 		pthread_mutex_lock(&rp->mu);
 		int64_t hw = rp->hw;
 		pthread_mutex_unlock(&rp->mu);
-		put64(p, rp->topic_id);
-		put32(p + 8, rp->index);
-		put32(p + 12, (uint32_t)rp->src_epoch);
-		put64(p + 16, (uint64_t)info.end_offset);
-		put64(p + 24, (uint64_t)hw);
+		wire_put64(p, rp->topic_id);
+		wire_put32(p + 8, rp->index);
+		wire_put32(p + 12, (uint32_t)rp->src_epoch);
+		wire_put64(p + 16, (uint64_t)info.end_offset);
+		wire_put64(p + 24, (uint64_t)hw);
 		p[32] = rp->role == ROLE_OBSERVER ? F_OBSERVER : 0;
 		p += FETCH_REQ_PART;
 		k++;
@@ -1019,7 +1008,7 @@ static void fetch_answer(struct replica_set *rs, struct parked *pk)
 	int rc = out_reserve(rs, 4 + (size_t)pk->n * FETCH_RESP_PART);
 	if (rc < 0)
 		goto failed;
-	put32(rs->out, pk->n);
+	wire_put32(rs->out, pk->n);
 	for (uint32_t i = 0; i < pk->n; i++) {
 		const struct fetch_part *fp = &pk->parts[i];
 		struct replica *rp = lookup(rs, fp->topic_id, fp->index);
@@ -1074,16 +1063,16 @@ static void fetch_answer(struct replica_set *rs, struct parked *pk)
 			}
 		}
 		uint8_t *p = rs->out + head;
-		put64(p, fp->topic_id);
-		put32(p + 8, fp->index);
-		put32(p + 12, (uint32_t)fp->epoch);
-		put64(p + 16, (uint64_t)fp->offset);
-		put32(p + 24, (uint32_t)err);
-		put64(p + 28, (uint64_t)hw);
-		put64(p + 36, (uint64_t)info.start_offset);
-		put64(p + 44, info.start_pos);
-		put64(p + 52, view_pos);
-		put32(p + 60, (uint32_t)len);
+		wire_put64(p, fp->topic_id);
+		wire_put32(p + 8, fp->index);
+		wire_put32(p + 12, (uint32_t)fp->epoch);
+		wire_put64(p + 16, (uint64_t)fp->offset);
+		wire_put32(p + 24, (uint32_t)err);
+		wire_put64(p + 28, (uint64_t)hw);
+		wire_put64(p + 36, (uint64_t)info.start_offset);
+		wire_put64(p + 44, info.start_pos);
+		wire_put64(p + 52, view_pos);
+		wire_put32(p + 60, (uint32_t)len);
 		used += len;
 		total += len;
 	}
@@ -1198,9 +1187,9 @@ static int on_epoch_end(struct replica_set *rs, const struct tr_frame *f)
 				break;
 	}
 	uint8_t buf[EPOCH_RESP_LEN];
-	put32(buf, (uint32_t)err);
-	put32(buf + 4, (uint32_t)answered);
-	put64(buf + 8, (uint64_t)end);
+	wire_put32(buf, (uint32_t)err);
+	wire_put32(buf + 4, (uint32_t)answered);
+	wire_put64(buf + 8, (uint64_t)end);
 	if (tr_respond(net_of(rs), &f->origin, TF_EPOCH_END, 0, buf, sizeof(buf)) < 0)
 		tfs_debug("replication: epoch answer to node %u dropped", f->peer);
 	return 0;
@@ -1296,10 +1285,10 @@ static int on_produce(struct replica_set *rs, const struct tr_frame *f)
 			rs->kick_parked = true;
 	}
 	uint8_t buf[PRODUCE_RESP_LEN];
-	put32(buf, (uint32_t)rc);
-	put64(buf + 4, (uint64_t)res.base_offset);
-	put64(buf + 12, (uint64_t)res.last_offset);
-	put64(buf + 20, res.view_end);
+	wire_put32(buf, (uint32_t)rc);
+	wire_put64(buf + 4, (uint64_t)res.base_offset);
+	wire_put64(buf + 12, (uint64_t)res.last_offset);
+	wire_put64(buf + 20, res.view_end);
 	buf[28] = res.duplicate ? 1 : 0;
 	if (tr_respond(net_of(rs), &f->origin, TF_PRODUCE, 0, buf, sizeof(buf)) < 0)
 		tfs_debug("replication: produce answer to node %u dropped", f->peer);
@@ -1631,25 +1620,25 @@ static uint8_t *produce_encode(const struct replica *rp, int32_t epoch, const st
 	uint8_t *buf = malloc(size), *p = buf;
 	if (!buf)
 		return NULL;
-	put64(p, rp->topic_id);
-	put32(p + 8, rp->index);
-	put32(p + 12, (uint32_t)epoch);
-	put64(p + 16, (uint64_t)(prod ? prod->producer_id : -1));
-	put16(p + 24, (uint16_t)(prod ? prod->producer_epoch : -1));
-	put32(p + 26, (uint32_t)(prod ? prod->base_sequence : -1));
+	wire_put64(p, rp->topic_id);
+	wire_put32(p + 8, rp->index);
+	wire_put32(p + 12, (uint32_t)epoch);
+	wire_put64(p + 16, (uint64_t)(prod ? prod->producer_id : -1));
+	wire_put16(p + 24, (uint16_t)(prod ? prod->producer_epoch : -1));
+	wire_put32(p + 26, (uint32_t)(prod ? prod->base_sequence : -1));
 	p[30] = (uint8_t)acks;
-	put32(p + 31, min_insync);
-	put32(p + 35, n);
+	wire_put32(p + 31, min_insync);
+	wire_put32(p + 35, n);
 	p += PRODUCE_HEAD;
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t kl = recs[i].key ? recs[i].key_len : 0;
 		uint32_t vl = recs[i].value ? recs[i].value_len : 0;
 		*p++ = (uint8_t)((recs[i].key ? R_KEY : 0) | (recs[i].value ? R_VALUE : 0));
-		put32(p, kl);
+		wire_put32(p, kl);
 		if (kl)
 			memcpy(p + 4, recs[i].key, kl);
 		p += 4 + kl;
-		put32(p, vl);
+		wire_put32(p, vl);
 		if (vl)
 			memcpy(p + 4, recs[i].value, vl);
 		p += 4 + vl;
