@@ -100,7 +100,7 @@ struct cluster {
 	struct meta_seen seen[META_MAX_NODES];
 	size_t nseen;
 	int64_t registered_at[META_MAX_NODES]; /* per seen slot: last register proposed */
-	atomic_int ctl_inflight;
+	atomic_int ctl_inflight;     /* the controller's own commands in flight */
 	struct meta_cmd ctl_cmds[CTL_MAX_CMDS];
 };
 
@@ -318,26 +318,44 @@ int cluster_propose(struct cluster *c, const struct meta_cmd *cmd, struct meta_r
 
 static void submit_done(void *ctx, int rc, const struct meta_result *res)
 {
-	struct cluster *c = ctx;
-	atomic_fetch_sub(&c->ctl_inflight, 1);
+	(void)ctx;
 	if (rc < 0)
-		tfs_debug("metadata: controller command refused: %s",
-		          res->err[0] ? res->err : tfs_strerror(rc));
+		tfs_debug("metadata: command refused: %s", res->err[0] ? res->err : tfs_strerror(rc));
 }
 
 static void submit_fwd_resp(void *ctx, int status, const struct tr_frame *resp)
 {
-	struct cluster *c = ctx;
+	(void)ctx;
 	(void)resp;
-	atomic_fetch_sub(&c->ctl_inflight, 1);
 	if (status < 0)
 		tfs_debug("metadata: forwarded command failed: %s", tfs_strerror(status));
+}
+
+/* The controller's commands (on the raft leader) are counted, so that a
+ * pass waits for the previous one to land before judging again; other
+ * modules' submissions (isr changes, group offsets) do not hold it up. */
+static void ctl_done(void *ctx, int rc, const struct meta_result *res)
+{
+	struct cluster *c = ctx;
+	atomic_fetch_sub(&c->ctl_inflight, 1);
+	submit_done(NULL, rc, res);
+}
+
+static int ctl_submit(struct cluster *c, const struct meta_cmd *cmd)
+{
+	atomic_fetch_add(&c->ctl_inflight, 1);
+	int rc = meta_raft_submit(c->mr, cmd, ctl_done, c);
+	if (rc < 0) {
+		atomic_fetch_sub(&c->ctl_inflight, 1);
+		tfs_debug("metadata: cannot submit %s: %s", meta_cmd_name(cmd->type),
+		          tfs_strerror(rc));
+	}
+	return rc;
 }
 
 int cluster_submit(struct cluster *c, const struct meta_cmd *cmd)
 {
 	int rc;
-	atomic_fetch_add(&c->ctl_inflight, 1);
 	if (meta_raft_is_leader(c->mr)) {
 		rc = meta_raft_submit(c->mr, cmd, submit_done, c);
 	} else {
@@ -355,11 +373,9 @@ int cluster_submit(struct cluster *c, const struct meta_cmd *cmd)
 			rc = tr_request(c->net, leader, TF_META_PROPOSE, 0, buf, (size_t)n,
 			                c->o.request_timeout_ms, submit_fwd_resp, c, NULL);
 	}
-	if (rc < 0) {
-		atomic_fetch_sub(&c->ctl_inflight, 1);
+	if (rc < 0)
 		tfs_debug("metadata: cannot submit %s: %s", meta_cmd_name(cmd->type),
 		          tfs_strerror(rc));
-	}
 	return rc;
 }
 
@@ -456,7 +472,7 @@ static void maybe_register(struct cluster *c, uint16_t node, size_t idx)
 	cmd.term = n ? n->hb_term + 1 : 1;
 	cmd.ts_ms = wall_ms();
 	tfs_info("metadata: node %u is up (%s)", node, addr);
-	if (cluster_submit(c, &cmd) < 0)
+	if (ctl_submit(c, &cmd) < 0)
 		c->registered_at[idx] = 0;
 }
 
@@ -642,7 +658,7 @@ static void controller_pass(struct cluster *c)
 			tfs_info("controller: topic %" PRIu64 " partition %u: leader -> node %u",
 			         c->ctl_cmds[i].topic_id, c->ctl_cmds[i].partition,
 			         c->ctl_cmds[i].node);
-		if (cluster_submit(c, &c->ctl_cmds[i]) < 0)
+		if (ctl_submit(c, &c->ctl_cmds[i]) < 0)
 			break;
 	}
 }
