@@ -116,8 +116,8 @@ struct pstate {
 	int16_t epoch;
 	uint8_t n, head;                  /* ring of the last n batches */
 	struct pbatch b[PRODUCER_WINDOW];
-	uint64_t touched;
-	struct pstate *next;
+	struct pstate *next;              /* hash bucket chain */
+	struct pstate *older, *newer;     /* recency list: evict from the oldest end */
 };
 
 struct ls_partition {
@@ -152,8 +152,8 @@ struct ls_partition {
 	uint64_t recovery_pos;
 	int meta_dirty;
 	struct pstate *pbuckets[PRODUCER_BUCKETS];
+	struct pstate *poldest, *pnewest;
 	size_t nproducers;
-	uint64_t ptick;
 
 	atomic_int sticky;
 
@@ -822,22 +822,48 @@ static void pclear(struct ls_partition *p)
 			free(s);
 		}
 	}
+	p->poldest = p->pnewest = NULL;
 	p->nproducers = 0;
 }
 
+static void punlink_recency(struct ls_partition *p, struct pstate *s)
+{
+	if (s->older)
+		s->older->newer = s->newer;
+	else
+		p->poldest = s->newer;
+	if (s->newer)
+		s->newer->older = s->older;
+	else
+		p->pnewest = s->older;
+	s->older = s->newer = NULL;
+}
+
+static void plink_newest(struct ls_partition *p, struct pstate *s)
+{
+	s->older = p->pnewest;
+	s->newer = NULL;
+	if (p->pnewest)
+		p->pnewest->newer = s;
+	else
+		p->poldest = s;
+	p->pnewest = s;
+}
+
+/* Forgets the producer that appended least recently: O(1), as every open
+ * of a log file is a new producer (one per `echo >>`). */
 static void pevict_oldest(struct ls_partition *p)
 {
-	struct pstate **victim = NULL;
-	for (size_t i = 0; i < PRODUCER_BUCKETS; i++)
-		for (struct pstate **pp = &p->pbuckets[i]; *pp; pp = &(*pp)->next)
-			if (!victim || (*pp)->touched < (*victim)->touched)
-				victim = pp;
-	if (victim) {
-		struct pstate *s = *victim;
-		*victim = s->next;
-		free(s);
-		p->nproducers--;
-	}
+	struct pstate *s = p->poldest;
+	if (!s)
+		return;
+	punlink_recency(p, s);
+	struct pstate **pp = pbucket(p, s->pid);
+	while (*pp != s)
+		pp = &(*pp)->next;
+	*pp = s->next;
+	free(s);
+	p->nproducers--;
 }
 
 /* Checks prod against the table. Returns 0 (append), 1 (duplicate: *dup
@@ -885,7 +911,10 @@ static void precord(struct ls_partition *p, int64_t pid, int16_t epoch, int32_t 
 		s->next = *b;
 		*b = s;
 		p->nproducers++;
+	} else {
+		punlink_recency(p, s);
 	}
+	plink_newest(p, s);
 	if (epoch != s->epoch) {
 		s->epoch = epoch;
 		s->n = s->head = 0;
@@ -896,7 +925,6 @@ static void precord(struct ls_partition *p, int64_t pid, int16_t epoch, int32_t 
 	s->head = (uint8_t)((s->head + 1) % PRODUCER_WINDOW);
 	if (s->n < PRODUCER_WINDOW)
 		s->n++;
-	s->touched = ++p->ptick;
 }
 
 /* Rebuilds the producer table from the tail of the active segment (open,

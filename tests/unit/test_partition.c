@@ -591,6 +591,43 @@ static void test_idempotent_producer(void)
 	CHECK_EQ_INT(ls_partition_close(p), 0);
 }
 
+/* The producer table keeps the 8192 producers that appended most recently:
+ * one more forgets the least recent one (whose retry then appends again),
+ * and appending again makes a producer recent. */
+static void test_producer_eviction(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c = cfg_none();
+	struct ls_partition *p = open_p(dir, &c);
+	struct ls_rec rec = {NULL, 0, "a", 1};
+	struct ls_append_result r;
+	enum { MAX = 8192 };
+	for (int64_t id = 1; id <= MAX; id++) {
+		struct ls_producer prod = {id, 0, 0};
+		CHECK_EQ_INT(ls_partition_append(p, &rec, 1, 1, &prod, &r), 0);
+		CHECK_EQ_INT(r.duplicate, 0);
+	}
+	struct ls_producer first = {1, 0, 1}; /* producer 1 appends again: recent */
+	CHECK_EQ_INT(ls_partition_append(p, &rec, 1, 1, &first, &r), 0);
+	struct ls_producer extra = {MAX + 1, 0, 0}; /* evicts producer 2 */
+	CHECK_EQ_INT(ls_partition_append(p, &rec, 1, 1, &extra, &r), 0);
+	struct ls_producer two = {2, 0, 0}, three = {3, 0, 0};
+	CHECK_EQ_INT(ls_partition_append(p, &rec, 1, 1, &two, &r), 0);
+	CHECK_EQ_INT(r.duplicate, 0); /* forgotten: appended again */
+	first.base_sequence = 0;
+	CHECK_EQ_INT(ls_partition_append(p, &rec, 1, 1, &first, &r), 0);
+	CHECK_EQ_INT(r.duplicate, 1); /* kept */
+	CHECK_EQ_INT(r.base_offset, 0);
+	/* Producer 2's return evicted producer 3, the oldest left. */
+	CHECK_EQ_INT(ls_partition_append(p, &rec, 1, 1, &three, &r), 0);
+	CHECK_EQ_INT(r.duplicate, 0);
+	struct ls_producer last = {MAX, 0, 0};
+	CHECK_EQ_INT(ls_partition_append(p, &rec, 1, 1, &last, &r), 0);
+	CHECK_EQ_INT(r.duplicate, 1);
+	CHECK_EQ_INT(r.base_offset, MAX - 1);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
 /* Compaction keeps the newest record per key (and unkeyed records), drops
  * tombstones in closed segments, and leaves offsets and view positions of
  * kept records unchanged; reads in holes skip to the next record. */
@@ -1052,6 +1089,7 @@ int main(int argc, char **argv)
 	RUN(test_truncate);
 	RUN(test_leader_epochs);
 	RUN(test_idempotent_producer);
+	RUN(test_producer_eviction);
 	RUN(test_compaction);
 	RUN(test_read_records);
 	RUN(test_corrupt_batch_not_served);
