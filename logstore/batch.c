@@ -364,20 +364,44 @@ int ls_batch_measure(const void *batch, const struct ls_batch_header *h,
 
 /* ---- rendering the view ---------------------------------------------------- */
 
-/* Parses the records filling [p, end) exactly and renders them to out. */
+/* Parses the records filling [p, end) exactly and renders them to out;
+ * with sizes, appends each record's view size to it. */
 static int render_region(const uint8_t *p, const uint8_t *end, uint8_t *out, char sep,
-                         struct ls_batch_render_part *pt)
+                         struct ls_batch_render_part *pt, struct ls_buf *sizes)
 {
 	struct ls_batch_iter it = {.p = p, .end = end, .left = INT32_MAX};
 	struct ls_batch_record r;
 	uint8_t *o = out;
 	int32_t prev = -1, count = 0;
+	int dense = 1;
+	uint32_t *sz = NULL;
+	size_t room = 0;
+	if (sizes) {
+		sizes->len = 0;
+		/* records of this piece's size are rarely under 32 bytes */
+		if (ls_buf_reserve(sizes, (size_t)(end - p) / 32 * 4 + 64) < 0)
+			return -ENOMEM;
+		sz = (uint32_t *)(void *)sizes->data;
+		room = sizes->cap / 4;
+	}
 	while (it.p < it.end) {
 		if (iter_next(&it, &r) != 1 || r.offset_delta <= prev)
 			return LS_ECORRUPT;
 		if (count == 0)
 			pt->first_delta = r.offset_delta;
+		else if (r.offset_delta != prev + 1)
+			dense = 0;
 		prev = r.offset_delta;
+		if (sizes) {
+			if ((size_t)count == room) {
+				sizes->len = (size_t)count * 4;
+				if (ls_buf_reserve(sizes, sizes->cap * 2) < 0)
+					return -ENOMEM;
+				sz = (uint32_t *)(void *)sizes->data;
+				room = sizes->cap / 4;
+			}
+			sz[count] = r.view_size;
+		}
 		count++;
 		if (r.key_len >= 0) {
 			memcpy(o, r.key, (size_t)r.key_len);
@@ -390,8 +414,11 @@ static int render_region(const uint8_t *p, const uint8_t *end, uint8_t *out, cha
 		}
 		*o++ = '\n';
 	}
+	if (sizes)
+		sizes->len = (size_t)count * 4;
 	pt->count = count;
 	pt->last_delta = prev;
+	pt->dense = dense;
 	pt->vlen = (size_t)(o - out);
 	return 0;
 }
@@ -414,7 +441,7 @@ void ls_batch_render_piece(void *job, size_t k)
 		}
 	}
 	pt->rc = render_region(j->recs + pt->off, j->recs + pt->off + pt->len,
-	                       j->view + pt->off, j->sep, pt);
+	                       j->view + pt->off, j->sep, pt, j->sizes ? &j->sizes[k] : NULL);
 }
 
 /* Describes the frames of a zstd section as parts. 0, or 1 if they cannot be
@@ -551,7 +578,7 @@ int ls_batch_render_end(struct ls_batch_render_job *j,
 		j->nparts = 1;
 		j->part[0] = (struct ls_batch_render_part){.len = j->total};
 		if ((rc = render_region(j->recs, j->recs + j->total, j->view, j->sep,
-		                        &j->part[0])) < 0)
+		                        &j->part[0], j->sizes)) < 0)
 			return rc;
 	}
 	uint64_t vs = 0;
@@ -565,7 +592,8 @@ int ls_batch_render_end(struct ls_batch_render_job *j,
 		if (pt->count > INT32_MAX - count)
 			return LS_ECORRUPT;
 		count += pt->count;
-		spans[k] = (struct ls_batch_span){pt->off, pt->vlen};
+		spans[k] = (struct ls_batch_span){pt->off, pt->vlen, pt->count, pt->first_delta,
+		                                  pt->last_delta, pt->dense};
 		vs += pt->vlen;
 	}
 	if (count != j->record_count || prev > j->last_offset_delta)

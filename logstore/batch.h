@@ -173,9 +173,13 @@ int ls_batch_encode_par(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
                         enum ls_codec codec, int level,
                         uint64_t *view_size) TFS_MUST_CHECK;
 
-/* A piece of a rendered view: bytes [off, off + len) of the view buffer. */
+/* A piece of a rendered view: bytes [off, off + len) of the view buffer,
+ * holding count records from offset delta first_delta to last_delta;
+ * dense: their deltas are consecutive. */
 struct ls_batch_span {
 	size_t off, len;
+	int32_t count, first_delta, last_delta;
+	int dense;
 };
 
 /* Renders every record of a batch whose CRC was checked as [key SEP] value
@@ -202,7 +206,7 @@ struct ls_batch_render_part { /* private */
 	const uint8_t *z;
 	size_t zlen, off, len, vlen;
 	int32_t count, first_delta, last_delta;
-	int rc, undecodable;
+	int rc, undecodable, dense;
 };
 struct ls_batch_render_job { /* private */
 	const uint8_t *recs;
@@ -212,6 +216,9 @@ struct ls_batch_render_job { /* private */
 	ZSTD_DCtx *dctx;
 	size_t nparts, total;
 	int32_t record_count, last_offset_delta;
+	/* optional, set by the caller after begin: piece k appends the view
+	 * size of each of its records (uint32_t, in order) to sizes[k] */
+	struct ls_buf *sizes;
 	struct ls_batch_render_part part[LS_BATCH_PARTS_MAX];
 };
 int ls_batch_render_begin(struct ls_batch_render_job *j, const void *batch,

@@ -2658,6 +2658,16 @@ struct rbatch {
 	int have_dec;               /* dec holds its records decompressed (zstd) */
 	int have_view;              /* view is built from it */
 	char view_sep;
+	/* bulk reads (ls_reader_read_records): the view size of every record,
+	 * per span, and where the next read is likely to start */
+	struct ls_buf sizes[LS_BATCH_PARTS_MAX];
+	int have_sizes;             /* sizes are built with the view */
+	int dense;                  /* ... and offsets are first_offset + index */
+	int64_t first_offset;       /* the first record's offset (dense) */
+	int64_t nrecs;              /* records in the batch (dense) */
+	int64_t vc_offset;          /* a record's offset, -1: none; at */
+	size_t vc_span, vc_idx;     /* span and index in it, */
+	size_t vc_pos;              /* view byte in that span */
 	uint64_t gen, layout;
 	struct loc loc;
 	struct ls_index_entry ent;  /* its index entry */
@@ -2694,6 +2704,7 @@ struct ls_reader {
 	int have_recs;
 	struct rahead pf[PF_DEPTH]; /* read ahead: pf_n of them from pf_head */
 	size_t pf_head, pf_n;
+	int bulk;                   /* ls_reader_read_records reads: render sizes */
 };
 
 int ls_reader_open(struct ls_partition *p, struct ls_reader **out)
@@ -2711,6 +2722,8 @@ static void rbatch_free(struct rbatch *b)
 	ls_buf_free(&b->raw);
 	ls_buf_free(&b->dec);
 	ls_buf_free(&b->view);
+	for (size_t k = 0; k < LS_BATCH_PARTS_MAX; k++)
+		ls_buf_free(&b->sizes[k]);
 }
 
 /* Stops every read-ahead: pieces not started are dropped. */
@@ -2744,7 +2757,7 @@ static int batch_fetch_locked(struct ls_partition *p, struct rbatch *b, const st
 	const struct ls_segment *s = p->segs[l->seg];
 	size_t len = ls_segment_batch_len(s, l->idx);
 	int rc;
-	b->have = b->have_dec = b->have_view = 0;
+	b->have = b->have_dec = b->have_view = b->have_sizes = b->dense = 0;
 	if ((rc = ls_buf_reserve(&b->raw, len)) < 0)
 		return rc;
 	b->ent = s->index.e[l->idx];
@@ -2846,28 +2859,52 @@ static int reader_records(struct ls_reader *r)
 	return 0;
 }
 
-/* The end of a render: spans, and the view size against the index. */
+/* The end of a render: spans, and the view size against the index; with
+ * sizes (rendered with them), whether the batch is dense. */
 static int batch_render_end(struct rbatch *b, struct ls_batch_render_job *j, char sep)
 {
 	uint64_t vsize;
+	int sized = j->sizes != NULL;
 	int rc = ls_batch_render_end(j, b->spans, &b->nspans, &vsize);
 	if (rc == 0)
 		b->have_dec = batch_is_zstd(b);
 	if (rc == 0 && vsize != b->ent.view_size)
 		rc = LS_ECORRUPT;
+	b->have_sizes = b->dense = 0;
+	b->vc_offset = -1;
 	if (rc == 0) {
 		b->view_sep = sep;
 		b->have_view = 1;
+		b->have_sizes = sized;
+	}
+	if (rc == 0 && sized) {
+		int64_t expect = -1, n = 0;
+		int dense = 1;
+		for (size_t k = 0; k < b->nspans && dense; k++) {
+			const struct ls_batch_span *sp = &b->spans[k];
+			if (!sp->count)
+				continue;
+			if (!sp->dense || (expect >= 0 && sp->first_delta != expect) ||
+			    b->sizes[k].len != (size_t)sp->count * 4)
+				dense = 0;
+			if (expect < 0)
+				b->first_offset = b->hdr.base_offset + sp->first_delta;
+			expect = (int64_t)sp->last_delta + 1;
+			n += sp->count;
+		}
+		b->dense = dense && n > 0;
+		b->nrecs = n;
 	}
 	return rc;
 }
 
-/* Renders the cached batch's view (decompressing its frames in parallel). */
+/* Renders the cached batch's view (decompressing its frames in parallel),
+ * with its record sizes for a bulk reader. */
 static int reader_render(struct ls_reader *r, char sep)
 {
 	struct rbatch *b = &r->b;
 	struct ls_batch_render_job j;
-	if (b->have_view && b->view_sep == sep)
+	if (b->have_view && b->view_sep == sep && (b->have_sizes || !r->bulk))
 		return 0;
 	struct tls_ctx *t = tls_get();
 	if (!t)
@@ -2875,6 +2912,8 @@ static int reader_render(struct ls_reader *r, char sep)
 	const struct ls_batch_par *par = batch_par();
 	int n = ls_batch_render_begin(&j, b->raw.data, &b->hdr, &b->dec, b->have_dec, &b->view,
 	                              sep, t->scan.dctx, par);
+	if (n > 0 && r->bulk)
+		j.sizes = b->sizes;
 	if (n > 0)
 		par->run(par->ctx, (size_t)n, ls_batch_render_piece, &j);
 	int rc = n < 0 ? n : batch_render_end(b, &j, sep);
@@ -2904,6 +2943,8 @@ static void reader_pf_fill(struct ls_reader *r, uint64_t hw_pos, char sep)
 		if (n <= 0)
 			break;
 		a->b.view_sep = sep;
+		if (r->bulk)
+			a->render.sizes = a->b.sizes;
 		par_post(&a->job, ls_batch_render_piece, &a->render, (size_t)n);
 		a->posted = 1;
 		r->pf_n++;
@@ -3023,10 +3064,22 @@ ssize_t ls_reader_read_view(struct ls_reader *r, uint64_t pos, void *buf, size_t
 	return (ssize_t)copied;
 }
 
+/* For a bulk reader (ra >= 0: the separator): 1 if the cached batch is
+ * rendered with its record sizes and dense, so records come from its view;
+ * 0 if they must be decoded one by one (reader_records); or -errno. */
+static int reader_dense(struct ls_reader *r, int ra)
+{
+	if (ra < 0)
+		return 0;
+	int rc = reader_render(r, (char)ra);
+	return rc < 0 ? rc : r->b.dense;
+}
+
 /* Finds the first record with offset >= `offset` below the high watermark
  * and makes its batch the cached, decoded one: 1 with *idx its index in
- * r->recs and *hw_out the high watermark read, 0 if there is none yet, or
- * -errno. (ls_reader_next and ls_reader_read_records.) */
+ * r->recs and *hw_out the high watermark read, 2 (only if ra >= 0) with
+ * *idx its index among the records of the cached batch's view (dense), 0 if
+ * there is none yet, or -errno. (ls_reader_next and ls_reader_read_records.) */
 static int reader_seek(struct ls_reader *r, int64_t offset, int ra, size_t *idx,
                        int64_t *hw_out)
 {
@@ -3043,6 +3096,22 @@ static int reader_seek(struct ls_reader *r, int64_t offset, int ra, size_t *idx,
 			return 0;
 		if (r->b.have && r->b.gen == gen && offset >= r->b.ent.base_offset &&
 		    offset < r->b.batch_end) {
+			if ((rc = reader_dense(r, ra)) < 0)
+				return rc;
+			if (rc == 1) {
+				const struct rbatch *b = &r->b;
+				if (offset < b->first_offset)
+					offset = b->first_offset;
+				if (offset < b->first_offset + b->nrecs) {
+					if (offset >= hw)
+						return 0;
+					*idx = (size_t)(offset - b->first_offset);
+					*hw_out = hw;
+					return 2;
+				}
+				offset = b->batch_end;
+				continue;
+			}
 			if ((rc = reader_records(r)) < 0)
 				return rc;
 			size_t lo = 0, hi = r->nrecs, h = r->next_rec;
@@ -3120,7 +3189,7 @@ static int reader_seek(struct ls_reader *r, int64_t offset, int ra, size_t *idx,
 			else
 				reader_pf_cancel(r);
 		}
-		if (rc == 0)
+		if (rc == 0 && ra < 0) /* a bulk reader decides above */
 			rc = reader_records(r);
 		if (rc < 0)
 			return rc;
@@ -3152,13 +3221,83 @@ int ls_reader_next(struct ls_reader *r, int64_t offset, struct ls_record *rec)
 	return 1;
 }
 
+/* ls_reader_read_records from the cached batch's view: records idx on
+ * (see reader_seek's 2), in runs copied whole from each span. */
+static ssize_t read_dense(struct ls_reader *r, size_t idx, int64_t hw, uint8_t *out,
+                          size_t size, uint32_t max_records, struct ls_records_res *res)
+{
+	struct rbatch *b = &r->b;
+	int64_t offset = b->first_offset + (int64_t)idx;
+	size_t k, j, pos;
+	if (b->vc_offset == offset) {
+		k = b->vc_span;
+		j = b->vc_idx;
+		pos = b->vc_pos;
+	} else { /* find it: spans hold consecutive records */
+		size_t left = idx;
+		for (k = 0; k < b->nspans && left >= (size_t)b->spans[k].count; k++)
+			left -= (size_t)b->spans[k].count;
+		if (k == b->nspans)
+			return 0;
+		const uint32_t *sz = (const uint32_t *)(const void *)b->sizes[k].data;
+		pos = 0;
+		for (j = 0; j < left; j++)
+			pos += sz[j];
+	}
+	size_t used = 0;
+	uint32_t n = 0;
+	int64_t o = offset;
+	int full = 0;
+	res->first = offset;
+	for (; k < b->nspans && !full; k++, j = 0, pos = 0) {
+		const struct ls_batch_span *sp = &b->spans[k];
+		const uint32_t *sz = (const uint32_t *)(const void *)b->sizes[k].data;
+		size_t from = pos;
+		for (; j < (size_t)sp->count; j++, o++) {
+			if (o >= hw || (max_records && n == max_records)) {
+				full = 1;
+				break;
+			}
+			size_t len = sz[j];
+			if (len > size - used - (pos - from)) {
+				if (n == 0) {
+					res->need = len;
+					return -EMSGSIZE;
+				}
+				full = 1;
+				break;
+			}
+			pos += len;
+			n++;
+		}
+		if (pos > sp->len)
+			return batch_bad(r->p, b, LS_ECORRUPT); /* sizes and view disagree */
+		memcpy(out + used, b->view.data + sp->off + from, pos - from);
+		used += pos - from;
+		if (full) {
+			b->vc_offset = o;
+			b->vc_span = k;
+			b->vc_idx = j;
+			b->vc_pos = pos;
+		}
+	}
+	if (!full)
+		b->vc_offset = -1;
+	res->next = o;
+	res->count = n;
+	return (ssize_t)used;
+}
+
 ssize_t ls_reader_read_records(struct ls_reader *r, int64_t offset, void *buf, size_t size,
                                char sep, uint32_t max_records, struct ls_records_res *res)
 {
 	size_t i;
 	int64_t hw;
 	*res = (struct ls_records_res){.first = -1, .next = -1};
+	r->bulk = 1;
 	int rc = reader_seek(r, offset, (unsigned char)sep, &i, &hw);
+	if (rc == 2)
+		return read_dense(r, i, hw, buf, size, max_records, res);
 	if (rc <= 0)
 		return rc;
 	uint8_t *out = buf;

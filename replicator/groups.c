@@ -1818,22 +1818,6 @@ static size_t rec_len(const struct ls_record *r)
 	return (r->key ? (size_t)r->key_len + 1 : 0) + r->value_len + 1;
 }
 
-/* Renders r as the view does: [key sep] value '\n'. out has rec_len(r). */
-static size_t rec_render(char *out, const struct ls_record *r, char sep)
-{
-	size_t n = 0;
-	if (r->key) {
-		memcpy(out, r->key, r->key_len);
-		n = r->key_len;
-		out[n++] = sep;
-	}
-	if (r->value_len)
-		memcpy(out + n, r->value, r->value_len);
-	n += r->value_len;
-	out[n++] = '\n';
-	return n;
-}
-
 /* The number of '\n' in buf[0, len): 16 bytes a step (GCC vector
  * extensions: SSE2 on x86-64, NEON on arm64), byte counters flushed before
  * they can wrap. */
@@ -1947,16 +1931,24 @@ static int part_take(struct mreader *mr, struct ls_partition *log, char *buf, si
                      uint32_t max, char sep, int view, struct rep_bulk *res)
 {
 	struct ls_record rec;
-	int rc = mreader_first(mr, &rec);
-	if (rc <= 0)
+	int rc;
+	size_t len;
+	int64_t o;
+	if (!view && max != 1) {
+		/* ls_reader_read_records finds the first record from mr->at on
+		 * itself (from the batch's rendered view when it can) */
+		o = mr->first >= 0 ? mr->first : mr->at;
+		goto records;
+	}
+	if ((rc = mreader_first(mr, &rec)) <= 0)
 		return rc;
-	size_t len = rec_len(&rec);
+	len = rec_len(&rec);
 	if (len > size) {
 		res->need = len;
 		return -EMSGSIZE;
 	}
+	o = rec.offset;
 	if (view && max != 1 && size - len >= len) { /* room for more than this one */
-		int64_t o = rec.offset;
 		if ((rc = bulk_view(mr, log, &rec, buf, size, max, sep, res)) != 0)
 			return rc;
 		/* not provable: record by record (the reader moved on; o is a
@@ -1967,22 +1959,24 @@ static int part_take(struct mreader *mr, struct ls_partition *log, char *buf, si
 			res->need = len;
 			return -EMSGSIZE;
 		}
+		o = rec.offset;
 	}
-	/* whole records, a batch per ls_reader_read_records call; o is a
-	 * record's offset, and every later call asks right after a record of
-	 * the reader's cached batch: exact */
+	/* whole records, a batch per ls_reader_read_records call; every call
+	 * after the first asks right after a record of the reader's cached
+	 * batch: exact */
+records:;
 	size_t used = 0;
 	uint32_t n = 0;
-	int64_t o = rec.offset;
 	res->first_offset = o;
 	mr->first = -1;
+	ssize_t got = 0;
+	struct ls_records_res rr = {0};
 	while (used < size && (!max || n < max)) {
-		struct ls_records_res rr;
-		ssize_t got = ls_reader_read_records(mr->rd, o, buf + used, size - used, sep,
-		                                     max ? max - n : 0, &rr);
+		got = ls_reader_read_records(mr->rd, o, buf + used, size - used, sep,
+		                             max ? max - n : 0, &rr);
 		if (got <= 0)
-			break; /* none, too large, or an error: comes back below or at
-			          the next call */
+			break; /* none, too large, or an error: said below if nothing
+			          was taken, else at the next call */
 		if (n == 0)
 			res->first_offset = rr.first;
 		used += (size_t)got;
@@ -1990,18 +1984,9 @@ static int part_take(struct mreader *mr, struct ls_partition *log, char *buf, si
 		o = rr.next;
 	}
 	if (n == 0) {
-		/* retention took the record meanwhile, or an error: say it now */
-		rc = ls_reader_next(mr->rd, res->first_offset, &rec);
-		if (rc <= 0)
-			return rc;
-		if ((len = rec_len(&rec)) > size) {
-			res->need = len;
-			return -EMSGSIZE;
-		}
-		res->first_offset = rec.offset;
-		used = rec_render(buf, &rec, sep);
-		n = 1;
-		o = rec.offset + 1;
+		if (got == -EMSGSIZE) /* the first record is longer than buf */
+			res->need = rr.need;
+		return (int)got;
 	}
 	res->next_offset = o;
 	mr->at = res->next_offset;

@@ -890,6 +890,58 @@ static void test_read_records(void)
 	}
 }
 
+/* The same over large zstd batches, compressed as several frames and read
+ * from their rendered views: runs across frames and batches, a read that
+ * starts mid-batch, and a high watermark inside the last batch. */
+static void test_read_records_large(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c;
+	ls_config_default(&c);
+	c.compression = LS_CODEC_ZSTD;
+	struct ls_partition *p = open_p(dir, &c);
+	const char *pfx = "a record long enough for megabyte batches"; /* < 64 */
+	append_lines(p, pfx, 20000, 1);
+	append_lines(p, pfx, 20000, 2);
+	enum { N = 20000 };
+	struct ls_rec *recs = calloc(N, sizeof(*recs));
+	char (*vals)[96] = calloc(N, 96);
+	for (int i = 0; i < N; i++) {
+		recs[i].value = vals[i];
+		recs[i].value_len = (uint32_t)snprintf(vals[i], 96, "tail %d %s", i, pfx);
+	}
+	struct ls_append_result res;
+	CHECK_EQ_INT(ls_partition_append(p, recs, N, 3, NULL, &res), 0);
+	ls_partition_set_hw(p, res.base_offset + 12345); /* inside the third batch */
+	free(recs);
+	free(vals);
+	check_read_records(p, '\t', 65536, 0);
+	check_read_records(p, '\t', 4000, 7);
+	check_read_records(p, '\t', 1 << 20, 0);
+
+	/* from the middle of the second batch, then the same reader goes back */
+	struct ls_reader *r;
+	CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+	char *buf = malloc(65536);
+	struct ls_records_res rr;
+	ssize_t n = ls_reader_read_records(r, 27777, buf, 65536, '\t', 0, &rr);
+	CHECK(n > 0);
+	CHECK_EQ_INT(rr.first, 27777);
+	char want[128];
+	int wl = snprintf(want, sizeof(want), "%s-%d\n", pfx, 27777 - 20000);
+	CHECK(n >= wl && memcmp(buf, want, (size_t)wl) == 0);
+	CHECK_EQ_INT(rr.next, 27777 + (int64_t)rr.count);
+	n = ls_reader_read_records(r, 3, buf, 65536, '\t', 1, &rr);
+	CHECK_EQ_INT(n, (ssize_t)strlen(pfx) + 3);
+	CHECK_EQ_INT(rr.first, 3);
+	CHECK_EQ_INT(rr.next, 4);
+	n = ls_reader_read_records(r, res.base_offset + 12345, buf, 65536, '\t', 0, &rr);
+	CHECK_EQ_INT(n, 0); /* at the high watermark */
+	free(buf);
+	ls_reader_close(r);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
 /* A batch damaged on disk is never served: readers get LS_ECORRUPT. */
 static void test_corrupt_batch_not_served(void)
 {
@@ -1092,6 +1144,7 @@ int main(int argc, char **argv)
 	RUN(test_producer_eviction);
 	RUN(test_compaction);
 	RUN(test_read_records);
+	RUN(test_read_records_large);
 	RUN(test_corrupt_batch_not_served);
 	RUN(test_concurrency);
 	if (argc > 1 || getenv("TFS_BENCH")) {
