@@ -670,6 +670,19 @@ static void put_header(uint8_t *p, const struct ls_batch_header *h)
 	put32(p + 57, (uint32_t)h->record_count);
 }
 
+/* Sets the compression level. Level 1 (the default) uses a 4096-entry hash
+ * table instead of zstd's 8192: on access-log lines it compresses about 8%
+ * faster for 1% more bytes, the table then fitting the L1 cache with the
+ * input it hashes (measured with `zstd -b1 --zstd=hlog=12 -B1048576`). Other
+ * levels keep zstd's own parameters. */
+static int zstd_level(ZSTD_CCtx *c, int level)
+{
+	if (ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, level)) ||
+	    ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_hashLog, level == 1 ? 12 : 0)))
+		return -EINVAL;
+	return 0;
+}
+
 /* The records are in out->data + 61 (codec none) or in scratch (zstd):
  * compresses if needed, then fills the header and the CRC. */
 static int finish_batch(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
@@ -686,7 +699,7 @@ static int finish_batch(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *c
 		size_t bound = ZSTD_compressBound(rec_bytes);
 		if ((rc = ls_buf_reserve(out, LS_BATCH_HEADER_SIZE + bound)) < 0)
 			return rc;
-		if (ZSTD_isError(ZSTD_CCtx_setParameter(cctx, ZSTD_c_compressionLevel, level)))
+		if (zstd_level(cctx, level) < 0)
 			return -EINVAL;
 		body = ZSTD_compress2(cctx, out->data + LS_BATCH_HEADER_SIZE, bound,
 		                      scratch->data, rec_bytes);
@@ -764,7 +777,7 @@ static void enc_part_run(void *arg, size_t k)
 		pt->rc = j->par ? -ENOMEM : -EINVAL;
 		return;
 	}
-	if (ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, j->level))) {
+	if (zstd_level(c, j->level) < 0) {
 		pt->rc = -EINVAL;
 		return;
 	}
