@@ -335,6 +335,28 @@ b'next\\n'"
 	assert_exactly_once "$T/want" "$T/got"
 }
 
+@test "cat pending of megabyte zstd batches gives every byte back; a member that stopped mid-batch resumes exactly" {
+	set_config t "compression: zstd"
+	seq 1 70000 | sed 's/$/ a line long enough that a write of 1 MiB is a batch of many frames/' >"$T/want"
+	cat "$T/want" >>"$MNT/t/0/log" # 1 MiB writes: batches of several zstd frames
+	timeout 30 cat "$G/a/pending" >"$T/got"
+	cmp "$T/want" "$T/got"
+	# group b: two 128 KiB reads, then close (committed), then cat the rest
+	python3 - "$G/b/pending" "$T/got2" <<-'EOF'
+		import os, sys
+		fd = os.open(sys.argv[1], os.O_RDONLY)
+		data = os.read(fd, 128 * 1024) + os.read(fd, 128 * 1024)
+		assert data.endswith(b"\n") and data.count(b"\n") > 1000, len(data)
+		os.close(fd)
+		open(sys.argv[2], "wb").write(data)
+	EOF
+	timeout 30 cat "$G/b/pending" >>"$T/got2"
+	cmp "$T/want" "$T/got2"
+	run cat "$G/b/pending"
+	assert_success
+	assert_output ""
+}
+
 # ---- offsets ------------------------------------------------------------------
 
 @test "offsets shows partition, committed, end and lag, tab-separated" {
