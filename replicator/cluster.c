@@ -102,6 +102,9 @@ struct cluster {
 	int64_t registered_at[META_MAX_NODES]; /* per seen slot: last register proposed */
 	atomic_int ctl_inflight;     /* the controller's own commands in flight */
 	struct meta_cmd ctl_cmds[CTL_MAX_CMDS];
+	/* when this node last knew a quorum leader (cluster_now_ms; written by
+	 * the loop thread, read by .cluster/nodes) */
+	atomic_int_fast64_t leader_known_ms;
 };
 
 int64_t cluster_now_ms(void)
@@ -669,11 +672,14 @@ static void on_tick(uv_timer_t *t)
 	applied_to(c, meta_raft_last_applied(c->mr));
 	rep_cluster_tick(c->rep);
 	if (meta_raft_is_leader(c->mr)) {
+		atomic_store(&c->leader_known_ms, cluster_now_ms());
 		controller_pass(c);
 		return;
 	}
 	c->was_leader = false;
 	uint16_t leader = meta_raft_leader(c->mr, NULL, 0);
+	if (leader != 0)
+		atomic_store(&c->leader_known_ms, cluster_now_ms());
 	if (leader == 0 || leader == c->o.node_id)
 		return;
 	uint8_t hb[10];
@@ -733,6 +739,7 @@ int cluster_open(struct rep *r, const struct cluster_options *o, const char *dat
 	atomic_init(&c->next_seq, 1);
 	atomic_init(&c->ctl_inflight, 0);
 	c->boot_id = (uint64_t)wall_ms();
+	atomic_store(&c->leader_known_ms, cluster_now_ms());
 	make_cluster_id(c);
 	int n = snprintf(c->raft_dir, sizeof(c->raft_dir), "%s/raft", data_dir);
 	if (n < 0 || (size_t)n >= sizeof(c->raft_dir)) {
@@ -899,8 +906,13 @@ struct nodes_q {
 	struct rep_node_info *out;
 	size_t max, n;
 	uint16_t leader;
+	int cut_off;
 };
 
+/* The nodes as the quorum's state has them. A node that has known no quorum
+ * leader for node_timeout_ms is cut off from the majority: its copy of the
+ * state is stale, so it says "unknown" for every other node (and "up" for
+ * itself) instead of what it last heard. */
 static void nodes_fn(void *ctx, const struct meta_state *s)
 {
 	struct nodes_q *q = ctx;
@@ -910,14 +922,20 @@ static void nodes_fn(void *ctx, const struct meta_state *s)
 		struct rep_node_info *o = &q->out[q->n++];
 		o->id = v->id;
 		snprintf(o->address, sizeof(o->address), "%s", n ? n->address : v->address);
-		o->state = n && n->alive ? "up" : "down";
+		if (q->cut_off)
+			o->state = v->id == q->c->o.node_id ? "up" : "unknown";
+		else
+			o->state = n && n->alive ? "up" : "down";
 		o->role = v->id == q->leader ? "leader" : "follower";
 	}
 }
 
 size_t cluster_nodes(struct cluster *c, struct rep_node_info *out, size_t max)
 {
-	struct nodes_q q = {c, out, max, 0, meta_raft_leader(c->mr, NULL, 0)};
+	uint16_t leader = meta_raft_leader(c->mr, NULL, 0);
+	int cut_off = leader == 0 && cluster_now_ms() - atomic_load(&c->leader_known_ms) >
+	                                 (int64_t)c->o.node_timeout_ms;
+	struct nodes_q q = {c, out, max, 0, leader, cut_off};
 	cluster_read(c, nodes_fn, &q);
 	return q.n;
 }

@@ -113,6 +113,10 @@ minority_test() {
 		wait_secs 30 "dd_append '${M[majb]}/t/$p/log' 'majority-dd-$p' 2>/dev/null" ||
 			{ dd_append "${M[majb]}/t/$p/log" "majority-dd-$p"; false; }
 	done
+	# the minority knows it is cut off: "unknown" for the others, not the
+	# last state it heard, and still "up" for itself
+	wait_secs 30 "[[ \$(node_state $x $maj) == unknown && \$(node_state $x $majb) == unknown && \$(node_state $x $x) == up ]]" ||
+		{ cat "${M[x]}/.cluster/nodes"; false; }
 	# the majority can change metadata (a new topic would need 3 live nodes
 	# for replication 3, so a .config change stands for it)
 	echo 'retention_ms: 7200000' >"${M[maj]}/t/.config"
