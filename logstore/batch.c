@@ -672,9 +672,8 @@ static void put_header(uint8_t *p, const struct ls_batch_header *h)
 
 /* Sets the compression level. Level 1 (the default) uses a 4096-entry hash
  * table instead of zstd's 8192: on access-log lines it compresses about 8%
- * faster for 1% more bytes, the table then fitting the L1 cache with the
- * input it hashes (measured with `zstd -b1 --zstd=hlog=12 -B1048576`). Other
- * levels keep zstd's own parameters. */
+ * faster for 1% more bytes (measured with `zstd -b1 --zstd=hlog=12
+ * -B1048576`). Other levels keep zstd's own parameters. */
 static int zstd_level(ZSTD_CCtx *c, int level)
 {
 	if (ZSTD_isError(ZSTD_CCtx_setParameter(c, ZSTD_c_compressionLevel, level)) ||
