@@ -1923,10 +1923,11 @@ static int bulk_view(struct mreader *mr, struct ls_partition *log,
  * rep_member_take_bulk) without taking them: 1 and *res (records, bytes,
  * first and next offset; mr then expects the next read at next_offset), 0
  * if there is none, -EMSGSIZE with res->need, or -errno. Caller holds m->mu
- * (the reader is m's). view: try bulk_view first. The record reader decodes
- * every batch anyway (the proof), and the view reader decodes it again:
- * cheap for plain batches, dearer than walking the records one by one for
- * compressed ones (measured with the reader of 26ebf2e). */
+ * (the reader is m's). view (plain batches): try bulk_view first; the
+ * record reader decodes every batch anyway (the proof), and the view reader
+ * decodes it again, which is cheap only for plain batches. Otherwise many
+ * records come from ls_reader_read_records, which copies runs of them from
+ * the batch's view rendered ahead on the helper threads. */
 static int part_take(struct mreader *mr, struct ls_partition *log, char *buf, size_t size,
                      uint32_t max, char sep, int view, struct rep_bulk *res)
 {
