@@ -59,7 +59,9 @@
  *     loses its proxies (without commit: their partitions go to live
  *     members). Requests for a proxy that does not exist, or for a group
  *     this node does not run, are answered -ESTALE: the stub joins again
- *     (what it took and had not committed is delivered again).
+ *     (what it took and had not committed is delivered again). A stub whose
+ *     JOIN went unanswered (the proxy may exist) sends a LEAVE for it when
+ *     it closes without having joined since.
  *  3. The worker and the loop thread never wait on the network; stub calls
  *     (FUSE threads, the waker thread) wait at most the request timeout.
  *  4. Proxies are touched by the worker only; stubs by their own calls
@@ -602,6 +604,7 @@ struct grm_stub {
 	struct rep_member *inner;   /* S_LOCAL */
 	uint64_t epoch;             /* S_LOCAL: the group's run epoch at join */
 	uint16_t coord;             /* S_REMOTE: the coordinator joined */
+	uint16_t unsure;            /* a JOIN went there unanswered: it may hold a proxy */
 	int resync;                 /* a request failed: send `known` with the next */
 	struct grm_pos *known;      /* sorted by partition (invariant 1) */
 	uint32_t nknown, cknown;
@@ -977,9 +980,12 @@ static int stub_join(struct grm_stub *s)
 			if (rc == 0) {
 				s->mode = S_REMOTE;
 				s->coord = node;
+				s->unsure = 0;
 				known_clear(s);
 				return 0;
 			}
+			if (rc != -ESTALE)
+				s->unsure = node; /* lost answer: the proxy may exist */
 		} else {
 			rc = -ESTALE; /* this node runs it once the worker has reconciled */
 		}
@@ -1052,17 +1058,20 @@ void grm_stub_close(struct grm_stub *s, int commit)
 	pthread_mutex_lock(&s->mu);
 	if (s->mode == S_LOCAL) {
 		rep_member_leave(s->inner, commit);
-	} else if (s->mode == S_REMOTE) {
+	} else if (s->mode == S_REMOTE || s->unsure) {
+		/* Joined, or a join whose answer was lost: a proxy left there would
+		 * hold partitions no member reads. */
+		uint16_t node = s->mode == S_REMOTE ? s->coord : s->unsure;
 		struct grm_req q;
 		uint8_t *resp;
 		uint32_t len;
-		stub_req(s, GRM_LEAVE, commit, &q);
-		q.commit = (uint8_t)(commit != 0);
-		int rc = call(gr, s->coord, &q, &resp, &len);
+		stub_req(s, GRM_LEAVE, s->mode == S_REMOTE && commit, &q);
+		q.commit = (uint8_t)(s->mode == S_REMOTE && commit);
+		int rc = call(gr, node, &q, &resp, &len);
 		free(resp);
 		if (rc < 0 && rc != -ESTALE)
 			tfs_warn("group %s: leave at node %u failed (%s); it drops the member when "
-			         "it learns this node's fate", rep_group_name(s->g), s->coord,
+			         "it learns this node's fate", rep_group_name(s->g), node,
 			         tfs_strerror(rc));
 	}
 	s->mode = S_NONE;

@@ -5,8 +5,9 @@
  * applied in place, liveness flags): a member on another node consumes
  * through the coordinator, commits reach the quorum, wakes cross nodes,
  * members on both nodes share the partitions exactly once, a coordinator
- * move keeps every record, a dead node's member loses its partitions, rmdir
- * asks the coordinator, and malformed frames are refused. "Replication" is
+ * move keeps every record, a dead node's member loses its partitions, a join
+ * whose answer was lost leaves no proxy behind, rmdir asks the coordinator,
+ * and malformed frames are refused. "Replication" is
  * the test producing the same records on every node. */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -295,10 +296,13 @@ static int f_alive(struct cluster *c, uint16_t id)
 	(void)c;
 	return id >= 1 && id <= nnodes && atomic_load(&nodes[id].alive);
 }
+static unsigned req_timeout_ms = 1500; /* read by each node's grm at cluster_up */
+static atomic_int stall_join_ms;       /* the loop thread sits on a JOIN this long */
+
 static unsigned f_timeout(const struct cluster *c)
 {
 	(void)c;
-	return 1500;
+	return req_timeout_ms;
 }
 
 /* Applies cmd to the shared state, then tells every open node (as the
@@ -347,6 +351,8 @@ static int on_frame(void *ctx, struct tr_net *net, const struct tr_frame *f)
 {
 	(void)net;
 	struct cluster *c = ctx;
+	if (f->type == GRM_JOIN && atomic_load(&stall_join_ms))
+		sleep_ms(atomic_load(&stall_join_ms));
 	if (f->type >= TF_GROUP_MIN && f->type <= TF_GROUP_MAX)
 		return rep_groups_on_frame(c->rep, f);
 	return REP_EPROTO;
@@ -708,6 +714,55 @@ static void test_dead_node_member_dropped(void)
 	cluster_down();
 }
 
+/* Members of group name as the coordinator counts them (its proxies and
+ * local members). */
+static uint32_t coord_members(int node, const char *name)
+{
+	struct rep_group *g = group_of(node, name, 0);
+	uint32_t n = 0;
+	CHECK_EQ_INT(rep_group_member_count(g, &n), 0);
+	rep_group_put(g);
+	return n;
+}
+
+/* A JOIN whose answer is lost (the coordinator answers after the member's
+ * timeout) still made a proxy there; the member closing before any other
+ * request sends a LEAVE for it, so no proxy is left holding partitions that
+ * nobody reads. */
+static void test_lost_join_answer_no_ghost(void)
+{
+	req_timeout_ms = 200;
+	cluster_up(2);
+	struct rep_group *g = group_of(2, "ghost", 1);
+	uint16_t c = meta_coordinator("ghost");
+	CHECK(c == 1 || c == 2);
+	int other = c == 1 ? 2 : 1;
+	struct rep_group *go = group_of(other, "ghost", 0);
+	atomic_store(&stall_join_ms, 600);
+	struct rep_member *m;
+	CHECK_EQ_INT(rep_member_join(go, NULL, NULL, &m), 0); /* timed out: joins at a read */
+	atomic_store(&stall_join_ms, 0);
+	for (int i = 0; i < 100 && coord_members(c, "ghost") == 0; i++)
+		sleep_ms(20);
+	CHECK_EQ_INT(coord_members(c, "ghost"), 1); /* the late JOIN made its proxy */
+	rep_member_leave(m, 0);
+	for (int i = 0; i < 100 && coord_members(c, "ghost") != 0; i++)
+		sleep_ms(20);
+	CHECK_EQ_INT(coord_members(c, "ghost"), 0);
+	/* a member joining now gets every partition */
+	struct rep_group *gc = group_of(c, "ghost", 0);
+	struct rep_member *m2;
+	CHECK_EQ_INT(rep_member_join(gc, NULL, NULL, &m2), 0);
+	uint32_t a[NPARTS];
+	CHECK_EQ_INT(rep_member_assignment(m2, a, NPARTS), NPARTS);
+	rep_member_leave(m2, 0);
+	rep_group_put(gc);
+	rep_group_put(go);
+	rep_group_put(g);
+	cluster_down();
+	req_timeout_ms = 1500;
+}
+
 /* rmdir of a group asks its coordinator: EBUSY with members there, then the
  * group goes from every node. */
 static void test_delete_asks_coordinator(void)
@@ -763,6 +818,7 @@ int main(void)
 	RUN(test_coordinator_move);
 	RUN(test_dead_node_member_dropped);
 	RUN(test_delete_asks_coordinator);
+	RUN(test_lost_join_answer_no_ghost);
 	RUN(test_malformed_frames_refused);
 	return unit_report("test_group_remote");
 }
