@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -123,6 +124,35 @@ static void default_data_dir(char *out, size_t size)
 		snprintf(out, size, "%s/.local/share/topicfs", home ? home : "/tmp");
 }
 
+/* Every partition keeps its directory and each segment's log and index
+ * open, so the usual soft limit of 1024 open files would stop a node at
+ * about 330 partitions:
+ * the soft limit goes up to the hard one (at most 1M), as a daemon's
+ * LimitNOFILE= would set it, and a hard limit that is still low is logged. */
+static void raise_open_files(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	rlim_t want = rl.rlim_max;
+	if (want == RLIM_INFINITY || want > (rlim_t)1 << 20)
+		want = (rlim_t)1 << 20;
+	if (rl.rlim_cur < want) {
+		rlim_t was = rl.rlim_cur;
+		rl.rlim_cur = want;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+			tfs_info("open files limit raised from %llu to %llu", (unsigned long long)was,
+			         (unsigned long long)want);
+		else
+			rl.rlim_cur = was;
+	}
+	if (rl.rlim_cur < 8192)
+		tfs_warn("open files limit is %llu: each partition keeps at least 3 files open, so "
+		         "this node holds at most about %llu partitions; raise the hard limit "
+		         "(ulimit -Hn, LimitNOFILE=) for more", (unsigned long long)rl.rlim_cur,
+		         (unsigned long long)(rl.rlim_cur > 100 ? (rl.rlim_cur - 100) / 3 : 0));
+}
+
 static int run(struct cli *cli, struct fuse_args *args)
 {
 	static struct node_config cfg;
@@ -167,6 +197,8 @@ static int run(struct cli *cli, struct fuse_args *args)
 	       tfs.data_dir, cli->foreground && !cfg.log_file[0] ? "" : ", log ",
 	       cli->foreground && !cfg.log_file[0] ? "" : log_path);
 	fflush(stdout);
+
+	raise_open_files();
 
 	char listen[96];
 	snprintf(listen, sizeof(listen), "%s:%u", cfg.listen_host, cfg.listen_port);

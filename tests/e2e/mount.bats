@@ -172,3 +172,23 @@ mount_fuse3() {
 	tfs_start
 	[[ $(cat "$MNT/t/0/log") == r ]]
 }
+
+@test "a soft open-files limit of 1024 does not cap the partitions: the daemon raises it" {
+	(($(ulimit -Hn) >= 4096)) || skip "hard open-files limit $(ulimit -Hn) leaves nothing to raise"
+	ulimit -Sn 1024
+	tfs_start
+	# 3 open files per partition (directory, log, index): 400 need 1200
+	mk_topic big
+	set_config big 'partitions: 400'
+	[[ $(ls "$MNT/big" | grep -c '^[0-9]*$') -eq 400 ]]
+	for p in 0 350 399; do echo "to $p" >>"$MNT/big/$p/log"; done
+	[[ $(cat "$MNT/big/399/log") == "to 399" ]]
+	soft=$(awk '/^Max open files/ { print $4 }' "/proc/$TFS_PID/limits")
+	((soft > 1024))
+	grep -q 'open files limit raised from 1024' "$LOG"
+	# and they all open again after a restart
+	tfs_stop
+	tfs_start
+	[[ $(cat "$MNT/big/350/log") == "to 350" ]]
+	tfs_stop
+}
