@@ -94,6 +94,7 @@ e2e: $(TOPICFS)
 	@TOPICFS=$(abspath $(TOPICFS)) tests/run-e2e.sh
 
 test: deps
+	@tests/fetch-syslog-ng.sh
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory $(UNIT_BINS)
 	@TOPICFS=$(abspath $(TOPICFS)) tests/run-all.sh $(UNIT_BINS)
@@ -102,6 +103,7 @@ test: deps
 # message header; a hostile length makes malloc fail (NULL, which libraft
 # handles) instead of ASan's fatal "allocation size too big".
 asan: deps
+	@tests/fetch-syslog-ng.sh
 	@$(MAKE) --no-print-directory SAN=1 all
 	@$(MAKE) --no-print-directory SAN=1 unit-bins-asan
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
