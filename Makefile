@@ -122,4 +122,4 @@ install: all
 clean:
 	rm -rf build bin
 
--include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -path $(BUILD)/shippers -prune -o -type f -name '*.d' -print 2>/dev/null)
