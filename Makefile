@@ -77,15 +77,18 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(BUILD)/tests/unit/unit.o $(FSLIB_LIB
 deps:
 	@tests/install-deps.sh
 
+# A daemon that died (kill -9) leaves a dead mount ("Transport endpoint is
+# not connected"): run and stop clear it.
 run: deps all
+	@if mountpoint -q mnt; then fusermount3 -u mnt; elif LC_ALL=C stat mnt 2>&1 | grep -q 'not connected'; then fusermount3 -uz mnt; fi
 	@mkdir -p mnt
-	@if mountpoint -q mnt; then fusermount3 -u mnt; fi
 	./bin/topicfs mnt
 	@echo "mounted at ./mnt - try: mkdir mnt/orders; echo hello >> mnt/orders/0/log; cat mnt/orders/0/log"
 	@echo "unmount with: make stop"
 
 stop:
-	@if mountpoint -q mnt; then fusermount3 -u mnt && echo unmounted ./mnt; fi
+	@if mountpoint -q mnt; then fusermount3 -u mnt && echo unmounted ./mnt; \
+	elif LC_ALL=C stat mnt 2>&1 | grep -q 'not connected'; then fusermount3 -uz mnt && echo "unmounted ./mnt (its daemon had died)"; fi
 
 unit: $(UNIT_BINS)
 	@tests/run-unit.sh $(UNIT_BINS)

@@ -241,6 +241,10 @@ static int run(struct cli *cli, struct fuse_args *args)
 		goto out_rep;
 	if (fuse_set_signal_handlers(tfs.se) < 0)
 		goto out_session;
+	struct stat mst;
+	if (stat(mountpoint, &mst) < 0 && errno == ENOTCONN)
+		fprintf(stderr, "topicfs: %s is the dead mount of a daemon that exited without "
+		        "unmounting; clear it with: fusermount3 -u %s\n", mountpoint, mountpoint);
 	if (fuse_session_mount(tfs.se, mountpoint) < 0)
 		goto out_signals;
 	tfs_info("mounted %s (data %s)", mountpoint, tfs.data_dir);

@@ -192,3 +192,18 @@ mount_fuse3() {
 	[[ $(cat "$MNT/big/350/log") == "to 350" ]]
 	tfs_stop
 }
+
+@test "a dead mount left by a killed daemon: the next start says how to clear it" {
+	tfs_start
+	kill -9 "$TFS_PID"
+	wait "$TFS_PID" 2>/dev/null || true
+	TFS_PID=
+	run ls "$MNT"
+	assert_failure
+	run --separate-stderr timeout 10 "$TOPICFS" -f --data "$DATA" "$MNT"
+	assert_failure
+	[[ $stderr == *"dead mount"*"fusermount3 -u $MNT"* ]]
+	fusermount3 -u "$MNT"
+	tfs_start
+	mkdir "$MNT/again"
+}
