@@ -223,6 +223,11 @@ static int run(struct cli *cli, struct fuse_args *args)
 	tfs.gid = getgid();
 	clock_gettime(CLOCK_REALTIME, &tfs.start_time);
 	rc = rep_open(&ropts, &tfs.rep);
+	if (rc == -EBUSY) {
+		fprintf(stderr, "topicfs: data directory %s is in use by another topicfs daemon "
+		        "(its pid is in %s/lock)\n", tfs.data_dir, tfs.data_dir);
+		return 1;
+	}
 	if (rc < 0) {
 		fprintf(stderr, "topicfs: cannot open node in %s: %s\n", tfs.data_dir,
 		        tfs_strerror(rc));
@@ -283,6 +288,7 @@ static int run(struct cli *cli, struct fuse_args *args)
 	fuse_loop_cfg_set_max_threads(lc, cfg.nvoters ? 64 : 8);
 	fuse_loop_cfg_set_idle_threads(lc, 8);
 	status = fuse_session_loop_mt(tfs.se, lc) < 0 ? 1 : 0;
+	rep_stopping(tfs.rep);
 	fuse_loop_cfg_destroy(lc);
 	tfs_info("unmounting %s", mountpoint);
 out_unmount:

@@ -14,7 +14,10 @@
  *                         pfile <topic id> <file id> <hex name> <mode> <uid> <gid>
  *   topics/<name>/<p>/  partition data (logstore)
  *   trash/<name>.<id>/  a deleted topic's data until its last reference goes
- *   lock                flock()ed while a daemon runs on DATA
+ *   lock                flock()ed while a daemon runs on DATA; holds
+ *                       "running <pid>" or, once it shuts down, "stopping
+ *                       <pid>": a daemon started right after an unmount
+ *                       waits for a stopping one instead of failing
  *
  * Invariants:
  *  1. Every change to topics, configs or producer files is in `metadata`
@@ -1334,6 +1337,64 @@ static void *notifier_main(void *arg)
 	return NULL;
 }
 
+/* ---- the data directory's lock ------------------------------------------ */
+
+#define LOCK_WAIT_STOPPING_MS 60000 /* a shutdown syncs every partition */
+#define LOCK_WAIT_RUNNING_MS 500    /* its loop may be ending right now */
+
+/* Writes "<state> <pid>" into the lock file (for the next daemon). */
+static void lock_note(struct rep *r, const char *state)
+{
+	char line[64];
+	int n = snprintf(line, sizeof(line), "%s %d\n", state, (int)getpid());
+	if (ftruncate(r->lock_fd, 0) == 0 && pwrite(r->lock_fd, line, (size_t)n, 0) == n)
+		return;
+	tfs_warn("%s/lock: cannot note the daemon's state: %s", r->data_dir, strerror(errno));
+}
+
+void rep_stopping(struct rep *r)
+{
+	if (r && r->lock_fd >= 0)
+		lock_note(r, "stopping");
+}
+
+/* Takes DATA/lock. A daemon shutting down on DATA (after an unmount:
+ * fusermount3 returns before the old daemon has synced its partitions) is
+ * waited for; a running one is -EBUSY. */
+static int lock_data_dir(struct rep *r)
+{
+	int waited = 0, said = 0;
+	for (;;) {
+		if (flock(r->lock_fd, LOCK_EX | LOCK_NB) == 0)
+			break;
+		if (errno != EWOULDBLOCK) {
+			int rc = -errno;
+			tfs_error("%s/lock: %s", r->data_dir, strerror(errno));
+			return rc;
+		}
+		char st[64] = "";
+		ssize_t n = pread(r->lock_fd, st, sizeof(st) - 1, 0);
+		st[n > 0 ? n : 0] = 0;
+		st[strcspn(st, "\n")] = 0;
+		int stopping = strncmp(st, "stopping", 8) == 0;
+		if (waited >= (stopping ? LOCK_WAIT_STOPPING_MS : LOCK_WAIT_RUNNING_MS)) {
+			tfs_error("%s: data directory is in use by another topicfs daemon (%s)",
+			          r->data_dir, st[0] ? st : "no state noted");
+			return -EBUSY;
+		}
+		if (stopping && !said) {
+			tfs_info("%s: waiting for the daemon that is shutting down on it (%s)",
+			         r->data_dir, st);
+			said = 1;
+		}
+		struct timespec ts = {0, 10 * 1000000L};
+		nanosleep(&ts, NULL);
+		waited += 10;
+	}
+	lock_note(r, "running");
+	return 0;
+}
+
 int rep_open(const struct rep_options *opts, struct rep **out)
 {
 	struct rep *r = calloc(1, sizeof(*r));
@@ -1364,11 +1425,8 @@ int rep_open(const struct rep_options *opts, struct rep **out)
 		tfs_error("%s: %s", path, strerror(errno));
 		goto err_free;
 	}
-	if (flock(r->lock_fd, LOCK_EX | LOCK_NB) < 0) {
-		rc = -EBUSY;
-		tfs_error("%s: data directory is in use by another topicfs daemon", r->data_dir);
+	if ((rc = lock_data_dir(r)) < 0)
 		goto err_lock;
-	}
 	r->dir_fd = open(r->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (r->dir_fd < 0) {
 		rc = -errno;
@@ -1454,6 +1512,7 @@ err_free:
 
 int rep_start(struct rep *r, const struct rep_listener *l)
 {
+	lock_note(r, "running"); /* the pid after daemonising */
 	if (l)
 		r->listener = *l;
 	int rc = pthread_create(&r->housekeeping, NULL, housekeeping_main, r);
@@ -1486,6 +1545,7 @@ int rep_start(struct rep *r, const struct rep_listener *l)
 
 void rep_close(struct rep *r)
 {
+	rep_stopping(r);
 	cluster_close(r->cluster);   /* replicas removed, raft and net stopped */
 	r->cluster = NULL;
 	if (r->started) {

@@ -84,6 +84,11 @@ void rep_watch(struct rep *r, int delta);
  * daemonising. */
 int rep_start(struct rep *r, const struct rep_listener *l) TFS_MUST_CHECK;
 
+/* Notes in DATA/lock that this daemon is shutting down, so a daemon started
+ * on DATA meanwhile waits for the lock instead of failing (rep_close does it
+ * too; call it as soon as the mount is gone). */
+void rep_stopping(struct rep *r);
+
 /* Stops threads, closes every partition cleanly (sync + clean marker). */
 void rep_close(struct rep *r);
 

@@ -207,3 +207,23 @@ mount_fuse3() {
 	tfs_start
 	mkdir "$MNT/again"
 }
+
+@test "mounting again right after fusermount3 -u works: the new daemon waits for the old one's shutdown" {
+	# fusermount3 returns once the kernel let go; the old daemon is still
+	# syncing its partitions and holds DATA/lock. Nothing here waits for it.
+	for i in 1 2 3 4 5 6; do
+		"$TOPICFS" --data "$DATA" "$MNT" >"$T/out" 2>&1 3>&- || { cat "$T/out"; false; }
+		mkdir -p "$MNT/r"
+		echo "round $i" >>"$MNT/r/0/log"
+		fusermount3 -u "$MNT"
+	done
+	"$TOPICFS" --data "$DATA" "$MNT" >"$T/out" 2>&1 3>&-
+	diff <(seq 1 6 | sed 's/^/round /') "$MNT/r/0/log"
+	# a second daemon on a data directory in use is still refused
+	run --separate-stderr timeout 10 "$TOPICFS" -f --data "$DATA" "$T/other"
+	assert_failure
+	[[ $status -ne 124 ]]
+	[[ $stderr == *"in use by another topicfs daemon"* ]]
+	grep -q '^running [0-9]' "$DATA/lock"
+	fusermount3 -u "$MNT"
+}
