@@ -52,11 +52,12 @@ struct cli {
 enum { KEY_HELP, KEY_VERSION, KEY_FOREGROUND, KEY_DEBUG };
 
 static const struct fuse_opt cli_spec[] = {
+	/* "--data %s" matches "--data DIR" and "--data=DIR" (value "=DIR",
+	 * stripped in main): fuse_opt applies every template that matches, so
+	 * a separate "--data=%s" would be overwritten by it. */
 	{"-c %s", offsetof(struct cli, config), 0},
-	{"--config=%s", offsetof(struct cli, config), 0},
 	{"--config %s", offsetof(struct cli, config), 0},
 	{"config=%s", offsetof(struct cli, config), 0},
-	{"--data=%s", offsetof(struct cli, data), 0},
 	{"--data %s", offsetof(struct cli, data), 0},
 	{"data=%s", offsetof(struct cli, data), 0},
 	FUSE_OPT_KEY("-h", KEY_HELP),
@@ -307,6 +308,13 @@ out_rep:
 	return status;
 }
 
+/* "--data=DIR" arrives as "=DIR" (see cli_spec). */
+static void strip_equals(char *v)
+{
+	if (v && v[0] == '=')
+		memmove(v, v + 1, strlen(v));
+}
+
 int main(int argc, char **argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -317,6 +325,8 @@ int main(int argc, char **argv)
 		status = 2;
 		goto out;
 	}
+	strip_equals(cli.config);
+	strip_equals(cli.data);
 	if (cli.help) {
 		usage(stdout);
 		status = 0;

@@ -227,3 +227,13 @@ mount_fuse3() {
 	grep -q '^running [0-9]' "$DATA/lock"
 	fusermount3 -u "$MNT"
 }
+
+@test "--data=DIR and --config=FILE work like --data DIR and -c FILE" {
+	printf 'node:\n  id: 1\ndefaults:\n  partitions: 2\n' >"$T/node.yaml"
+	cd "$T"
+	tfs_start_raw --data="$DATA" --config="$T/node.yaml"
+	[[ -f $DATA/metadata ]]
+	[[ ! -e "$T/=$DATA" && ! -e "$T/=" ]]
+	mkdir "$MNT/t"
+	[[ $(cfg_value t partitions) == 2 ]]
+}
