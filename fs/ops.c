@@ -81,6 +81,9 @@ struct fh {
 	/* generated text, taken at open */
 	struct mbuf text;
 
+	/* the task that wrote last (producing, .config, offsets): see op_flush */
+	pid_t writer;
+
 	/* .config writes */
 	struct mbuf cfgw;
 	size_t cfg_applied;   /* bytes of cfgw applied already */
@@ -1230,6 +1233,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	struct fh *h = get_fh(fi);
 	int rc = 0;
 	pthread_mutex_lock(&h->lock);
+	h->writer = fuse_req_ctx(req)->pid;
 	if (h->node.kind == TN_CONFIG) {
 		size_t before = h->cfgw.len;
 		mbuf_printf(&h->cfgw, "%.*s", (int)size, buf);
@@ -1274,6 +1278,37 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_write(req, size);
 }
 
+/* The thread group of task tid, or -1 if it is gone or unreadable. */
+static pid_t tgid_of(pid_t tid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	const char *t = strstr(buf, "\nTgid:");
+	return t ? (pid_t)strtol(t + 7, NULL, 10) : -1;
+}
+
+/* Whether a FLUSH by task `by` closes the writer's own descriptor. Every
+ * close(2) of a descriptor of the open file sends a FLUSH, also a child
+ * process exiting with one it inherited (`{ printf ab; sleep 1; echo cd; }
+ * >> log`): only the process that wrote last ends a partial line or a
+ * document there; the others leave it to the writer's close or to RELEASE.
+ * A writer that is gone counts as this process (the old behaviour). */
+static int flush_by_writer(const struct fh *h, pid_t by)
+{
+	if (!h->writer || by == h->writer)
+		return 1;
+	pid_t w = tgid_of(h->writer), b = tgid_of(by);
+	return w < 0 || b < 0 || w == b;
+}
+
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
@@ -1286,6 +1321,14 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	pthread_mutex_lock(&h->lock);
+	int pending = h->prod.plen || h->prod.discarding ||
+	              (h->cfgw.len > h->cfg_applied && !h->cfg_refused);
+	if (pending && !flush_by_writer(h, fuse_req_ctx(req)->pid)) {
+		pthread_mutex_unlock(&h->lock);
+		metrics_request(MOP_FLUSH, now_ns() - t0, 0);
+		fuse_reply_err(req, 0);
+		return;
+	}
 	if (h->node.kind == TN_OFFSETS && h->cfgw.len > h->cfg_applied && !h->cfg_refused)
 		rc = offsets_apply(h, 1);
 	else if (h->node.kind == TN_CONFIG && h->cfgw.len > h->cfg_applied && !h->cfg_refused)
@@ -1321,12 +1364,17 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	(void)ino;
 	struct fh *h = get_fh(fi);
+	/* What no FLUSH ended (the last close was not the writer's, see
+	 * flush_by_writer) still counts: the file is closed now. */
 	if (h->producing && h->prod.plen) {
-		/* No FLUSH came (the kernel always sends one on close, so only
-		 * unusual paths get here): the partial line still counts. */
 		int rc = producer_flush(&h->prod);
 		if (rc < 0)
 			tfs_warn("release: last line not produced: %s", tfs_strerror(rc));
+	} else if (h->cfgw.len > h->cfg_applied && !h->cfg_refused) {
+		if (h->node.kind == TN_CONFIG)
+			(void)config_apply(h, 1); /* a refusal is logged and shown in .config */
+		else if (h->node.kind == TN_OFFSETS)
+			(void)offsets_apply(h, 1);
 	}
 	fh_free(h);
 	metrics_request(MOP_RELEASE, 0, 0);

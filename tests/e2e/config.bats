@@ -83,6 +83,17 @@ setup() {
 	[[ $(cfg_value t retention_ms) == "$default" ]]
 }
 
+@test "a child process exiting mid-document applies nothing of a document refused whole" {
+	local default
+	default=$(cfg_value t retention_ms)
+	run bash -c '{ printf "retention_ms: 5000\n"; /bin/true; printf "bogus_key: 1\n"; } >"$1"' _ "$C"
+	assert_failure
+	[[ $(cfg_value t retention_ms) == "$default" ]]
+	# and a good one is applied whole when the writer closes
+	{ printf 'retention_ms: 6000\n'; /bin/true; printf 'retention_bytes: 7000\n'; } >"$C"
+	[[ $(cfg_value t retention_ms) == 6000 && $(cfg_value t retention_bytes) == 7000 ]]
+}
+
 @test "a YAML syntax error fails with EINVAL and changes nothing" {
 	cp "$C" "$T/before"
 	run bash -c 'printf "partitions: [3\n" >"$1"' _ "$C"

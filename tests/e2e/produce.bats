@@ -50,6 +50,31 @@ setup() {
 	[[ $(state_value t 0 end_offset) == 1 ]]
 }
 
+@test "a child process exiting with an inherited descriptor does not end the writer's partial line" {
+	# every close(2) sends a FLUSH, also /bin/true's and sleep's exit here
+	{ printf 'ab'; /bin/true; sleep 0.1; printf 'cd\n'; } >>"$L"
+	{ printf 'start '; date +%Y >/dev/null; echo end; } >>"$L"
+	python3 - "$L" <<-'EOF'
+		import os, sys
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		os.write(fd, b"ef")
+		pid = os.fork()
+		if pid == 0:
+		    os._exit(0)
+		os.waitpid(pid, 0)
+		os.write(fd, b"gh\n")
+		os.close(fd)
+	EOF
+	cmp <(printf 'abcd\nstart end\nefgh\n') "$L"
+	# the writer's own close still produces its partial line at once,
+	# also when the writer is a process that exits
+	/usr/bin/printf 'ext' >>"$L"
+	[[ $(tail -n 1 "$L") == ext ]]
+	printf 'mine' >>"$L"
+	[[ $(tail -n 1 "$L") == mine ]]
+	[[ $(state_value t 0 end_offset) == 5 ]]
+}
+
 @test "each open file keeps its own partial line" {
 	python3 - "$L" <<-'EOF'
 		import os, sys
