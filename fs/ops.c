@@ -1232,6 +1232,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	uint64_t t0 = now_ns();
 	struct fh *h = get_fh(fi);
 	int rc = 0;
+	size_t taken = size; /* a short write when a too-long line follows */
 	pthread_mutex_lock(&h->lock);
 	h->writer = fuse_req_ctx(req)->pid;
 	if (h->node.kind == TN_CONFIG) {
@@ -1254,10 +1255,19 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		mbuf_printf(&h->cfgw, "%.*s", (int)size, buf);
 		rc = h->cfgw.oom ? -ENOMEM : h->cfgw.len != before + size ? -EINVAL : offsets_apply(h, 0);
 	} else if (h->producing) {
-		if (rep_topic_deleted(h->node.topic))
-			rc = -ENOENT;
+		ssize_t n = rep_topic_deleted(h->node.topic) ? -ENOENT
+		                                             : producer_write(&h->prod, buf, size);
+		if (n >= 0)
+			taken = (size_t)n;
 		else
-			rc = producer_write(&h->prod, buf, size);
+			rc = (int)n;
+		if (n >= 0 && taken < size) {
+			char path[512];
+			tnode_path(&h->node, path, sizeof(path));
+			tfs_info("write %s: %zu of %zu bytes taken: a line over max_record_bytes "
+			         "follows (the writer's next write fails with EMSGSIZE)", path,
+			         taken, size);
+		}
 		if (rc < 0) {
 			char path[512];
 			tnode_path(&h->node, path, sizeof(path));
@@ -1275,7 +1285,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	if (rc < 0)
 		fuse_reply_err(req, tfs_errno(rc));
 	else
-		fuse_reply_write(req, size);
+		fuse_reply_write(req, taken);
 }
 
 /* The thread group of task tid, or -1 if it is gone or unreadable. */

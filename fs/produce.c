@@ -8,8 +8,10 @@
  *
  * Over-long lines: once a line passes max_record_bytes (in one write or
  * across several), the write that carries it past the limit fails with
- * EMSGSIZE, the line is dropped up to and including its '\n', and everything
- * after is produced as usual.
+ * EMSGSIZE and produces nothing, and the line is dropped up to and including
+ * its '\n'. Lines before it in the same write are produced and the write
+ * returns their count (a short write), so the writer sends the long line
+ * again as the start of its next write, which then fails.
  */
 #include "produce.h"
 
@@ -202,7 +204,7 @@ static int dispatch(struct producer *pr, uint32_t n, uint32_t nparts)
 	return rc;
 }
 
-int producer_write(struct producer *pr, const char *buf, size_t len)
+ssize_t producer_write(struct producer *pr, const char *buf, size_t len)
 {
 	struct topic_config cfg;
 	rep_topic_config(pr->topic, &cfg);
@@ -215,75 +217,80 @@ int producer_write(struct producer *pr, const char *buf, size_t len)
 
 	const char *p = buf, *end = buf + len;
 	uint32_t n = 0;
-	int too_long = 0;
 	size_t max = cfg.max_record_bytes;
 
 	/* The first line continues the partial line (or the discarded one). */
 	const char *nl = memchr(p, '\n', len);
 	if (pr->discarding) {
 		if (!nl)
-			return 0;
+			return (ssize_t)len;
 		pr->discarding = 0;
 		p = nl + 1;
 	} else if (pr->plen) {
 		size_t piece = (size_t)((nl ? nl : end) - p);
 		if (pr->plen + piece > max) {
-			too_long = 1;
+			/* This write carries the line past the limit: it fails, the
+			 * line is dropped to its '\n', nothing else is produced. */
 			pr->plen = 0;
-			if (!nl) {
-				pr->discarding = 1;
-				return -EMSGSIZE;
-			}
-		} else {
-			rc = partial_append(pr, p, piece);
-			if (rc < 0)
-				return rc;
-			if (!nl)
-				return 0;
-			rc = ensure_recs(pr, 1);
-			if (rc < 0)
-				return rc;
-			make_rec(&pr->recs[n++], pr->partial, pr->plen, &cfg);
+			pr->discarding = !nl;
+			return -EMSGSIZE;
 		}
+		rc = partial_append(pr, p, piece);
+		if (rc < 0)
+			return rc;
+		if (!nl)
+			return (ssize_t)len;
+		rc = ensure_recs(pr, 1);
+		if (rc < 0)
+			return rc;
+		make_rec(&pr->recs[n++], pr->partial, pr->plen, &cfg);
 		p = nl + 1;
 	}
 
 	/* Whole lines, in one pass; the scratch arrays grow (and stay grown
-	 * for the file's next writes) by doubling. */
+	 * for the file's next writes) by doubling. A line over the limit ends
+	 * the pass (see below). */
+	const char *bad = NULL;
 	while (p < end) {
 		nl = memchr(p, '\n', (size_t)(end - p));
 		if (!nl)
 			break;
 		size_t l = (size_t)(nl - p);
 		if (l > max) {
-			too_long = 1;
-		} else {
-			if (n == pr->crecs && (rc = ensure_recs(pr, n + 1)) < 0)
-				return rc;
-			make_rec(&pr->recs[n++], p, l, &cfg);
+			bad = p;
+			break;
 		}
+		if (n == pr->crecs && (rc = ensure_recs(pr, n + 1)) < 0)
+			return rc;
+		make_rec(&pr->recs[n++], p, l, &cfg);
 		p = nl + 1;
 	}
+	if (!bad && p < end && (size_t)(end - p) > max)
+		bad = p; /* the partial tail is over the limit already */
 
+	/* A line over the limit: the lines before it are produced and the
+	 * write returns their byte count (POSIX: a short write), so the writer
+	 * writes the rest again; a write that starts with such a line fails
+	 * with EMSGSIZE, drops that line and produces nothing, so a writer that
+	 * retries a failed write (Python's buffered files do, at close) never
+	 * duplicates a record. */
+	if (bad && bad == buf) {
+		nl = memchr(bad, '\n', (size_t)(end - bad));
+		pr->discarding = !nl;
+		return -EMSGSIZE;
+	}
 	rc = dispatch(pr, n, nparts);
 	/* The first record may point into pr->partial: reset it only now. */
 	pr->plen = 0;
 	if (rc < 0)
 		return rc;
+	if (bad)
+		return (ssize_t)(bad - buf);
 
 	/* Keep the tail as the new partial line. */
-	if (p < end) {
-		size_t l = (size_t)(end - p);
-		if (l > max) {
-			too_long = 1;
-			pr->discarding = 1;
-		} else {
-			rc = partial_append(pr, p, l);
-			if (rc < 0)
-				return rc;
-		}
-	}
-	return too_long ? -EMSGSIZE : 0;
+	if (p < end && (rc = partial_append(pr, p, (size_t)(end - p))) < 0)
+		return rc;
+	return (ssize_t)len;
 }
 
 int producer_flush(struct producer *pr)

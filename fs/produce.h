@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "../replicator/replicator.h"
 #include "partitioner.h"
@@ -37,10 +38,12 @@ void producer_init(struct producer *pr, struct rep_topic *t, int64_t partition,
                    int64_t producer_id);
 void producer_free(struct producer *pr);
 
-/* Produces every complete line in buf; keeps a trailing partial line. Returns
- * 0, -EMSGSIZE (a line over max_record_bytes was dropped; the valid lines of
- * the write were produced), or the error of the append (-ENOSPC, -EROFS, ...). */
-int producer_write(struct producer *pr, const char *buf, size_t len) TFS_MUST_CHECK;
+/* Produces every complete line in buf; keeps a trailing partial line.
+ * Returns the bytes taken: len, or fewer when a line over max_record_bytes
+ * follows the lines produced (a short write: the writer sends the rest
+ * again); -EMSGSIZE when buf starts with such a line (dropped to its '\n',
+ * nothing produced); or the error of the append (-ENOSPC, -EROFS, ...). */
+ssize_t producer_write(struct producer *pr, const char *buf, size_t len) TFS_MUST_CHECK;
 
 /* Produces the partial last line, if any (on close). */
 int producer_flush(struct producer *pr) TFS_MUST_CHECK;

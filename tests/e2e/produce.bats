@@ -144,6 +144,34 @@ setup() {
 	cmp <(printf 'after\n') "$L"
 }
 
+@test "a too-long line after good lines: a short write, then EMSGSIZE; a retried write duplicates nothing" {
+	set_config t 'max_record_bytes: 100'
+	python3 - "$L" <<-'EOF'
+		import errno, os, sys
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		buf = b"ok1\n" + b"x" * 200 + b"\nok2\n"
+		n = os.write(fd, buf)
+		assert n == 4, "%d bytes taken, want the 4 of ok1" % n
+		for _ in range(2):            # the rest fails, also when retried
+		    try:
+		        os.write(fd, buf[n:])
+		        sys.exit("a write starting with a 200-byte line was accepted")
+		    except OSError as e:
+		        assert e.errno == errno.EMSGSIZE, e
+		os.write(fd, b"ok3\n")
+		os.close(fd)
+	EOF
+	cmp <(printf 'ok1\nok3\n') "$L"
+	# Python's buffered file writes its buffer again at close after the error
+	run python3 -c '
+import sys
+with open(sys.argv[1], "a") as f:
+    f.write("ok4\n"); f.write("y" * 200 + "\n"); f.write("ok5\n")' "$L"
+	assert_failure
+	assert_output --partial "Message too long"
+	cmp <(printf 'ok1\nok3\nok4\n') "$L"
+}
+
 @test "cat of a file with a too-long line reports 'Message too long'" {
 	set_config t 'max_record_bytes: 100'
 	{ echo ok1; head -c 300 /dev/zero | tr '\0' z; echo; echo ok2; } >"$T/in"
