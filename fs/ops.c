@@ -1165,12 +1165,13 @@ static int offsets_parse(struct fh *h, char *line, struct offsets_action *a, cha
 	return 1;
 }
 
-/* Checks (apply == 0, at every write: complete lines only) or applies
- * (apply != 0, at close: everything) the lines written to offsets. Like
- * .config, what one open writes is applied whole at close or not at all. */
+/* Checks (apply == 0, at every write) or applies (apply != 0, at close)
+ * the lines written to offsets, an unterminated last line too (`printf
+ * bogus > offsets` must fail at write(): shells ignore what close()
+ * returns). Like .config, what one open writes is applied whole at close or
+ * not at all. */
 static int offsets_apply(struct fh *h, int apply)
 {
-	int all = apply;
 	char err[300] = "";
 	struct offsets_action *acts = NULL;
 	size_t nacts = 0, pos = h->cfg_applied;
@@ -1180,8 +1181,6 @@ static int offsets_apply(struct fh *h, int apply)
 	while (pos < h->cfgw.len) {
 		char *start = h->cfgw.data + pos;
 		char *nl = memchr(start, '\n', h->cfgw.len - pos);
-		if (!nl && !all)
-			break;
 		size_t len = nl ? (size_t)(nl - start) : h->cfgw.len - pos;
 		pos += len + (nl ? 1 : 0);
 		char line[512];
@@ -1247,7 +1246,10 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 			if (rc == -EINVAL)
 				tfs_warn("refused: write %s/.config: NUL byte in document",
 				         rep_topic_name(h->node.topic));
-		} else if (size && buf[size - 1] == '\n') {
+		} else {
+			/* checked whole at every write, an unterminated last line
+			 * too: `printf 'acks: bogus' > .config` must fail at write(),
+			 * shells ignore what close() returns */
 			rc = config_apply(h, 0);
 		}
 	} else if (h->node.kind == TN_OFFSETS) {

@@ -94,6 +94,20 @@ setup() {
 	[[ $(cfg_value t retention_ms) == 6000 && $(cfg_value t retention_bytes) == 7000 ]]
 }
 
+@test "a document without a final newline is checked at write(): printf and echo -n report EINVAL" {
+	local default
+	default=$(cfg_value t acks)
+	run bash -c 'printf "acks: bogus" >"$1"' _ "$C"
+	assert_failure
+	assert_output --partial "Invalid argument"
+	run bash -c 'echo -n "retention_ms: soon" >"$1"' _ "$C"
+	assert_failure
+	[[ $(cfg_value t acks) == "$default" ]]
+	# a good one without a newline is applied at close
+	printf 'retention_ms: 4321' >"$C"
+	[[ $(cfg_value t retention_ms) == 4321 ]]
+}
+
 @test "a YAML syntax error fails with EINVAL and changes nothing" {
 	cp "$C" "$T/before"
 	run bash -c 'printf "partitions: [3\n" >"$1"' _ "$C"

@@ -423,7 +423,15 @@ b'next\\n'"
 		assert_failure
 		assert_output --partial "Invalid argument"
 		[[ $(cat "$G/g/offsets") == "$before" ]] || { echo "changed by: $bad"; false; }
+		# without the final newline it fails at write() as well
+		run bash -c 'printf "%s" "$1" >"$2"' _ "$bad" "$G/g/offsets"
+		assert_failure
+		assert_output --partial "Invalid argument"
+		[[ $(cat "$G/g/offsets") == "$before" ]] || { echo "changed by: $bad (no newline)"; false; }
 	done
+	# a good line without a newline is applied at close
+	printf '0 3' >"$G/g/offsets"
+	[[ $(head -n 1 "$G/g/offsets") == $'0\t3\t10\t7' ]]
 }
 
 @test "a write of a good line followed by a bad one is refused whole" {
