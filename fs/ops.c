@@ -208,6 +208,10 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (rc == 0) {
 		int virt = p.kind == TN_GROUPS && requester_is_opening(req);
 		rc = tnode_lookup_ex(&p, name, virt, &c);
+		if (rc == -EINVAL)
+			tfs_warn("refused: %s/groups/%s: not a group name ([A-Za-z0-9._-], "
+			         "1-249 bytes, not starting with '.') (%s)", rep_topic_name(p.topic),
+			         name, strerror(EINVAL));
 		tnode_release(&p);
 	}
 	if (rc < 0) {
@@ -677,6 +681,14 @@ static int fh_open(struct tnode *n, int flags, struct fuse_file_info *fi, const 
 			tfs_warn("refused: open %s: %s", path, tfs_strerror(rc));
 		break;
 	case TN_OFFSETS:
+		if (!h->node.group && !h->writable) {
+			/* only a reset (a write) makes a group here: a `cat` with a
+			 * typo in the name must not leave a group behind */
+			tfs_warn("refused: open %s: no such group (reading offsets creates "
+			         "none; mkdir it or open its cursor) (%s)", path, strerror(ENOENT));
+			rc = -ENOENT;
+			break;
+		}
 		rc = tnode_group_create(&h->node);
 		if (rc == 0 && h->readable) {
 			tnode_render(&h->node, NULL, &h->text);

@@ -236,10 +236,12 @@ int tnode_lookup_ex(const struct tnode *parent, const char *name, int allow_virt
 	}
 	case TN_GROUPS: {
 		struct rep_group *g;
+		if (!rep_name_valid(name))
+			return -EINVAL; /* INTERFACE.md section 2: no group has it */
 		if (rep_group_get(parent->topic, name, 0, &g) == 0) {
 			c->index = rep_group_id(g);
 			rep_group_put(g);
-		} else if (!allow_virtual || !rep_name_valid(name) ||
+		} else if (!allow_virtual ||
 		           vgroup_id(rep_topic_id(parent->topic), name, &c->index) < 0) {
 			return -ENOENT;
 		}

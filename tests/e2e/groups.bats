@@ -434,6 +434,34 @@ b'next\\n'"
 	[[ $(head -n 1 "$G/g/offsets") == $'0\t3\t10\t7' ]]
 }
 
+@test "reading offsets of a group that does not exist is ENOENT and creates nothing; a reset creates it" {
+	produce 0 1 10
+	run cat "$G/typo/offsets"
+	assert_failure
+	assert_output --partial "No such file or directory"
+	[[ -z $(ls "$G") ]]
+	grep -q 'refused: open t/groups/typo/offsets: no such group' "$LOG"
+	# writing offsets to a new group sets its position before any member
+	echo latest >"$G/fresh/offsets"
+	[[ $(ls "$G") == fresh ]]
+	run cat "$G/fresh/offsets"
+	assert_output $'0\t10\t10\t0'
+}
+
+@test "a group name against the rules is EINVAL on every path, with a log line" {
+	for name in .hidden 'a b' "$(printf 'n%.0s' $(seq 250))"; do
+		run cat "$G/$name/pending"
+		assert_failure
+		assert_output --partial "Invalid argument"
+		run cat "$G/$name/offsets"
+		assert_output --partial "Invalid argument"
+		run mkdir "$G/$name"
+		assert_output --partial "Invalid argument"
+	done
+	grep -q "refused: t/groups/.hidden: not a group name" "$LOG"
+	[[ -z $(ls "$G") ]]
+}
+
 @test "a write of a good line followed by a bad one is refused whole" {
 	produce 0 1 10
 	timeout 10 cat "$G/g/pending" >/dev/null
