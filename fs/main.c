@@ -237,9 +237,16 @@ static int run(struct cli *cli, struct fuse_args *args)
 
 
 	int status = 1;
+	/* the mount table's SOURCE: the user's -o fsname= if given */
+	int user_fsname = 0;
+	for (int i = 1; i < args->argc; i++)
+		user_fsname |= strstr(args->argv[i], "fsname=") != NULL;
 	char fsname[PATH_MAX + 16];
-	snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=topicfs",
-	         source ? source : "topicfs");
+	if (user_fsname)
+		snprintf(fsname, sizeof(fsname), "-osubtype=topicfs");
+	else
+		snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=topicfs",
+		         source ? source : "topicfs");
 	if (fuse_opt_add_arg(args, fsname) < 0)
 		goto out_rep;
 	tfs.se = fuse_session_new(args, &tfs_ops, sizeof(tfs_ops), NULL);

@@ -237,3 +237,11 @@ mount_fuse3() {
 	mkdir "$MNT/t"
 	[[ $(cfg_value t partitions) == 2 ]]
 }
+
+@test "-o fsname=NAME sets the mount table's source; without it the source is topicfs" {
+	tfs_start -o fsname=orders-node
+	[[ $(findmnt -n -o SOURCE,FSTYPE "$MNT") == "orders-node fuse.topicfs" ]]
+	tfs_stop
+	tfs_start
+	[[ $(findmnt -n -o SOURCE,FSTYPE "$MNT") == "topicfs fuse.topicfs" ]]
+}
