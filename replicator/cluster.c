@@ -576,6 +576,12 @@ static int on_frame(void *ctx, struct tr_net *net, const struct tr_frame *f)
 {
 	struct cluster *c = ctx;
 	(void)net;
+	if (!c->mr && (f->type == TF_META_BARRIER || f->type == TF_META_PROPOSE ||
+	               f->type == TF_HEARTBEAT)) {
+		if (f->request_id) /* closing: the quorum is gone from this node */
+			respond_error(c, f, -ESHUTDOWN);
+		return 0;
+	}
 	if (f->type == TF_META_BARRIER)
 		return on_barrier(c, f);
 	if (f->type == TF_META_PROPOSE)
@@ -837,6 +843,9 @@ int cluster_wait_ready(struct cluster *c, unsigned ms)
 static void raft_closed(void *ctx)
 {
 	struct cluster *c = ctx;
+	/* meta_raft freed itself: frames still arriving on this loop until the
+	 * transport closes must not reach it (on_frame) */
+	c->mr = NULL;
 	pthread_mutex_lock(&c->lock);
 	c->raft_closed = true;
 	pthread_cond_broadcast(&c->cond);
