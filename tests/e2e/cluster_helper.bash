@@ -113,8 +113,14 @@ cl_teardown() {
 	if [[ ${BATS_TEST_COMPLETED:-} != 1 || $failed == 1 ]]; then
 		for ((i = 1; i <= CL_N; i++)); do
 			[[ -f ${NODE_LOG[i]} ]] || continue
-			echo "--- node $i log (last 25 lines) ---" >&3
-			tail -n 25 "${NODE_LOG[i]}" | sed 's/^/# /' >&3
+			if grep -q 'ERROR: AddressSanitizer\|runtime error' "${NODE_LOG[i]}"; then
+				echo "--- node $i log (the sanitizer's report) ---" >&3
+				grep -A 40 'ERROR: AddressSanitizer\|runtime error' "${NODE_LOG[i]}" |
+					grep -v '^  *0x' | sed 's/^/# /' >&3
+			else
+				echo "--- node $i log (last 25 lines) ---" >&3
+				tail -n 25 "${NODE_LOG[i]}" | sed 's/^/# /' >&3
+			fi
 		done
 	fi
 	while read -r m; do
