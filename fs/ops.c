@@ -1359,11 +1359,20 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		rc = config_apply(h, 1);
 	else if (h->producing)
 		rc = producer_flush(&h->prod);
+	int wrc = 0;
+	if (rc == 0 && h->producing) /* close() returns once committed under acks */
+		wrc = producer_wait_acked(&h->prod);
 	pthread_mutex_unlock(&h->lock);
 	if (rc < 0 && h->producing) {
 		char path[512];
 		tnode_path(&h->node, path, sizeof(path));
 		tfs_warn("refused: close %s: last line not produced: %s", path, tfs_strerror(rc));
+	} else if (wrc < 0) {
+		char path[512];
+		tnode_path(&h->node, path, sizeof(path));
+		tfs_warn("close %s: not committed under the topic's acks policy (%s)", path,
+		         strerror(EIO));
+		rc = -EIO;
 	}
 	metrics_request(MOP_FLUSH, now_ns() - t0, rc < 0 ? tfs_errno(rc) : 0);
 	fuse_reply_err(req, rc < 0 ? tfs_errno(rc) : 0);

@@ -314,6 +314,19 @@ int producer_flush(struct producer *pr)
 	return rc;
 }
 
+int producer_wait_acked(struct producer *pr)
+{
+	int rc = 0;
+	for (uint32_t p = 0; p < pr->nparts_seen; p++) {
+		if (!pr->written[p])
+			continue;
+		struct rep_partition *rp = rep_topic_partition(pr->topic, p);
+		if ((rp ? rep_partition_wait_acked(rp) : -EIO) < 0)
+			rc = -EIO;
+	}
+	return rc;
+}
+
 int producer_commit(struct producer *pr)
 {
 	int rc = 0;

@@ -48,7 +48,11 @@ ssize_t producer_write(struct producer *pr, const char *buf, size_t len) TFS_MUS
 /* Produces the partial last line, if any (on close). */
 int producer_flush(struct producer *pr) TFS_MUST_CHECK;
 
-/* Commits every partition written through pr (fsync/close): -EIO on failure. */
+/* Commits every partition written through pr (fsync): -EIO on failure. */
 int producer_commit(struct producer *pr) TFS_MUST_CHECK;
+
+/* Waits until what pr wrote is committed under each topic's acks policy,
+ * without fsync (close): -EIO if it could not be. */
+int producer_wait_acked(struct producer *pr) TFS_MUST_CHECK;
 
 #endif

@@ -1037,6 +1037,7 @@ static void notify_queue(struct rep_partition *p)
 static int cl_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
                       const struct ls_producer *prod, struct ls_append_result *res);
 static int cl_commit(struct rep_partition *p);
+static int cl_wait_acked(struct rep_partition *p);
 static void cl_state(struct rep_partition *p, struct rep_partition_state *st);
 
 int rep_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
@@ -1064,6 +1065,13 @@ int rep_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
 		notify_queue(p);
 	}
 	return 0;
+}
+
+int rep_partition_wait_acked(struct rep_partition *p)
+{
+	if (p->topic->rep->cluster)
+		return cl_wait_acked(p);
+	return 0; /* one node: the high watermark moved with the append */
 }
 
 int rep_partition_commit(struct rep_partition *p)
@@ -1798,6 +1806,18 @@ static int cl_produce(struct rep_partition *p, const struct ls_rec *recs, uint32
 	return rc;
 }
 
+static int cl_wait_acked(struct rep_partition *p)
+{
+	struct topic_config eff;
+	rep_topic_config(p->topic, &eff);
+	struct replica *rp = repl_enter(p);
+	if (!rp)
+		return -EIO;
+	int rc = replica_wait_acked(rp, eff.acks, eff.min_insync);
+	repl_leave(p);
+	return rc;
+}
+
 static int cl_commit(struct rep_partition *p)
 {
 	struct topic_config eff;
@@ -1805,7 +1825,7 @@ static int cl_commit(struct rep_partition *p)
 	struct replica *rp = repl_enter(p);
 	if (!rp)
 		return -EIO;
-	int rc = replica_commit(rp, eff.acks);
+	int rc = replica_commit(rp, eff.acks, eff.min_insync);
 	repl_leave(p);
 	return rc;
 }

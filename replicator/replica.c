@@ -1814,46 +1814,45 @@ static int wait_hw_locked(struct replica *rp, int64_t target, int64_t until)
 	return rp->removed ? -ECANCELED : 0;
 }
 
-int replica_commit(struct replica *rp, enum rep_acks acks)
+/* With acks: all, waits (mu held) until everything this node appended (a
+ * leader) or forwarded (a follower) is below its high watermark. On a
+ * leader, an in-sync set that shrank below min_insync meanwhile fails it
+ * (as Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: the records stay, a retry
+ * without a producer id may duplicate them); otherwise the leader gives its
+ * in-sync followers up to COMMIT_SPREAD_MS to learn the watermark, so a read
+ * on their mounts right after sees the records. Returns 0 or -EIO /
+ * -ECANCELED. */
+static int wait_acked_locked(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
+                             int64_t deadline)
 {
 	struct replica_set *rs = rp->rs;
-	int64_t deadline = cluster_now_ms() + rs->wait_ms;
-	int rc = 0;
-	if (!enter(rp))
-		return -ECANCELED;
-	pthread_mutex_lock(&rp->mu);
+	int rc;
+	if (acks != REP_ACKS_ALL)
+		return 0;
 	if (rp->role != ROLE_LEADER) {
 		/* what was forwarded through here: committed once our own
 		 * fetching brings a HW past it */
-		if (acks == REP_ACKS_ALL && (rc = wait_hw_locked(rp, rp->fwd_end, deadline)) < 0)
+		if ((rc = wait_hw_locked(rp, rp->fwd_end, deadline)) < 0)
 			tfs_error("partition %" PRIu64 "/%u: commit: high watermark %" PRId64
 			          " did not reach %" PRId64 " within %u ms", rp->topic_id, rp->index,
 			          rp->hw, rp->fwd_end, rs->wait_ms);
-		pthread_mutex_unlock(&rp->mu);
-		goto out;
+		return rc;
 	}
 	struct ls_partition_info info;
 	ls_partition_get_info(rp->log, &info);
 	int64_t target = info.end_offset;
-	if (acks == REP_ACKS_ALL && (rc = wait_hw_locked(rp, target, deadline)) < 0) {
+	if ((rc = wait_hw_locked(rp, target, deadline)) < 0) {
 		tfs_error("partition %" PRIu64 "/%u: commit: in-sync replicas did not reach offset %"
 		          PRId64 " within %u ms (high watermark %" PRId64 ")", rp->topic_id,
 		          rp->index, target, rs->wait_ms, rp->hw);
-		pthread_mutex_unlock(&rp->mu);
-		goto out;
+		return rc;
 	}
-	pthread_mutex_unlock(&rp->mu);
-	if ((rc = ls_partition_sync(rp->log)) < 0) {
-		tfs_error("partition %" PRIu64 "/%u: commit failed: %s", rp->topic_id, rp->index,
-		          tfs_strerror(rc));
-		rc = -EIO;
-		goto out;
+	if (rp->role == ROLE_LEADER && rp->mp.nisr < min_insync) {
+		tfs_error("partition %" PRIu64 "/%u: commit: offset %" PRId64 " is on %u in-sync "
+		          "replica(s), fewer than min_insync %u", rp->topic_id, rp->index,
+		          target - 1, rp->mp.nisr, min_insync);
+		return -EIO;
 	}
-	if (acks != REP_ACKS_ALL)
-		goto out;
-	/* best effort: in-sync followers know the new HW, so a read on their
-	 * mounts right after sees the data */
-	pthread_mutex_lock(&rp->mu);
 	int64_t until = cluster_now_ms() + COMMIT_SPREAD_MS;
 	for (;;) {
 		bool all = true;
@@ -1864,12 +1863,36 @@ int replica_commit(struct replica *rp, enum rep_acks acks)
 		if (all || rp->removed || !wait_until(rp, until))
 			break;
 	}
+	return 0;
+}
+
+int replica_wait_acked(struct replica *rp, enum rep_acks acks, uint32_t min_insync)
+{
+	if (acks != REP_ACKS_ALL)
+		return 0;
+	if (!enter(rp))
+		return -EIO;
+	pthread_mutex_lock(&rp->mu);
+	int rc = wait_acked_locked(rp, acks, min_insync, cluster_now_ms() + rp->rs->wait_ms);
 	pthread_mutex_unlock(&rp->mu);
-out:
-	if (rc == -ECANCELED)
-		rc = -EIO;
 	leave(rp);
-	return rc;
+	return rc < 0 ? -EIO : 0;
+}
+
+int replica_commit(struct replica *rp, enum rep_acks acks, uint32_t min_insync)
+{
+	int rc;
+	if (!enter(rp))
+		return -EIO;
+	pthread_mutex_lock(&rp->mu);
+	int leader = rp->role == ROLE_LEADER;
+	rc = wait_acked_locked(rp, acks, min_insync, cluster_now_ms() + rp->rs->wait_ms);
+	pthread_mutex_unlock(&rp->mu);
+	if (rc == 0 && leader && (rc = ls_partition_sync(rp->log)) < 0)
+		tfs_error("partition %" PRIu64 "/%u: commit failed: %s", rp->topic_id, rp->index,
+		          tfs_strerror(rc));
+	leave(rp);
+	return rc < 0 ? -EIO : 0;
 }
 
 void replica_state(struct replica *rp, struct rep_partition_state *st)

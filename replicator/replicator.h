@@ -194,6 +194,11 @@ int rep_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
  * policy and durable on this node (fsync). -EIO if it could not be. */
 int rep_partition_commit(struct rep_partition *p) TFS_MUST_CHECK;
 
+/* The same without the fsync (what close() waits for): with acks: all, until
+ * the in-sync replicas have what was appended or forwarded through this
+ * node. -EIO if they did not within replica_wait_ms. */
+int rep_partition_wait_acked(struct rep_partition *p) TFS_MUST_CHECK;
+
 /* The local replica's log, for readers. Valid while the topic ref is held. */
 struct ls_partition *rep_partition_log(struct rep_partition *p);
 

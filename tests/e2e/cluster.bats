@@ -145,6 +145,55 @@ logs_agree() {
 	diff <(sort "$T/spread") <(MNT=${M[3]} all_records t | grep '^spread-' | sort)
 }
 
+@test "acks: all without fsync: echo's close() returns once every in-sync replica has the line" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	echo $'acks: all\nmin_insync: 2' >"${M[1]}/t/.config"
+	wait_secs 10 '[[ $(MNT=${M[2]} cfg_value t acks) == all && $(MNT=${M[3]} cfg_value t acks) == all ]]'
+	wait_secs 10 '[[ $(isr_of t 0) == "1 2 3" ]]'
+	local l f i n
+	l=$(leader_of t 0)
+	f=$(other_than "$l")
+	# plain echo, no fsync: what close() returned for is committed, so it is
+	# readable at once on the writer's mount and on every in-sync mount
+	for n in 1 2 3 4 5; do
+		echo "on leader $n" >>"${M[l]}/t/0/log"
+		for i in 1 2 3; do
+			[[ $(tail -n 1 "${M[i]}/t/0/log") == "on leader $n" ]] ||
+				{ echo "node $i: $(tail -n 1 "${M[i]}/t/0/log")"; false; }
+		done
+		echo "on follower $n" >>"${M[f]}/t/0/log"
+		for i in 1 2 3; do
+			[[ $(tail -n 1 "${M[i]}/t/0/log") == "on follower $n" ]] ||
+				{ echo "node $i: $(tail -n 1 "${M[i]}/t/0/log")"; false; }
+		done
+	done
+	# with both followers stopped nothing can commit: close() (or the write)
+	# fails instead of returning as if the line were safe
+	local g
+	g=$(other_than "$l" "$f")
+	node_stop_signal "$f" STOP
+	node_stop_signal "$g" STOP
+	run timeout 60 python3 -c '
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+os.write(fd, b"stranded\n")
+os.close(fd)' "${M[l]}/t/0/log"
+	node_stop_signal "$f" CONT
+	node_stop_signal "$g" CONT
+	echo "$output"
+	[[ $status -ne 124 ]] || { echo "close hung for 60 s"; false; }
+	assert_failure
+	assert_output --regexp 'Input/output error|Transport endpoint is not connected'
+	wait_secs 30 '[[ $(isr_of t 0) == "1 2 3" ]]'
+	# and the leader dying right after a close loses nothing
+	echo "last before the kill" >>"${M[l]}/t/0/log"
+	node_kill9 "$l"
+	wait_secs 20 "[[ -n \$(leader_of t 0 $f) && \$(leader_of t 0 $f) != $l ]]"
+	[[ $(tail -n 1 "${M[f]}/t/0/log") == "last before the kill" ]]
+	[[ $(grep -c '^on ' "${M[f]}/t/0/log") == 10 ]]
+}
+
 @test "partition state files agree on every mount: leader, replicas, isr, epoch, offsets" {
 	cluster_start 3
 	mkdir "${M[2]}/t"

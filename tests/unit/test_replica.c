@@ -455,7 +455,7 @@ static void test_three_nodes_replicate_identically_hw_is_min_of_isr(void)
 	struct node *l = &w.nodes[0], *f2 = &w.nodes[1], *f3 = &w.nodes[2];
 	for (int b = 0; b < 5; b++)
 		CHECK_EQ_INT(produce(l, "a", 3, NULL, REP_ACKS_ALL, 2, NULL), 0);
-	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL), 0);
+	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL, 1), 0);
 	CHECK_EQ_INT(hw_of(l), 15);
 	CHECK(WAIT_FOR(hw_of(f2) == 15 && hw_of(f3) == 15));
 	CHECK(same_log(l->log, f2->log));
@@ -490,7 +490,7 @@ static void test_lagging_follower_shrunk_then_expanded(void)
 		node_start(&w, i);
 	struct node *l = &w.nodes[0], *f3 = &w.nodes[2];
 	CHECK_EQ_INT(produce(l, "a", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
-	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL), 0);
+	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL, 1), 0);
 	node_stop(&w, 2);
 	CHECK_EQ_INT(produce(l, "b", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
 	CHECK(WAIT_FOR(submitted(&w, META_CMD_ISR_SHRINK, 3) == 1));
@@ -531,13 +531,13 @@ static void test_forwarded_produce_lands_once(void)
 	CHECK_EQ_INT(end_of(l), 2);
 	CHECK_EQ_INT(atomic_load(&l->part.records_in), 2);
 	CHECK_EQ_INT(atomic_load(&f->part.records_in), 0);
-	CHECK_EQ_INT(replica_commit(f->rp, REP_ACKS_ALL), 0);
+	CHECK_EQ_INT(replica_commit(f->rp, REP_ACKS_ALL, 1), 0);
 	CHECK(hw_of(f) >= 2);
 
 	struct ls_producer prod2 = {43, 0, 0};
 	CHECK_EQ_INT(produce(obs, "y", 3, &prod2, REP_ACKS_ALL, 2, &res), 0);
 	CHECK_EQ_INT(res.base_offset, 2);
-	CHECK_EQ_INT(replica_commit(obs->rp, REP_ACKS_ALL), 0);
+	CHECK_EQ_INT(replica_commit(obs->rp, REP_ACKS_ALL, 1), 0);
 	CHECK_EQ_INT(hw_of(obs), 5);
 	CHECK(same_log(l->log, obs->log));
 	CHECK(WAIT_FOR(same_log(l->log, f->log)));
@@ -571,7 +571,7 @@ static void test_acks_all_below_min_insync(void)
 	node_start(&w, 1);
 	CHECK(WAIT_FOR(submitted(&w, META_CMD_ISR_EXPAND, 2) == 1));
 	CHECK_EQ_INT(produce(l, "c", 1, NULL, REP_ACKS_ALL, 2, NULL), 0);
-	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL), 0);
+	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL, 1), 0);
 	CHECK_EQ_INT(hw_of(l), 2);
 	world_free(&w);
 }
