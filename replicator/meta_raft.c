@@ -586,14 +586,17 @@ int meta_raft_start(const struct meta_raft_options *o, struct meta_raft **out)
 	rv = bootstrap(m, o);
 	if (rv != 0)
 		goto err;
+	/* raft_start restores a snapshot through the fsm, whose restored hook
+	 * reaches the state through *out: it must be set already */
+	*out = m;
 	rv = raft_start(&m->raft);
 	if (rv != 0) {
 		tfs_error("metadata: node %u: raft_start: %s", o->node_id, raft_errmsg(&m->raft));
+		*out = NULL;
 		goto err;
 	}
 	uv_timer_start(&m->timer, timer_cb, 0, o->heartbeat_ms ? o->heartbeat_ms : 100);
 	update_status(m);
-	*out = m;
 	return 0;
 
 err:
