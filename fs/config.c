@@ -11,7 +11,7 @@
  *     node:      id (1..65535), data_dir, listen (A.B.C.D:PORT), log_file,
  *                log_level (debug|info|warn|error)
  *     cluster:   voters: [ "ID@A.B.C.D:PORT", ... ], replica_lag_ms,
- *                replica_wait_ms, node_timeout_ms
+ *                replica_wait_ms, node_timeout_ms, snapshot_entries
  *     defaults:  any .config key (below)
  *     groups:    start (earliest|latest)
  *     storage:   flush_ms, retention_check_ms
@@ -641,6 +641,7 @@ void node_config_default(struct node_config *out)
 	out->replica_lag_ms = 10000;
 	out->replica_wait_ms = 5000;
 	out->node_timeout_ms = 3000;
+	out->snapshot_entries = 4096;
 }
 
 /* "A.B.C.D" with each part 0..255 in decimal, no leading zeros; the text is
@@ -854,7 +855,8 @@ static int parse_cluster_section(struct yp *p, yaml_node_t *m, struct node_confi
 		{ "replica_wait_ms", offsetof(struct node_config, replica_wait_ms) },
 		{ "node_timeout_ms", offsetof(struct node_config, node_timeout_ms) },
 	};
-	const char *keys = "voters, replica_lag_ms, replica_wait_ms, node_timeout_ms";
+	const char *keys = "voters, replica_lag_ms, replica_wait_ms, node_timeout_ms, "
+	                   "snapshot_entries";
 	yaml_node_t *k, *v;
 	char sh[80];
 	int rc;
@@ -874,6 +876,14 @@ static int parse_cluster_section(struct yp *p, yaml_node_t *m, struct node_confi
 				               "100..3600000 (milliseconds), got %s", name,
 				               show(v, sh, sizeof(sh)));
 			*(uint32_t *)((char *)c + ms_keys[j].off) = (uint32_t)i;
+			continue;
+		}
+		if (strcmp(name, "snapshot_entries") == 0) {
+			int64_t i;
+			if (parse_int(v, 16, 100000000, &i))
+				return yp_fail(p, line_of(v), "cluster.snapshot_entries: must be an "
+				               "integer 16..100000000, got %s", show(v, sh, sizeof(sh)));
+			c->snapshot_entries = (uint32_t)i;
 			continue;
 		}
 		if (strcmp(name, "voters") != 0)

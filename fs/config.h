@@ -45,6 +45,8 @@ struct node_config {
 	                                   long for the in-sync set; default 5000 */
 	uint32_t node_timeout_ms;       /* cluster.node_timeout_ms: no heartbeat this long
 	                                   = node down; default 3000 */
+	uint32_t snapshot_entries;      /* cluster.snapshot_entries: metadata log entries
+	                                   between snapshots; default 4096 */
 };
 
 /* Built-in node defaults (single node, id 1, 127.0.0.1:7070, data_dir ""). */

@@ -810,7 +810,7 @@ int cluster_start(struct cluster *c)
 		/* libraft 0.22.1 can crash when a follower catches up by
 		 * InstallSnapshot (replicator/README.md): keep enough entries
 		 * that a returning node catches up from the log. */
-		.snapshot_threshold = 4096,
+		.snapshot_threshold = c->o.snapshot_entries ? c->o.snapshot_entries : 4096,
 		.snapshot_trailing = 65536,
 		.hooks = {.applied = on_applied, .restored = on_restored, .ctx = c},
 	};

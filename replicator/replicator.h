@@ -61,6 +61,7 @@ struct rep_options {
 	uint32_t replica_lag_ms;       /* 0: defaults (cluster.h) */
 	uint32_t replica_wait_ms;
 	uint32_t node_timeout_ms;
+	uint32_t snapshot_entries;     /* metadata log entries between snapshots */
 };
 
 /* Told when a partition's high watermark moves (new committed data), from a

@@ -194,6 +194,32 @@ os.close(fd)' "${M[l]}/t/0/log"
 	[[ $(grep -c '^on ' "${M[f]}/t/0/log") == 10 ]]
 }
 
+@test "nodes restart from a metadata snapshot: every topic, record and group offset is there" {
+	# a snapshot every 32 metadata entries (the default is 4096)
+	cluster_start 3 snapshot_entries=32
+	local i n
+	for n in $(seq 1 30); do mkdir "${M[1]}/s$n"; done
+	for n in $(seq 1 3 30); do rmdir "${M[2]}/s$n"; done
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[3]}/t/2 ]]'
+	seq 1 50 >>"${M[2]}/t/0/log"
+	head -n 7 "${M[3]}/t/groups/g/pending" >/dev/null
+	for i in 1 2 3; do
+		wait_secs 20 "ls ${NODE_DATA[i]}/raft | grep -q '^snapshot-'" ||
+			{ ls "${NODE_DATA[i]}/raft"; false; }
+	done
+	for i in 1 2 3; do node_stop "$i"; done
+	for i in 1 2 3; do node_start "$i"; done
+	for i in 1 2 3; do node_wait_mounted "$i"; done
+	for i in 1 2 3; do
+		grep -q 'restored from a snapshot' "${NODE_LOG[i]}"
+		wait_secs 20 "[[ \$(ls ${M[i]} | grep -c '^s') == 20 && -d ${M[i]}/t/2 ]]"
+		[[ ! -e ${M[i]}/s1 && -d ${M[i]}/s2 ]]
+		wait_secs 20 "cmp -s <(seq 1 50) ${M[i]}/t/0/log"
+	done
+	wait_secs 20 '[[ $(head -n 1 "${M[1]}/t/groups/g/offsets") == $'"'"'0\t7\t50\t43'"'"' ]]'
+}
+
 @test "partition state files agree on every mount: leader, replicas, isr, epoch, offsets" {
 	cluster_start 3
 	mkdir "${M[2]}/t"

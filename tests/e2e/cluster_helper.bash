@@ -12,7 +12,8 @@
 #                                   until every mount lists N nodes up and one
 #                                   quorum leader. KEY is a cluster: key
 #                                   (replica_lag_ms, replica_wait_ms,
-#                                   node_timeout_ms) or a defaults: key
+#                                   node_timeout_ms, snapshot_entries) or a
+#                                   defaults: key
 #                                   (partitions, replication, acks, ...).
 #                                   Test defaults: replica_lag_ms=1500
 #                                   replica_wait_ms=3000 node_timeout_ms=2000
@@ -170,7 +171,7 @@ cl_config() {
 	for kv in "$@"; do
 		k=${kv%%=*} v=${kv#*=}
 		case $k in
-		replica_lag_ms | replica_wait_ms | node_timeout_ms) cl[$k]=$v ;;
+		replica_lag_ms | replica_wait_ms | node_timeout_ms | snapshot_entries) cl[$k]=$v ;;
 		*) df[$k]=$v ;;
 		esac
 	done

@@ -600,6 +600,7 @@ static void test_node_full(void)
 		"  replica_lag_ms: 1500\n"
 		"  replica_wait_ms: 2500\n"
 		"  node_timeout_ms: 2000\n"
+		"  snapshot_entries: 64\n"
 		"defaults:\n"
 		"  partitions: 4\n"
 		"  replication: 3\n"
@@ -639,6 +640,7 @@ static void test_node_full(void)
 	CHECK_EQ_INT(c.replica_lag_ms, 1500);
 	CHECK_EQ_INT(c.replica_wait_ms, 2500);
 	CHECK_EQ_INT(c.node_timeout_ms, 2000);
+	CHECK_EQ_INT(c.snapshot_entries, 64);
 }
 
 /* Without node.listen, a voter listens on its own voter address. */
@@ -730,7 +732,7 @@ static void test_node_refusals(void)
 	      "node.id must be listed"));
 	CHECK(node_refused_with("cluster:\n  members: []\n",
 	      "2: cluster.members: unknown key (allowed: voters, replica_lag_ms, "
-	      "replica_wait_ms, node_timeout_ms)"));
+	      "replica_wait_ms, node_timeout_ms, snapshot_entries)"));
 	CHECK(node_refused_with("defaults:\n  partitions: 2\n  segment_bytes: 1MiB\n",
 	      "3: defaults.segment_bytes: must be an integer 1024..2147483647 (bytes, no "
 	      "units), got '1MiB'"));
@@ -753,9 +755,11 @@ static void test_node_refusals(void)
 	CHECK(node_refused_with("cluster:\n  replica_lag_ms: 50\n",
 	      "2: cluster.replica_lag_ms: must be an integer 100..3600000 (milliseconds), "
 	      "got '50'"));
+	CHECK(node_refused_with("cluster:\n  snapshot_entries: 8\n",
+	      "2: cluster.snapshot_entries: must be an integer 16..100000000, got '8'"));
 	CHECK(node_refused_with("cluster:\n  node_timeout: 5\n",
 	      "2: cluster.node_timeout: unknown key (allowed: voters, replica_lag_ms, "
-	      "replica_wait_ms, node_timeout_ms)"));
+	      "replica_wait_ms, node_timeout_ms, snapshot_entries)"));
 	CHECK(node_refused_with("storage:\n  flush_ms: -1\n",
 	      "2: storage.flush_ms: must be an integer 0..4294967295 (milliseconds; 0 = "
 	      "never), got '-1'"));
