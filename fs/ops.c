@@ -165,19 +165,25 @@ static const char *pfile_name_problem(const char *name, int *err)
 
 /* 1 if the task behind req is inside open()/openat()/openat2()/creat(),
  * read from /proc/<tid>/syscall (first field: the syscall it waits in). */
-static int requester_is_opening(fuse_req_t req)
+/* The system call the requesting task is in (/proc/<tid>/syscall), or -1. */
+static long requester_syscall(fuse_req_t req)
 {
 	char path[64], buf[64];
 	snprintf(path, sizeof(path), "/proc/%d/syscall", (int)fuse_req_ctx(req)->pid);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return 0;
+		return -1;
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
 	if (n <= 0)
-		return 0;
+		return -1;
 	buf[n] = 0;
-	long nr = strtol(buf, NULL, 10);
+	return strtol(buf, NULL, 10);
+}
+
+static int requester_is_opening(fuse_req_t req)
+{
+	long nr = requester_syscall(req);
 	return nr == SYS_openat
 #ifdef SYS_open
 	       || nr == SYS_open
@@ -187,6 +193,16 @@ static int requester_is_opening(fuse_req_t req)
 #endif
 #ifdef SYS_openat2
 	       || nr == SYS_openat2
+#endif
+		;
+}
+
+static int requester_is_mkdir(fuse_req_t req)
+{
+	long nr = requester_syscall(req);
+	return nr == SYS_mkdirat
+#ifdef SYS_mkdir
+	       || nr == SYS_mkdir
 #endif
 		;
 }
@@ -205,6 +221,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	uint64_t t0 = now_ns();
 	struct tnode p, c;
 	int rc = tnode_resolve(parent, &p);
+	if (rc == 0 && p.kind == TN_ROOT && requester_is_mkdir(req))
+		rep_sync(tfs.rep); /* a cluster: a topic removed on another mount a
+		                    * moment ago must not make this mkdir EEXIST */
 	if (rc == 0) {
 		int virt = p.kind == TN_GROUPS && requester_is_opening(req);
 		rc = tnode_lookup_ex(&p, name, virt, &c);
@@ -657,8 +676,11 @@ static int fh_open(struct tnode *n, int flags, struct fuse_file_info *fi, const 
 			rc = -ENOMEM;
 		break;
 	case TN_CONFIG:
-		if (h->readable)
+		if (h->readable) {
+			/* a cluster: show what another mount changed a moment ago */
+			rep_sync(tfs.rep);
 			tnode_render(&h->node, NULL, &h->text);
+		}
 		if (h->text.oom)
 			rc = -ENOMEM;
 		break;
@@ -1035,10 +1057,17 @@ static int config_apply(struct fh *h, int apply)
 	                            &cleared, err, sizeof(err));
 	if (rc < 0) {
 		snprintf(msg, sizeof(msg), "%s", err);
+	} else if (rep_quorum_lost(tfs.rep)) {
+		/* refused at write(), where a shell sees it, not at close() */
+		rc = -ENOTCONN;
+		snprintf(msg, sizeof(msg), "this node is cut off from the metadata quorum (no "
+		         "quorum leader known): settings cannot change now");
 	} else {
 		rc = apply ? rep_topic_set_config(t, &changes, cleared, err, sizeof(err))
 		           : rep_topic_check_config(t, &changes, cleared, err, sizeof(err));
-		if (rc < 0)
+		if (rc < 0 && rc != -EINVAL)
+			snprintf(msg, sizeof(msg), "%s", err[0] ? err : tfs_strerror(rc));
+		else if (rc < 0)
 			snprintf(msg, sizeof(msg), "line %d: %s",
 			         key_line(h->cfgw.data, h->cfgw.len, err),
 			         err[0] ? err : tfs_strerror(rc));
@@ -1048,7 +1077,9 @@ static int config_apply(struct fh *h, int apply)
 		tree_set_config_error(rep_topic_id(t), msg);
 		tfs_warn("refused: write %s/.config: %s (%s)", rep_topic_name(t), msg,
 		         strerror(tfs_errno(rc)));
-		return rc == -ENOENT ? rc : -EINVAL;
+		/* a bad document is EINVAL; a quorum that cannot be reached, a full
+		 * disk or a deleted topic keep their own errno */
+		return rc == -EINVAL ? -EINVAL : -tfs_errno(rc);
 	}
 	if (apply) {
 		h->cfg_applied = h->cfgw.len;

@@ -157,13 +157,15 @@ int tnode_resolve(uint64_t ino, struct tnode *n)
 		return -ENOENT;
 	n->topic = rep_topic_get_id(tfs.rep, topic_id);
 	if (!n->topic)
-		return -ENOENT;
+		return -ESTALE; /* deleted (on any mount): the kernel walks the path
+		                 * again, revalidating, and finds what the name is now */
 	n->kind = kind;
 	n->index = ino & INDEX_MASK;
 	int rc = tnode_fill(n);
 	if (rc < 0)
 		tnode_release(n);
-	return rc;
+	/* a producer file or group removed meanwhile: as for a topic */
+	return rc == -ENOENT ? -ESTALE : rc;
 }
 
 static int parse_partition(const char *name, uint32_t *p)

@@ -19,7 +19,7 @@ static const struct {
 	{LS_ECORRUPT, EIO, "stored data failed a length or checksum check"},
 	{LS_ESTICKY, EROFS, "partition is read-only after a failed write or fsync"},
 	{LS_EOUTOFRANGE, ERANGE, "offset outside the log"},
-	{REP_ENOTLEADER, EAGAIN, "this node does not lead the partition"},
+	{REP_ENOTLEADER, EAGAIN, "this node is not the leader"},
 	{REP_ENOQUORUM, EAGAIN, "the metadata quorum is not reachable"},
 	{REP_EPROTO, EPROTO, "malformed frame from a peer"},
 };

@@ -17,7 +17,7 @@ enum tfs_domain_error {
 	LS_ECORRUPT = -4001,    /* on-disk data failed a length or CRC check */
 	LS_ESTICKY = -4002,     /* partition is read-only after a failed write/fsync */
 	LS_EOUTOFRANGE = -4003, /* offset below log start or above log end */
-	REP_ENOTLEADER = -4101, /* this node does not lead the partition */
+	REP_ENOTLEADER = -4101, /* this node is not the leader (partition or quorum) */
 	REP_ENOQUORUM = -4102,  /* the metadata quorum is not reachable */
 	REP_EPROTO = -4103,     /* malformed frame from a peer */
 };

@@ -939,11 +939,16 @@ static void nodes_fn(void *ctx, const struct meta_state *s)
 	}
 }
 
+int cluster_cut_off(struct cluster *c)
+{
+	return meta_raft_leader(c->mr, NULL, 0) == 0 &&
+	       cluster_now_ms() - atomic_load(&c->leader_known_ms) > (int64_t)c->o.node_timeout_ms;
+}
+
 size_t cluster_nodes(struct cluster *c, struct rep_node_info *out, size_t max)
 {
 	uint16_t leader = meta_raft_leader(c->mr, NULL, 0);
-	int cut_off = leader == 0 && cluster_now_ms() - atomic_load(&c->leader_known_ms) >
-	                                 (int64_t)c->o.node_timeout_ms;
+	int cut_off = cluster_cut_off(c);
 	struct nodes_q q = {c, out, max, 0, leader, cut_off};
 	cluster_read(c, nodes_fn, &q);
 	return q.n;

@@ -98,6 +98,9 @@ void cluster_close(struct cluster *c);
 void cluster_sync(struct cluster *c);
 /* .cluster/nodes: every voter with its state (up/down) and quorum role. */
 size_t cluster_nodes(struct cluster *c, struct rep_node_info *out, size_t max);
+/* 1 if this node has known no quorum leader for node_timeout_ms: metadata
+ * changes made here cannot commit now. */
+int cluster_cut_off(struct cluster *c);
 
 /* Proposes cmd through the quorum and waits until this node has applied it
  * (or until request_timeout_ms). Not on the loop thread. Returns meta_apply's

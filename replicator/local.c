@@ -401,6 +401,11 @@ static int topic_close_partitions(struct rep_topic *t)
 	return first;
 }
 
+int rep_quorum_lost(struct rep *r)
+{
+	return r->cluster && cluster_cut_off(r->cluster);
+}
+
 void rep_sync(struct rep *r)
 {
 	if (r->cluster)

@@ -101,6 +101,11 @@ uint16_t rep_node_id(const struct rep *r);
  * call it themselves; listings call it first. */
 void rep_sync(struct rep *r);
 
+/* 1 in a cluster when this node has known no metadata quorum leader for
+ * node_timeout_ms (cut off from the majority): metadata changes cannot
+ * commit, so callers refuse them early with ENOTCONN. */
+int rep_quorum_lost(struct rep *r);
+
 /* One line per node for .cluster/nodes: fills at most max entries. */
 struct rep_node_info {
 	uint16_t id;

@@ -78,6 +78,39 @@ logs_agree() {
 	done
 }
 
+@test "a change on one node is seen by the very next operation on another: .config, rmdir then mkdir, a re-made topic" {
+	cluster_start 3
+	local n
+	for n in 1 2 3; do
+		mkdir "${M[1]}/x$n"
+		echo "retention_ms: 42$n" >"${M[1]}/x$n/.config"
+		# no waiting: the other mounts show the new value at once
+		[[ $(MNT=${M[2]} cfg_value "x$n" retention_ms) == "42$n" ]]
+		[[ $(MNT=${M[3]} cfg_value "x$n" retention_ms) == "42$n" ]]
+		echo "old $n" >>"${M[1]}/x$n/0/log"
+		[[ $(cat "${M[2]}/x$n/0/log") == "old $n" ]]   # node 2 has looked it up
+		rmdir "${M[3]}/x$n"
+		mkdir "${M[2]}/x$n"                            # not EEXIST
+		echo "new $n" >>"${M[1]}/x$n/0/log"           # not ENOENT
+		[[ $(cat "${M[1]}/x$n/0/log") == "new $n" ]]
+		[[ $(cat "${M[2]}/x$n/0/log") == "new $n" ]]
+	done
+}
+
+@test "a .config write on a node cut off from the quorum fails at write() with ENOTCONN" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[3]}/t ]]'
+	node_kill9 1
+	node_kill9 2
+	wait_secs 20 "grep -q unknown ${M[3]}/.cluster/nodes"
+	run bash -c 'echo "retention_ms: 777" >"$1"' _ "${M[3]}/t/.config"
+	assert_failure
+	assert_output --partial "Transport endpoint is not connected"
+	[[ $(MNT=${M[3]} cfg_value t retention_ms) != 777 ]]
+	grep -q 'cut off from the metadata quorum' "${NODE_LOG[3]}"
+}
+
 @test "concurrent mkdir of one name on three nodes: exactly one succeeds, the others get EEXIST" {
 	cluster_start 3
 	local i ok=0 pids=()
