@@ -639,7 +639,7 @@ void node_config_default(struct node_config *out)
 	out->flush_ms = 1000;
 	out->retention_check_ms = 5000;
 	out->replica_lag_ms = 10000;
-	out->replica_wait_ms = 5000;
+	out->replica_wait_ms = 15000;
 	out->node_timeout_ms = 3000;
 	out->snapshot_entries = 4096;
 }

@@ -42,7 +42,7 @@ struct node_config {
 	uint32_t replica_lag_ms;        /* cluster.replica_lag_ms: a follower behind this
 	                                   long leaves the in-sync set; default 10000 */
 	uint32_t replica_wait_ms;       /* cluster.replica_wait_ms: acks: all waits this
-	                                   long for the in-sync set; default 5000 */
+	                                   long for the in-sync set; default 15000 */
 	uint32_t node_timeout_ms;       /* cluster.node_timeout_ms: no heartbeat this long
 	                                   = node down; default 3000 */
 	uint32_t snapshot_entries;      /* cluster.snapshot_entries: metadata log entries

@@ -735,7 +735,7 @@ int cluster_open(struct rep *r, const struct cluster_options *o, const char *dat
 	if (!c->o.replica_lag_ms)
 		c->o.replica_lag_ms = 10000;
 	if (!c->o.replica_wait_ms)
-		c->o.replica_wait_ms = 5000;
+		c->o.replica_wait_ms = 15000;
 	if (!c->o.node_timeout_ms)
 		c->o.node_timeout_ms = 3000;
 	if (!c->o.request_timeout_ms)

@@ -74,7 +74,7 @@ struct cluster_options {
 	struct cluster_voter voters[64];         /* cluster.voters */
 	unsigned nvoters;
 	unsigned replica_lag_ms;     /* a follower behind this long leaves the isr [10000] */
-	unsigned replica_wait_ms;    /* acks: all waits this long for the isr [5000] */
+	unsigned replica_wait_ms;    /* acks: all waits this long for the isr [15000] */
 	unsigned node_timeout_ms;    /* no heartbeat this long: node down [3000] */
 	unsigned snapshot_entries;   /* metadata log entries between snapshots [4096] */
 	unsigned request_timeout_ms; /* one node-to-node request [5000] */

@@ -1427,7 +1427,7 @@ int replica_set_open(struct cluster *c, struct replica_set **out)
 	rs->c = c;
 	rs->self = cluster_node_id(c);
 	rs->lag_ms = o->replica_lag_ms ? o->replica_lag_ms : 10000;
-	rs->wait_ms = o->replica_wait_ms ? o->replica_wait_ms : 5000;
+	rs->wait_ms = o->replica_wait_ms ? o->replica_wait_ms : 15000;
 	rs->request_ms = o->request_timeout_ms ? o->request_timeout_ms : 5000;
 	rs->nbuckets = 256;
 	rs->tab = calloc(rs->nbuckets, sizeof(*rs->tab));
