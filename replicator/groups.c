@@ -765,8 +765,11 @@ static void group_force_destroy(struct rep_group *g)
 	group_destroy(g);
 }
 
+static void flush_commits_final(struct rep_groups *c);
+
 static void coord_free(struct rep_groups *c)
 {
+	flush_commits_final(c);
 	grm_close(c->remote); /* its threads call into the groups below */
 	c->remote = NULL;
 	for (size_t i = 0; i < c->ntopics; i++) {
@@ -2314,6 +2317,42 @@ void rep_groups_flush_commits(struct rep_groups *c)
 		}
 		pthread_mutex_unlock(&g->mu);
 		commit_submit(c, g, cmd);
+		rep_group_put(g);
+	}
+	free(gs);
+}
+
+/* At shutdown (cluster): the commits of the last TICK_MS, which the worker
+ * would have submitted at its next tick, go to the quorum and are waited
+ * for, so a clean unmount keeps every committed offset. */
+static void flush_commits_final(struct rep_groups *c)
+{
+	if (!c->remote || rep_quorum_lost(c->rep))
+		return;
+	size_t n;
+	struct rep_group **gs = all_groups(c, &n);
+	for (size_t i = 0; i < n; i++) {
+		struct rep_group *g = gs[i];
+		for (int more = 1; more;) {
+			struct meta_cmd *cmd = NULL;
+			more = 0;
+			pthread_mutex_lock(&g->mu);
+			if (g->real && g->commit_dirty && !g->deleted) {
+				cmd = commit_cmd_locked(g, &more);
+				g->commit_dirty = more;
+			}
+			pthread_mutex_unlock(&g->mu);
+			if (!cmd)
+				break;
+			struct meta_result res;
+			int rc = grm_propose(c->remote, cmd, &res);
+			if (rc < 0)
+				tfs_warn("group %s: committed offsets not saved at shutdown (%s); "
+				         "members will get them again", g->name, tfs_strerror(rc));
+			free(cmd);
+			if (rc < 0)
+				break;
+		}
 		rep_group_put(g);
 	}
 	free(gs);

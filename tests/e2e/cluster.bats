@@ -250,7 +250,27 @@ os.close(fd)' "${M[l]}/t/0/log"
 		[[ ! -e ${M[i]}/s1 && -d ${M[i]}/s2 ]]
 		wait_secs 20 "cmp -s <(seq 1 50) ${M[i]}/t/0/log"
 	done
-	wait_secs 20 '[[ $(head -n 1 "${M[1]}/t/groups/g/offsets") == $'"'"'0\t7\t50\t43'"'"' ]]'
+	wait_secs 20 '[[ $(head -n 1 "${M[1]}/t/groups/g/offsets") == $'"'"'0\t7\t50\t43'"'"' ]]' || { cat "${M[1]}/t/groups/g/offsets"; false; }
+}
+
+@test "a clean restart right after a read keeps the group's committed offsets" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[2]}/t/0 && -d ${M[3]}/t/0 ]]'
+	seq 1 20 >>"${M[1]}/t/0/log"
+	local i
+	for i in 2 3 1; do
+		# a brand-new group's member may see nothing until it is assigned
+		wait_secs 10 "[[ \$(head -n 3 ${M[i]}/t/groups/g$i/pending | wc -l) == 3 ]]"
+	done
+	# at once: commits made in the last moment must not be lost
+	for i in 1 2 3; do node_stop "$i"; done
+	for i in 1 2 3; do node_start "$i"; done
+	for i in 1 2 3; do node_wait_mounted "$i"; done
+	for i in 1 2 3; do
+		wait_secs 20 "[[ \$(head -n 1 ${M[1]}/t/groups/g$i/offsets) == \$'0\t3\t20\t17' ]]" ||
+			{ cat "${M[1]}/t/groups/g$i/offsets"; false; }
+	done
 }
 
 @test "partition state files agree on every mount: leader, replicas, isr, epoch, offsets" {
