@@ -799,7 +799,9 @@ static int call(struct grm *gr, uint16_t node, const struct grm_req *q, uint8_t 
 	}
 	pthread_cond_destroy(&k.cv);
 	pthread_mutex_destroy(&k.mu);
-	return rc;
+	/* the coordinator's node does not answer: the same errno as every
+	 * other operation that needs a node it cannot reach */
+	return rc == -EHOSTUNREACH ? -ENOTCONN : rc;
 }
 
 /* A request without body to the coordinator of g; 0 and its response. */
