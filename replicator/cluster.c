@@ -931,8 +931,10 @@ static void nodes_fn(void *ctx, const struct meta_state *s)
 		struct rep_node_info *o = &q->out[q->n++];
 		o->id = v->id;
 		snprintf(o->address, sizeof(o->address), "%s", n ? n->address : v->address);
-		if (q->cut_off)
-			o->state = v->id == q->c->o.node_id ? "up" : "unknown";
+		if (v->id == q->c->o.node_id)
+			o->state = "up"; /* serving this read (the quorum may not know yet) */
+		else if (q->cut_off)
+			o->state = "unknown";
 		else
 			o->state = n && n->alive ? "up" : "down";
 		o->role = v->id == q->leader ? "leader" : "follower";

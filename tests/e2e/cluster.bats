@@ -407,6 +407,8 @@ os.close(fd)' "${M[l]}/t/0/log"
 	# one node back: a majority again; writes commit within seconds
 	node_start "$a"
 	node_wait_mounted "$a"
+	# the node that just mounted lists itself as up at once
+	grep -q "^$a"$'\t'".*"$'\t'"up"$'\t' "${M[a]}/.cluster/nodes" || { cat "${M[a]}/.cluster/nodes"; false; }
 	wait_secs 40 "dd_append '${M[s]}/t/0/log' back 2>/dev/null" || { dd_append "${M[s]}/t/0/log" back; false; }
 	wait_secs 10 "[[ \$(tail -n 1 ${M[a]}/t/0/log) == back ]]"
 	wait_secs 10 "logs_agree t 0 $s $a"
