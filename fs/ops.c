@@ -165,19 +165,28 @@ static const char *pfile_name_problem(const char *name, int *err)
 
 /* 1 if the task behind req is inside open()/openat()/openat2()/creat(),
  * read from /proc/<tid>/syscall (first field: the syscall it waits in). */
-/* The system call the requesting task is in (/proc/<tid>/syscall), or -1. */
-static long requester_syscall(fuse_req_t req)
+/* Reads the start of /proc/<tid>/<file> into buf as a string; 0 or -1. */
+static int proc_read(pid_t tid, const char *file, char *buf, size_t size)
 {
-	char path[64], buf[64];
-	snprintf(path, sizeof(path), "/proc/%d/syscall", (int)fuse_req_ctx(req)->pid);
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/%s", (int)tid, file);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	ssize_t n = read(fd, buf, size - 1);
 	close(fd);
 	if (n <= 0)
 		return -1;
 	buf[n] = 0;
+	return 0;
+}
+
+/* The system call the requesting task is in (/proc/<tid>/syscall), or -1. */
+static long requester_syscall(fuse_req_t req)
+{
+	char buf[64];
+	if (proc_read(fuse_req_ctx(req)->pid, "syscall", buf, sizeof(buf)) < 0)
+		return -1;
 	return strtol(buf, NULL, 10);
 }
 
@@ -1336,16 +1345,9 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 /* The thread group of task tid, or -1 if it is gone or unreadable. */
 static pid_t tgid_of(pid_t tid)
 {
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%d/status", (int)tid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	char buf[1024];
+	if (proc_read(tid, "status", buf, sizeof(buf)) < 0)
 		return -1;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
 	const char *t = strstr(buf, "\nTgid:");
 	return t ? (pid_t)strtol(t + 7, NULL, 10) : -1;
 }

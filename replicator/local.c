@@ -1812,29 +1812,23 @@ static int cl_produce(struct rep_partition *p, const struct ls_rec *recs, uint32
 	return rc;
 }
 
-static int cl_wait_acked(struct rep_partition *p)
+/* close() (durable == 0: committed under acks) and fsync (durable: and on
+ * this node's disk) in cluster mode. */
+static int cl_commit_how(struct rep_partition *p, int durable)
 {
 	struct topic_config eff;
 	rep_topic_config(p->topic, &eff);
 	struct replica *rp = repl_enter(p);
 	if (!rp)
 		return -EIO;
-	int rc = replica_wait_acked(rp, eff.acks, eff.min_insync);
+	int rc = durable ? replica_commit(rp, eff.acks, eff.min_insync)
+	                 : replica_wait_acked(rp, eff.acks, eff.min_insync);
 	repl_leave(p);
 	return rc;
 }
 
-static int cl_commit(struct rep_partition *p)
-{
-	struct topic_config eff;
-	rep_topic_config(p->topic, &eff);
-	struct replica *rp = repl_enter(p);
-	if (!rp)
-		return -EIO;
-	int rc = replica_commit(rp, eff.acks, eff.min_insync);
-	repl_leave(p);
-	return rc;
-}
+static int cl_wait_acked(struct rep_partition *p) { return cl_commit_how(p, 0); }
+static int cl_commit(struct rep_partition *p) { return cl_commit_how(p, 1); }
 
 static void cl_state(struct rep_partition *p, struct rep_partition_state *st)
 {
