@@ -2322,9 +2322,11 @@ void rep_groups_flush_commits(struct rep_groups *c)
 	free(gs);
 }
 
-/* At shutdown (cluster): the commits of the last TICK_MS, which the worker
- * would have submitted at its next tick, go to the quorum and are waited
- * for, so a clean unmount keeps every committed offset. */
+/* At shutdown (cluster): every group this node coordinates proposes its
+ * committed offsets once more and waits for the quorum, so a clean unmount
+ * keeps them all: those of the last TICK_MS, which the worker would have
+ * submitted at its next tick, and those it submitted without waiting, which
+ * closing the quorum's handle would cancel. */
 static void flush_commits_final(struct rep_groups *c)
 {
 	if (!c->remote || rep_quorum_lost(c->rep))
@@ -2333,6 +2335,13 @@ static void flush_commits_final(struct rep_groups *c)
 	struct rep_group **gs = all_groups(c, &n);
 	for (size_t i = 0; i < n; i++) {
 		struct rep_group *g = gs[i];
+		pthread_mutex_lock(&g->mu);
+		if (g->real && submitted_fit(g) == 0) {
+			for (uint32_t p = 0; p < g->nsubmitted; p++)
+				g->submitted[p] = -2; /* all of them, confirmed or not */
+			g->commit_dirty = 1;
+		}
+		pthread_mutex_unlock(&g->mu);
 		for (int more = 1; more;) {
 			struct meta_cmd *cmd = NULL;
 			more = 0;

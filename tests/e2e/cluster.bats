@@ -236,7 +236,8 @@ os.close(fd)' "${M[l]}/t/0/log"
 	mkdir "${M[1]}/t"
 	wait_secs 10 '[[ -d ${M[3]}/t/2 ]]'
 	seq 1 50 >>"${M[2]}/t/0/log"
-	head -n 7 "${M[3]}/t/groups/g/pending" >/dev/null
+	# a member that sees nothing yet consumes nothing: try until it reads 7
+	wait_secs 10 "[[ \$(head -n 7 ${M[3]}/t/groups/g/pending | wc -l) == 7 ]]"
 	for i in 1 2 3; do
 		wait_secs 20 "ls ${NODE_DATA[i]}/raft | grep -q '^snapshot-'" ||
 			{ ls "${NODE_DATA[i]}/raft"; false; }
