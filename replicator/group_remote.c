@@ -1780,19 +1780,24 @@ int grm_open(struct rep_groups *c, struct rep *r, struct cluster *cl, struct grm
 	pthread_cond_init(&gr->cv, NULL);
 	pthread_mutex_init(&gr->smu, NULL);
 	pthread_cond_init(&gr->scv, NULL);
+	/* The worker reconciles at once and reaches this grm through the
+	 * groups' c->remote, which is *out: set it before the threads start
+	 * (a node restarting with groups in its metadata crashed there). */
+	*out = gr;
 	int rc = pthread_create(&gr->waker, NULL, waker_main, gr);
 	if (rc) {
+		*out = NULL;
 		grm_close(gr);
 		return -rc;
 	}
 	gr->waker_started = 1;
 	rc = pthread_create(&gr->worker, NULL, worker_main, gr);
 	if (rc) {
+		*out = NULL;
 		grm_close(gr);
 		return -rc;
 	}
 	gr->worker_started = 1;
-	*out = gr;
 	return 0;
 }
 
