@@ -2332,9 +2332,14 @@ static void flush_commits_final(struct rep_groups *c)
 	if (!c->remote || rep_quorum_lost(c->rep))
 		return;
 	size_t n;
+	int quorum_gone = 0;
 	struct rep_group **gs = all_groups(c, &n);
 	for (size_t i = 0; i < n; i++) {
 		struct rep_group *g = gs[i];
+		if (quorum_gone) {
+			rep_group_put(g);
+			continue;
+		}
 		pthread_mutex_lock(&g->mu);
 		if (g->real && submitted_fit(g) == 0) {
 			for (uint32_t p = 0; p < g->nsubmitted; p++)
@@ -2359,6 +2364,8 @@ static void flush_commits_final(struct rep_groups *c)
 				tfs_warn("group %s: committed offsets not saved at shutdown (%s); "
 				         "members will get them again", g->name, tfs_strerror(rc));
 			free(cmd);
+			if (rc == -ENOTCONN) /* no quorum: the other groups would wait too */
+				quorum_gone = 1;
 			if (rc < 0)
 				break;
 		}
