@@ -314,31 +314,29 @@ int producer_flush(struct producer *pr)
 	return rc;
 }
 
-int producer_wait_acked(struct producer *pr)
+/* fn on every partition written through pr since the last fsync; -EIO if
+ * any failed. fsync (durable) then forgets the ones that succeeded. */
+static int each_written(struct producer *pr, int (*fn)(struct rep_partition *), int durable)
 {
 	int rc = 0;
 	for (uint32_t p = 0; p < pr->nparts_seen; p++) {
 		if (!pr->written[p])
 			continue;
 		struct rep_partition *rp = rep_topic_partition(pr->topic, p);
-		if ((rp ? rep_partition_wait_acked(rp) : -EIO) < 0)
+		if ((rp ? fn(rp) : -EIO) < 0)
 			rc = -EIO;
+		else if (durable)
+			pr->written[p] = 0;
 	}
 	return rc;
 }
 
+int producer_wait_acked(struct producer *pr)
+{
+	return each_written(pr, rep_partition_wait_acked, 0);
+}
+
 int producer_commit(struct producer *pr)
 {
-	int rc = 0;
-	for (uint32_t p = 0; p < pr->nparts_seen; p++) {
-		if (!pr->written[p])
-			continue;
-		struct rep_partition *rp = rep_topic_partition(pr->topic, p);
-		int r = rp ? rep_partition_commit(rp) : -EIO;
-		if (r < 0)
-			rc = -EIO;
-		else
-			pr->written[p] = 0;
-	}
-	return rc;
+	return each_written(pr, rep_partition_commit, 1);
 }

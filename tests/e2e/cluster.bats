@@ -180,10 +180,7 @@ logs_agree() {
 
 @test "acks: all without fsync: echo's close() returns once every in-sync replica has the line" {
 	cluster_start 3
-	mkdir "${M[1]}/t"
-	echo $'acks: all\nmin_insync: 2' >"${M[1]}/t/.config"
-	wait_secs 10 '[[ $(MNT=${M[2]} cfg_value t acks) == all && $(MNT=${M[3]} cfg_value t acks) == all ]]'
-	wait_secs 10 '[[ $(isr_of t 0) == "1 2 3" ]]'
+	acks_all_topic t
 	local l f i n
 	l=$(leader_of t 0)
 	f=$(other_than "$l")
@@ -299,10 +296,7 @@ os.close(fd)' "${M[l]}/t/0/log"
 
 @test "kill -9 of a partition leader during acks: all writes loses no acknowledged line; the node rejoins" {
 	cluster_start 3
-	mkdir "${M[1]}/t"
-	echo $'acks: all\nmin_insync: 2' >"${M[1]}/t/.config"
-	wait_secs 10 '[[ $(MNT=${M[3]} cfg_value t acks) == all && $(MNT=${M[2]} cfg_value t acks) == all ]]'
-	wait_secs 10 '[[ $(isr_of t 0) == "1 2 3" ]]'
+	acks_all_topic t
 	local l w e0 k0 s
 	l=$(leader_of t 0)
 	e0=$(epoch_of t 0)
@@ -346,10 +340,7 @@ os.close(fd)' "${M[l]}/t/0/log"
 
 @test "SIGSTOP of a follower shrinks the in-sync set; SIGCONT restores it" {
 	cluster_start 3
-	mkdir "${M[1]}/t"
-	echo $'acks: all\nmin_insync: 2' >"${M[1]}/t/.config"
-	wait_secs 10 '[[ $(MNT=${M[2]} cfg_value t acks) == all && $(MNT=${M[3]} cfg_value t acks) == all ]]'
-	wait_secs 10 '[[ $(isr_of t 0) == "1 2 3" ]]'
+	acks_all_topic t
 	local l f o q
 	l=$(leader_of t 0)
 	q=$(quorum_leader "$l")
@@ -377,10 +368,7 @@ os.close(fd)' "${M[l]}/t/0/log"
 
 @test "with two of three nodes down an acks: all write fails with ENOTCONN; one node back and writes work" {
 	cluster_start 3
-	mkdir "${M[1]}/t"
-	echo $'acks: all\nmin_insync: 2' >"${M[1]}/t/.config"
-	wait_secs 10 '[[ $(MNT=${M[2]} cfg_value t acks) == all && $(MNT=${M[3]} cfg_value t acks) == all ]]'
-	wait_secs 10 '[[ $(isr_of t 0) == "1 2 3" ]]'
+	acks_all_topic t
 	local s a b
 	s=$(leader_of t 0)
 	a=$(other_than "$s")

@@ -21,6 +21,7 @@
 #   node_start i / node_wait_mounted i   start one node / wait for its mount
 #   node_stop i                     unmount cleanly, wait for a 0 exit
 #   node_kill9 i                    SIGKILL, reap, lazily unmount the dead mount
+#   acks_all_topic T                topic T with acks: all, min_insync: 2, full isr
 #   node_restart i                  (stop if running,) start, wait mounted
 #   node_stop_signal i STOP|CONT    SIGSTOP / SIGCONT the daemon
 #   up_nodes [i...]                 the running, not stopped, nodes (default all)
@@ -370,6 +371,16 @@ parts_of() { ls "${M[$1]}/$2" | grep -E '^[0-9]+$' | sort -n | paste -sd' '; }
 cl_state() { sed -n "s/^$4: *//p" "${M[$1]}/$2/$3/state"; }
 # "[1, 3, 2]" -> "1 2 3"
 cl_set() { tr -d '[],' | tr -s ' ' '\n' | grep -v '^$' | sort -n | paste -sd ' '; }
+# acks_all_topic T: make topic T on node 1 with acks: all and min_insync: 2,
+# and wait until every mount shows the setting and partition 0's in-sync set
+# holds all three nodes.
+acks_all_topic() {
+	mkdir "${M[1]}/$1"
+	echo $'acks: all\nmin_insync: 2' >"${M[1]}/$1/.config"
+	wait_secs 10 "[[ \$(MNT=${M[2]} cfg_value $1 acks) == all && \$(MNT=${M[3]} cfg_value $1 acks) == all ]]"
+	wait_secs 10 "[[ \$(isr_of $1 0) == '1 2 3' ]]"
+}
+
 leader_of() { cl_state "${3:-$(any_up)}" "$1" "$2" leader; }
 isr_of() { cl_state "${3:-$(any_up)}" "$1" "$2" isr | cl_set; }
 replicas_of() { cl_state "${3:-$(any_up)}" "$1" "$2" replicas | cl_set; }
