@@ -553,7 +553,7 @@ void cursor_flush(struct cursor *c, fuse_req_t req)
 			         "will be delivered again",
 			         rep_topic_name(c->topic), rep_group_name(c->group), (int)ctx->pid);
 		} else if (!c->carry_len) {
-			int rc = rep_member_commit(c->member);
+			int rc = rep_member_save(c->member);
 			if (rc < 0)
 				tfs_warn("%s/groups/%s: commit at close failed: %s",
 				         rep_topic_name(c->topic), rep_group_name(c->group),

@@ -85,8 +85,7 @@
 
 #define TICK_MS 100          /* commit coalescing */
 #define ALIVE_CHECK_MS 500   /* proxies of dead nodes */
-#define JOIN_TRIES 20        /* a coordinator not running the group yet */
-#define JOIN_RETRY_MS 50
+#define JOIN_RETRY_MS 50     /* a coordinator not running the group (yet) */
 
 /* ---- the cluster core, or a test's fakes ------------------------------------ */
 
@@ -237,12 +236,13 @@ static int r_end(const struct rbuf *r)
 static int is_member_type(uint16_t t)
 {
 	return t == GRM_JOIN || t == GRM_TAKE || t == GRM_READY || t == GRM_COMMIT ||
-	       t == GRM_REWIND || t == GRM_LEAVE;
+	       t == GRM_REWIND || t == GRM_LEAVE || t == GRM_SAVE;
 }
 
 static int has_positions(uint16_t t)
 {
-	return t == GRM_TAKE || t == GRM_READY || t == GRM_COMMIT || t == GRM_LEAVE;
+	return t == GRM_TAKE || t == GRM_READY || t == GRM_COMMIT || t == GRM_LEAVE ||
+	       t == GRM_SAVE;
 }
 
 static int is_request_type(uint16_t t)
@@ -608,6 +608,8 @@ struct grm_stub {
 	int resync;                 /* a request failed: send `known` with the next */
 	struct grm_pos *known;      /* sorted by partition (invariant 1) */
 	uint32_t nknown, cknown;
+	struct grm_pos *done;       /* S_REMOTE: positions committed, for close */
+	uint32_t ndone, cdone;
 };
 
 struct grm {
@@ -885,28 +887,45 @@ static void known_clear(struct grm_stub *s)
 	s->resync = 0;
 }
 
+/* Sets partition p's position in the sorted array *a (n of cap) to next. */
+static int pos_set(struct grm_pos **a, uint32_t *n, uint32_t *cap, uint32_t p, int64_t next)
+{
+	uint32_t i = 0;
+	while (i < *n && (*a)[i].partition < p)
+		i++;
+	if (i < *n && (*a)[i].partition == p) {
+		(*a)[i].offset = next;
+		return 0;
+	}
+	if (*n == *cap) {
+		uint32_t c = *cap ? 2 * *cap : 8;
+		struct grm_pos *k = realloc(*a, c * sizeof(*k));
+		if (!k)
+			return -ENOMEM;
+		*a = k;
+		*cap = c;
+	}
+	memmove(&(*a)[i + 1], &(*a)[i], (*n - i) * sizeof(**a));
+	(*a)[i] = (struct grm_pos){.partition = p, .offset = next};
+	(*n)++;
+	return 0;
+}
+
 /* Records that the stub received partition p's records up to next. */
 static int known_set(struct grm_stub *s, uint32_t p, int64_t next)
 {
-	uint32_t i = 0;
-	while (i < s->nknown && s->known[i].partition < p)
-		i++;
-	if (i < s->nknown && s->known[i].partition == p) {
-		s->known[i].offset = next;
-		return 0;
-	}
-	if (s->nknown == s->cknown) {
-		uint32_t cap = s->cknown ? 2 * s->cknown : 8;
-		struct grm_pos *k = realloc(s->known, cap * sizeof(*k));
-		if (!k)
-			return -ENOMEM;
-		s->known = k;
-		s->cknown = cap;
-	}
-	memmove(&s->known[i + 1], &s->known[i], (s->nknown - i) * sizeof(*s->known));
-	s->known[i] = (struct grm_pos){.partition = p, .offset = next};
-	s->nknown++;
-	return 0;
+	return pos_set(&s->known, &s->nknown, &s->cknown, p, next);
+}
+
+/* The coordinator committed what the stub knew: remembered for close
+ * (stub_wait_saved). Out of memory only shortens that wait. */
+static void known_committed(struct grm_stub *s)
+{
+	for (uint32_t i = 0; i < s->nknown; i++)
+		if (pos_set(&s->done, &s->ndone, &s->cdone, s->known[i].partition,
+		            s->known[i].offset) < 0)
+			break;
+	known_clear(s);
 }
 
 static void stub_req(struct grm_stub *s, uint16_t type, int positions, struct grm_req *q)
@@ -952,7 +971,8 @@ static int stub_join(struct grm_stub *s)
 {
 	struct grm *gr = s->gr;
 	int rc = 0;
-	for (int attempt = 0;; attempt++) {
+	int64_t deadline = mono_ms() + gr->timeout_ms;
+	for (;;) {
 		stub_check(s);
 		if (s->mode != S_NONE)
 			return 0;
@@ -991,7 +1011,9 @@ static int stub_join(struct grm_stub *s)
 		} else {
 			rc = -ESTALE; /* this node runs it once the worker has reconciled */
 		}
-		if (rc != -ESTALE || attempt + 1 >= JOIN_TRIES)
+		/* Not run anywhere yet, or its node is unreachable: the metadata
+		 * may name another coordinator soon (its node died). */
+		if ((rc != -ESTALE && rc != -ENOTCONN) || mono_ms() + JOIN_RETRY_MS >= deadline)
 			break;
 		grm_sync(gr);
 		sleep_ms(JOIN_RETRY_MS);
@@ -1054,6 +1076,78 @@ int grm_stub_open(struct grm *gr, struct rep_member *front, struct rep_group *g,
 	return 0;
 }
 
+/* stub_wait_saved: whether the metadata holds offsets at least pos. */
+struct saved_check {
+	uint64_t topic_id;
+	const char *group;
+	const struct grm_pos *pos;
+	uint32_t npos;
+	int ok;
+};
+
+static void saved_read(void *ctx, const struct meta_state *st)
+{
+	struct saved_check *sc = ctx;
+	sc->ok = 1; /* a group or topic that is gone has nothing to keep */
+	for (uint32_t t = 0; t < st->ntopics; t++) {
+		const struct meta_topic *tp = &st->topics[t];
+		if (tp->id != sc->topic_id)
+			continue;
+		for (uint32_t k = 0; k < tp->ngroups; k++) {
+			const struct meta_group *mg = &tp->groups[k];
+			if (strcmp(mg->name, sc->group) != 0)
+				continue;
+			for (uint32_t i = 0; i < sc->npos && sc->ok; i++) {
+				uint32_t p = sc->pos[i].partition;
+				sc->ok = p >= mg->noffsets || mg->offsets[p] >= sc->pos[i].offset;
+			}
+			return;
+		}
+		return;
+	}
+}
+
+/* A member's file is closed (commit rule: exactly once for a tool that
+ * exits normally): waits, at most the request timeout, until this node's
+ * copy of the metadata holds g's committed offsets at least pos, so the
+ * coordinator's node dying right after the close cannot hand these records
+ * out again. The coordinator was told to submit them at once. On time-out
+ * the offsets may still land; if they do not, members get the records again
+ * (at-least-once). */
+static void stub_wait_saved(struct grm *gr, struct rep_group *g, const struct grm_pos *pos,
+                            uint32_t npos)
+{
+	if (!npos)
+		return;
+	struct saved_check sc = {.topic_id = rep_group_topic_id(g), .group = rep_group_name(g),
+	                         .pos = pos, .npos = npos};
+	int64_t deadline = mono_ms() + gr->timeout_ms;
+	for (;;) {
+		pthread_mutex_lock(&gr->mu);
+		uint64_t gen = gr->meta_gen;
+		pthread_mutex_unlock(&gr->mu);
+		io->read(gr->cl, saved_read, &sc);
+		int64_t left = deadline - mono_ms();
+		if (sc.ok)
+			return;
+		if (left <= 0)
+			break;
+		struct timespec ts;
+		wire_deadline(&ts, left < 50 ? left : 50);
+		pthread_mutex_lock(&gr->mu);
+		while (!gr->stop && gr->meta_gen == gen &&
+		       pthread_cond_timedwait(&gr->cv, &gr->mu, &ts) != ETIMEDOUT)
+			;
+		int stop = gr->stop;
+		pthread_mutex_unlock(&gr->mu);
+		if (stop)
+			break;
+	}
+	tfs_warn("group %s: the quorum has not confirmed this member's commit within %u ms; "
+	         "if it is lost, the group gets those records again", rep_group_name(g),
+	         gr->timeout_ms);
+}
+
 void grm_stub_close(struct grm_stub *s, int commit)
 {
 	struct grm *gr = s->gr;
@@ -1091,6 +1185,7 @@ void grm_stub_close(struct grm_stub *s, int commit)
 	pthread_mutex_unlock(&gr->smu);
 	pthread_mutex_destroy(&s->mu);
 	free(s->known);
+	free(s->done);
 	free(s);
 }
 
@@ -1185,28 +1280,59 @@ int grm_stub_ready(struct grm_stub *s)
 	return rc;
 }
 
-int grm_stub_commit(struct grm_stub *s)
+/* COMMIT or SAVE: the coordinator commits what the stub received. */
+static int stub_commit(struct grm_stub *s, uint16_t type)
 {
 	int rc = 0;
-	pthread_mutex_lock(&s->mu);
 	stub_check(s);
 	if (s->mode == S_LOCAL) {
 		rc = rep_member_commit(s->inner);
-	} else if (s->mode == S_REMOTE && (s->nknown || s->resync)) {
+	} else if (s->mode == S_REMOTE && (s->nknown || s->resync ||
+	                                   (type == GRM_SAVE && s->ndone))) {
 		struct grm_req q;
 		uint8_t *resp;
 		uint32_t len;
-		stub_req(s, GRM_COMMIT, 1, &q);
+		stub_req(s, type, 1, &q);
 		rc = call(s->gr, s->coord, &q, &resp, &len);
 		if (rc == 0)
 			rc = empty_decode(resp, len);
 		free(resp);
 		if (rc == 0)
-			known_clear(s);
+			known_committed(s);
 		else
 			(void)stub_failed(s, rc); /* delivered again, never lost */
 	}
+	return rc;
+}
+
+int grm_stub_commit(struct grm_stub *s)
+{
+	pthread_mutex_lock(&s->mu);
+	int rc = stub_commit(s, GRM_COMMIT);
 	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
+
+int grm_stub_save(struct grm_stub *s)
+{
+	struct grm *gr = s->gr;
+	struct grm_pos *saved = NULL;
+	uint32_t nsaved = 0;
+	pthread_mutex_lock(&s->mu);
+	int rc = stub_commit(s, GRM_SAVE);
+	if (rc == 0 && s->mode == S_LOCAL) {
+		if ((saved = malloc(META_MAX_PARTITIONS * sizeof(*saved))))
+			nsaved = (uint32_t)rep_group_committed(s->g, saved, META_MAX_PARTITIONS);
+		grm_kick(gr); /* the worker submits them now, not at its next tick */
+	} else if (rc == 0) {
+		saved = s->done; /* everything this member committed */
+		nsaved = s->ndone;
+		s->done = NULL;
+		s->ndone = s->cdone = 0;
+	}
+	pthread_mutex_unlock(&s->mu);
+	stub_wait_saved(gr, s->g, saved, nsaved);
+	free(saved);
 	return rc;
 }
 
@@ -1462,9 +1588,12 @@ static void serve(struct grm *gr, struct job *j)
 			rc = grm_u32_encode((uint32_t)rc, &buf, &len);
 		break;
 	case GRM_COMMIT:
+	case GRM_SAVE:
 		rc = rep_member_commit(px->m);
 		if (rc == 0)
 			rc = empty_encode(&buf, &len);
+		if (q->type == GRM_SAVE)
+			gr->kicked = 1; /* to the quorum now: the member waits for it */
 		break;
 	case GRM_REWIND:
 		rep_member_rewind(px->m);
@@ -1834,6 +1963,7 @@ void grm_close(struct grm *gr)
 		rep_member_free_front(s->front);
 		pthread_mutex_destroy(&s->mu);
 		free(s->known);
+		free(s->done);
 		free(s);
 	}
 	free(gr->stubs);

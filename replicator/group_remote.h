@@ -34,6 +34,8 @@ enum grm_type {
 	GRM_MEMBERS,               /* request (group) -> u32 members */
 	GRM_WAKE,                  /* one-way coordinator -> member node: stub ids */
 	GRM_HELLO,                 /* one-way: a node (re)started: its incarnation */
+	GRM_SAVE,                  /* request: positions -> empty; as COMMIT, and
+	                              the coordinator submits to the quorum now */
 	GRM_TYPE_END
 };
 
@@ -174,6 +176,9 @@ int grm_stub_take_bulk(struct grm_stub *s, void *buf, size_t size, uint32_t max_
                        char sep, struct rep_bulk *out) TFS_MUST_CHECK;
 int grm_stub_ready(struct grm_stub *s) TFS_MUST_CHECK;
 int grm_stub_commit(struct grm_stub *s) TFS_MUST_CHECK;
+/* grm_stub_commit, then waits until the metadata holds what this member
+ * committed (rep_member_save). */
+int grm_stub_save(struct grm_stub *s) TFS_MUST_CHECK;
 void grm_stub_rewind(struct grm_stub *s);
 int grm_stub_peek(struct grm_stub *s, struct rep_delivery *d) TFS_MUST_CHECK;
 void grm_stub_take(struct grm_stub *s);
@@ -210,6 +215,9 @@ void rep_group_coord(struct rep_group *g, uint16_t *node, int *real, uint64_t *e
 int rep_group_member_count(struct rep_group *g, uint32_t *n) TFS_MUST_CHECK;
 /* The offsets rows from this node's knowledge only (no request). */
 size_t rep_group_offsets_local(struct rep_group *g, struct rep_group_offset *out, size_t max);
+/* The committed offsets of a group run here (none if it is not), one per
+ * partition that has one; at most max. */
+size_t rep_group_committed(struct rep_group *g, struct grm_pos *out, size_t max);
 /* rep_group_reset on a group run here (-ESTALE if it is not). */
 int rep_group_reset_real(struct rep_group *g, enum rep_reset how, int64_t partition,
                          int64_t value) TFS_MUST_CHECK;

@@ -1394,6 +1394,17 @@ size_t rep_group_offsets_local(struct rep_group *g, struct rep_group_offset *out
 	return n;
 }
 
+size_t rep_group_committed(struct rep_group *g, struct grm_pos *out, size_t max)
+{
+	size_t n = 0;
+	pthread_mutex_lock(&g->mu);
+	for (uint32_t p = 0; p < g->nparts && n < max; p++)
+		if (g->real && g->parts[p].committed >= 0)
+			out[n++] = (struct grm_pos){.partition = p, .offset = g->parts[p].committed};
+	pthread_mutex_unlock(&g->mu);
+	return n;
+}
+
 int rep_group_reset(struct rep_group *g, enum rep_reset how, int64_t partition, int64_t value)
 {
 	int rc = rep_group_reset_real(g, how, partition, value);
@@ -2097,6 +2108,11 @@ int rep_member_commit(struct rep_member *m)
 	pthread_mutex_unlock(&m->mu);
 	wake_run(&w);
 	return rc;
+}
+
+int rep_member_save(struct rep_member *m)
+{
+	return m->stub ? grm_stub_save(m->stub) : rep_member_commit(m);
 }
 
 void rep_member_rewind(struct rep_member *m)

@@ -15,9 +15,9 @@
  *                                          or rep_member_peek ──> _take, one
  *                                          record at a time)
  *        ... the read returns them to the process ...
- *   rep_member_commit                     (the same file reads again, or it is
- *                                          closed by a process that closes it
- *                                          or exits normally)
+ *   rep_member_commit                     (the same file reads again)
+ *   rep_member_save                       (or it is closed by a process that
+ *                                          closes it or exits normally)
  *   rep_member_leave(m, commit=0)         (the process died from a signal:
  *                                          what it took since the last commit
  *                                          is delivered again to the group)
@@ -219,6 +219,13 @@ int rep_member_ready(struct rep_member *m) TFS_MUST_CHECK;
  * that were revoking. Returns 0 or -errno (nothing is lost on error: the
  * records will be delivered again). */
 int rep_member_commit(struct rep_member *m) TFS_MUST_CHECK;
+
+/* rep_member_commit at close: in a cluster it also waits, at most the
+ * request timeout, until the metadata quorum holds the group's committed
+ * offsets, so the coordinator's node dying right after cannot deliver these
+ * records again (a time-out is logged, not returned). One node: the same as
+ * rep_member_commit. */
+int rep_member_save(struct rep_member *m) TFS_MUST_CHECK;
 
 /* Drops everything taken since the last commit: the member reads those
  * records again (used when a killed process's file is still open elsewhere). */

@@ -481,6 +481,67 @@ os.close(fd)' "${M[l]}/t/0/log"
 	assert_output ''
 }
 
+# coordinated_at TOPIC GROUP: the nodes whose log says they run the group's
+# coordinator (since their last start), one per line.
+coordinated_at() {
+	local i
+	for i in $(up_nodes); do
+		awk -v l="group $1/$2: coordinated by this node" '/^=== start/ { on = 0 }
+			index($0, l) { on = 1 } END { exit !on }' "${NODE_LOG[i]}" && echo "$i"
+	done
+	return 0
+}
+
+# first_take MOUNT TOPIC GROUP: the first non-empty `head -n 3 pending` of the
+# group on that mount, as one line (a new member may find nothing until it is
+# assigned; an empty read consumes nothing).
+first_take() {
+	local out='' k
+	for ((k = 0; k < 100; k++)); do
+		out=$(timeout 20 head -n 3 "$1/$2/groups/$3/pending" | paste -sd ' ')
+		[[ -n $out ]] && break
+		sleep 0.1
+	done
+	echo "$out"
+}
+
+@test "a cursor closed just before its group's coordinator dies from kill -9: the group goes on after it" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[2]}/t/0 && -d ${M[3]}/t/0 ]]'
+	seq 1 30 >>"${M[1]}/t/0/log"
+	wait_secs 10 "[[ \$(wc -l <${M[2]}/t/0/log) == 30 && \$(wc -l <${M[3]}/t/0/log) == 30 ]]"
+	local g c m r k
+	# far: the member is on another node than the coordinator (its commit
+	# travels there); near: on the coordinator's own node
+	for g in far near; do
+		mkdir "${M[1]}/t/groups/$g"
+		wait_secs 10 "[[ \$(coordinated_at t $g | wc -l) == 1 ]]"
+		c=$(coordinated_at t "$g")
+		if [[ $g == far ]]; then m=$(other_than "$c"); else m=$c; fi
+		r=$(other_than "$c" "$m")
+		wait_secs 10 "[[ -d ${M[m]}/t/groups/$g && -d ${M[r]}/t/groups/$g ]]"
+		echo "group $g: coordinator node $c, member on node $m, next reader on node $r"
+		# head's close() commits its three records; the shell still holds the
+		# file, so no release follows, and the kill comes at once
+		for ((k = 0; k < 100; k++)); do
+			{
+				head -n 3 >"$T/$g.1"
+				[[ -s $T/$g.1 ]] && node_kill9 "$c"
+			} <"${M[m]}/t/groups/$g/pending"
+			[[ -s $T/$g.1 ]] && break
+			sleep 0.1
+		done
+		[[ $(paste -sd ' ' "$T/$g.1") == '1 2 3' ]]
+		wait_secs 30 "[[ -n \$(coordinated_at t $g) ]]"
+		run first_take "${M[r]}" t "$g"
+		assert_output '4 5 6'
+		node_start "$c"
+		node_wait_mounted "$c"
+		cl_wait_formed
+	done
+}
+
 # ---- hostile bytes on the node port ----------------------------------------------------------
 
 @test "garbage, truncated frames and huge lengths on every node port crash nothing; the cluster keeps serving" {
