@@ -12,6 +12,18 @@
  * its '\n'. Lines before it in the same write are produced and the write
  * returns their count (a short write), so the writer sends the long line
  * again as the start of its next write, which then fails.
+ *
+ * A write that carries the partial line past the limit may be the second
+ * FUSE request of one write() larger than max_write: the kernel then tells
+ * the writer only of a short write (the first request's bytes), and the
+ * writer sends the rest again, starting with the refused line's tail, which
+ * alone may fit. So the refused request's bytes, to its line's '\n', are
+ * kept (pr->refused): a write that starts with them fails with EMSGSIZE
+ * too; any other write forgets them. A line that continues past the
+ * refused request is dropped to its '\n' (discarding).
+ *
+ * A failed append (ENOSPC, ...) leaves the file as it was before the write,
+ * its partial line included, so the writer's retry makes the same records.
  */
 #include "produce.h"
 
@@ -39,6 +51,7 @@ void producer_free(struct producer *pr)
 	free(pr->seq);
 	free(pr->written);
 	free(pr->partial);
+	free(pr->refused);
 	free(pr->recs);
 	free(pr->rec_part);
 	free(pr->sorted);
@@ -103,6 +116,23 @@ static int partial_append(struct producer *pr, const char *buf, size_t len)
 	memcpy(pr->partial + pr->plen, buf, len);
 	pr->plen += len;
 	return 0;
+}
+
+/* Keeps buf[0, len) as a refused write (see the top of the file). */
+static void refused_keep(struct producer *pr, const char *buf, size_t len)
+{
+	free(pr->refused);
+	pr->refused = malloc(len);
+	pr->refused_len = pr->refused ? len : 0;
+	if (pr->refused)
+		memcpy(pr->refused, buf, len);
+}
+
+static void refused_forget(struct producer *pr)
+{
+	free(pr->refused);
+	pr->refused = NULL;
+	pr->refused_len = 0;
 }
 
 /* Fills rec from one line (without its '\n'). */
@@ -204,7 +234,7 @@ static int dispatch(struct producer *pr, uint32_t n, uint32_t nparts)
 	return rc;
 }
 
-ssize_t producer_write(struct producer *pr, const char *buf, size_t len)
+static ssize_t write_lines(struct producer *pr, const char *buf, size_t len)
 {
 	struct topic_config cfg;
 	rep_topic_config(pr->topic, &cfg);
@@ -218,6 +248,12 @@ ssize_t producer_write(struct producer *pr, const char *buf, size_t len)
 	const char *p = buf, *end = buf + len;
 	uint32_t n = 0;
 	size_t max = cfg.max_record_bytes;
+
+	if (pr->refused_len) {
+		if (len >= pr->refused_len && memcmp(buf, pr->refused, pr->refused_len) == 0)
+			return -EMSGSIZE; /* the refused write again */
+		refused_forget(pr);
+	}
 
 	/* The first line continues the partial line (or the discarded one). */
 	const char *nl = memchr(p, '\n', len);
@@ -233,6 +269,7 @@ ssize_t producer_write(struct producer *pr, const char *buf, size_t len)
 			 * line is dropped to its '\n', nothing else is produced. */
 			pr->plen = 0;
 			pr->discarding = !nl;
+			refused_keep(pr, buf, nl ? (size_t)(nl + 1 - buf) : len);
 			return -EMSGSIZE;
 		}
 		rc = partial_append(pr, p, piece);
@@ -280,10 +317,10 @@ ssize_t producer_write(struct producer *pr, const char *buf, size_t len)
 		return -EMSGSIZE;
 	}
 	rc = dispatch(pr, n, nparts);
-	/* The first record may point into pr->partial: reset it only now. */
-	pr->plen = 0;
 	if (rc < 0)
 		return rc;
+	/* The first record may point into pr->partial: reset it only now. */
+	pr->plen = 0;
 	if (bad)
 		return (ssize_t)(bad - buf);
 
@@ -291,6 +328,18 @@ ssize_t producer_write(struct producer *pr, const char *buf, size_t len)
 	if (p < end && (rc = partial_append(pr, p, (size_t)(end - p))) < 0)
 		return rc;
 	return (ssize_t)len;
+}
+
+ssize_t producer_write(struct producer *pr, const char *buf, size_t len)
+{
+	size_t plen0 = pr->plen;
+	int discarding0 = pr->discarding;
+	ssize_t rc = write_lines(pr, buf, len);
+	if (rc < 0 && rc != -EMSGSIZE) { /* as before the write */
+		pr->plen = plen0;
+		pr->discarding = discarding0;
+	}
+	return rc;
 }
 
 int producer_flush(struct producer *pr)

@@ -25,6 +25,8 @@ struct producer {
 	char *partial;             /* bytes after the last '\n' so far */
 	size_t plen, pcap;
 	int discarding;            /* inside an over-long line: drop to its '\n' */
+	char *refused;             /* a write that failed mid-line with EMSGSIZE, */
+	size_t refused_len;        /* to its line's '\n': a re-send fails again */
 
 	struct ls_rec *recs;       /* scratch, reused across writes */
 	uint32_t *rec_part;
@@ -41,8 +43,10 @@ void producer_free(struct producer *pr);
 /* Produces every complete line in buf; keeps a trailing partial line.
  * Returns the bytes taken: len, or fewer when a line over max_record_bytes
  * follows the lines produced (a short write: the writer sends the rest
- * again); -EMSGSIZE when buf starts with such a line (dropped to its '\n',
- * nothing produced); or the error of the append (-ENOSPC, -EROFS, ...). */
+ * again); -EMSGSIZE when buf starts with such a line, or carries the partial
+ * line past the limit, or sends such a refused write again (dropped to its
+ * '\n', nothing produced); or the error of the append (-ENOSPC, -EROFS, ...),
+ * after which the file is as before the write. */
 ssize_t producer_write(struct producer *pr, const char *buf, size_t len) TFS_MUST_CHECK;
 
 /* Produces the partial last line, if any (on close). */

@@ -197,3 +197,39 @@ for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"
 	} >"$T/want"
 	cmp "$T/want" "$MNT/t/0/log"
 }
+
+@test "a full disk while a line is half written: the failed write keeps the partial line, and its retry makes the whole line" {
+	mkdir "$T/small"
+	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
+	DATA=$T/small/data
+	mkdir "$DATA"
+	tfs_start
+	mkdir "$MNT/t"
+	echo $'compression: none\nsegment_bytes: 1048576' >"$MNT/t/.config"
+	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
+	truncate -s -256K "$T/small/filler"
+	run python3 - "$MNT/t/0/log" "$T/small/filler" <<-'EOF'
+		import errno, os, sys
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		i = 0
+		try:                          # fill what is left
+		    while True:
+		        os.write(fd, b"fill-%06d\n" % i)
+		        i += 1
+		except OSError as e:
+		    assert e.errno == errno.ENOSPC, e
+		assert os.write(fd, b"HEAD-" + b"h" * 5000) == 5005  # kept as the partial line
+		try:
+		    os.write(fd, b"TAIL\n")
+		    sys.exit("a write on a full disk succeeded")
+		except OSError as e:
+		    assert e.errno == errno.ENOSPC, e
+		os.unlink(sys.argv[2])        # space freed: the writer retries
+		assert os.write(fd, b"TAIL\n") == 5
+		os.close(fd)
+		print("filled %d" % i)
+	EOF
+	assert_success
+	run tail -n 1 "$MNT/t/0/log"
+	assert_output "HEAD-$(printf 'h%.0s' $(seq 5000))TAIL"
+}

@@ -172,6 +172,38 @@ with open(sys.argv[1], "a") as f:
 	cmp <(printf 'ok1\nok3\nok4\n') "$L"
 }
 
+@test "a too-long line inside a write() over 1 MiB: the writer gets EMSGSIZE, nothing of the line is produced" {
+	# max_record_bytes is 1 MiB: the kernel splits the write into 1 MiB
+	# requests and the line goes over the limit in the second one
+	run python3 - "$L" <<-'EOF'
+		import errno, os, sys
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		buf = b"first\n" + b"B" * 1500000 + b"\nafter\n"
+		n = os.write(fd, buf)
+		assert 0 < n < len(buf), "%d of %d bytes taken" % (n, len(buf))
+		for _ in range(2):            # the rest, as a write-all loop sends it
+		    try:
+		        os.write(fd, buf[n:])
+		        sys.exit("the rest of a refused line was accepted")
+		    except OSError as e:
+		        assert e.errno == errno.EMSGSIZE, e
+		os.write(fd, b"next\n")
+		os.close(fd)
+		try:
+		    with open(sys.argv[1], "a") as f:
+		        f.write("py\n" + "C" * 1500000 + "\npy-after\n")
+		    sys.exit("Python's f.write of a refused line raised nothing")
+		except OSError as e:
+		    assert e.errno == errno.EMSGSIZE, e
+		    print(e.strerror)
+	EOF
+	assert_success
+	assert_output --partial "Message too long"
+	echo last >>"$L"
+	# no record of B or C: only the lines around them
+	cmp <(printf 'first\nnext\npy\nlast\n') "$L"
+}
+
 @test "cat of a file with a too-long line reports 'Message too long'" {
 	set_config t 'max_record_bytes: 100'
 	{ echo ok1; head -c 300 /dev/zero | tr '\0' z; echo; echo ok2; } >"$T/in"
