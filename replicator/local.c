@@ -251,8 +251,9 @@ static void cfg_set(struct topic_config *c, enum tc_key k, int64_t v)
 	c->set_mask |= 1u << k;
 }
 
-/* Serialises the whole state. Caller holds meta_lock and topics_lock. */
-static int meta_save(struct rep *r)
+/* Serialises the whole state, with pid_limit as the producer ids reserved.
+ * Caller holds meta_lock and topics_lock. */
+static int meta_save_as(struct rep *r, int64_t pid_limit)
 {
 	char *buf = NULL;
 	size_t len = 0;
@@ -260,7 +261,7 @@ static int meta_save(struct rep *r)
 	if (!f)
 		return -ENOMEM;
 	fprintf(f, "topicfs-metadata 1\nnext_topic_id %" PRIu64 "\nnext_producer_id %lld\n",
-	        r->next_topic_id, (long long)atomic_load(&r->producer_id_limit));
+	        r->next_topic_id, (long long)pid_limit);
 	for (size_t i = 0; i < r->ntopics; i++) {
 		struct rep_topic *t = r->topics[i];
 		pthread_mutex_lock(&t->lock);
@@ -288,6 +289,11 @@ static int meta_save(struct rep *r)
 		tfs_error("%s/metadata: could not save: %s", r->data_dir, tfs_strerror(rc));
 	free(buf);
 	return rc;
+}
+
+static int meta_save(struct rep *r)
+{
+	return meta_save_as(r, atomic_load(&r->producer_id_limit));
 }
 
 /* ---- partitions --------------------------------------------------------- */
@@ -1134,20 +1140,27 @@ int64_t rep_new_producer_id(struct rep *r)
 	if (r->cluster)
 		return cl_new_producer_id(r);
 	/* Ids come from blocks reserved in metadata first, so a restart never
-	 * hands out an id twice. */
+	 * hands out an id twice: a block counts only once it is saved. */
 	int64_t id = atomic_fetch_add(&r->next_producer_id, 1);
+	if (id < atomic_load(&r->producer_id_limit))
+		return id;
+	pthread_mutex_lock(&r->meta_lock);
 	if (id >= atomic_load(&r->producer_id_limit)) {
-		pthread_mutex_lock(&r->meta_lock);
-		if (id >= atomic_load(&r->producer_id_limit)) {
+		pthread_rwlock_rdlock(&r->topics_lock);
+		int rc = meta_save_as(r, id + 65536);
+		pthread_rwlock_unlock(&r->topics_lock);
+		if (rc == 0) {
 			atomic_store(&r->producer_id_limit, id + 65536);
-			pthread_rwlock_rdlock(&r->topics_lock);
-			int rc = meta_save(r);
-			pthread_rwlock_unlock(&r->topics_lock);
-			if (rc < 0)
-				tfs_warn("producer id block not saved; ids may repeat after a crash");
+		} else {
+			/* An id that might repeat after a restart could make a new
+			 * write look like a retried one: go on without one (this
+			 * file's appends are then not deduplicated). */
+			tfs_warn("producer id block not saved (%s): a file opened now writes "
+			         "without an id", tfs_strerror(rc));
+			id = -1;
 		}
-		pthread_mutex_unlock(&r->meta_lock);
 	}
+	pthread_mutex_unlock(&r->meta_lock);
 	return id;
 }
 

@@ -115,7 +115,8 @@ struct rep_node_info {
 };
 size_t rep_nodes(struct rep *r, struct rep_node_info *out, size_t max);
 
-/* A fresh producer id for an open producer file (idempotent appends). */
+/* A fresh producer id for an open producer file (idempotent appends), or -1
+ * when no block of ids could be reserved (the file writes without one). */
 int64_t rep_new_producer_id(struct rep *r);
 
 /* ---- topics ------------------------------------------------------------ */

@@ -233,3 +233,27 @@ for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"
 	run tail -n 1 "$MNT/t/0/log"
 	assert_output "HEAD-$(printf 'h%.0s' $(seq 5000))TAIL"
 }
+
+@test "producer ids reserved on a full disk never repeat after a crash: a later write is never taken for a retried one" {
+	mkdir "$T/small"
+	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
+	DATA=$T/small/data
+	mkdir "$DATA"
+	tfs_start
+	mkdir "$MNT/t"
+	echo 'compression: none' >"$MNT/t/.config"
+	echo first >>"$MNT/t/0/log" # the first block of ids is saved
+	tfs_kill9
+	tfs_start # ids go on after the saved block: the next open needs a new one
+	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
+	mark_log
+	echo old-1 >>"$MNT/t/0/log" || true
+	new_log | grep -q 'producer id block not saved'
+	rm "$T/small/filler"
+	echo old-2 >>"$MNT/t/0/log"
+	tfs_kill9
+	tfs_start
+	echo new >>"$MNT/t/0/log"
+	run tail -n 1 "$MNT/t/0/log"
+	assert_output new
+}
