@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -77,6 +78,7 @@ struct fh {
 	/* produce */
 	struct producer prod;
 	int producing;
+	int produced;         /* a write was taken (see compressed_magic) */
 
 	/* generated text, taken at open */
 	struct mbuf text;
@@ -136,8 +138,43 @@ static void fill_entry(const struct tnode *n, struct fuse_entry_param *e)
 
 /* ---- names ---------------------------------------------------------------- */
 
-static const char *const compressed_suffixes[] = {".gz", ".bz2", ".xz", ".zst", ".lz4",
-                                                  ".Z", ".lzma", ".lz", ".zip", ".br"};
+/* Names that rotation tools give compressed files (compared ignoring case). */
+static const char *const compressed_suffixes[] = {
+	".gz", ".gzip", ".tgz", ".z", ".bz", ".bz2", ".tbz", ".tbz2", ".xz", ".txz", ".zst", ".zstd",
+	".lz4", ".lzma", ".lz", ".lzo", ".zip", ".br", ".7z", ".sz", ".zz", ".rar"};
+
+/* The compressed format buf starts with, or NULL: what a rotation tool
+ * writes into a file named with another compressext (a log line never
+ * starts with these bytes). */
+static const char *compressed_magic(const char *buf, size_t len)
+{
+	static const struct {
+		const char *name;
+		const char *magic;
+		size_t len;
+	} m[] = {
+		{"gzip", "\x1f\x8b\x08", 3},
+		{"bzip2", "BZh?1AY&SY", 10}, /* ? is the block size digit */
+		{"xz", "\xfd" "7zXZ\x00", 6},
+		{"zstd", "\x28\xb5\x2f\xfd", 4},
+		{"lz4", "\x04\x22\x4d\x18", 4},
+		{"lzop", "\x89LZO\x00\x0d\x0a\x1a\x0a", 9},
+		{"7z", "7z\xbc\xaf\x27\x1c", 6},
+		{"zip", "PK\x03\x04", 4},
+		{"compress", "\x1f\x9d", 2},
+	};
+	for (size_t i = 0; i < sizeof(m) / sizeof(*m); i++) {
+		if (len < m[i].len)
+			continue;
+		size_t k = 0;
+		while (k < m[i].len && (buf[k] == m[i].magic[k] ||
+		                        (m[i].magic[k] == '?' && buf[k] >= '1' && buf[k] <= '9')))
+			k++;
+		if (k == m[i].len)
+			return m[i].name;
+	}
+	return NULL;
+}
 
 /* Why a producer file may not have this name, or NULL if it may. */
 static const char *pfile_name_problem(const char *name, int *err)
@@ -152,7 +189,7 @@ static const char *pfile_name_problem(const char *name, int *err)
 		return "all-digit names are reserved for partition directories";
 	for (size_t i = 0; i < sizeof(compressed_suffixes) / sizeof(*compressed_suffixes); i++) {
 		size_t s = strlen(compressed_suffixes[i]);
-		if (n > s && strcmp(name + n - s, compressed_suffixes[i]) == 0) {
+		if (n > s && strcasecmp(name + n - s, compressed_suffixes[i]) == 0) {
 			*err = EPERM;
 			return "compressed files cannot be produced as lines "
 			       "(log rotation: compress outside the topic directory)";
@@ -1309,8 +1346,19 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		mbuf_printf(&h->cfgw, "%.*s", (int)size, buf);
 		rc = h->cfgw.oom ? -ENOMEM : h->cfgw.len != before + size ? -EINVAL : offsets_apply(h, 0);
 	} else if (h->producing) {
+		const char *fmt = h->node.kind == TN_PFILE && !h->produced
+			? compressed_magic(buf, size) : NULL;
 		ssize_t n = rep_topic_deleted(h->node.topic) ? -ENOENT
-		                                             : producer_write(&h->prod, buf, size);
+		            : fmt ? -EPERM
+		                  : producer_write(&h->prod, buf, size);
+		if (n > 0)
+			h->produced = 1;
+		if (fmt) {
+			char path[512];
+			tnode_path(&h->node, path, sizeof(path));
+			tfs_warn("refused: write %s: %s data cannot be produced as lines (log "
+			         "rotation: compress outside the topic directory)", path, fmt);
+		}
 		if (n >= 0)
 			taken = (size_t)n;
 		else
@@ -1322,7 +1370,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 			         "follows (the writer's next write fails with EMSGSIZE)", path,
 			         taken, size);
 		}
-		if (rc < 0) {
+		if (rc < 0 && !fmt) {
 			char path[512];
 			tnode_path(&h->node, path, sizeof(path));
 			if (rc == -EMSGSIZE)

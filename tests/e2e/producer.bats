@@ -140,7 +140,7 @@ setup() {
 
 @test "producer file names with a compression suffix are refused with EPERM" {
 	local s
-	for s in gz bz2 xz zst lz4 Z; do
+	for s in gz bz2 xz zst lz4 Z GZ gzip tgz lzo 7z; do
 		run bash -c 'echo x >"$1"' _ "$MNT/t/app.log.1.$s"
 		[[ $status -ne 0 ]] || { echo "app.log.1.$s was accepted"; false; }
 		[[ $output == *"Operation not permitted"* ]] || { echo "$s: $output"; false; }
@@ -180,4 +180,23 @@ rotate_with() {
 
 @test "logrotate copytruncate + compress causes no loss, duplicates or gzip records" {
 	rotate_with $'  copytruncate\n  compress\n  rotate 2\n  su root root'
+}
+
+@test "logrotate compress with a compressext of no known suffix: no gzip records" {
+	rotate_with $'  create\n  compress\n  compressext .old\n  rotate 2\n  su root root'
+}
+
+@test "compressed data written into a producer file is refused with EPERM, whatever its name" {
+	local f
+	for f in gzip xz zstd bzip2; do
+		command -v "$f" >/dev/null || continue
+		run bash -c '$1 -c <<<"a line" >"$2"' _ "$f" "$MNT/t/archive.$f.bin"
+		[[ $status -ne 0 ]] || { echo "$f data was accepted"; false; }
+		[[ $output == *"Operation not permitted"* ]] || { echo "$f: $output"; false; }
+		grep -q "refused: write t/archive.$f.bin: $f data" "$LOG" || { echo "$f: no log line"; false; }
+	done
+	[[ $(cat "$MNT"/t/*/log | wc -c) == 0 ]]
+	# text that merely looks like a magic number's start is produced
+	printf 'BZh9 is not bzip2\n' >>"$MNT/t/app.log"
+	[[ $(cat "$MNT"/t/*/log) == 'BZh9 is not bzip2' ]]
 }
