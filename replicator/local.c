@@ -14,6 +14,11 @@
  *                         pfile <topic id> <file id> <hex name> <mode> <uid> <gid>
  *   topics/<name>/<p>/  partition data (logstore)
  *   trash/<name>.<id>/  a deleted topic's data until its last reference goes
+ *   reserve             RESERVE_BYTES of allocated space (single node): on a
+ *                       full disk, a metadata save that fails with ENOSPC
+ *                       removes it and tries again, so rmdir of a topic or a
+ *                       lower retention, the ways to free space, still work;
+ *                       housekeeping makes it again once there is room
  *   lock                flock()ed while a daemon runs on DATA; holds
  *                       "running <pid>" or, once it shuts down, "stopping
  *                       <pid>": a daemon started right after an unmount
@@ -251,6 +256,27 @@ static void cfg_set(struct topic_config *c, enum tc_key k, int64_t v)
 	c->set_mask |= 1u << k;
 }
 
+#define RESERVE_NAME "reserve"
+#define RESERVE_BYTES (1 << 20)
+
+/* Makes DATA/reserve if it is missing and there is room (single node). */
+static void reserve_make(struct rep *r)
+{
+	if (r->cluster || faccessat(r->dir_fd, RESERVE_NAME, F_OK, 0) == 0)
+		return;
+	int fd = openat(r->dir_fd, RESERVE_NAME ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+	                0600);
+	if (fd < 0)
+		return;
+	int rc = posix_fallocate(fd, 0, RESERVE_BYTES);
+	if (rc == 0 && fsync(fd) < 0)
+		rc = errno;
+	close(fd);
+	if (rc == 0 && renameat(r->dir_fd, RESERVE_NAME ".tmp", r->dir_fd, RESERVE_NAME) == 0)
+		return;
+	unlinkat(r->dir_fd, RESERVE_NAME ".tmp", 0);
+}
+
 /* Serialises the whole state, with pid_limit as the producer ids reserved.
  * Caller holds meta_lock and topics_lock. */
 static int meta_save_as(struct rep *r, int64_t pid_limit)
@@ -285,6 +311,11 @@ static int meta_save_as(struct rep *r, int64_t pid_limit)
 		return -ENOMEM;
 	}
 	int rc = ls_fsutil_write_atomic(r->dir_fd, "metadata", buf, len);
+	if ((rc == -ENOSPC || rc == -EDQUOT) && unlinkat(r->dir_fd, RESERVE_NAME, 0) == 0) {
+		tfs_warn("%s: disk full: the space reserve is given up to save the metadata",
+		         r->data_dir);
+		rc = ls_fsutil_write_atomic(r->dir_fd, "metadata", buf, len);
+	}
 	if (rc < 0)
 		tfs_error("%s/metadata: could not save: %s", r->data_dir, tfs_strerror(rc));
 	free(buf);
@@ -1314,8 +1345,10 @@ static void *housekeeping_main(void *arg)
 		free(ts_);
 		if (flush)
 			rep_groups_sync(r);    /* groups hook: the offsets log */
-		if (retention)
+		if (retention) {
 			rep_groups_compact(r); /* groups hook */
+			reserve_make(r);       /* given up on a full disk earlier */
+		}
 		pthread_mutex_lock(&r->bg_lock);
 	}
 	pthread_mutex_unlock(&r->bg_lock);
@@ -1517,7 +1550,13 @@ int rep_open(const struct rep_options *opts, struct rep **out)
 	pthread_rwlock_rdlock(&r->topics_lock);
 	rc = meta_save(r);
 	pthread_rwlock_unlock(&r->topics_lock);
-	if (rc < 0)
+	reserve_make(r);
+	/* On a full disk the metadata on disk is still the one just loaded:
+	 * serve it (reads, and writes once space is freed). */
+	if (rc == -ENOSPC || rc == -EDQUOT)
+		tfs_warn("%s/metadata: not rewritten at start (%s); serving the one on disk",
+		         r->data_dir, tfs_strerror(rc));
+	else if (rc < 0)
 		goto err_topics;
 	*out = r;
 	return 0;

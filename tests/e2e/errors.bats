@@ -257,3 +257,42 @@ for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"
 	run tail -n 1 "$MNT/t/0/log"
 	assert_output new
 }
+
+@test "on a full disk a topic can still be removed, and the node restarts and serves every record" {
+	mkdir "$T/small"
+	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
+	DATA=$T/small/data
+	mkdir "$DATA"
+	tfs_start
+	mkdir "$MNT/t" "$MNT/u"
+	echo 'compression: none' >"$MNT/t/.config"
+	echo first >>"$MNT/t/0/log"
+	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
+	python3 - "$MNT/t/0/log" <<-'EOF'
+		import errno, os, sys
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		try:
+		    while True:
+		        os.write(fd, b"fill\n")
+		except OSError as e:
+		    assert e.errno == errno.ENOSPC, e
+	EOF
+	[[ $(stat -f -c %a "$T/small") == 0 ]] # not a block free
+	# the way to free space through topicfs works on a full disk
+	rmdir "$MNT/u"
+	[[ ! -e $MNT/u ]]
+	head -c 0 "$MNT/t/0/log"
+	local n
+	n=$(wc -l <"$MNT/t/0/log")
+	# a clean unmount, then a start on the still full disk
+	truncate -s 0 "$T/small/filler"
+	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
+	tfs_stop
+	tfs_start
+	[[ $(head -n 1 "$MNT/t/0/log") == first ]]
+	[[ $(wc -l <"$MNT/t/0/log") == "$n" ]]
+	[[ ! -e $MNT/u ]]
+	rm "$T/small/filler"
+	wait_for sh -c 'echo after >>"$1"' _ "$MNT/t/0/log"
+	[[ $(tail -n 1 "$MNT/t/0/log") == after ]]
+}
