@@ -245,6 +245,7 @@ for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"
 	echo first >>"$MNT/t/0/log" # the first block of ids is saved
 	tfs_kill9
 	tfs_start # ids go on after the saved block: the next open needs a new one
+	rm "$DATA/reserve" # as if an earlier save on a full disk had used it
 	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
 	mark_log
 	echo old-1 >>"$MNT/t/0/log" || true
