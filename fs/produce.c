@@ -209,6 +209,14 @@ static int dispatch(struct producer *pr, uint32_t n, uint32_t nparts)
 	if (!mixed)
 		return append_group(pr, first, pr->recs, n);
 
+	/* Several batches: a full disk must refuse them all, not the last. */
+	uint64_t bytes = 0;
+	for (uint32_t i = 0; i < n; i++)
+		bytes += pr->recs[i].value_len + (pr->recs[i].key ? pr->recs[i].key_len : 0) + 16;
+	int room = rep_topic_room(pr->topic, bytes);
+	if (room < 0)
+		return room;
+
 	/* Stable counting sort by partition, one batch per partition. */
 	uint32_t *count = calloc(nparts + 1, sizeof(*count));
 	if (!count)

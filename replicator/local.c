@@ -54,6 +54,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1081,6 +1082,16 @@ static int cl_produce(struct rep_partition *p, const struct ls_rec *recs, uint32
 static int cl_commit(struct rep_partition *p);
 static int cl_wait_acked(struct rep_partition *p);
 static void cl_state(struct rep_partition *p, struct rep_partition_state *st);
+
+int rep_topic_room(struct rep_topic *t, uint64_t bytes)
+{
+	struct statvfs sv;
+	if (t->rep->cluster || fstatvfs(t->rep->dir_fd, &sv) < 0)
+		return 0;
+	/* the batches' headers, a segment roll's new files */
+	uint64_t need = bytes + bytes / 8 + (256u << 10);
+	return (uint64_t)sv.f_bavail * sv.f_frsize < need ? -ENOSPC : 0;
+}
 
 int rep_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
                 const struct ls_producer *prod, struct ls_append_result *res)

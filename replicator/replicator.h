@@ -194,6 +194,12 @@ void rep_pfile_foreach(struct rep_topic *t,
  * (advances the high watermark) as far as the topic's acks policy allows.
  * Returns once the leader has appended. -EROFS (sticky), -ENOSPC,
  * -ENOTCONN (fewer in-sync replicas than min_insync with acks: all), -errno. */
+/* Whether this node's disk has room for about `bytes` more of t's data
+ * (0, or -ENOSPC): a write that goes to several partitions asks first, so a
+ * full disk refuses it whole instead of after its first partitions. A
+ * cluster node answers 0 (its appends fail, or not, at their leaders). */
+int rep_topic_room(struct rep_topic *t, uint64_t bytes) TFS_MUST_CHECK;
+
 int rep_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
                 const struct ls_producer *prod, struct ls_append_result *res) TFS_MUST_CHECK;
 

@@ -302,3 +302,40 @@ for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"
 	wait_for sh -c 'echo after >>"$1"' _ "$MNT/t/0/log"
 	[[ $(tail -n 1 "$MNT/t/0/log") == after ]]
 }
+
+@test "a full disk refuses a write whose lines go to several partitions whole: its retry duplicates nothing" {
+	mkdir "$T/small"
+	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
+	DATA=$T/small/data
+	mkdir "$DATA"
+	tfs_start
+	mkdir "$MNT/t"
+	printf 'partitions: 3\ncompression: none\nkey_separator: ":"\n' >"$MNT/t/.config"
+	echo k2:first >>"$MNT/t/app.log" # key k2 goes to partition 0, k3 to 1
+	[[ $(cat "$MNT/t/0/log") == k2:first ]]
+	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
+	truncate -s -256K "$T/small/filler"
+	run python3 - "$MNT/t" "$T/small/filler" <<-'EOF'
+		import errno, os, sys
+		fd = os.open(sys.argv[1] + "/1/log", os.O_WRONLY | os.O_APPEND)
+		try:
+		    while True:
+		        os.write(fd, b"fill\n")
+		except OSError as e:
+		    assert e.errno == errno.ENOSPC, e
+		os.close(fd)
+		buf = b"k2:second\nk3:" + b"B" * 8000 + b"\n"
+		fd = os.open(sys.argv[1] + "/app.log", os.O_WRONLY | os.O_APPEND)
+		try:
+		    os.write(fd, buf)
+		    sys.exit("a write on a full disk succeeded")
+		except OSError as e:
+		    assert e.errno == errno.ENOSPC, e
+		os.unlink(sys.argv[2])
+		assert os.write(fd, buf) == len(buf)
+		os.close(fd)
+	EOF
+	assert_success
+	[[ $(cat "$MNT/t/0/log") == $'k2:first\nk2:second' ]]
+	[[ $(tail -n 1 "$MNT/t/1/log") == "k3:$(printf 'B%.0s' $(seq 8000))" ]]
+}
