@@ -79,6 +79,7 @@ struct fh {
 	struct producer prod;
 	int producing;
 	int produced;         /* a write was taken (see compressed_magic) */
+	int listed;           /* in the open producer files (opf_add) */
 
 	/* generated text, taken at open */
 	struct mbuf text;
@@ -105,6 +106,91 @@ static uint64_t now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* ---- open producer files ----------------------------------------------------
+ *
+ * A producer file's inode stops resolving once its name is removed or
+ * renamed over, but a process holding it open may still fstat, fchmod or
+ * ftruncate it (POSIX: an open, unlinked file). The kernel sends no file
+ * handle with those, only the inode: so every open producer file is listed
+ * here with its attributes at open, and an inode that no longer resolves
+ * answers from this list (st_nlink 0) while it is open. */
+struct open_pfile {
+	uint64_t ino;
+	unsigned refs;
+	struct stat st;
+};
+
+static struct {
+	pthread_mutex_t mu;
+	struct open_pfile *v;
+	size_t n, cap;
+} opf = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+static void opf_add(const struct tnode *n)
+{
+	struct stat st;
+	if (n->kind != TN_PFILE || tnode_stat(n, &st) < 0)
+		return;
+	pthread_mutex_lock(&opf.mu);
+	size_t i = 0;
+	while (i < opf.n && opf.v[i].ino != n->ino)
+		i++;
+	if (i < opf.n) {
+		opf.v[i].refs++;
+	} else {
+		if (opf.n == opf.cap) {
+			struct open_pfile *v = reallocarray(opf.v, opf.cap * 2 + 8, sizeof(*v));
+			if (v) {
+				opf.v = v;
+				opf.cap = opf.cap * 2 + 8;
+			}
+		}
+		if (opf.n < opf.cap) /* else (no memory): fstat after unlink is ESTALE */
+			opf.v[opf.n++] = (struct open_pfile){.ino = n->ino, .refs = 1, .st = st};
+	}
+	pthread_mutex_unlock(&opf.mu);
+}
+
+static void opf_drop(const struct tnode *n)
+{
+	if (n->kind != TN_PFILE)
+		return;
+	pthread_mutex_lock(&opf.mu);
+	for (size_t i = 0; i < opf.n; i++) {
+		if (opf.v[i].ino == n->ino) {
+			if (--opf.v[i].refs == 0)
+				opf.v[i] = opf.v[--opf.n];
+			break;
+		}
+	}
+	pthread_mutex_unlock(&opf.mu);
+}
+
+/* The attributes of an open producer file that lost its name; 0 or -1.
+ * With set, mode, uid and gid change first (fchmod, fchown). */
+static int opf_stat(uint64_t ino, struct stat *st, const struct stat *set, int to_set)
+{
+	int rc = -1;
+	pthread_mutex_lock(&opf.mu);
+	for (size_t i = 0; i < opf.n; i++) {
+		if (opf.v[i].ino != ino)
+			continue;
+		struct stat *o = &opf.v[i].st;
+		if (set && (to_set & FUSE_SET_ATTR_MODE))
+			o->st_mode = (o->st_mode & S_IFMT) | (set->st_mode & 07777);
+		if (set && (to_set & FUSE_SET_ATTR_UID))
+			o->st_uid = set->st_uid;
+		if (set && (to_set & FUSE_SET_ATTR_GID))
+			o->st_gid = set->st_gid;
+		*st = *o;
+		st->st_nlink = 0;
+		rc = 0;
+		break;
+	}
+	pthread_mutex_unlock(&opf.mu);
+	return rc;
 }
 
 static struct fh *get_fh(struct fuse_file_info *fi)
@@ -303,6 +389,10 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (rc == 0) {
 		rc = tnode_stat(&n, &st);
 		tnode_release(&n);
+	} else if (opf_stat(ino, &st, NULL, 0) == 0) {
+		metrics_request(MOP_GETATTR, now_ns() - t0, 0);
+		fuse_reply_attr(req, &st, 0); /* open, without a name */
+		return;
 	}
 	metrics_request(MOP_GETATTR, now_ns() - t0, rc < 0 ? -rc : 0);
 	if (rc < 0)
@@ -318,6 +408,12 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 	struct tnode n;
 	char path[512];
 	int rc = resolve_path(ino, &n, path, sizeof(path));
+	struct stat orphan;
+	if (rc < 0 && opf_stat(ino, &orphan, attr, to_set) == 0) {
+		/* an open producer file without a name: nothing to keep */
+		fuse_reply_attr(req, &orphan, 0);
+		return;
+	}
 	if (rc < 0) {
 		fuse_reply_err(req, -rc);
 		return;
@@ -689,6 +785,8 @@ static void fh_free(struct fh *h)
 	free(h->rbuf);
 	mbuf_free(&h->text);
 	mbuf_free(&h->cfgw);
+	if (h->listed)
+		opf_drop(&h->node);
 	tnode_release(&h->node);
 	pthread_mutex_destroy(&h->lock);
 	free(h);
@@ -787,6 +885,10 @@ static int fh_open(struct tnode *n, int flags, struct fuse_file_info *fi, const 
 	if (rc < 0) {
 		fh_free(h);
 		return rc;
+	}
+	if (h->node.kind == TN_PFILE) {
+		opf_add(&h->node);
+		h->listed = 1;
 	}
 	fi->fh = (uintptr_t)h;
 	fi->direct_io = 1;

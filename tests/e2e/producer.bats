@@ -200,3 +200,24 @@ rotate_with() {
 	printf 'BZh9 is not bzip2\n' >>"$MNT/t/app.log"
 	[[ $(cat "$MNT"/t/*/log) == 'BZh9 is not bzip2' ]]
 }
+
+@test "an open producer file whose name is removed still answers fstat, fchmod and ftruncate, and writes on" {
+	run python3 - "$MNT/t" <<-'EOF'
+		import os, sys
+		t = sys.argv[1]
+		fd = os.open(t + "/b.log", os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o644)
+		os.write(fd, b"one\n")
+		os.unlink(t + "/b.log")
+		assert os.fstat(fd).st_nlink == 0
+		os.ftruncate(fd, 0)
+		os.fchmod(fd, 0o600)
+		assert os.fstat(fd).st_mode & 0o777 == 0o600
+		os.write(fd, b"two\n")
+		os.close(fd)
+		assert not os.path.exists(t + "/b.log")
+		print("ok")
+	EOF
+	assert_success
+	assert_output ok
+	[[ $(cat "$MNT"/t/*/log | sort | paste -sd ' ') == 'one two' ]]
+}
