@@ -38,7 +38,7 @@ REPLICATOR_SRCS := replicator/topic_config.c replicator/local.c replicator/group
 	replicator/meta.c replicator/meta_raft.c replicator/transport.c \
 	replicator/raft_transport.c replicator/cluster.c
 FS_LIB_SRCS := fs/config.c fs/partitioner.c fs/metrics.c
-FS_SRCS := fs/main.c fs/tree.c fs/ops.c fs/produce.c fs/cursor.c
+FS_SRCS := fs/main.c fs/tree.c fs/ops.c fs/produce.c fs/cursor.c fs/procfs.c
 UNIT_TESTS := test_crc32c test_batch test_partition test_recovery \
 	test_config test_partitioner test_metrics test_groups test_meta test_transport \
 	test_raft_transport test_replica test_group_remote

@@ -54,6 +54,7 @@
 #include <unistd.h>
 
 #include "../logstore/log.h"
+#include "procfs.h"
 
 #define SMALL_READ (64 * 1024)
 #define PF_EXITING 0x4u
@@ -512,16 +513,12 @@ void cursor_poll(struct cursor *c, fuse_req_t req, struct fuse_pollhandle *ph)
 /* 1 if pid is exiting because a signal killed it. */
 static int killed_by_signal(pid_t pid)
 {
-	char path[64], buf[4096];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0; /* gone already: it was not waiting on us */
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
+	char buf[4096];
+	/* Gone already: it was not waiting on us. Timed out: the FLUSH comes
+	 * from inside execve() (close-on-exec), which holds what the read needs
+	 * until we answer; a process that goes on running a new program. */
+	if (proc_read(pid, "stat", buf, sizeof(buf)) < 0)
 		return 0;
-	buf[n] = 0;
 	char *p = strrchr(buf, ')');
 	if (!p)
 		return 0;

@@ -52,6 +52,7 @@
 #include "config.h"
 #include "cursor.h"
 #include "metrics.h"
+#include "procfs.h"
 #include "produce.h"
 #include "tree.h"
 
@@ -286,25 +287,8 @@ static const char *pfile_name_problem(const char *name, int *err)
 
 /* ---- lookup and attributes -------------------------------------------------- */
 
-/* 1 if the task behind req is inside open()/openat()/openat2()/creat(),
- * read from /proc/<tid>/syscall (first field: the syscall it waits in). */
-/* Reads the start of /proc/<tid>/<file> into buf as a string; 0 or -1. */
-static int proc_read(pid_t tid, const char *file, char *buf, size_t size)
-{
-	char path[64];
-	snprintf(path, sizeof(path), "/proc/%d/%s", (int)tid, file);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	ssize_t n = read(fd, buf, size - 1);
-	close(fd);
-	if (n <= 0)
-		return -1;
-	buf[n] = 0;
-	return 0;
-}
-
-/* The system call the requesting task is in (/proc/<tid>/syscall), or -1. */
+/* The system call the requesting task is in (/proc/<tid>/syscall, first
+ * field), or -1. */
 static long requester_syscall(fuse_req_t req)
 {
 	char buf[64];
@@ -313,6 +297,7 @@ static long requester_syscall(fuse_req_t req)
 	return strtol(buf, NULL, 10);
 }
 
+/* 1 if the task behind req is inside open()/openat()/openat2()/creat(). */
 static int requester_is_opening(fuse_req_t req)
 {
 	long nr = requester_syscall(req);

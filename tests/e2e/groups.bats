@@ -98,6 +98,42 @@ assert_exactly_once() {
 	[[ $(committed g 0) == 6 ]]
 }
 
+@test "a consumer that runs another program (its cursor closed on exec) goes on: nothing hangs" {
+	produce 0 1 5
+	# Python opens files close-on-exec: os.system()'s child closes its copy
+	# of the cursor inside execve(), and the daemon answers that close
+	(timeout 30 python3 -c '
+import os, sys
+f = open(sys.argv[1])
+print(f.readline().strip())
+os.system("true")
+print("returned")
+f.close()' "$G/g/pending" >"$T/out" 2>&1) 3>&- &
+	local pid=$!
+	if ! wait_secs_pid 20 "$pid"; then
+		# a deadlocked FUSE connection would hang every ps on the machine:
+		# abort it before failing
+		local dev
+		dev=$(awk -v m="$MNT" '$5 == m { split($3, d, ":"); print d[2] }' /proc/self/mountinfo)
+		mountpoint -q /sys/fs/fuse/connections || mount -t fusectl none /sys/fs/fuse/connections
+		echo 1 >"/sys/fs/fuse/connections/$dev/abort"
+		echo "the consumer hung at exec"
+		false
+	fi
+	[[ $(paste -sd ' ' "$T/out") == 'p0-1 returned' ]] || { cat "$T/out"; false; }
+	[[ $(head -n 1 "$G/g/pending") == p0-2 ]]
+}
+
+# wait_secs_pid SECS PID: whether PID exits within SECS.
+wait_secs_pid() {
+	local k
+	for ((k = 0; k < $1 * 10; k++)); do
+		kill -0 "$2" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	return 1
+}
+
 @test "{ read a; read b; } < cursor consumes exactly 2 records" {
 	produce 0 1 10
 	{ read -r a; read -r b; } <"$G/g/cursor"
