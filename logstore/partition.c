@@ -2344,13 +2344,21 @@ static int decode_batch(struct ls_partition *p, struct ls_segment *s, size_t i,
 	return rc < 0 ? rc : 0;
 }
 
+/* How long a tombstone outlives the values it deletes (Kafka's
+ * delete.retention.ms default): a consumer that is behind by less still
+ * learns that the key was deleted. Judged per segment, by its newest
+ * timestamp. */
+#define TOMBSTONE_RETENTION_MS (24 * 3600 * 1000LL)
+
 /* A record survives compaction if it has no key, or it is the newest record
- * of its key and not a tombstone. */
-static int survives(const struct kmap *km, const struct ls_batch_record *r)
+ * of its key and not a tombstone (a tombstone in a segment younger than
+ * TOMBSTONE_RETENTION_MS too: keep_tombstones). */
+static int survives(const struct kmap *km, const struct ls_batch_record *r, int keep_tombstones)
 {
 	if (r->key_len < 0)
 		return 1;
-	return r->value_len >= 0 && kmap_get(km, r->key, (uint32_t)r->key_len) == r->offset;
+	return (r->value_len >= 0 || keep_tombstones) &&
+	       kmap_get(km, r->key, (uint32_t)r->key_len) == r->offset;
 }
 
 /* Writes the compacted copy of closed segment s as X.log.cleaned /
@@ -2360,8 +2368,8 @@ static int survives(const struct kmap *km, const struct ls_batch_record *r)
  * records. Runs of surviving records become batches of their own so every
  * batch's view stays contiguous; untouched batches are copied verbatim. */
 static int compact_segment(struct ls_partition *p, struct ls_segment *s,
-                           const struct kmap *km, struct tls_ctx *t, int level,
-                           struct ls_segment **out, uint64_t *removed)
+                           const struct kmap *km, int keep_tombstones, struct tls_ctx *t,
+                           int level, struct ls_segment **out, uint64_t *removed)
 {
 	int rc = 0;
 	char lname[64], iname[64];
@@ -2393,17 +2401,17 @@ static int compact_segment(struct ls_partition *p, struct ls_segment *s,
 			goto err;
 		size_t kept = 0;
 		for (size_t k = 0; k < nrecs; k++)
-			kept += survives(km, &recs[k]);
+			kept += survives(km, &recs[k], keep_tombstones);
 		*removed += nrecs - kept;
 		uint64_t vp = e->view_pos;
 		for (size_t a = 0; a < nrecs;) {
 			size_t b = a;
-			if (!survives(km, &recs[a])) {
+			if (!survives(km, &recs[a], keep_tombstones)) {
 				vp += recs[a++].view_size;
 				continue;
 			}
 			uint64_t run_view = 0;
-			while (b < nrecs && survives(km, &recs[b]))
+			while (b < nrecs && survives(km, &recs[b], keep_tombstones))
 				run_view += recs[b++].view_size;
 			const void *bytes;
 			size_t len;
@@ -2537,6 +2545,7 @@ int ls_partition_compact(struct ls_partition *p)
 	size_t nrecs = 0, rcap = 0, nclosed;
 	struct ls_segment **snap = NULL;
 	uint64_t total_removed = 0;
+	int64_t now = now_ms();
 	struct tls_ctx *t = tls_get();
 	if (!t)
 		return -ENOMEM;
@@ -2598,16 +2607,17 @@ int ls_partition_compact(struct ls_partition *p)
 		int64_t base = s->base_offset; /* s is freed by the swap */
 		uint64_t removed = 0;
 		size_t dropping = 0;
+		int keep_tombstones = s->max_ts >= now - TOMBSTONE_RETENTION_MS;
 		for (size_t i = 0; i < s->index.n && !dropping; i++) {
 			struct ls_batch_header h;
 			if ((rc = decode_batch(p, s, i, t, &h, &recs, &nrecs, &rcap)) < 0)
 				goto out;
 			for (size_t j = 0; j < nrecs; j++)
-				dropping += !survives(&km, &recs[j]);
+				dropping += !survives(&km, &recs[j], keep_tombstones);
 		}
 		if (!dropping)
 			continue;
-		if ((rc = compact_segment(p, s, &km, t, level, &ns, &removed)) < 0)
+		if ((rc = compact_segment(p, s, &km, keep_tombstones, t, level, &ns, &removed)) < 0)
 			goto out;
 		if ((rc = ls_fsutil_fsync_fd(p->dirfd)) < 0) {
 			make_sticky(p, rc, "fsync of the directory");

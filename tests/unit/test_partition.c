@@ -255,6 +255,47 @@ static struct ls_append_result append_kv(struct ls_partition *p, const int *keys
 	return res;
 }
 
+/* A tombstone in a closed segment younger than a day outlives the values it
+ * deleted (a consumer that is behind still sees the delete); in an older
+ * segment compaction drops it. */
+static void test_compaction_keeps_recent_tombstones(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	int64_t when[2] = {now - 48 * 3600 * 1000LL, now};
+	for (int recent = 0; recent < 2; recent++) {
+		const char *dir = unit_tmpdir();
+		struct ls_config c;
+		ls_config_default(&c);
+		c.segment_bytes = 200;
+		c.cleanup = LS_CLEANUP_COMPACT;
+		struct ls_partition *p = open_p(dir, &c);
+		int k = 7, v = 1, dead = -1;
+		append_kv(p, &k, &v, 1, when[recent]);
+		append_kv(p, &k, &dead, 1, when[recent]); /* the tombstone */
+		for (int i = 0; i < 40; i++) { /* more keys: the tombstone's segment closes */
+			int fk = 100 + i;
+			append_kv(p, &fk, &i, 1, when[recent]);
+		}
+		CHECK(ls_partition_compact(p) >= 1);
+		struct ls_reader *r;
+		struct ls_record rec;
+		CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+		int values = 0, tombstones = 0;
+		for (int64_t o = 0; ls_reader_next(r, o, &rec) == 1; o = rec.offset + 1) {
+			if (rec.key_len == 2 && memcmp(rec.key, "k7", 2) == 0) {
+				values += rec.value != NULL;
+				tombstones += rec.value == NULL;
+			}
+		}
+		CHECK_EQ_INT(values, 0);
+		CHECK_EQ_INT(tombstones, recent);
+		ls_reader_close(r);
+		CHECK_EQ_INT(ls_partition_close(p), 0);
+	}
+}
+
 /* Time lookups find the first batch at or after a timestamp; timestamps
  * are made monotonic. */
 static void test_offset_for_time(void)
@@ -629,7 +670,7 @@ static void test_producer_eviction(void)
 }
 
 /* Compaction keeps the newest record per key (and unkeyed records), drops
- * tombstones in closed segments, and leaves offsets and view positions of
+ * tombstones in closed segments older than a day, and leaves offsets and view positions of
  * kept records unchanged; reads in holes skip to the next record. */
 static void test_compaction(void)
 {
@@ -1143,6 +1184,7 @@ int main(int argc, char **argv)
 	RUN(test_idempotent_producer);
 	RUN(test_producer_eviction);
 	RUN(test_compaction);
+	RUN(test_compaction_keeps_recent_tombstones);
 	RUN(test_read_records);
 	RUN(test_read_records_large);
 	RUN(test_corrupt_batch_not_served);
