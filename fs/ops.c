@@ -1275,6 +1275,26 @@ static int word_is(const char *v, const char *w)
 	return strncmp(v, w, n) == 0 && (!v[n] || v[n] == ' ' || v[n] == '\t');
 }
 
+/* Whether s, after a "<partition> <offset>", ends the line: nothing, or the
+ * "end lag" of a row as `offsets` shows it (two numbers). */
+static int row_tail_ok(const char *s)
+{
+	for (int k = 0;; k++) {
+		while (*s == ' ' || *s == '\t')
+			s++;
+		if (!*s)
+			return k == 0 || k == 2;
+		if (k == 2)
+			return 0;
+		char *end;
+		errno = 0;
+		long long v = strtoll(s, &end, 10);
+		if (end == s || errno || v < 0 || (*end && *end != ' ' && *end != '\t'))
+			return 0;
+		s = end;
+	}
+}
+
 /* Parses one line written to offsets. Returns 1 with *a, 0 for a blank or
  * comment line, or -EINVAL with the reason in err. */
 static int offsets_parse(struct fh *h, char *line, struct offsets_action *a, char *err,
@@ -1318,13 +1338,15 @@ static int offsets_parse(struct fh *h, char *line, struct offsets_action *a, cha
 			v++;
 		if (word_is(v, "earliest")) {
 			a->how = REP_RESET_EARLIEST;
+			ok = v[strspn(v + 8, " \t") + 8] == 0;
 		} else if (word_is(v, "latest")) {
 			a->how = REP_RESET_LATEST;
+			ok = v[strspn(v + 6, " \t") + 6] == 0;
 		} else {
 			a->how = REP_RESET_OFFSET;
 			a->value = strtoll(v, &end, 10);
 			ok = end != v && (!*end || *end == ' ' || *end == '\t') && errno == 0 &&
-			     a->value >= 0;
+			     a->value >= 0 && row_tail_ok(end);
 		}
 	}
 	if (!ok) {

@@ -1245,13 +1245,14 @@ static int cluster_delete(struct rep_groups *c, struct rep_topic *t, const char 
 		rc = grm_group_members(c->remote, g, &n);
 	rep_group_put(g);
 	if (rc < 0) {
-		tfs_warn("rmdir %s/groups/%s: its coordinator cannot say whether it has members: "
+		/* fs logs the refusal: details at debug level only (one line) */
+		tfs_debug("rmdir %s/groups/%s: its coordinator cannot say whether it has members: "
 		         "%s", rep_topic_name(t), name, tfs_strerror(rc));
 		return rc;
 	}
 	if (n) {
-		tfs_warn("rmdir %s/groups/%s: the group has %u member(s)", rep_topic_name(t), name,
-		         n);
+		tfs_debug("rmdir %s/groups/%s: the group has %u member(s)", rep_topic_name(t), name,
+		          n);
 		return -EBUSY;
 	}
 	struct meta_cmd cmd;
@@ -1260,8 +1261,8 @@ static int cluster_delete(struct rep_groups *c, struct rep_topic *t, const char 
 	cmd.topic_id = rep_topic_id(t);
 	snprintf(cmd.name, sizeof(cmd.name), "%s", name);
 	if ((rc = grm_propose(c->remote, &cmd, &res)) < 0) {
-		tfs_warn("rmdir %s/groups/%s: refused: %s%s%s", rep_topic_name(t), name,
-		         tfs_strerror(rc), res.err[0] ? ": " : "", res.err);
+		tfs_debug("rmdir %s/groups/%s: refused: %s%s%s", rep_topic_name(t), name,
+		          tfs_strerror(rc), res.err[0] ? ": " : "", res.err);
 		return rc;
 	}
 	grm_sync(c->remote);
@@ -1293,8 +1294,8 @@ int rep_group_delete(struct rep_topic *t, const char *name)
 	g = gt->groups[i];
 	pthread_mutex_lock(&g->mu);
 	if (g->nmembers) {
-		tfs_warn("rmdir %s/groups/%s: the group has %zu member(s)", rep_topic_name(t), name,
-		         g->nmembers);
+		tfs_debug("rmdir %s/groups/%s: the group has %zu member(s)", rep_topic_name(t), name,
+		          g->nmembers);
 		rc = -EBUSY;
 		goto out_group;
 	}

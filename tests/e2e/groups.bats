@@ -454,7 +454,7 @@ b'next\\n'"
 	produce 1 1 10
 	timeout 10 cat "$G/g/pending" >/dev/null
 	before=$(cat "$G/g/offsets")
-	for bad in bogus '0 x' '9 1' '@yesterday'; do
+	for bad in bogus '0 x' '9 1' '@yesterday' '1 5 junk' '0 1 2' '0 latest 3' '0 1 2 3 4'; do
 		run bash -c 'printf "%s\n" "$1" >"$2"' _ "$bad" "$G/g/offsets"
 		assert_failure
 		assert_output --partial "Invalid argument"
@@ -465,6 +465,9 @@ b'next\\n'"
 		assert_output --partial "Invalid argument"
 		[[ $(cat "$G/g/offsets") == "$before" ]] || { echo "changed by: $bad (no newline)"; false; }
 	done
+	# a row as offsets shows it is taken as '<partition> <committed>'
+	printf '1\t4\t10\t6\n' >"$G/g/offsets"
+	[[ $(sed -n 2p "$G/g/offsets") == $'1\t4\t10\t6' ]]
 	# a good line without a newline is applied at close
 	printf '0 3' >"$G/g/offsets"
 	[[ $(head -n 1 "$G/g/offsets") == $'0\t3\t10\t7' ]]
@@ -577,9 +580,13 @@ b'next\\n'"
 @test "rmdir of a group with an open cursor fails with EBUSY; after close it works" {
 	produce 0 1 3
 	exec {fd}<"$G/g/cursor"
+	local mark
+	mark=$(wc -l <"$LOG")
 	run rmdir "$G/g"
 	assert_failure
 	assert_output --partial "Device or resource busy"
+	# one log line for the refusal
+	[[ $(tail -n +$((mark + 1)) "$LOG" | grep -c 'groups/g') == 1 ]] || { tail -n 5 "$LOG"; false; }
 	exec {fd}<&-
 	rmdir "$G/g"
 	run listed g
