@@ -1614,15 +1614,15 @@ static void op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
 		return;
 	}
 	struct ls_partition_info info;
-	ls_partition_get_info(rep_partition_log(h->node.part), &info);
-	if (off < 0 || (uint64_t)off >= info.hw_pos) {
-		fuse_reply_err(req, ENXIO);
-		return;
-	}
-	if (whence == SEEK_DATA)
-		fuse_reply_lseek(req, (uint64_t)off < info.start_pos ? (off_t)info.start_pos : off);
+	struct ls_partition *log = rep_partition_log(h->node.part);
+	ls_partition_get_info(log, &info);
+	uint64_t to = 0;
+	int rc = off < 0 ? -ENXIO
+	                 : ls_partition_seek(log, (uint64_t)off, whence == SEEK_DATA, info.hw_pos, &to);
+	if (rc < 0)
+		fuse_reply_err(req, -rc);
 	else
-		fuse_reply_lseek(req, (uint64_t)off < info.start_pos ? off : (off_t)info.hw_pos);
+		fuse_reply_lseek(req, (off_t)to);
 }
 
 static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,

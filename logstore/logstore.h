@@ -167,6 +167,13 @@ void ls_partition_get_info(struct ls_partition *p, struct ls_partition_info *out
 /* View position of the record at `offset` (start_offset <= offset <= end). */
 int ls_partition_pos_of(struct ls_partition *p, int64_t offset, uint64_t *pos);
 
+/* lseek's SEEK_DATA (data != 0) and SEEK_HOLE over the view below limit
+ * (the high watermark's position): the first position >= pos inside a
+ * record, or the first one in a gap (left by retention or compaction, or
+ * limit itself). 0 with *out, or -ENXIO (no data at or after pos). */
+int ls_partition_seek(struct ls_partition *p, uint64_t pos, int data, uint64_t limit,
+                      uint64_t *out) TFS_MUST_CHECK;
+
 /* First offset whose timestamp is >= ts_ms; end_offset if none. */
 int64_t ls_partition_offset_for_time(struct ls_partition *p, int64_t ts_ms);
 

@@ -2100,6 +2100,33 @@ int ls_partition_pos_of(struct ls_partition *p, int64_t offset, uint64_t *pos)
 	return rc;
 }
 
+int ls_partition_seek(struct ls_partition *p, uint64_t pos, int data, uint64_t limit,
+                      uint64_t *out)
+{
+	struct loc l;
+	int rc = 0;
+	pthread_rwlock_rdlock(&p->lock);
+	if (pos >= limit || find_by_pos(p, pos, &l) != 0 || loc_entry(p, &l)->view_pos >= limit) {
+		rc = -ENXIO; /* nothing but a gap up to the end */
+		if (!data && pos < limit) {
+			*out = pos;
+			rc = 0;
+		}
+	} else if (data) {
+		uint64_t at = loc_entry(p, &l)->view_pos;
+		*out = at > pos ? at : pos;
+	} else if (loc_entry(p, &l)->view_pos > pos) {
+		*out = pos; /* in a gap already */
+	} else {
+		uint64_t end = loc_entry(p, &l)->view_pos + loc_entry(p, &l)->view_size;
+		while (end < limit && next_loc(p, &l) == 0 && loc_entry(p, &l)->view_pos == end)
+			end += loc_entry(p, &l)->view_size;
+		*out = end < limit ? end : limit;
+	}
+	pthread_rwlock_unlock(&p->lock);
+	return rc;
+}
+
 int64_t ls_partition_offset_for_time(struct ls_partition *p, int64_t ts_ms)
 {
 	int64_t r;

@@ -213,6 +213,33 @@ produce_numbered() {
 	size=$(stat -c %s "$L")
 	wait_for compacted "$L"
 	[[ $(stat -c %s "$L") == "$size" ]]
+	# the removed records are holes: SEEK_HOLE finds the first, SEEK_DATA
+	# from inside it the next record, which is the first line cat shows
+	# after it (k00..k19 of round 0 are at 0..8*20: all superseded)
+	run python3 - "$L" <<-'PY'
+		import os, sys
+		fd = os.open(sys.argv[1], os.O_RDONLY)
+		size = os.fstat(fd).st_size
+		hole = os.lseek(fd, 0, os.SEEK_HOLE)
+		assert hole == 0, "round 0 was compacted away, yet SEEK_HOLE(0) = %d" % hole
+		data = os.lseek(fd, 0, os.SEEK_DATA)
+		assert 0 < data < size, data
+		end = os.lseek(fd, data, os.SEEK_HOLE)
+		assert data < end <= size, (data, end)
+		assert os.lseek(fd, end - 1, os.SEEK_DATA) == end - 1
+		os.lseek(fd, data, os.SEEK_SET)
+		first = os.read(fd, 4096).split(b"\n")[0]
+		with open(sys.argv[1], "rb") as f:
+		    assert first == f.readline().rstrip(b"\n"), first
+		try:
+		    os.lseek(fd, size, os.SEEK_DATA)
+		    sys.exit("SEEK_DATA at the end did not fail")
+		except OSError as e:
+		    assert e.errno == 6, e  # ENXIO
+		print("ok")
+	PY
+	assert_success
+	assert_output ok
 }
 
 # compacted LOG: k01..k19 appear once each with their last value v9, nothing
