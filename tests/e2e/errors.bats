@@ -8,6 +8,23 @@ load helper
 mark_log() { LOG_MARK=$(wc -l <"$LOG"); }
 new_log() { tail -n +$((LOG_MARK + 1)) "$LOG"; }
 
+# small_disk: start the daemon with its data on a 16 MiB tmpfs at $T/small
+# (skips the test where tmpfs cannot be mounted).
+small_disk() {
+	mkdir "$T/small"
+	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
+	DATA=$T/small/data
+	mkdir "$DATA"
+	tfs_start
+}
+
+# fill_disk [KEEP]: fill the tmpfs with $T/small/filler, then free KEEP
+# (truncate's size syntax) of it again.
+fill_disk() {
+	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
+	[[ -z ${1:-} ]] || truncate -s "-$1" "$T/small/filler"
+}
+
 @test "a refused mkdir is logged with the name it refused" {
 	tfs_start
 	mark_log
@@ -145,17 +162,12 @@ refused_once() {
 }
 
 @test "a full disk fails writes with ENOSPC, loses no acknowledged record, and recovers" {
-	mkdir "$T/small"
-	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
-	DATA=$T/small/data
-	mkdir "$DATA"
-	tfs_start
+	small_disk
 	mkdir "$MNT/t"
 	echo $'compression: none\nsegment_bytes: 1048576' >"$MNT/t/.config"
 	echo first-record >>"$MNT/t/0/log"
 	# fill the file system, then leave 256 KiB free
-	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
-	truncate -s -256K "$T/small/filler"
+	fill_disk 256K
 	mark_log
 	# write 1000-byte records until a write fails; it must be ENOSPC
 	python3 - "$MNT/t/0/log" "$T/acked" <<-'EOF'
@@ -199,15 +211,10 @@ for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"
 }
 
 @test "a full disk while a line is half written: the failed write keeps the partial line, and its retry makes the whole line" {
-	mkdir "$T/small"
-	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
-	DATA=$T/small/data
-	mkdir "$DATA"
-	tfs_start
+	small_disk
 	mkdir "$MNT/t"
 	echo $'compression: none\nsegment_bytes: 1048576' >"$MNT/t/.config"
-	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
-	truncate -s -256K "$T/small/filler"
+	fill_disk 256K
 	run python3 - "$MNT/t/0/log" "$T/small/filler" <<-'EOF'
 		import errno, os, sys
 		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
@@ -235,11 +242,7 @@ for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"
 }
 
 @test "producer ids reserved on a full disk never repeat after a crash: a later write is never taken for a retried one" {
-	mkdir "$T/small"
-	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
-	DATA=$T/small/data
-	mkdir "$DATA"
-	tfs_start
+	small_disk
 	mkdir "$MNT/t"
 	echo 'compression: none' >"$MNT/t/.config"
 	echo first >>"$MNT/t/0/log" # the first block of ids is saved
@@ -265,15 +268,11 @@ for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"
 }
 
 @test "on a full disk a topic can still be removed, and the node restarts and serves every record" {
-	mkdir "$T/small"
-	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
-	DATA=$T/small/data
-	mkdir "$DATA"
-	tfs_start
+	small_disk
 	mkdir "$MNT/t" "$MNT/u"
 	echo 'compression: none' >"$MNT/t/.config"
 	echo first >>"$MNT/t/0/log"
-	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
+	fill_disk
 	python3 - "$MNT/t/0/log" <<-'EOF'
 		import errno, os, sys
 		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
@@ -292,7 +291,7 @@ for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"
 	n=$(wc -l <"$MNT/t/0/log")
 	# a clean unmount, then a start on the still full disk
 	truncate -s 0 "$T/small/filler"
-	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
+	fill_disk
 	tfs_stop
 	tfs_start
 	[[ $(head -n 1 "$MNT/t/0/log") == first ]]
@@ -304,17 +303,12 @@ for i in range(1, int(sys.argv[1]) + 1): print(("full-%06d-" % i).ljust(999, "x"
 }
 
 @test "a full disk refuses a write whose lines go to several partitions whole: its retry duplicates nothing" {
-	mkdir "$T/small"
-	mount -t tmpfs -o size=16m tmpfs "$T/small" || skip "cannot mount tmpfs here"
-	DATA=$T/small/data
-	mkdir "$DATA"
-	tfs_start
+	small_disk
 	mkdir "$MNT/t"
 	printf 'partitions: 3\ncompression: none\nkey_separator: ":"\n' >"$MNT/t/.config"
 	echo k2:first >>"$MNT/t/app.log" # key k2 goes to partition 0, k3 to 1
 	[[ $(cat "$MNT/t/0/log") == k2:first ]]
-	dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null || true
-	truncate -s -256K "$T/small/filler"
+	fill_disk 256K
 	run python3 - "$MNT/t" "$T/small/filler" <<-'EOF'
 		import errno, os, sys
 		fd = os.open(sys.argv[1] + "/1/log", os.O_WRONLY | os.O_APPEND)
