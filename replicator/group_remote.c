@@ -1323,6 +1323,7 @@ int grm_stub_save(struct grm_stub *s)
 	if (rc == 0 && s->mode == S_LOCAL) {
 		if ((saved = malloc(META_MAX_PARTITIONS * sizeof(*saved))))
 			nsaved = (uint32_t)rep_group_committed(s->g, saved, META_MAX_PARTITIONS);
+		rep_group_resubmit(s->g);
 		grm_kick(gr); /* the worker submits them now, not at its next tick */
 	} else if (rc == 0) {
 		saved = s->done; /* everything this member committed */
@@ -1592,8 +1593,10 @@ static void serve(struct grm *gr, struct job *j)
 		rc = rep_member_commit(px->m);
 		if (rc == 0)
 			rc = empty_encode(&buf, &len);
-		if (q->type == GRM_SAVE)
-			gr->kicked = 1; /* to the quorum now: the member waits for it */
+		if (q->type == GRM_SAVE) { /* to the quorum now: the member waits for it */
+			rep_group_resubmit(g);
+			gr->kicked = 1;
+		}
 		break;
 	case GRM_REWIND:
 		rep_member_rewind(px->m);

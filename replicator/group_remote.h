@@ -215,6 +215,11 @@ void rep_group_coord(struct rep_group *g, uint16_t *node, int *real, uint64_t *e
 int rep_group_member_count(struct rep_group *g, uint32_t *n) TFS_MUST_CHECK;
 /* The offsets rows from this node's knowledge only (no request). */
 size_t rep_group_offsets_local(struct rep_group *g, struct rep_group_offset *out, size_t max);
+/* The next commit submission of a group run here carries every committed
+ * offset again, not only those that moved (a submission may have been lost
+ * with a quorum leader change; a member that waits for its commit to be
+ * saved must not wait for it). */
+void rep_group_resubmit(struct rep_group *g);
 /* The committed offsets of a group run here (none if it is not), one per
  * partition that has one; at most max. */
 size_t rep_group_committed(struct rep_group *g, struct grm_pos *out, size_t max);

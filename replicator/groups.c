@@ -1395,6 +1395,19 @@ size_t rep_group_offsets_local(struct rep_group *g, struct rep_group_offset *out
 	return n;
 }
 
+static int submitted_fit(struct rep_group *g);
+
+void rep_group_resubmit(struct rep_group *g)
+{
+	pthread_mutex_lock(&g->mu);
+	if (g->real && submitted_fit(g) == 0) {
+		for (uint32_t p = 0; p < g->nsubmitted; p++)
+			g->submitted[p] = -2; /* never equal to an offset */
+		g->commit_dirty = 1;
+	}
+	pthread_mutex_unlock(&g->mu);
+}
+
 size_t rep_group_committed(struct rep_group *g, struct grm_pos *out, size_t max)
 {
 	size_t n = 0;
