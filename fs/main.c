@@ -255,6 +255,20 @@ static int run(struct cli *cli, struct fuse_args *args)
 		goto out_rep;
 	if (fuse_set_signal_handlers(tfs.se) < 0)
 		goto out_session;
+	/* Absolute: the daemon changes to / when it daemonises, and unmounts by
+	 * this path at the end (a relative one would name another mount). */
+	static char mp_abs[PATH_MAX];
+	if (!realpath(mountpoint, mp_abs)) { /* a dead mount, say: by name */
+		char cwd[PATH_MAX];
+		int n = mountpoint[0] != '/' && getcwd(cwd, sizeof(cwd))
+			? snprintf(mp_abs, sizeof(mp_abs), "%.*s/%s", PATH_MAX / 2, cwd, mountpoint)
+			: snprintf(mp_abs, sizeof(mp_abs), "%s", mountpoint);
+		if (n < 0 || (size_t)n >= sizeof(mp_abs)) {
+			fprintf(stderr, "topicfs: mount point %s: path too long\n", mountpoint);
+			goto out_signals;
+		}
+	}
+	mountpoint = mp_abs;
 	struct stat mst;
 	if (stat(mountpoint, &mst) < 0 && errno == ENOTCONN)
 		fprintf(stderr, "topicfs: %s is the dead mount of a daemon that exited without "

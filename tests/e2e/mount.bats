@@ -245,3 +245,22 @@ mount_fuse3() {
 	tfs_start
 	[[ $(findmnt -n -o SOURCE,FSTYPE "$MNT") == "topicfs fuse.topicfs" ]]
 }
+
+@test "a relative mount point: the daemon (which changes to / in the background) unmounts its own mount on SIGTERM" {
+	# a name that does not exist at / (where the relative path would point)
+	local rel=tfs-rel-$$-$RANDOM
+	[[ ! -e /$rel ]]
+	mkdir "$T/$rel"
+	(cd "$T" && "$TOPICFS" --data "$DATA" "$rel" >"$T/out" 2>&1 3>&-) || { cat "$T/out"; false; }
+	mountpoint -q "$T/$rel"
+	grep -q "mounted $T/$rel " "$DATA/topicfs.log"
+	local pid
+	pid=$(awk '{ print $2 }' "$DATA/lock")
+	kill -TERM "$pid"
+	for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	! kill -0 "$pid" 2>/dev/null
+	# unmounted cleanly: not mounted, and not a dead mount either
+	! mountpoint -q "$T/$rel"
+	run stat "$T/$rel"
+	assert_success
+}
