@@ -6,8 +6,12 @@
  * committed when the same open file reads again (the start of every read
  * commits the previous one) or when the file is closed by a process that
  * closes it or exits normally. When the closing process is dying from a
- * signal, the last read's records go back to the group. The daemon tells the
- * two apart at FLUSH, which the kernel sends from the closing task itself,
+ * signal, the last read's records go back to the group. Only the process
+ * that read last counts: a FLUSH from another one (a child that inherited
+ * the descriptor, such as the `$(date)` a shell consumer runs while it
+ * handles a record) does nothing, so the consumer dying afterwards still
+ * gets its record again. The daemon tells the two apart at FLUSH, which the
+ * kernel sends from the closing task itself,
  * still alive while it runs its exit path: /proc/<pid>/stat then shows
  * PF_EXITING (0x4) in `flags` (field 9) and the wait status in `exit_code`
  * (field 52): low 7 bits non-zero = killed by that signal. An ordinary
@@ -71,6 +75,7 @@ struct cursor {
 	struct rep_group *group;
 	struct rep_member *member;   /* NULL once released */
 	int pending;
+	pid_t reader;                /* the task that read last (0: none yet) */
 
 	char *buf;                   /* reply buffer */
 	size_t cap;
@@ -450,6 +455,7 @@ int cursor_open(struct rep_topic *t, struct rep_group *g, int pending, struct cu
 void cursor_read(struct cursor *c, fuse_req_t req, size_t size, int flags)
 {
 	cursor_lock(c);
+	c->reader = fuse_req_ctx(req)->pid;
 	if (c->wstate != W_IDLE) {
 		cursor_unlock(c);
 		tfs_warn("refused: read of %s/groups/%s: another read on the same open file is "
@@ -540,6 +546,16 @@ static int killed_by_signal(pid_t pid)
 void cursor_flush(struct cursor *c, fuse_req_t req)
 {
 	const struct fuse_ctx *ctx = fuse_req_ctx(req);
+	cursor_lock(c);
+	pid_t reader = c->reader;
+	cursor_unlock(c);
+	/* Another process closing its inherited copy (a child the consumer
+	 * ran, exiting or exec'ing) neither commits nor gives back what the
+	 * reader took: the reader's own close does, or the release. */
+	if (reader && !proc_same_process(reader, ctx->pid)) {
+		fuse_reply_err(req, 0);
+		return;
+	}
 	int killed = killed_by_signal(ctx->pid);
 	cursor_lock(c);
 	if (c->member) {

@@ -1499,16 +1499,6 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 		fuse_reply_write(req, taken);
 }
 
-/* The thread group of task tid, or -1 if it is gone or unreadable. */
-static pid_t tgid_of(pid_t tid)
-{
-	char buf[1024];
-	if (proc_read(tid, "status", buf, sizeof(buf)) < 0)
-		return -1;
-	const char *t = strstr(buf, "\nTgid:");
-	return t ? (pid_t)strtol(t + 7, NULL, 10) : -1;
-}
-
 /* Whether a FLUSH by task `by` closes the writer's own descriptor. Every
  * close(2) of a descriptor of the open file sends a FLUSH, also a child
  * process exiting with one it inherited (`{ printf ab; sleep 1; echo cd; }
@@ -1519,8 +1509,12 @@ static int flush_by_writer(const struct fh *h, pid_t by)
 {
 	if (!h->writer || by == h->writer)
 		return 1;
-	pid_t w = tgid_of(h->writer), b = tgid_of(by);
-	return w < 0 || b < 0 || w == b;
+	/* a writer that is gone: the old behaviour (proc_same_process says 0
+	 * for it, so look at it first) */
+	char st[64];
+	if (proc_read(h->writer, "stat", st, sizeof(st)) == -ENOENT)
+		return 1;
+	return proc_same_process(h->writer, by);
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

@@ -101,3 +101,21 @@ int proc_read(pid_t pid, const char *file, char *buf, size_t size)
 		job_free(j);
 	return rc;
 }
+
+/* The thread group of task tid, or -1 if it is gone or unreadable. */
+static pid_t tgid_of(pid_t tid)
+{
+	char buf[1024];
+	if (proc_read(tid, "status", buf, sizeof(buf)) < 0)
+		return -1;
+	const char *t = strstr(buf, "\nTgid:");
+	return t ? (pid_t)strtol(t + 7, NULL, 10) : -1;
+}
+
+int proc_same_process(pid_t a, pid_t b)
+{
+	if (a == b)
+		return 1;
+	pid_t ta = tgid_of(a), tb = tgid_of(b);
+	return ta >= 0 && ta == tb;
+}

@@ -134,6 +134,20 @@ wait_secs_pid() {
 	return 1
 }
 
+@test "a consumer that runs a child process and then dies from a signal gets its record again" {
+	produce 0 1 3
+	# the children inherit the cursor and exit normally: their closes are
+	# not the consumer's and commit nothing
+	# (mount-examples/consumer-worker.sh's loop)
+	run bash -c 'while read -r rec; do echo "got $rec"; x=$(date); /bin/true; kill -TERM $$; done <"$1"' _ "$G/g/cursor"
+	assert_output "got p0-1"
+	[[ $(timeout 10 head -n 1 "$G/g/pending") == p0-1 ]]
+	# and one that exits normally after its children commits what it read
+	run bash -c '{ read -r rec; echo "got $rec"; x=$(date); } <"$1"' _ "$G/g/cursor"
+	assert_output "got p0-2"
+	[[ $(timeout 10 head -n 1 "$G/g/pending") == p0-3 ]]
+}
+
 @test "{ read a; read b; } < cursor consumes exactly 2 records" {
 	produce 0 1 10
 	{ read -r a; read -r b; } <"$G/g/cursor"
