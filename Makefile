@@ -8,7 +8,8 @@
 #   make unit       unit tests only            make e2e   end-to-end tests only
 #   make asan       the whole test suite under AddressSanitizer + UBSan
 #   make bench      the benchmark suite (see tests/bench/README.md)
-#   make install    bin/topicfs -> $(PREFIX)/bin, mount helper -> /sbin/mount.fuse.topicfs is fuse3's
+#   make install    bin/topicfs -> $(PREFIX)/bin (mount -t fuse.topicfs then finds it
+#                   through fuse3's own mount.fuse3 helper)
 
 PREFIX ?= /usr/local
 BUILD ?= build
@@ -83,7 +84,7 @@ run: deps all
 	@if mountpoint -q mnt; then fusermount3 -u mnt; elif LC_ALL=C stat mnt 2>&1 | grep -q 'not connected'; then fusermount3 -uz mnt; fi
 	@mkdir -p mnt
 	./bin/topicfs mnt
-	@echo "mounted at ./mnt - try: mkdir mnt/orders; echo hello >> mnt/orders/0/log; cat mnt/orders/0/log"
+	@echo "mounted at ./mnt - try: mkdir -p mnt/orders; echo hello >> mnt/orders/0/log; cat mnt/orders/0/log"
 	@echo "unmount with: make stop"
 
 stop:
