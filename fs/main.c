@@ -169,6 +169,23 @@ static int run(struct cli *cli, struct fuse_args *args)
 		return 1;
 	}
 	tfs_log_set_level(cfg.log_level);
+	/* The FUSE options first (libfuse refuses unknown ones here), before
+	 * anything touches the data directory. The mount table's SOURCE: the
+	 * user's -o fsname= if given. */
+	int user_fsname = 0;
+	for (int i = 1; i < args->argc; i++)
+		user_fsname |= strstr(args->argv[i], "fsname=") != NULL;
+	char fsname[PATH_MAX + 16];
+	if (user_fsname)
+		snprintf(fsname, sizeof(fsname), "-osubtype=topicfs");
+	else
+		snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=topicfs",
+		         source ? source : "topicfs");
+	if (fuse_opt_add_arg(args, fsname) < 0)
+		return 1;
+	tfs.se = fuse_session_new(args, &tfs_ops, sizeof(tfs_ops), NULL);
+	if (!tfs.se)
+		return 1;
 	if (cli->data)
 		snprintf(cfg.data_dir, sizeof(cfg.data_dir), "%s", cli->data);
 	if (!cfg.data_dir[0])
@@ -176,11 +193,11 @@ static int run(struct cli *cli, struct fuse_args *args)
 	int rc = ls_fsutil_mkdir_p(cfg.data_dir);
 	if (rc < 0) {
 		fprintf(stderr, "topicfs: data directory %s: %s\n", cfg.data_dir, strerror(-rc));
-		return 1;
+		goto out_early;
 	}
 	if (!realpath(cfg.data_dir, tfs.data_dir)) {
 		fprintf(stderr, "topicfs: data directory %s: %s\n", cfg.data_dir, strerror(errno));
-		return 1;
+		goto out_early;
 	}
 	char log_path[PATH_MAX + 32];
 	if (cfg.log_file[0])
@@ -191,7 +208,7 @@ static int run(struct cli *cli, struct fuse_args *args)
 		rc = tfs_log_open(log_path);
 		if (rc < 0) {
 			fprintf(stderr, "topicfs: log file %s: %s\n", log_path, strerror(-rc));
-			return 1;
+			goto out_early;
 		}
 	}
 	printf("topicfs %s: node %u, data directory %s%s%s\n", TOPICFS_VERSION, cfg.id,
@@ -228,31 +245,16 @@ static int run(struct cli *cli, struct fuse_args *args)
 	if (rc == -EBUSY) {
 		fprintf(stderr, "topicfs: data directory %s is in use by another topicfs daemon "
 		        "(its pid is in %s/lock)\n", tfs.data_dir, tfs.data_dir);
-		return 1;
+		goto out_early;
 	}
 	if (rc < 0) {
 		fprintf(stderr, "topicfs: cannot open node in %s: %s\n", tfs.data_dir,
 		        tfs_strerror(rc));
-		return 1;
+		goto out_early;
 	}
 
 
 	int status = 1;
-	/* the mount table's SOURCE: the user's -o fsname= if given */
-	int user_fsname = 0;
-	for (int i = 1; i < args->argc; i++)
-		user_fsname |= strstr(args->argv[i], "fsname=") != NULL;
-	char fsname[PATH_MAX + 16];
-	if (user_fsname)
-		snprintf(fsname, sizeof(fsname), "-osubtype=topicfs");
-	else
-		snprintf(fsname, sizeof(fsname), "-ofsname=%s,subtype=topicfs",
-		         source ? source : "topicfs");
-	if (fuse_opt_add_arg(args, fsname) < 0)
-		goto out_rep;
-	tfs.se = fuse_session_new(args, &tfs_ops, sizeof(tfs_ops), NULL);
-	if (!tfs.se)
-		goto out_rep;
 	if (fuse_set_signal_handlers(tfs.se) < 0)
 		goto out_session;
 	/* Absolute: the daemon changes to / when it daemonises, and unmounts by
@@ -321,13 +323,17 @@ out_signals:
 out_session:
 	fuse_session_destroy(tfs.se);
 	tfs.se = NULL;
-out_rep:
 	cursor_stop();
 	rep_groups_close(tfs.rep);
 	rep_close(tfs.rep);
 	tfs.rep = NULL;
 	tfs_info("stopped; every partition closed cleanly");
 	return status;
+
+out_early: /* the data directory is not ours (yet) */
+	fuse_session_destroy(tfs.se);
+	tfs.se = NULL;
+	return 1;
 }
 
 /* "--data=DIR" arrives as "=DIR" (see cli_spec). */

@@ -264,3 +264,15 @@ mount_fuse3() {
 	run stat "$T/$rel"
 	assert_success
 }
+
+@test "an unknown -o option is refused before the data directory is touched, also one in use" {
+	run "$TOPICFS" -f -o bogus_option --data "$T/never" "$MNT"
+	assert_failure
+	assert_output --partial "bogus_option"
+	[[ ! -e $T/never ]]
+	tfs_start
+	run "$TOPICFS" -f -o bogus_option --data "$DATA" "$T"
+	assert_failure
+	assert_output --partial "bogus_option"
+	refute_output --partial "in use"
+}
