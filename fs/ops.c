@@ -1509,12 +1509,10 @@ static int flush_by_writer(const struct fh *h, pid_t by)
 {
 	if (!h->writer || by == h->writer)
 		return 1;
-	/* a writer that is gone: the old behaviour (proc_same_process says 0
-	 * for it, so look at it first) */
-	char st[64];
-	if (proc_read(h->writer, "stat", st, sizeof(st)) == -ENOENT)
-		return 1;
-	return proc_same_process(h->writer, by);
+	pid_t w = proc_tgid(h->writer);
+	if (w == -ENOENT)
+		return 1; /* a writer that is gone: the old behaviour */
+	return w >= 0 && w == proc_tgid(by);
 }
 
 static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

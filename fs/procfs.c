@@ -102,20 +102,20 @@ int proc_read(pid_t pid, const char *file, char *buf, size_t size)
 	return rc;
 }
 
-/* The thread group of task tid, or -1 if it is gone or unreadable. */
-static pid_t tgid_of(pid_t tid)
+pid_t proc_tgid(pid_t tid)
 {
 	char buf[1024];
-	if (proc_read(tid, "status", buf, sizeof(buf)) < 0)
-		return -1;
+	int rc = proc_read(tid, "status", buf, sizeof(buf));
+	if (rc < 0)
+		return rc;
 	const char *t = strstr(buf, "\nTgid:");
-	return t ? (pid_t)strtol(t + 7, NULL, 10) : -1;
+	return t ? (pid_t)strtol(t + 7, NULL, 10) : -ENOENT;
 }
 
 int proc_same_process(pid_t a, pid_t b)
 {
 	if (a == b)
 		return 1;
-	pid_t ta = tgid_of(a), tb = tgid_of(b);
-	return ta >= 0 && ta == tb;
+	pid_t ta = proc_tgid(a);
+	return ta >= 0 && ta == proc_tgid(b);
 }

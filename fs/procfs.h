@@ -20,8 +20,12 @@
  * for instance in execve()); -ENOMEM. */
 int proc_read(pid_t pid, const char *file, char *buf, size_t size);
 
-/* Whether tasks a and b (thread ids, as FUSE requests carry) belong to one
- * process: 1, or 0 (different, or either one gone or unreadable). */
+/* The process (thread group) of task tid (a thread id, as FUSE requests
+ * carry), or proc_read's -errno: -ENOENT if the task is gone. */
+pid_t proc_tgid(pid_t tid);
+
+/* Whether tasks a and b belong to one process: 1, or 0 (different, or
+ * either one gone or unreadable). */
 int proc_same_process(pid_t a, pid_t b);
 
 #endif
