@@ -385,10 +385,13 @@ b'next\\n'"
 	assert_exactly_once "$T/want" "$T/got"
 }
 
-@test "cat pending of megabyte zstd batches gives every byte back; a member that stopped mid-batch resumes exactly" {
-	set_config t "compression: zstd"
+# drain_megabyte_batches COMPRESSION: 1 MiB writes (zstd: batches of
+# several frames) read back whole through one group, and through a second
+# one that stops after two 128 KiB reads and goes on after its close.
+drain_megabyte_batches() {
+	set_config t "compression: $1"
 	seq 1 70000 | sed 's/$/ a line long enough that a write of 1 MiB is a batch of many frames/' >"$T/want"
-	cat "$T/want" >>"$MNT/t/0/log" # 1 MiB writes: batches of several zstd frames
+	cat "$T/want" >>"$MNT/t/0/log"
 	timeout 30 cat "$G/a/pending" >"$T/got"
 	cmp "$T/want" "$T/got"
 	# group b: two 128 KiB reads, then close (committed), then cat the rest
@@ -405,6 +408,14 @@ b'next\\n'"
 	run cat "$G/b/pending"
 	assert_success
 	assert_output ""
+}
+
+@test "cat pending of megabyte zstd batches gives every byte back; a member that stopped mid-batch resumes exactly" {
+	drain_megabyte_batches zstd
+}
+
+@test "cat pending of megabyte uncompressed batches gives every byte back; a member that stopped mid-batch resumes exactly" {
+	drain_megabyte_batches none
 }
 
 # ---- offsets ------------------------------------------------------------------
