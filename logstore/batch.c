@@ -427,21 +427,32 @@ void ls_batch_render_piece(void *job, size_t k)
 {
 	struct ls_batch_render_job *j = job;
 	struct ls_batch_render_part *pt = &j->part[k];
+	const uint8_t *recs = j->recs + pt->off;
 	if (pt->z) {
 		ZSTD_DCtx *d = j->par ? j->par->dctx(j->par->ctx) : j->dctx;
+		uint8_t *dst = j->dec + pt->off;
+		if (j->apart) {
+			struct ls_buf *sc = j->par->scratch(j->par->ctx);
+			if (!sc || ls_buf_reserve(sc, pt->len ? pt->len : 1) < 0) {
+				pt->rc = -ENOMEM;
+				return;
+			}
+			dst = sc->data;
+		}
 		if (!d) {
 			pt->rc = j->par ? -ENOMEM : -EINVAL;
 			return;
 		}
-		size_t r = ZSTD_decompressDCtx(d, j->dec + pt->off, pt->len, pt->z, pt->zlen);
+		size_t r = ZSTD_decompressDCtx(d, dst, pt->len, pt->z, pt->zlen);
 		if (ZSTD_isError(r) || r != pt->len) {
 			pt->rc = LS_ECORRUPT;
 			pt->undecodable = 1;
 			return;
 		}
+		recs = dst;
 	}
-	pt->rc = render_region(j->recs + pt->off, j->recs + pt->off + pt->len,
-	                       j->view + pt->off, j->sep, pt, j->sizes ? &j->sizes[k] : NULL);
+	pt->rc = render_region(recs, recs + pt->len, j->view + pt->off, j->sep, pt,
+	                       j->sizes ? &j->sizes[k] : NULL);
 }
 
 /* Describes the frames of a zstd section as parts. 0, or 1 if they cannot be
@@ -532,11 +543,14 @@ int ls_batch_render_begin(struct ls_batch_render_job *jp, const void *batch,
 		j->recs = j->dec = dec->data;
 		for (size_t k = 0; dec_ready && k < j->nparts; k++)
 			j->part[k].z = NULL;
+		j->apart = !dec_ready && par && par->scratch;
+		j->dec_kept = !j->apart;
 	} else if (codec == LS_CODEC_ZSTD && dec_ready) {
 		total = dec->len;
 		j->nparts = 1;
 		j->recs = dec->data;
 		j->part[0] = (struct ls_batch_render_part){.len = total};
+		j->dec_kept = 1;
 	} else if (codec == LS_CODEC_ZSTD) { /* frames that say nothing of their size */
 		if ((rc = zstd_inflate(dctx ? dctx : par->dctx(par->ctx), sec, len, dec)) < 0)
 			return rc;
@@ -544,6 +558,7 @@ int ls_batch_render_begin(struct ls_batch_render_job *jp, const void *batch,
 		j->nparts = 1;
 		j->recs = dec->data;
 		j->part[0] = (struct ls_batch_render_part){.len = total};
+		j->dec_kept = 1;
 	} else if (codec == LS_CODEC_NONE) {
 		j->recs = sec;
 		j->part[0] = (struct ls_batch_render_part){.len = total};
@@ -573,6 +588,19 @@ int ls_batch_render_end(struct ls_batch_render_job *j,
 			return LS_ECORRUPT;
 		if (j->part[k].rc < 0)
 			whole = 1;
+	}
+	if (whole && j->apart) { /* the frames were decompressed apart: again, into dec */
+		ZSTD_DCtx *d = j->dctx ? j->dctx : j->par->dctx(j->par->ctx);
+		if (!d)
+			return -ENOMEM;
+		for (size_t k = 0; k < j->nparts; k++) {
+			const struct ls_batch_render_part *pt = &j->part[k];
+			size_t r = ZSTD_decompressDCtx(d, j->dec + pt->off, pt->len, pt->z, pt->zlen);
+			if (ZSTD_isError(r) || r != pt->len)
+				return LS_ECORRUPT;
+		}
+		j->apart = 0;
+		j->dec_kept = 1;
 	}
 	if (whole) {
 		j->nparts = 1;
@@ -607,7 +635,7 @@ int ls_batch_render(const void *batch, const struct ls_batch_header *h,
                     struct ls_buf *dec, int dec_ready, struct ls_buf *view, char sep,
                     ZSTD_DCtx *dctx, const struct ls_batch_par *par,
                     struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
-                    uint64_t *view_size)
+                    uint64_t *view_size, int *dec_kept)
 {
 	struct ls_batch_render_job j;
 	int n = ls_batch_render_begin(&j, batch, h, dec, dec_ready, view, sep, dctx, par);
@@ -618,7 +646,10 @@ int ls_batch_render(const void *batch, const struct ls_batch_header *h,
 			ls_batch_render_piece(&j, k);
 	else
 		par->run(par->ctx, (size_t)n, ls_batch_render_piece, &j);
-	return ls_batch_render_end(&j, spans, nspans, view_size);
+	int rc = ls_batch_render_end(&j, spans, nspans, view_size);
+	if (dec_kept)
+		*dec_kept = j.dec_kept;
+	return rc;
 }
 
 /* ---- encoding -------------------------------------------------------------- */

@@ -149,13 +149,20 @@ int ls_batch_encode(struct ls_buf *out, struct ls_buf *scratch, ZSTD_CCtx *cctx,
 /* How to spread one batch's work over threads. batch.c starts no threads: run
  * calls fn(arg, i) for every i in [0, n), on the calling thread or others,
  * and returns when all calls have returned; cctx/dctx give the contexts of
- * whichever thread calls them (NULL: out of memory). */
+ * whichever thread calls them (NULL: out of memory). scratch (optional)
+ * gives the calling thread's own buffer: a rendering piece decompresses its
+ * frame there instead of into the shared dec, so the bytes zstd writes and
+ * reads back are lines no other core holds (a line another core read last
+ * must be fetched from it before it can be written: on a 2-core machine,
+ * decompressing into buffers the reader's core had read made cat pending
+ * 12% slower). */
 struct ls_batch_par {
 	void *ctx;
 	size_t parts; /* split work into at most this many pieces (1: none) */
 	void (*run)(void *ctx, size_t n, void (*fn)(void *arg, size_t i), void *arg);
 	ZSTD_CCtx *(*cctx)(void *ctx);
 	ZSTD_DCtx *(*dctx)(void *ctx);
+	struct ls_buf *(*scratch)(void *ctx);
 };
 
 #define LS_BATCH_PARTS_MAX 16         /* pieces of one batch, at most */
@@ -190,18 +197,21 @@ struct ls_batch_span {
  * anything else in one pass. Checks everything ls_batch_measure checks, and
  * returns its errors; *view_size gets the view bytes. A compressed batch
  * leaves its plain records in dec; dec_ready: dec already holds them (from
- * an earlier call or ls_batch_iter_init), nothing is decompressed again. */
+ * an earlier call or ls_batch_iter_init), nothing is decompressed again;
+ * with par->scratch the frames are decompressed apart and dec is left as it
+ * was (*dec_kept 0), else *dec_kept is 1 (dec_kept may be NULL). */
 int ls_batch_render(const void *batch, const struct ls_batch_header *h,
                     struct ls_buf *dec, int dec_ready, struct ls_buf *view, char sep,
                     ZSTD_DCtx *dctx, const struct ls_batch_par *par,
                     struct ls_batch_span spans[LS_BATCH_PARTS_MAX], size_t *nspans,
-                    uint64_t *view_size) TFS_MUST_CHECK;
+                    uint64_t *view_size, int *dec_kept) TFS_MUST_CHECK;
 
 /* ls_batch_render in three steps, for callers that run the pieces later or
  * elsewhere: begin prepares j (it keeps pointers into batch, dec and view,
  * which must stay put until end) and returns the number of pieces n or an
  * error; ls_batch_render_piece(j, k) must then run once for every k < n, on
- * any threads; end checks and gives the spans. */
+ * any threads; end checks and gives the spans; then dec_kept says whether
+ * dec holds the plain records (see ls_batch_render). */
 struct ls_batch_render_part { /* private */
 	const uint8_t *z;
 	size_t zlen, off, len, vlen;
@@ -216,6 +226,8 @@ struct ls_batch_render_job { /* private */
 	ZSTD_DCtx *dctx;
 	size_t nparts, total;
 	int32_t record_count, last_offset_delta;
+	int dec_kept;        /* dec holds the plain records (zstd) */
+	int apart;           /* pieces decompress into par->scratch */
 	/* optional, set by the caller after begin: piece k appends the view
 	 * size of each of its records (uint32_t, in order) to sizes[k] */
 	struct ls_buf *sizes;

@@ -173,6 +173,7 @@ struct loc {
 
 struct tls_ctx {
 	struct ls_buf enc, zscratch;
+	struct ls_buf dscratch; /* a rendering piece's frame, decompressed */
 	ZSTD_CCtx *cctx;
 	struct ls_scan_ctx scan;
 };
@@ -186,6 +187,7 @@ static void tls_free(void *v)
 	struct tls_ctx *t = v;
 	ls_buf_free(&t->enc);
 	ls_buf_free(&t->zscratch);
+	ls_buf_free(&t->dscratch);
 	ZSTD_freeCCtx(t->cctx);
 	ls_scan_ctx_free(&t->scan);
 	free(t);
@@ -389,7 +391,15 @@ static ZSTD_DCtx *par_dctx(void *ctx)
 	return t ? t->scan.dctx : NULL;
 }
 
-static struct ls_batch_par par_hooks = {.run = par_run, .cctx = par_cctx, .dctx = par_dctx};
+static struct ls_buf *par_scratch(void *ctx)
+{
+	(void)ctx;
+	struct tls_ctx *t = tls_get();
+	return t ? &t->dscratch : NULL;
+}
+
+static struct ls_batch_par par_hooks = {
+	.run = par_run, .cctx = par_cctx, .dctx = par_dctx, .scratch = par_scratch};
 
 static void par_init(void)
 {
@@ -2905,7 +2915,7 @@ static int batch_render_end(struct rbatch *b, struct ls_batch_render_job *j, cha
 	int sized = j->sizes != NULL;
 	int rc = ls_batch_render_end(j, b->spans, &b->nspans, &vsize);
 	if (rc == 0)
-		b->have_dec = batch_is_zstd(b);
+		b->have_dec = batch_is_zstd(b) && j->dec_kept;
 	if (rc == 0 && vsize != b->ent.view_size)
 		rc = LS_ECORRUPT;
 	b->have_sizes = b->dense = 0;

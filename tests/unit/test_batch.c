@@ -210,6 +210,165 @@ static void test_tiny_batch_stays_plain(void)
 	ZSTD_freeCCtx(cc);
 }
 
+/* ---- rendering through pieces ---------------------------------------------- */
+
+/* A par that runs the pieces on this thread, parts pieces a batch, and
+ * counts the scratch buffers it hands out. */
+static ZSTD_CCtx *t_cc;
+static ZSTD_DCtx *t_dc;
+static struct ls_buf t_scratch;
+static int t_scratch_calls;
+static void t_run(void *ctx, size_t n, void (*fn)(void *arg, size_t i), void *arg)
+{
+	(void)ctx;
+	for (size_t i = n; i-- > 0;) /* last piece first: order must not matter */
+		fn(arg, i);
+}
+static ZSTD_CCtx *t_cctx(void *ctx) { (void)ctx; return t_cc; }
+static ZSTD_DCtx *t_dctx(void *ctx) { (void)ctx; return t_dc; }
+static struct ls_buf *t_scr(void *ctx)
+{
+	(void)ctx;
+	t_scratch_calls++;
+	return &t_scratch;
+}
+
+/* n records "value <i> ..." of varied lengths; want gets their view. */
+static struct ls_rec *t_records(uint32_t n, struct ls_buf *want)
+{
+	struct ls_rec *recs = calloc(n, sizeof(*recs));
+	want->len = 0;
+	CHECK_EQ_INT(ls_buf_reserve(want, (size_t)n * 160), 0);
+	for (uint32_t i = 0; i < n; i++) {
+		char *v = (char *)want->data + want->len;
+		int len = sprintf(v, "value %u %.*s", i, (int)(i * 7 % 90), "xyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyzxyz");
+		recs[i] = (struct ls_rec){NULL, 0, v, (uint32_t)len};
+		want->len += (size_t)len;
+		want->data[want->len++] = '\n';
+	}
+	return recs;
+}
+
+/* Renders batch with par and checks the view against want. */
+static void t_render_check(const struct ls_buf *batch, const struct ls_batch_par *par,
+                           const struct ls_buf *want, int want_kept)
+{
+	struct ls_batch_header h;
+	struct ls_buf dec = {0}, view = {0};
+	struct ls_batch_span spans[LS_BATCH_PARTS_MAX];
+	size_t nspans = 0;
+	uint64_t vsize = 0;
+	int kept = -1;
+	CHECK_EQ_INT(ls_batch_parse_header(batch->data, batch->len, &h), 0);
+	CHECK_EQ_INT(ls_batch_render(batch->data, &h, &dec, 0, &view, '\t', t_dc, par, spans,
+	                             &nspans, &vsize, &kept), 0);
+	CHECK_EQ_INT(vsize, want->len);
+	CHECK_EQ_INT(kept, want_kept);
+	size_t at = 0;
+	for (size_t k = 0; k < nspans; k++) {
+		CHECK(at + spans[k].len <= want->len &&
+		      memcmp(view.data + spans[k].off, want->data + at, spans[k].len) == 0);
+		at += spans[k].len;
+	}
+	CHECK_EQ_INT(at, want->len);
+	if (kept == 1) { /* dec holds the plain records: they iterate */
+		struct ls_batch_iter it;
+		struct ls_batch_record r;
+		uint32_t n = 0;
+		ls_batch_iter_init_decoded(&it, dec.data, dec.len, &h);
+		while (ls_batch_iter_next(&it, &r) == 1)
+			n++;
+		CHECK_EQ_INT(n, h.record_count);
+	}
+	ls_buf_free(&dec);
+	ls_buf_free(&view);
+}
+
+/* A batch written as several zstd frames renders frame by frame, each
+ * decompressed into the thread's scratch (dec left alone); without the
+ * scratch hook, into dec. */
+static void test_render_pieces_scratch(void)
+{
+	struct ls_buf want = {0}, out = {0}, scratch = {0};
+	uint32_t n = 20000;
+	struct ls_rec *recs = t_records(n, &want);
+	t_cc = ZSTD_createCCtx();
+	t_dc = ZSTD_createDCtx();
+	struct ls_batch_par par = {.parts = 4, .run = t_run, .cctx = t_cctx, .dctx = t_dctx,
+	                           .scratch = t_scr};
+	uint64_t vsize;
+	CHECK_EQ_INT(ls_batch_encode_par(&out, &scratch, NULL, &par, recs, n, 7, NULL,
+	                                 LS_CODEC_ZSTD, 1, &vsize), 0);
+	CHECK_EQ_INT(vsize, want.len);
+	t_scratch_calls = 0;
+	t_render_check(&out, &par, &want, 0);
+	CHECK_EQ_INT(t_scratch_calls, 4);
+	par.scratch = NULL;
+	t_render_check(&out, &par, &want, 1);
+	t_render_check(&out, NULL, &want, 1);
+	free(recs);
+	ls_buf_free(&want);
+	ls_buf_free(&out);
+	ls_buf_free(&scratch);
+	ls_buf_free(&t_scratch);
+	ZSTD_freeCCtx(t_cc);
+	ZSTD_freeDCtx(t_dc);
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
+/* Frames that end inside a record (another producer's split) cannot be
+ * rendered apart: the section is decompressed into dec and parsed whole,
+ * with or without the scratch hook. */
+static void test_render_frames_split_mid_record(void)
+{
+	struct ls_buf want = {0}, plain = {0}, scratch = {0}, zb = {0};
+	uint32_t n = 9000;
+	struct ls_rec *recs = t_records(n, &want);
+	t_cc = ZSTD_createCCtx();
+	t_dc = ZSTD_createDCtx();
+	uint64_t vsize;
+	CHECK_EQ_INT(ls_batch_encode(&plain, &scratch, NULL, recs, n, 7, NULL, LS_CODEC_NONE, 0,
+	                             &vsize), 0);
+	const uint8_t *sec = plain.data + LS_BATCH_HEADER_SIZE;
+	size_t len = plain.len - LS_BATCH_HEADER_SIZE;
+	size_t cut[4] = {0, len / 3 + 1, 2 * len / 3 + 2, len}; /* odd: inside records */
+	CHECK_EQ_INT(ls_buf_reserve(&zb, LS_BATCH_HEADER_SIZE + ZSTD_compressBound(len) + 64), 0);
+	memcpy(zb.data, plain.data, LS_BATCH_HEADER_SIZE);
+	size_t at = LS_BATCH_HEADER_SIZE;
+	for (int k = 0; k < 3; k++) {
+		size_t r = ZSTD_compressCCtx(t_cc, zb.data + at, zb.cap - at, sec + cut[k],
+		                             cut[k + 1] - cut[k], 1);
+		CHECK(!ZSTD_isError(r));
+		at += r;
+	}
+	zb.len = at;
+	put_be32(zb.data + LS_BATCH_OFF_LENGTH, (uint32_t)(zb.len - LS_BATCH_LOG_OVERHEAD));
+	zb.data[LS_BATCH_OFF_ATTRS + 1] = (uint8_t)((zb.data[LS_BATCH_OFF_ATTRS + 1] & ~7) |
+	                                            LS_CODEC_ZSTD);
+	put_be32(zb.data + LS_BATCH_OFF_CRC,
+	         ls_crc32c(0, zb.data + LS_BATCH_OFF_ATTRS, zb.len - LS_BATCH_OFF_ATTRS));
+	struct ls_batch_par par = {.parts = 3, .run = t_run, .cctx = t_cctx, .dctx = t_dctx,
+	                           .scratch = t_scr};
+	t_render_check(&zb, &par, &want, 1);
+	par.scratch = NULL;
+	t_render_check(&zb, &par, &want, 1);
+	free(recs);
+	ls_buf_free(&want);
+	ls_buf_free(&plain);
+	ls_buf_free(&scratch);
+	ls_buf_free(&zb);
+	ls_buf_free(&t_scratch);
+	ZSTD_freeCCtx(t_cc);
+	ZSTD_freeDCtx(t_dc);
+}
+
 int main(void)
 {
 	RUN(test_encode_exact_bytes);
@@ -218,5 +377,7 @@ int main(void)
 	RUN(test_crc_catches_flips);
 	RUN(test_malformed_records);
 	RUN(test_tiny_batch_stays_plain);
+	RUN(test_render_pieces_scratch);
+	RUN(test_render_frames_split_mid_record);
 	return unit_report("test_batch");
 }
