@@ -13,10 +13,13 @@
  *
  *   ino  name            what it does
  *   ---  --------------  ---------------------------------------------------
- *   1    /               directory listing `data` and `sink`
+ *   1    /               directory listing `data`, `sink` and `small`
  *   2    /data           read-only, st_size = --size; byte i is
  *                        pattern[i % pattern_len] (the pattern is the first
  *                        MiB of --pattern=FILE, or a built-in access-log line)
+ *   6    /small          /data with st_blksize 4 KiB, as topicfs reports on
+ *                        cursor and pending files: `cat` then reads 128 KiB
+ *                        a request
  *   3    /sink           sink: every write succeeds, data dropped; reads EOF
  *   4    /<name>/        any other name in / is a directory (a "topic"), in
  *   5    /<name>/<digits>/  which digit names are directories (a "partition")
@@ -43,7 +46,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { INO_ROOT = 1, INO_DATA = 2, INO_SINK = 3, INO_TOPIC = 4, INO_PART = 5 };
+enum { INO_ROOT = 1, INO_DATA = 2, INO_SINK = 3, INO_TOPIC = 4, INO_PART = 5, INO_SMALL = 6 };
 enum { MIB = 1 << 20 };
 
 static struct {
@@ -70,6 +73,9 @@ static void fill_attr(fuse_ino_t ino, struct stat *st)
 		st->st_mode = S_IFDIR | 0755;
 		st->st_nlink = 2;
 		break;
+	case INO_SMALL:
+		st->st_blksize = 4096;
+		/* fall through */
 	case INO_DATA:
 		st->st_mode = S_IFREG | 0444;
 		st->st_nlink = 1;
@@ -100,6 +106,8 @@ static void null_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		e.ino = INO_DATA;
 	else if (parent == INO_ROOT && strcmp(name, "sink") == 0)
 		e.ino = INO_SINK;
+	else if (parent == INO_ROOT && strcmp(name, "small") == 0)
+		e.ino = INO_SMALL;
 	else if (parent == INO_ROOT)
 		e.ino = INO_TOPIC;
 	else if (parent == INO_TOPIC && strspn(name, "0123456789") == strlen(name))
@@ -121,7 +129,7 @@ static void null_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *
 	struct stat st;
 
 	(void)fi;
-	if (ino > INO_PART) {
+	if (ino > INO_SMALL) {
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
@@ -144,7 +152,7 @@ static void null_create(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param e;
 
 	(void)mode;
-	if (parent == INO_ROOT && strcmp(name, "data") == 0) {
+	if (parent == INO_ROOT && (strcmp(name, "data") == 0 || strcmp(name, "small") == 0)) {
 		fuse_reply_err(req, EACCES);
 		return;
 	}
@@ -163,7 +171,7 @@ static void null_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EISDIR);
 		return;
 	}
-	if (ino == INO_DATA && (fi->flags & O_ACCMODE) != O_RDONLY) {
+	if ((ino == INO_DATA || ino == INO_SMALL) && (fi->flags & O_ACCMODE) != O_RDONLY) {
 		fuse_reply_err(req, EACCES);
 		return;
 	}
@@ -175,7 +183,7 @@ static void null_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		      struct fuse_file_info *fi)
 {
 	(void)fi;
-	if (ino != INO_DATA || off >= g.size) {
+	if ((ino != INO_DATA && ino != INO_SMALL) || off >= g.size) {
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
@@ -203,7 +211,7 @@ static void null_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		const char *name;
 		fuse_ino_t ino;
 	} ents[] = { { ".", INO_ROOT }, { "..", INO_ROOT }, { "data", INO_DATA },
-		     { "sink", INO_SINK } };
+		     { "sink", INO_SINK }, { "small", INO_SMALL } };
 	char buf[512];
 	size_t len = 0;
 

@@ -218,7 +218,7 @@ rates() {
 }
 
 # ---- ceilings: null FUSE and a plain file --------------------------------------
-NULL_W='' NULL_R='' NULL_A='' PLAIN_W='' PLAIN_R='' PLAIN_A=''
+NULL_W='' NULL_R='' NULL_RS='' NULL_A='' PLAIN_W='' PLAIN_R='' PLAIN_A=''
 NULLMNT=$T/null
 mkdir -p "$NULLMNT"
 say "-- ceilings"
@@ -233,6 +233,9 @@ if mountpoint -q "$NULLMNT"; then
 	ts=()
 	for ((r = 1; r <= RUNS; r++)); do run_timed cat_read "$NULLMNT/data" && ts+=("$SECS"); done
 	NULL_R=$(median "${ts[@]}")
+	ts=()
+	for ((r = 1; r <= RUNS; r++)); do run_timed cat_read "$NULLMNT/small" && ts+=("$SECS"); done
+	NULL_RS=$(median "${ts[@]}")
 	ts=()
 	for ((r = 1; r <= RUNS; r++)); do run_timed appends "$NULLMNT/t/0/log" "$LINE" "$APPENDS" && ts+=("$SECS"); done
 	NULL_A=$(median "${ts[@]}")
@@ -256,6 +259,11 @@ ceiling_row() { # KEY LABEL SECS
 }
 ceiling_row c1 "ceiling: null FUSE, cat $MB MB >> t/0/log" "$NULL_W"
 ceiling_row c2 "ceiling: null FUSE, cat $MB MB file > /dev/null" "$NULL_R"
+if [[ -n $NULL_RS ]]; then
+	rates "$NULL_RS"
+	row c7 "null FUSE, cat $MB MB file > /dev/null, st_blksize 4 KiB as on cursor and pending (128 KiB requests)" \
+		"$(calc '%.3f' "$NULL_RS") s" "$(commify "$RECS")" "$MBPS" "informational" "—" "—"
+fi
 rates "$PLAIN_W"
 row c4 "plain file on the same disk: cat >> file" "$(calc '%.3f' "$PLAIN_W") s" "$(commify "$RECS")" "$MBPS" "—" "—" "—"
 rates "$PLAIN_R"
@@ -376,7 +384,7 @@ produce_bench() {
 # pending must be empty.
 TFS_CONSUME_RECS=
 consume_bench() {
-	local key=$1 label=$2 fmt=$3 topic=$4 r f ts=() tn=() got row_t0=$EPOCHREALTIME
+	local key=$1 label=$2 fmt=$3 topic=$4 r f ts=() tn=() tns=() got row_t0=$EPOCHREALTIME
 	more 1 "$row_t0" || { na "$key" "$label" "$BUDGET_WHY" "≥ 0.25"; return; }
 	alive || { na "$key" "$label" "$TFS_WHY" "≥ 0.25"; return; }
 	[[ -d $topic ]] || { na "$key" "$label" "no topic to read: its produce failed" "≥ 0.25"; return; }
@@ -404,6 +412,9 @@ consume_bench() {
 		if mountpoint -q "$NULLMNT" && run_timed cat_read "$NULLMNT/data"; then
 			tn+=("$SECS")
 		fi
+		if [[ $fmt == groups/* ]] && mountpoint -q "$NULLMNT" && run_timed cat_read "$NULLMNT/small"; then
+			tns+=("$SECS")
+		fi
 		if ! run_timed cat_read "$f"; then na "$key" "$label" "cat ${f#"$topic"/}: $ERR" "≥ 0.25"; return; fi
 		ts+=("$SECS")
 		if [[ $fmt == groups/* ]]; then
@@ -416,11 +427,15 @@ consume_bench() {
 	done
 	((${#ts[@]})) || { na "$key" "$label" "$BUDGET_WHY" "≥ 0.25"; return; }
 	SECS=$(median "${ts[@]}")
-	local ceil=$NULL_R
+	local ceil=$NULL_R small=''
 	((${#tn[@]} == 0)) || ceil=$(median "${tn[@]}")
+	if ((${#tns[@]})); then
+		small=$(median "${tns[@]}")
+		label="$label; $(calc '%.2f' "$small / $SECS") of c7 alongside"
+	fi
 	ratio_row "$key" "$label" "$SECS" "$ceil" 0.25 "${#ts[@]}"
 	[[ $key == r1 ]] && TFS_CONSUME_RECS=$RECS
-	note "$label: median $SECS s, null FUSE alongside $ceil s"
+	note "$label: median $SECS s, null FUSE alongside $ceil s${small:+, in 128 KiB requests $small s}"
 }
 
 say "-- topicfs"
@@ -843,7 +858,7 @@ vs_row v3 "topicfs consume (r1) vs Redis Streams consume" "$TFS_CONSUME_RECS" "$
 vs_row v4 "topicfs consume (r1) vs NATS JetStream consume" "$TFS_CONSUME_RECS" "$NATS_C" NATS
 
 # ---- report ----------------------------------------------------------------------
-ORDER="c1 c2 c3 c4 c5 c6 p1 p2 p3 p4 s1 r1 r2 r3 l1 l2 l3 m1 m2 xp xc np nc v1 v2 v3 v4"
+ORDER="c1 c2 c7 c3 c4 c5 c6 p1 p2 p3 p4 s1 r1 r2 r3 l1 l2 l3 m1 m2 xp xc np nc v1 v2 v3 v4"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 elapsed=$(calc '%.0f' "$EPOCHREALTIME - $suite_t0")
