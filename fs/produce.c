@@ -50,6 +50,7 @@ void producer_free(struct producer *pr)
 {
 	free(pr->seq);
 	free(pr->written);
+	free(pr->marks);
 	free(pr->partial);
 	free(pr->refused);
 	free(pr->recs);
@@ -93,9 +94,14 @@ static int ensure_parts(struct producer *pr, uint32_t n)
 	if (!w)
 		return -ENOMEM;
 	pr->written = w;
+	struct rep_marks *mk = realloc(pr->marks, n * sizeof(*mk));
+	if (!mk)
+		return -ENOMEM;
+	pr->marks = mk;
 	for (uint32_t i = pr->nparts_seen; i < n; i++) {
 		pr->seq[i] = 0;
 		pr->written[i] = 0;
+		pr->marks[i] = (struct rep_marks){0};
 	}
 	pr->nparts_seen = n;
 	return 0;
@@ -172,6 +178,7 @@ static int append_group(struct producer *pr, uint32_t p, const struct ls_rec *re
 		return rc;
 	pr->seq[p] += (int32_t)n;
 	pr->written[p] = 1;
+	rep_marks_add(rp, &pr->marks[p], &res);
 	return 0;
 }
 
@@ -373,14 +380,15 @@ int producer_flush(struct producer *pr)
 
 /* fn on every partition written through pr since the last fsync; -EIO if
  * any failed. fsync (durable) then forgets the ones that succeeded. */
-static int each_written(struct producer *pr, int (*fn)(struct rep_partition *), int durable)
+static int each_written(struct producer *pr,
+                        int (*fn)(struct rep_partition *, struct rep_marks *), int durable)
 {
 	int rc = 0;
 	for (uint32_t p = 0; p < pr->nparts_seen; p++) {
 		if (!pr->written[p])
 			continue;
 		struct rep_partition *rp = rep_topic_partition(pr->topic, p);
-		if ((rp ? fn(rp) : -EIO) < 0)
+		if ((rp ? fn(rp, &pr->marks[p]) : -EIO) < 0)
 			rc = -EIO;
 		else if (durable)
 			pr->written[p] = 0;

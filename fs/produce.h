@@ -20,7 +20,8 @@ struct producer {
 	int64_t producer_id;
 	int32_t *seq;              /* next sequence number per partition */
 	uint8_t *written;          /* partitions written since the last commit */
-	uint32_t nparts_seen;      /* size of seq and written */
+	struct rep_marks *marks;   /* ... and what was appended to each */
+	uint32_t nparts_seen;      /* size of seq, written and marks */
 
 	char *partial;             /* bytes after the last '\n' so far */
 	size_t plen, pcap;

@@ -78,6 +78,8 @@ struct ls_append_result {
 	uint64_t view_end;    /* view position just after the last record */
 	int duplicate;        /* 1: same producer+sequence seen; nothing appended,
 	                         offsets are those of the original append */
+	int32_t leader_epoch; /* the epoch of the batch holding them (-1 if not
+	                         known any more: a duplicate of a very old one) */
 };
 
 struct ls_partition_info {
@@ -157,6 +159,13 @@ int ls_partition_set_leader_epoch(struct ls_partition *p, int32_t epoch) TFS_MUS
 /* KIP-101: the end offset of `epoch` in this log (the start offset of the
  * next higher epoch, or end_offset if epoch is the latest). -1 if unknown. */
 int64_t ls_partition_epoch_end_offset(struct ls_partition *p, int32_t epoch);
+
+/* The leader epoch of the batch holding `offset` in this log, from the
+ * leader-epoch cache: -1 if the offset is not in the log (below its start or
+ * at or past its end) or older than the cache. With one leader per epoch,
+ * (offset, epoch) names one record on every replica: a record appended at
+ * epoch E is still in this log iff its offset here has epoch E. */
+int32_t ls_partition_epoch_of(struct ls_partition *p, int64_t offset);
 
 /* Makes every append so far durable (fdatasync of segment and, where needed,
  * directory). Concurrent callers share one fsync. A failure is sticky. */

@@ -765,6 +765,17 @@ static int pos_of_locked(struct ls_partition *p, int64_t offset, uint64_t *pos)
 
 /* Records that epoch starts at start_offset (caller holds append_mu).
  * Entries at or after start_offset are replaced. Returns 1 if changed. */
+/* The epoch in force at offset (its entry: the last one starting at or
+ * before it), -1 if older than the cache. Caller holds p->lock or
+ * append_mu (the writers of the cache hold both). */
+static int32_t epoch_at_locked(const struct ls_partition *p, int64_t offset)
+{
+	for (size_t i = p->nepochs; i-- > 0;)
+		if (p->epochs[i].start_offset <= offset)
+			return p->epochs[i].epoch;
+	return -1;
+}
+
 static int epoch_assign(struct ls_partition *p, int32_t epoch, int64_t start_offset)
 {
 	if (p->nepochs && p->epochs[p->nepochs - 1].epoch >= epoch)
@@ -1563,7 +1574,8 @@ int ls_partition_append(struct ls_partition *p, const struct ls_rec *recs, uint3
 	if (rc == 1) {
 		if (res)
 			*res = (struct ls_append_result){dup.base_offset, dup.last_offset,
-			                                 dup.view_end, 1};
+			                                 dup.view_end, 1,
+			                                 epoch_at_locked(p, dup.last_offset)};
 		rc = 0;
 		goto out;
 	}
@@ -1583,7 +1595,8 @@ int ls_partition_append(struct ls_partition *p, const struct ls_rec *recs, uint3
 		precord(p, prod->producer_id, prod->producer_epoch, prod->base_sequence,
 		        (int32_t)n, base, base + n - 1, ent.view_pos + vsize);
 	if (res)
-		*res = (struct ls_append_result){base, base + n - 1, ent.view_pos + vsize, 0};
+		*res = (struct ls_append_result){base, base + n - 1, ent.view_pos + vsize, 0,
+		                                 p->leader_epoch};
 out:
 	pthread_mutex_unlock(&p->append_mu);
 	return rc;
@@ -2004,6 +2017,15 @@ int ls_partition_set_leader_epoch(struct ls_partition *p, int32_t epoch)
 out:
 	pthread_mutex_unlock(&p->append_mu);
 	return rc;
+}
+
+int32_t ls_partition_epoch_of(struct ls_partition *p, int64_t offset)
+{
+	pthread_rwlock_rdlock(&p->lock);
+	int32_t e = offset >= p->start_offset && offset < p->end_offset
+		? epoch_at_locked(p, offset) : -1;
+	pthread_rwlock_unlock(&p->lock);
+	return e;
 }
 
 int64_t ls_partition_epoch_end_offset(struct ls_partition *p, int32_t epoch)

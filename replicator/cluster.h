@@ -167,9 +167,14 @@ void replica_remove(struct replica *rp);
 int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
                     const struct ls_producer *prod, enum rep_acks acks, uint32_t min_insync,
                     struct ls_append_result *res) TFS_MUST_CHECK;
-int replica_commit(struct replica *rp, enum rep_acks acks, uint32_t min_insync) TFS_MUST_CHECK;
+int replica_commit(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
+                   const struct rep_marks *mk) TFS_MUST_CHECK;
 /* replica_commit without the fsync: what close() waits for. */
-int replica_wait_acked(struct replica *rp, enum rep_acks acks, uint32_t min_insync) TFS_MUST_CHECK;
+int replica_wait_acked(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
+                       const struct rep_marks *mk) TFS_MUST_CHECK;
+/* rep_marks_add in cluster mode. */
+void replica_marks_add(struct replica *rp, struct rep_marks *mk,
+                       const struct ls_append_result *res);
 void replica_state(struct replica *rp, struct rep_partition_state *st);
 
 /* ---- what local.c offers the modules (implemented in local.c) --------------- */

@@ -1079,8 +1079,8 @@ static void notify_queue(struct rep_partition *p)
 
 static int cl_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
                       const struct ls_producer *prod, struct ls_append_result *res);
-static int cl_commit(struct rep_partition *p);
-static int cl_wait_acked(struct rep_partition *p);
+static int cl_commit(struct rep_partition *p, struct rep_marks *mk);
+static int cl_wait_acked(struct rep_partition *p, struct rep_marks *mk);
 static void cl_state(struct rep_partition *p, struct rep_partition_state *st);
 
 int rep_topic_room(struct rep_topic *t, uint64_t bytes)
@@ -1120,22 +1120,23 @@ int rep_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
 	return 0;
 }
 
-int rep_partition_wait_acked(struct rep_partition *p)
+int rep_partition_wait_acked(struct rep_partition *p, struct rep_marks *mk)
 {
 	if (p->topic->rep->cluster)
-		return cl_wait_acked(p);
+		return cl_wait_acked(p, mk);
 	return 0; /* one node: the high watermark moved with the append */
 }
 
-int rep_partition_commit(struct rep_partition *p)
+int rep_partition_commit(struct rep_partition *p, struct rep_marks *mk)
 {
 	if (p->topic->rep->cluster)
-		return cl_commit(p);
+		return cl_commit(p, mk);
 	int rc = ls_partition_sync(p->log);
 	if (rc < 0) {
 		tfs_error("%s/%u: commit failed: %s", p->topic->name, p->index, tfs_strerror(rc));
 		return -EIO;
 	}
+	*mk = (struct rep_marks){0};
 	return 0;
 }
 
@@ -1877,21 +1878,42 @@ static int cl_produce(struct rep_partition *p, const struct ls_rec *recs, uint32
 
 /* close() (durable == 0: committed under acks) and fsync (durable: and on
  * this node's disk) in cluster mode. */
-static int cl_commit_how(struct rep_partition *p, int durable)
+static int cl_commit_how(struct rep_partition *p, struct rep_marks *mk, int durable)
 {
 	struct topic_config eff;
 	rep_topic_config(p->topic, &eff);
 	struct replica *rp = repl_enter(p);
 	if (!rp)
 		return -EIO;
-	int rc = durable ? replica_commit(rp, eff.acks, eff.min_insync)
-	                 : replica_wait_acked(rp, eff.acks, eff.min_insync);
+	int rc = durable ? replica_commit(rp, eff.acks, eff.min_insync, mk)
+	                 : replica_wait_acked(rp, eff.acks, eff.min_insync, mk);
 	repl_leave(p);
+	if (rc == 0 && durable)
+		*mk = (struct rep_marks){0};
 	return rc;
 }
 
-static int cl_wait_acked(struct rep_partition *p) { return cl_commit_how(p, 0); }
-static int cl_commit(struct rep_partition *p) { return cl_commit_how(p, 1); }
+static int cl_wait_acked(struct rep_partition *p, struct rep_marks *mk)
+{
+	return cl_commit_how(p, mk, 0);
+}
+
+static int cl_commit(struct rep_partition *p, struct rep_marks *mk)
+{
+	return cl_commit_how(p, mk, 1);
+}
+
+void rep_marks_add(struct rep_partition *p, struct rep_marks *mk,
+                   const struct ls_append_result *res)
+{
+	if (!p->topic->rep->cluster)
+		return;
+	struct replica *rp = repl_enter(p);
+	if (!rp)
+		return; /* the partition is going away: its commit fails anyway */
+	replica_marks_add(rp, mk, res);
+	repl_leave(p);
+}
 
 static void cl_state(struct rep_partition *p, struct rep_partition_state *st)
 {

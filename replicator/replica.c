@@ -111,8 +111,9 @@
  *   | 4     | n records (1 .. PRODUCE_MAX_RECS)                 |
  *   | per record: 1 flags (bit 0 key, bit 1 value), 4 key length,   |
  *   |   key bytes, 4 value length, value bytes (absent: length 0)   |
- * response, 29 bytes:
+ * response, 33 bytes:
  *   | 4 error | 8 base offset | 8 last offset | 8 view end | 1 duplicate |
+ *   | 4 leader epoch of the batch holding them (-1: not known)          |
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -137,7 +138,7 @@
 #define EPOCH_REQ_LEN 20u
 #define EPOCH_RESP_LEN 16u
 #define PRODUCE_HEAD 39u
-#define PRODUCE_RESP_LEN 29u
+#define PRODUCE_RESP_LEN 33u
 #define PRODUCE_MAX_RECS (1u << 20)
 #define RETRY_MS 100                 /* back-off after an error */
 #define STICKY_HOLD_MS 1000          /* back-off after a local write error */
@@ -185,10 +186,6 @@ struct replica {
 	enum role role;
 	uint64_t version;               /* +1 per metadata change */
 	int64_t hw;                     /* invariant 1 (FUSE threads move it too) */
-	int64_t fwd_end;                /* highest end produced through this node
-	                                   while not leading (FUSE threads) */
-	uint64_t trunc_count;           /* truncations and resets */
-	int64_t trunc_low;              /* lowest end any of them left */
 	struct peer peers[META_MAX_REPLICAS];
 	unsigned npeers;
 	unsigned users;                 /* FUSE threads inside */
@@ -627,8 +624,6 @@ static int truncate_to(struct replica *rp, int64_t offset)
 	pthread_mutex_lock(&rp->mu);
 	if (rp->hw > info.end_offset)
 		rp->hw = info.end_offset;
-	rp->trunc_count++;
-	rp->trunc_low = min64(rp->trunc_low, info.end_offset);
 	pthread_cond_broadcast(&rp->cv);
 	pthread_mutex_unlock(&rp->mu);
 	return 0;
@@ -825,8 +820,6 @@ static void fetch_apply(struct replica_set *rs, uint16_t leader, const struct fe
 			goto failed;
 		pthread_mutex_lock(&rp->mu);
 		rp->hw = e->start;
-		rp->trunc_count++;
-		rp->trunc_low = min64(rp->trunc_low, e->start);
 		pthread_cond_broadcast(&rp->cv);
 		pthread_mutex_unlock(&rp->mu);
 		return;
@@ -1290,6 +1283,7 @@ static int on_produce(struct replica_set *rs, const struct tr_frame *f)
 	wire_put64(buf + 12, (uint64_t)res.last_offset);
 	wire_put64(buf + 20, res.view_end);
 	buf[28] = res.duplicate ? 1 : 0;
+	wire_put32(buf + 29, (uint32_t)(rc == 0 ? res.leader_epoch : -1));
 	if (tr_respond(net_of(rs), &f->origin, TF_PRODUCE, 0, buf, sizeof(buf)) < 0)
 		tfs_debug("replication: produce answer to node %u dropped", f->peer);
 	if (rs->kick_parked)
@@ -1493,7 +1487,6 @@ struct replica *replica_add(struct replica_set *rs, struct rep_partition *p, uin
 	struct ls_partition_info info;
 	ls_partition_get_info(log, &info);
 	rp->hw = info.high_watermark;
-	rp->trunc_low = INT64_MAX;
 
 	if (rs->nreplicas + 1 > rs->nbuckets * 2)
 		table_grow(rs);
@@ -1589,6 +1582,7 @@ static void fwd_done(void *ctx, int status, const struct tr_frame *resp)
 		res.last_offset = (int64_t)rd64(&r);
 		res.view_end = rd64(&r);
 		res.duplicate = rd8(&r) ? 1 : 0;
+		res.leader_epoch = (int32_t)rd32(&r);
 		status = r.bad || r.left || err > 0 ? REP_EPROTO : err;
 	}
 	/* the thread sets abandoned under rp->mu before leaving, and rp is only
@@ -1713,8 +1707,6 @@ static int forward(struct replica *rp, uint16_t leader, int32_t epoch, const str
 		rc = rp->removed ? -ECANCELED : -ETIMEDOUT;
 		atomic_store(&fw->abandoned, true);
 	}
-	if (rc == 0 && res->last_offset + 1 > rp->fwd_end)
-		rp->fwd_end = res->last_offset + 1;
 	pthread_mutex_unlock(&rp->mu);
 	fwd_put(fw);
 	return rc;
@@ -1801,53 +1793,117 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 }
 
 /* Waits (mu held) until this node's HW reaches target; -EIO if it did not by
- * until, or if a truncation took the target away. */
+ * until. (A truncation below target says nothing yet: the batch may be
+ * fetched again. Whether the record there is still the one appended is
+ * decided by its epoch, mark_state_locked.) */
 static int wait_hw_locked(struct replica *rp, int64_t target, int64_t until)
 {
-	uint64_t truncs = rp->trunc_count;
-	while (rp->hw < target && !rp->removed) {
-		if (rp->trunc_count != truncs && rp->trunc_low < target)
-			return -EIO;
+	while (rp->hw < target && !rp->removed)
 		if (!wait_until(rp, until))
 			return -EIO;
-	}
 	return rp->removed ? -ECANCELED : 0;
 }
 
-/* With acks: all, waits (mu held) until everything this node appended (a
- * leader) or forwarded (a follower) is below its high watermark. On a
- * leader, an in-sync set that shrank below min_insync meanwhile fails it
- * (as Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: the records stay, a retry
- * without a producer id may duplicate them); otherwise the leader gives its
- * in-sync followers up to COMMIT_SPREAD_MS to learn the watermark, so a read
- * on their mounts right after sees the records. Returns 0 or -EIO /
+/* Where a file's append stands (mu held): 1 committed (this node's HW is
+ * past it and its offset here still has the epoch it was appended at), 0
+ * not yet, -EIO gone (the committed record at its offset is of another
+ * epoch: a new leader truncated it away). */
+static int mark_state_locked(struct replica *rp, const struct rep_mark *mk)
+{
+	if (rp->hw < mk->end)
+		return 0;
+	struct ls_partition_info info;
+	ls_partition_get_info(rp->log, &info);
+	if (mk->end <= info.start_offset)
+		return 1; /* committed, then retention or a reset took it */
+	int32_t e = ls_partition_epoch_of(rp->log, mk->end - 1);
+	return e == mk->epoch ? 1 : -EIO;
+}
+
+static void mark_lost_log(const struct replica *rp, const struct rep_mark *mk)
+{
+	tfs_error("partition %" PRIu64 "/%u: records up to offset %" PRId64 " appended at leader "
+	          "epoch %" PRId32 " were truncated by a newer leader: reported as EIO",
+	          rp->topic_id, rp->index, mk->end - 1, mk->epoch);
+}
+
+void replica_marks_add(struct replica *rp, struct rep_marks *mk,
+                       const struct ls_append_result *res)
+{
+	struct rep_mark m = {res->last_offset + 1, res->leader_epoch};
+	if (mk->n && mk->m[mk->n - 1].epoch == m.epoch) {
+		if (m.end > mk->m[mk->n - 1].end)
+			mk->m[mk->n - 1].end = m.end;
+		return;
+	}
+	/* a new epoch: drop the settled marks of older ones */
+	pthread_mutex_lock(&rp->mu);
+	uint8_t k = 0;
+	for (uint8_t i = 0; i < mk->n; i++) {
+		int st = mark_state_locked(rp, &mk->m[i]);
+		if (st < 0) {
+			mark_lost_log(rp, &mk->m[i]);
+			mk->lost = 1;
+		} else if (st == 0) {
+			mk->m[k++] = mk->m[i];
+		}
+	}
+	pthread_mutex_unlock(&rp->mu);
+	mk->n = k;
+	if (mk->n == REP_MARKS_MAX) { /* four epochs unsettled: cannot follow more */
+		tfs_error("partition %" PRIu64 "/%u: appends at %u leader epochs not yet "
+		          "committed: the oldest cannot be checked any more, reported as EIO",
+		          rp->topic_id, rp->index, REP_MARKS_MAX);
+		mk->lost = 1;
+		memmove(mk->m, mk->m + 1, (REP_MARKS_MAX - 1) * sizeof(mk->m[0]));
+		mk->n--;
+	}
+	mk->m[mk->n++] = m;
+}
+
+/* With acks: all, waits (mu held) until every append in mk is committed:
+ * this node's high watermark passed it (a leader's moves with its in-sync
+ * followers' fetches, a follower's with its own fetching) and its offset
+ * still has the leader epoch it was appended at (else a newer leader
+ * truncated it: -EIO). On a leader, an in-sync set that shrank below
+ * min_insync meanwhile fails it (as Kafka's
+ * NOT_ENOUGH_REPLICAS_AFTER_APPEND: the records stay, a retry without a
+ * producer id may duplicate them); otherwise the leader gives its in-sync
+ * followers up to COMMIT_SPREAD_MS to learn the watermark, so a read on
+ * their mounts right after sees the records. Returns 0 or -EIO /
  * -ECANCELED. */
 static int wait_acked_locked(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
-                             int64_t deadline)
+                             const struct rep_marks *mk, int64_t deadline)
 {
 	struct replica_set *rs = rp->rs;
 	int rc;
 	if (acks != REP_ACKS_ALL)
 		return 0;
-	if (rp->role != ROLE_LEADER) {
-		/* what was forwarded through here: committed once our own
-		 * fetching brings a HW past it */
-		if ((rc = wait_hw_locked(rp, rp->fwd_end, deadline)) < 0)
+	if (mk->lost)
+		return -EIO;
+	int64_t target = 0;
+	for (uint8_t i = 0; i < mk->n; i++) {
+		const struct rep_mark *m = &mk->m[i];
+		if ((rc = wait_hw_locked(rp, m->end, deadline)) == 0)
+			rc = mark_state_locked(rp, m);
+		if (rc == -EIO && rp->hw >= m->end) {
+			mark_lost_log(rp, m);
+			return rc;
+		}
+		if (rc < 0) {
 			tfs_error("partition %" PRIu64 "/%u: commit: high watermark %" PRId64
-			          " did not reach %" PRId64 " within %u ms", rp->topic_id, rp->index,
-			          rp->hw, rp->fwd_end, rs->wait_ms);
-		return rc;
+			          " did not reach %" PRId64 " within %u ms (%s)", rp->topic_id,
+			          rp->index, rp->hw, m->end, rs->wait_ms,
+			          rp->role == ROLE_LEADER ? "in-sync replicas behind"
+			                                  : "this node's fetching behind");
+			return rc;
+		}
+		if (m->end > target)
+			target = m->end;
 	}
-	struct ls_partition_info info;
-	ls_partition_get_info(rp->log, &info);
-	int64_t target = info.end_offset;
-	if ((rc = wait_hw_locked(rp, target, deadline)) < 0) {
-		tfs_error("partition %" PRIu64 "/%u: commit: in-sync replicas did not reach offset %"
-		          PRId64 " within %u ms (high watermark %" PRId64 ")", rp->topic_id,
-		          rp->index, target, rs->wait_ms, rp->hw);
-		return rc;
-	}
-	if (rp->role == ROLE_LEADER && rp->mp.nisr < min_insync) {
+	if (rp->role != ROLE_LEADER || !mk->n)
+		return 0;
+	if (rp->mp.nisr < min_insync) {
 		tfs_error("partition %" PRIu64 "/%u: commit: offset %" PRId64 " is on %u in-sync "
 		          "replica(s), fewer than min_insync %u", rp->topic_id, rp->index,
 		          target - 1, rp->mp.nisr, min_insync);
@@ -1866,27 +1922,29 @@ static int wait_acked_locked(struct replica *rp, enum rep_acks acks, uint32_t mi
 	return 0;
 }
 
-int replica_wait_acked(struct replica *rp, enum rep_acks acks, uint32_t min_insync)
+int replica_wait_acked(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
+                       const struct rep_marks *mk)
 {
 	if (acks != REP_ACKS_ALL)
 		return 0;
 	if (!enter(rp))
 		return -EIO;
 	pthread_mutex_lock(&rp->mu);
-	int rc = wait_acked_locked(rp, acks, min_insync, cluster_now_ms() + rp->rs->wait_ms);
+	int rc = wait_acked_locked(rp, acks, min_insync, mk, cluster_now_ms() + rp->rs->wait_ms);
 	pthread_mutex_unlock(&rp->mu);
 	leave(rp);
 	return rc < 0 ? -EIO : 0;
 }
 
-int replica_commit(struct replica *rp, enum rep_acks acks, uint32_t min_insync)
+int replica_commit(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
+                   const struct rep_marks *mk)
 {
 	int rc;
 	if (!enter(rp))
 		return -EIO;
 	pthread_mutex_lock(&rp->mu);
 	int leader = rp->role == ROLE_LEADER;
-	rc = wait_acked_locked(rp, acks, min_insync, cluster_now_ms() + rp->rs->wait_ms);
+	rc = wait_acked_locked(rp, acks, min_insync, mk, cluster_now_ms() + rp->rs->wait_ms);
 	pthread_mutex_unlock(&rp->mu);
 	if (rc == 0 && leader && (rc = ls_partition_sync(rp->log)) < 0)
 		tfs_error("partition %" PRIu64 "/%u: commit failed: %s", rp->topic_id, rp->index,

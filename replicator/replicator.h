@@ -203,14 +203,40 @@ int rep_topic_room(struct rep_topic *t, uint64_t bytes) TFS_MUST_CHECK;
 int rep_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
                 const struct ls_producer *prod, struct ls_append_result *res) TFS_MUST_CHECK;
 
-/* Returns once everything appended so far is committed under the topic's acks
- * policy and durable on this node (fsync). -EIO if it could not be. */
-int rep_partition_commit(struct rep_partition *p) TFS_MUST_CHECK;
+/* What one open file appended to one partition, for its commit: the end
+ * (last offset + 1) of its latest append in each leader epoch it appended
+ * in, oldest first. A record is named by its offset and the leader epoch of
+ * its batch (one leader per epoch): a leader that was cut off or paused and
+ * appended after its successor took over has its records truncated away,
+ * and its successor's records take their offsets at a newer epoch, so "the
+ * high watermark passed the offset" alone would call them committed.
+ * Zero-initialise; nothing to free. */
+#define REP_MARKS_MAX 4
+struct rep_marks {
+	struct rep_mark {
+		int64_t end;
+		int32_t epoch;
+	} m[REP_MARKS_MAX];
+	uint8_t n;
+	uint8_t lost;  /* an append is known gone: the next commit fails */
+};
+
+/* Records an append of rep_produce (res) in mk. Older epochs' marks that
+ * are settled (committed, or gone) are dropped on the way; a cluster node
+ * only (a single node's appends commit as they land). */
+void rep_marks_add(struct rep_partition *p, struct rep_marks *mk,
+                   const struct ls_append_result *res);
+
+/* Returns once the appends in mk are committed under the topic's acks
+ * policy and everything appended is durable on this node (fsync), then
+ * empties mk. -EIO if they could not be (mk is kept). */
+int rep_partition_commit(struct rep_partition *p, struct rep_marks *mk) TFS_MUST_CHECK;
 
 /* The same without the fsync (what close() waits for): with acks: all, until
- * the in-sync replicas have what was appended or forwarded through this
- * node. -EIO if they did not within replica_wait_ms. */
-int rep_partition_wait_acked(struct rep_partition *p) TFS_MUST_CHECK;
+ * the in-sync replicas have the appends in mk, still at the leader epochs
+ * they were appended at. -EIO if they did not within replica_wait_ms, or if
+ * a new leader's truncation took them away. */
+int rep_partition_wait_acked(struct rep_partition *p, struct rep_marks *mk) TFS_MUST_CHECK;
 
 /* The local replica's log, for readers. Valid while the topic ref is held. */
 struct ls_partition *rep_partition_log(struct rep_partition *p);

@@ -170,6 +170,69 @@ minority_test() {
 	[[ $(tail -n 1 "${M[maj]}/t/$mp/log") == "after heal" ]]
 }
 
+# A write a partition leader took just after it was cut off (it still led as
+# far as it knew, and its followers still counted as in sync): after the heal
+# it truncates it away and fetches its successor's records, whose offsets
+# pass it. fsync must then fail, not take those records for the write's.
+@test "a write a cut-off partition leader took is not acknowledged after the heal: fsync and close fail with EIO" {
+	cl_use_netns 3
+	cluster_start 3
+	acks_all_topic t
+	local l maj majb e0 tag=cutoff-$RANDOM
+	l=$(leader_of t 0 1)
+	e0=$(epoch_of t 0 1)
+	maj=$(other_than "$l")
+	majb=$(other_than "$l" "$maj")
+	dd_append "${M[l]}/t/0/log" before
+	cat >"$T/writer.py" <<-'EOF'
+		import errno, os, sys, time
+		path, tag, d = sys.argv[1:4]
+		def step(name, call):
+		    try:
+		        call()
+		        r = name + " ok"
+		    except OSError as e:
+		        r = name + " " + errno.errorcode[e.errno]
+		    open(d + "/outcome", "a").write(r + "\n")
+		def wait(f):
+		    while not os.path.exists(d + "/" + f):
+		        time.sleep(0.05)
+		fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+		open(d + "/outcome", "w").write("opened\n")
+		wait("go1")
+		step("write", lambda: os.write(fd, (tag + "\n").encode()))
+		wait("go2")
+		step("fsync", lambda: os.fsync(fd))
+		step("close", lambda: os.close(fd))
+		open(d + "/outcome", "a").write("done\n")
+	EOF
+	cl_bg python3 "$T/writer.py" "${M[l]}/t/0/log" "$tag" "$T"
+	wait_secs 10 "grep -q opened $T/outcome"
+	cut_node "$l"
+	touch "$T/go1"
+	wait_secs 20 "grep -q '^write' $T/outcome"
+	cat "$T/outcome"
+	grep -qx 'write ok' "$T/outcome" # the cut-off leader appended it
+	# the majority elects a leader and appends past the cut-off one's end
+	wait_secs 30 "[[ \$(leader_of t 0 $maj) != $l && \$(epoch_of t 0 $maj) -gt $e0 ]]" ||
+		{ cat "${M[maj]}/t/0/state"; false; }
+	dd_append "${M[maj]}/t/0/log" after-1
+	dd_append "${M[majb]}/t/0/log" after-2
+	heal_node "$l"
+	wait_secs 40 'cl_formed'
+	wait_secs 40 "logs_agree t 0"
+	touch "$T/go2"
+	wait_secs 30 "grep -q done $T/outcome" || { cat "$T/outcome"; false; }
+	cat "$T/outcome"
+	for i in 1 2 3; do
+		if grep -qx "$tag" "${M[i]}/t/0/log"; then echo "the line is on node $i"; false; fi
+	done
+	grep -qx 'fsync EIO' "$T/outcome"
+	grep -qx 'close EIO' "$T/outcome"
+	grep -q 'truncated by a newer leader' "${NODE_LOG[l]}"
+	[[ $(cat "${M[l]}/t/0/log") == $'before\nafter-1\nafter-2' ]]
+}
+
 @test "a cut-off quorum leader cannot commit; the majority elects leaders and goes on; healed, it catches up" {
 	minority_test quorum-leader
 }

@@ -96,6 +96,7 @@ struct node {
 	char dir[300];
 	char addr[32];
 	bool running;
+	struct rep_marks mk;          /* what produce() appended through it */
 };
 
 struct submitted {
@@ -400,7 +401,12 @@ static int produce(struct node *nd, const char *tag, uint32_t n, const struct ls
 		recs[i] = (struct ls_rec){NULL, 0, vals[i], (uint32_t)len};
 	}
 	struct ls_append_result ignored;
-	return replica_produce(nd->rp, recs, n, prod, acks, min_insync, res ? res : &ignored);
+	if (!res)
+		res = &ignored;
+	int rc = replica_produce(nd->rp, recs, n, prod, acks, min_insync, res);
+	if (rc == 0)
+		replica_marks_add(nd->rp, &nd->mk, res);
+	return rc;
 }
 
 /* Appends one batch straight to a log (no replication). */
@@ -455,7 +461,7 @@ static void test_three_nodes_replicate_identically_hw_is_min_of_isr(void)
 	struct node *l = &w.nodes[0], *f2 = &w.nodes[1], *f3 = &w.nodes[2];
 	for (int b = 0; b < 5; b++)
 		CHECK_EQ_INT(produce(l, "a", 3, NULL, REP_ACKS_ALL, 2, NULL), 0);
-	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL, 1), 0);
+	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL, 1, &l->mk), 0);
 	CHECK_EQ_INT(hw_of(l), 15);
 	CHECK(WAIT_FOR(hw_of(f2) == 15 && hw_of(f3) == 15));
 	CHECK(same_log(l->log, f2->log));
@@ -490,7 +496,7 @@ static void test_lagging_follower_shrunk_then_expanded(void)
 		node_start(&w, i);
 	struct node *l = &w.nodes[0], *f3 = &w.nodes[2];
 	CHECK_EQ_INT(produce(l, "a", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
-	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL, 1), 0);
+	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL, 1, &l->mk), 0);
 	node_stop(&w, 2);
 	CHECK_EQ_INT(produce(l, "b", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
 	CHECK(WAIT_FOR(submitted(&w, META_CMD_ISR_SHRINK, 3) == 1));
@@ -524,20 +530,22 @@ static void test_forwarded_produce_lands_once(void)
 	CHECK_EQ_INT(res.base_offset, 0);
 	CHECK_EQ_INT(res.last_offset, 1);
 	CHECK_EQ_INT(res.duplicate, 0);
+	CHECK_EQ_INT(res.leader_epoch, 0); /* the leader's epoch comes back with it */
 	CHECK_EQ_INT(produce(f, "x", 2, &prod, REP_ACKS_ALL, 2, &res), 0); /* a retry */
 	CHECK_EQ_INT(res.duplicate, 1);
+	CHECK_EQ_INT(res.leader_epoch, 0);
 	CHECK_EQ_INT(res.base_offset, 0);
 	CHECK_EQ_INT(res.last_offset, 1);
 	CHECK_EQ_INT(end_of(l), 2);
 	CHECK_EQ_INT(atomic_load(&l->part.records_in), 2);
 	CHECK_EQ_INT(atomic_load(&f->part.records_in), 0);
-	CHECK_EQ_INT(replica_commit(f->rp, REP_ACKS_ALL, 1), 0);
+	CHECK_EQ_INT(replica_commit(f->rp, REP_ACKS_ALL, 1, &f->mk), 0);
 	CHECK(hw_of(f) >= 2);
 
 	struct ls_producer prod2 = {43, 0, 0};
 	CHECK_EQ_INT(produce(obs, "y", 3, &prod2, REP_ACKS_ALL, 2, &res), 0);
 	CHECK_EQ_INT(res.base_offset, 2);
-	CHECK_EQ_INT(replica_commit(obs->rp, REP_ACKS_ALL, 1), 0);
+	CHECK_EQ_INT(replica_commit(obs->rp, REP_ACKS_ALL, 1, &obs->mk), 0);
 	CHECK_EQ_INT(hw_of(obs), 5);
 	CHECK(same_log(l->log, obs->log));
 	CHECK(WAIT_FOR(same_log(l->log, f->log)));
@@ -571,7 +579,7 @@ static void test_acks_all_below_min_insync(void)
 	node_start(&w, 1);
 	CHECK(WAIT_FOR(submitted(&w, META_CMD_ISR_EXPAND, 2) == 1));
 	CHECK_EQ_INT(produce(l, "c", 1, NULL, REP_ACKS_ALL, 2, NULL), 0);
-	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL, 1), 0);
+	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL, 1, &l->mk), 0);
 	CHECK_EQ_INT(hw_of(l), 2);
 	world_free(&w);
 }
@@ -616,6 +624,83 @@ static void test_divergent_tail_truncated_by_epoch(void)
 	CHECK(WAIT_FOR(end_of(n1) == 4 && same_log(n1->log, n2->log)));
 	world_free(&w);
 	CHECK_EQ_INT(ls_partition_close(old), 0);
+}
+
+/* A leader that was paused (or cut off) appends at its old epoch after its
+ * successor took over: when it comes back it follows, truncates and
+ * fetches the new leader's records, whose offsets pass what it appended.
+ * The commit of what a file appended there fails (EIO) instead of taking
+ * the new leader's records for its own; an append of the old epoch that the
+ * successor has commits; and a follower whose forward the old leader
+ * answered fails the same way. */
+static void test_stale_leader_appends_fail_their_commit(void)
+{
+	static struct world w;
+	struct layout lay = {.leader = 1, .epoch = 0, .replicas = {1, 2, 3}, .nreplicas = 3,
+	                     .isr = {1, 2, 3}, .nisr = 3, .lag_ms = 10000, .wait_ms = 1500};
+	world_init(&w, 3, &lay);
+	for (size_t i = 0; i < 3; i++)
+		node_start(&w, i);
+	struct node *n1 = &w.nodes[0], *n2 = &w.nodes[1], *n3 = &w.nodes[2];
+	CHECK_EQ_INT(produce(n1, "a", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK_EQ_INT(replica_commit(n1->rp, REP_ACKS_ALL, 1, &n1->mk), 0);
+	CHECK(WAIT_FOR(hw_of(n2) == 2 && hw_of(n3) == 2));
+
+	/* node 1 stops; node 2 leads epoch 1 and appends three records */
+	node_stop(&w, 0);
+	pthread_rwlock_wrlock(&w.lock);
+	struct meta_partition *mp = &w.state.topics[0].parts[0];
+	mp->leader = 2;
+	mp->leader_epoch = 1;
+	mp->nisr = 2;
+	mp->isr[0] = 2;
+	mp->isr[1] = 3;
+	pthread_rwlock_unlock(&w.lock);
+	propagate(&w);
+	int rc = -1;
+	for (int t = 0; t < 50 && rc != 0; t++) { /* until node 2 knows it leads */
+		struct rep_partition_state st;
+		replica_state(n2->rp, &st);
+		if (st.leader == 2 && st.leader_epoch == 1)
+			rc = produce(n2, "b", 3, NULL, REP_ACKS_ALL, 2, NULL);
+		else
+			sleep_ms(20);
+	}
+	CHECK_EQ_INT(rc, 0);
+	CHECK(WAIT_FOR(hw_of(n2) == 5 && hw_of(n3) == 5));
+
+	/* what node 1 appended meanwhile, as the leader of epoch 0 it still
+	 * thought it was: offsets 2 and 3, its file's mark (end 4, epoch 0);
+	 * and what node 3 had forwarded to it and been answered for */
+	struct ls_append_result res;
+	struct ls_rec rec[2] = {{NULL, 0, "stale-0", 7}, {NULL, 0, "stale-1", 7}};
+	CHECK_EQ_INT(ls_partition_append(n1->log, rec, 2, 1000, NULL, &res), 0);
+	CHECK_EQ_INT(res.last_offset, 3);
+	CHECK_EQ_INT(res.leader_epoch, 0);
+	struct rep_marks gone = {.m = {{res.last_offset + 1, res.leader_epoch}}, .n = 1};
+	struct rep_marks kept = {.m = {{2, 0}}, .n = 1}; /* "a": node 2 has it at epoch 0 */
+	struct rep_marks forwarded = gone;
+
+	node_start(&w, 0);
+	CHECK(WAIT_FOR(same_log(n1->log, n2->log) && hw_of(n1) == 5));
+	CHECK_EQ_INT(ls_partition_epoch_of(n1->log, 3), 1);
+	CHECK_EQ_INT(ls_partition_epoch_of(n1->log, 1), 0);
+	CHECK_EQ_INT(replica_wait_acked(n1->rp, REP_ACKS_ALL, 1, &gone), -EIO);
+	CHECK_EQ_INT(replica_commit(n1->rp, REP_ACKS_ALL, 1, &gone), -EIO);
+	CHECK_EQ_INT(replica_commit(n1->rp, REP_ACKS_ALL, 1, &kept), 0);
+	CHECK_EQ_INT(replica_wait_acked(n3->rp, REP_ACKS_ALL, 1, &forwarded), -EIO);
+	CHECK_EQ_INT(replica_wait_acked(n3->rp, REP_ACKS_LEADER, 1, &forwarded), 0);
+
+	/* a later append through node 3 at epoch 1 settles the old mark as gone:
+	 * the file's commit fails even though its newest append committed */
+	CHECK_EQ_INT(produce(n3, "c", 1, NULL, REP_ACKS_ALL, 2, &res), 0);
+	CHECK_EQ_INT(res.leader_epoch, 1);
+	n3->mk = forwarded;
+	replica_marks_add(n3->rp, &n3->mk, &res);
+	CHECK_EQ_INT(n3->mk.lost, 1);
+	CHECK_EQ_INT(n3->mk.n, 1);
+	CHECK_EQ_INT(replica_wait_acked(n3->rp, REP_ACKS_ALL, 1, &n3->mk), -EIO);
+	world_free(&w);
 }
 
 /* ---- malformed frames ---------------------------------------------------------------------- */
@@ -769,6 +854,7 @@ int main(void)
 	RUN(test_forwarded_produce_lands_once);
 	RUN(test_acks_all_below_min_insync);
 	RUN(test_divergent_tail_truncated_by_epoch);
+	RUN(test_stale_leader_appends_fail_their_commit);
 	RUN(test_malformed_frames_refused);
 	RUN(test_unknown_partition_answered);
 	if (unit_failed_checks) { /* the log goes with the temporary directory */
