@@ -91,6 +91,8 @@ struct cluster {
 	atomic_uint_fast64_t next_seq;
 	uint64_t boot_id;
 	atomic_uint_fast64_t applied_idx;   /* raft index applied on this node */
+	atomic_bool caught_up;              /* a read barrier has passed since start:
+	                                       applied entries are news, not replay */
 	pthread_t loop_thread;
 	atomic_bool loop_known;
 
@@ -539,37 +541,73 @@ static void barrier_resp(void *ctx, int status, const struct tr_frame *resp)
 	pthread_mutex_unlock(&c->lock);
 }
 
-void cluster_sync(struct cluster *c)
+/* One read barrier through the quorum leader, at most ms: 0 once this node
+ * has applied what the leader had committed when it answered (or this node
+ * is the leader), -EAGAIN if no leader is known, -ETIMEDOUT otherwise. */
+static int barrier(struct cluster *c, unsigned ms)
 {
-	if (!c || meta_raft_is_leader(c->mr))
-		return;
-	if (atomic_load(&c->loop_known) && pthread_equal(pthread_self(), c->loop_thread))
-		return;
+	if (meta_raft_is_leader(c->mr)) {
+		atomic_store(&c->caught_up, true);
+		return 0;
+	}
 	uint16_t leader = meta_raft_leader(c->mr, NULL, 0);
 	if (leader == 0 || leader == c->o.node_id)
-		return;
+		return -EAGAIN;
 	struct barrier *b = calloc(1, sizeof(*b));
 	if (!b)
-		return;
+		return -ENOMEM;
 	b->c = c;
 	b->refs = 2;
-	if (tr_request(c->net, leader, TF_META_BARRIER, 0, NULL, 0, 1000, barrier_resp, b,
+	if (tr_request(c->net, leader, TF_META_BARRIER, 0, NULL, 0, ms, barrier_resp, b,
 	               NULL) < 0) {
 		free(b);
-		return;
+		return -EAGAIN;
 	}
+	int rc = -ETIMEDOUT;
 	struct timespec ts;
-	wire_deadline(&ts, 1000);
+	wire_deadline(&ts, ms);
 	pthread_mutex_lock(&c->lock);
 	while (b->done == 0 && !c->closing)
 		if (pthread_cond_timedwait(&c->cond, &c->lock, &ts) != 0)
 			break;
-	if (b->done == 1)
+	if (b->done == 1) {
 		while (atomic_load(&c->applied_idx) < b->index && !c->closing)
 			if (pthread_cond_timedwait(&c->cond, &c->lock, &ts) != 0)
 				break;
+		if (atomic_load(&c->applied_idx) >= b->index) {
+			rc = 0;
+			atomic_store(&c->caught_up, true);
+		}
+	}
 	barrier_put(b);
 	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+void cluster_sync(struct cluster *c)
+{
+	if (!c)
+		return;
+	if (atomic_load(&c->loop_known) && pthread_equal(pthread_self(), c->loop_thread))
+		return;
+	(void)barrier(c, 1000);
+}
+
+int cluster_catch_up(struct cluster *c, unsigned ms)
+{
+	int64_t deadline = cluster_now_ms() + ms;
+	for (;;) {
+		int64_t left = deadline - cluster_now_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		int rc = barrier(c, left < 1000 ? (unsigned)left : 1000);
+		if (rc == 0)
+			return 0;
+		if (rc == -EAGAIN) { /* no leader known yet: the quorum may be forming */
+			struct timespec ts = {0, 50 * 1000000L};
+			nanosleep(&ts, NULL);
+		}
+	}
 }
 
 static int on_frame(void *ctx, struct tr_net *net, const struct tr_frame *f)
@@ -615,8 +653,12 @@ static void on_applied(void *ctx, const struct meta_cmd *cmd, int rc,
 	const struct meta_state *s = &meta_raft_fsm(c->mr)->state;
 	rep_cluster_reconcile(c->rep, s);
 	rep_groups_meta_changed(c->rep, s);
-	if (cmd->type == META_CMD_NODE_DOWN && rc == 0)
-		tfs_warn("metadata: node %u is down", cmd->node);
+	if (cmd->type == META_CMD_NODE_DOWN && rc == 0) {
+		if (atomic_load(&c->caught_up))
+			tfs_warn("metadata: node %u is down", cmd->node);
+		else /* a restart replaying its log: old news */
+			tfs_debug("metadata: node %u was down", cmd->node);
+	}
 	if (cmd->origin == c->o.node_id && (cmd->seq & SEQ_TAG))
 		waiter_finish(c, cmd->seq, 1, rc, res);
 	applied_to(c, meta_raft_last_applied(c->mr) + 1);
@@ -744,6 +786,7 @@ int cluster_open(struct rep *r, const struct cluster_options *o, const char *dat
 	pthread_cond_init(&c->cond, NULL);
 	atomic_init(&c->next_seq, 1);
 	atomic_init(&c->ctl_inflight, 0);
+	atomic_init(&c->caught_up, false);
 	c->boot_id = (uint64_t)wall_ms();
 	atomic_store(&c->leader_known_ms, cluster_now_ms());
 	make_cluster_id(c);

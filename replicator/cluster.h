@@ -96,6 +96,12 @@ void cluster_close(struct cluster *c);
  * thread and on the quorum leader). For look-ups that miss: a name made on
  * another mount a moment ago is found. */
 void cluster_sync(struct cluster *c);
+/* The same, tried until it works or ms ran out (a quorum leader to ask may
+ * not be known yet): 0 once this node has caught up with the quorum, else
+ * -ETIMEDOUT. At start: a node restarted from its own (older) snapshot and
+ * log knows an old state until then, in which it may coordinate groups or
+ * lead partitions that moved while it was down. */
+int cluster_catch_up(struct cluster *c, unsigned ms);
 /* .cluster/nodes: every voter with its state (up/down) and quorum role. */
 size_t cluster_nodes(struct cluster *c, struct rep_node_info *out, size_t max);
 /* 1 if this node has known no quorum leader for node_timeout_ms: metadata

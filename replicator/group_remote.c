@@ -1013,10 +1013,8 @@ static int stub_join(struct grm_stub *s)
 		}
 		/* Not run anywhere yet, or its node is unreachable: the metadata
 		 * may name another coordinator soon (its node died). */
-		if ((rc != -ESTALE && rc != -ENOTCONN) || mono_ms() + JOIN_RETRY_MS >= deadline)
+		if (!grm_retry(gr, rc, deadline))
 			break;
-		grm_sync(gr);
-		sleep_ms(JOIN_RETRY_MS);
 	}
 	if (rc == -ESTALE)
 		rc = -EAGAIN;
@@ -1027,7 +1025,7 @@ static int stub_join(struct grm_stub *s)
 
 /* After a request to the coordinator failed with rc: -ESTALE (the proxy is
  * gone) joins again on the next try; anything else sends positions with the
- * next request (invariant 1). Returns 1 to try once more. */
+ * next request (invariant 1). Returns 1 if it must join again. */
 static int stub_failed(struct grm_stub *s, int rc)
 {
 	if (rc == -ESTALE) {
@@ -1193,14 +1191,15 @@ int grm_stub_take_bulk(struct grm_stub *s, void *buf, size_t size, uint32_t max_
                        char sep, struct rep_bulk *out)
 {
 	int rc;
+	int64_t deadline = grm_deadline(s->gr);
 	*out = (struct rep_bulk){0};
 	pthread_mutex_lock(&s->mu);
-	for (int tries = 0; tries < 2; tries++) {
+	for (;;) {
 		if ((rc = stub_join(s)) < 0)
 			break;
 		if (s->mode == S_LOCAL) {
 			rc = rep_member_take_bulk(s->inner, buf, size, max_records, sep, out);
-			if (rc == 0 && rep_member_orphaned(s->inner))
+			if (rc == 0 && rep_member_orphaned(s->inner) && mono_ms() < deadline)
 				continue; /* evicted meanwhile: join where it runs now */
 			break;
 		}
@@ -1213,8 +1212,9 @@ int grm_stub_take_bulk(struct grm_stub *s, void *buf, size_t size, uint32_t max_
 		q.sep = (uint8_t)sep;
 		rc = call(s->gr, s->coord, &q, &resp, &len);
 		if (rc < 0) {
-			if (stub_failed(s, rc))
-				continue;
+			stub_failed(s, rc);
+			if (grm_retry(s->gr, rc, deadline))
+				continue; /* rejoined, or the group moves off a dead node */
 			break;
 		}
 		struct grm_take t;
@@ -1248,13 +1248,14 @@ int grm_stub_take_bulk(struct grm_stub *s, void *buf, size_t size, uint32_t max_
 int grm_stub_ready(struct grm_stub *s)
 {
 	int rc;
+	int64_t deadline = grm_deadline(s->gr);
 	pthread_mutex_lock(&s->mu);
-	for (int tries = 0; tries < 2; tries++) {
+	for (;;) {
 		if ((rc = stub_join(s)) < 0)
 			break;
 		if (s->mode == S_LOCAL) {
 			rc = rep_member_ready(s->inner);
-			if (rc == 0 && rep_member_orphaned(s->inner))
+			if (rc == 0 && rep_member_orphaned(s->inner) && mono_ms() < deadline)
 				continue;
 			break;
 		}
@@ -1264,7 +1265,8 @@ int grm_stub_ready(struct grm_stub *s)
 		stub_req(s, GRM_READY, s->resync, &q);
 		rc = call(s->gr, s->coord, &q, &resp, &len);
 		if (rc < 0) {
-			if (stub_failed(s, rc))
+			stub_failed(s, rc);
+			if (grm_retry(s->gr, rc, deadline))
 				continue;
 			break;
 		}
@@ -1795,6 +1797,29 @@ void grm_sync(struct grm *gr)
 		if (pthread_cond_timedwait(&gr->cv, &gr->mu, &ts) == ETIMEDOUT)
 			break;
 	pthread_mutex_unlock(&gr->mu);
+}
+
+int64_t grm_deadline(const struct grm *gr)
+{
+	return mono_ms() + gr->timeout_ms;
+}
+
+int grm_retry(struct grm *gr, int rc, int64_t deadline)
+{
+	switch (rc) {
+	case -ESTALE:       /* not run there (yet): a group just made, or moved */
+	case -ENOTCONN:     /* its node cannot be reached: the quorum moves it */
+	case -ECONNRESET:
+	case -ECONNABORTED:
+		break;
+	default:
+		return 0;
+	}
+	if (mono_ms() + JOIN_RETRY_MS >= deadline)
+		return 0;
+	grm_sync(gr);
+	sleep_ms(JOIN_RETRY_MS);
+	return 1;
 }
 
 void grm_kick(struct grm *gr)

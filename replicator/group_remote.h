@@ -148,6 +148,16 @@ void grm_meta_changed(struct grm *gr);
 /* Waits (bounded by the request timeout) until the worker has reconciled
  * with every metadata change signalled so far. Not on the loop thread. */
 void grm_sync(struct grm *gr);
+/* The request timeout from now: how long a call that keeps meeting the
+ * cases grm_retry waits out may go on. */
+int64_t grm_deadline(const struct grm *gr);
+/* After rc from g's coordinator (or from running it here): 1, having caught
+ * up with the metadata and paused a moment, if rc says the group is not run
+ * there yet (-ESTALE: just made, or moved) or its node cannot be reached
+ * (-ENOTCONN, -ECONNRESET, -ECONNABORTED: the quorum moves it off a dead
+ * node within node_timeout_ms) and deadline leaves time to ask again; else
+ * 0 (give rc to the caller). Not on the loop thread or the worker. */
+int grm_retry(struct grm *gr, int rc, int64_t deadline);
 /* A commit point was passed that should reach the quorum soon (leave). */
 void grm_kick(struct grm *gr);
 /* The group frames (loop thread; never blocks). */

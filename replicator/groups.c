@@ -1160,7 +1160,8 @@ static int cluster_lookup(struct rep_groups *c, struct rep_topic *t, const char 
 	if (!rep_name_valid(name))
 		return -EINVAL;
 	struct rep_group *g = rep_groups_find(c, rep_topic_id(t), name);
-	if (!g) {
+	if (!g) { /* made on another node a moment ago? catch up, reconcile */
+		rep_sync(c->rep);
 		grm_sync(c->remote);
 		g = rep_groups_find(c, rep_topic_id(t), name);
 	}
@@ -1235,9 +1236,14 @@ static int cluster_delete(struct rep_groups *c, struct rep_topic *t, const char 
 	if (rc < 0)
 		return rc;
 	uint32_t n = 0;
-	rc = rep_group_member_count(g, &n);
-	if (rc == -ESTALE)
+	int64_t deadline = grm_deadline(c->remote);
+	while ((rc = rep_group_member_count(g, &n)) == -ESTALE) {
 		rc = grm_group_members(c->remote, g, &n);
+		if (!grm_retry(c->remote, rc, deadline))
+			break; /* answered (or cannot be): not run here meanwhile */
+	}
+	if (rc == -ESTALE)
+		rc = -EAGAIN;
 	rep_group_put(g);
 	if (rc < 0) {
 		/* fs logs the refusal: details at debug level only (one line) */
@@ -1417,13 +1423,20 @@ size_t rep_group_committed(struct rep_group *g, struct grm_pos *out, size_t max)
 int rep_group_reset(struct rep_group *g, enum rep_reset how, int64_t partition, int64_t value)
 {
 	int rc = rep_group_reset_real(g, how, partition, value);
-	for (int tries = 0; rc == -ESTALE && tries < 2; tries++) {
+	if (rc != -ESTALE)
+		return rc;
+	/* run elsewhere, or nowhere yet (a group just made: its coordinator
+	 * has not applied it), or its node just died: until it runs */
+	int64_t deadline = grm_deadline(g->c->remote);
+	for (;;) {
 		rc = grm_group_reset(g->c->remote, g, how, partition, value);
-		if (rc == -ESTALE) { /* moved: perhaps here */
-			grm_sync(g->c->remote);
-			rc = rep_group_reset_real(g, how, partition, value);
-		}
+		if (!grm_retry(g->c->remote, rc, deadline))
+			break;
+		if ((rc = rep_group_reset_real(g, how, partition, value)) != -ESTALE)
+			break;
 	}
+	if (rc == -ESTALE)
+		rc = -EAGAIN; /* nobody runs it within the request timeout */
 	return rc;
 }
 
@@ -2157,7 +2170,8 @@ static int submitted_fit(struct rep_group *g)
 	return 0;
 }
 
-/* A GROUP_COMMIT of g's offsets that moved since the last submission (at
+/* A GROUP_COMMIT_BY (fenced: the quorum applies it only while this node
+ * coordinates g) of g's offsets that moved since the last submission (at
  * most META_CMD_MAX_OFFSETS; *more says some were left). NULL if none.
  * Caller holds g->mu. */
 static struct meta_cmd *commit_cmd_locked(struct rep_group *g, int *more)
@@ -2173,7 +2187,8 @@ static struct meta_cmd *commit_cmd_locked(struct rep_group *g, int *more)
 		if (!cmd) {
 			if (!(cmd = malloc(sizeof(*cmd))))
 				return *more = 1, NULL;
-			meta_cmd_init(cmd, META_CMD_GROUP_COMMIT);
+			meta_cmd_init(cmd, META_CMD_GROUP_COMMIT_BY);
+			cmd->node = grm_self(g->c->remote);
 			cmd->topic_id = g->topic_id;
 			snprintf(cmd->name, sizeof(cmd->name), "%s", g->name);
 		}

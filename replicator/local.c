@@ -1613,9 +1613,14 @@ int rep_start(struct rep *r, const struct rep_listener *l)
 			return rc;
 		}
 		/* Serve once this node has caught up with the quorum (its own
-		 * registration applied), or go on without it: the quorum may
-		 * still be forming. */
-		if (cluster_wait_ready(r->cluster, 10000) < 0)
+		 * registration applied, and everything the quorum had committed
+		 * by then: a restart otherwise serves the state of its own last
+		 * snapshot and log for a while, groups it no longer coordinates
+		 * among it), or go on without it: the quorum may still be
+		 * forming, or out of reach. */
+		int64_t until = cluster_now_ms() + 10000;
+		if (cluster_wait_ready(r->cluster, 10000) < 0 || cluster_now_ms() >= until ||
+		    cluster_catch_up(r->cluster, (unsigned)(until - cluster_now_ms())) < 0)
 			tfs_warn("no metadata quorum yet; topics appear once it forms");
 	}
 	return 0;

@@ -605,6 +605,7 @@ static const struct {
 	[META_CMD_GROUP_COMMIT] = { "group_commit", F_TOPIC | F_NAME | F_OFFSETS },
 	[META_CMD_GROUP_MOVE] = { "group_move", F_NODE | F_TOPIC | F_NAME },
 	[META_CMD_ALLOC_PIDS] = { "alloc_pids", F_COUNT },
+	[META_CMD_GROUP_COMMIT_BY] = { "group_commit_by", F_NODE | F_TOPIC | F_NAME | F_OFFSETS },
 };
 
 static bool type_known(int type) { return type >= 1 && type < META_CMD_NTYPES; }
@@ -1250,6 +1251,12 @@ static int apply_group(struct meta_state *s, struct meta_topic *t, const struct 
 		g->coordinator = coord;
 		res->value = coord;
 		return 0;
+	case META_CMD_GROUP_COMMIT_BY:
+		if (c->node != g->coordinator)
+			return refuse(res, -ESTALE, "%s: group %s: commit from node %u, which does "
+			              "not coordinate it (node %u does)", t->name, c->name, c->node,
+			              g->coordinator);
+		/* fall through */
 	case META_CMD_GROUP_COMMIT:
 		for (uint32_t k = 0; k < c->noffsets; k++) {
 			if (c->offsets[k].partition >= t->nparts)
@@ -1301,6 +1308,7 @@ int meta_apply(struct meta_state *s, const struct meta_cmd *c, struct meta_resul
 	case META_CMD_GROUP_CREATE:
 	case META_CMD_GROUP_DELETE:
 	case META_CMD_GROUP_COMMIT:
+	case META_CMD_GROUP_COMMIT_BY:
 	case META_CMD_GROUP_MOVE:
 		t = topic_find(s, c->topic_id);
 		if (!t)
@@ -1326,6 +1334,7 @@ int meta_apply(struct meta_state *s, const struct meta_cmd *c, struct meta_resul
 	case META_CMD_GROUP_CREATE:
 	case META_CMD_GROUP_DELETE:
 	case META_CMD_GROUP_COMMIT:
+	case META_CMD_GROUP_COMMIT_BY:
 	case META_CMD_GROUP_MOVE: return apply_group(s, t, c, res);
 	case META_CMD_ALLOC_PIDS: return apply_alloc_pids(s, c, res);
 	case META_CMD_NTYPES: break;

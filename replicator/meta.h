@@ -178,6 +178,10 @@ enum meta_cmd_type {
 	META_CMD_GROUP_COMMIT,      /* topic_id, name, noffsets x (partition, offset) */
 	META_CMD_GROUP_MOVE,        /* topic_id, name, node (coordinator, 0: pick) */
 	META_CMD_ALLOC_PIDS,        /* count */
+	META_CMD_GROUP_COMMIT_BY,   /* GROUP_COMMIT from its coordinator, node: applied
+	                               only while node coordinates the group (else
+	                               -ESTALE), so a node that ran the group from
+	                               an old state (a restart) cannot move it back */
 	META_CMD_NTYPES
 };
 

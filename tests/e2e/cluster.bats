@@ -251,6 +251,56 @@ os.close(fd)' "${M[l]}/t/0/log"
 	wait_secs 20 '[[ $(head -n 1 "${M[1]}/t/groups/g/offsets") == $'"'"'0\t7\t50\t43'"'"' ]]' || { cat "${M[1]}/t/groups/g/offsets"; false; }
 }
 
+# A node restarts from its own snapshot and log, which are older than the
+# quorum's: until it caught up it must neither run a group from that old
+# state (its members read records already consumed, and on leaving the role
+# it would submit those old offsets for everyone) nor serve its mount.
+@test "a node restarted from an old snapshot does not run groups from it: head -n 3 across restarts goes on where it was" {
+	cluster_start 3 snapshot_entries=64
+	mkdir "${M[1]}/s"
+	seq 1 3000 >>"${M[1]}/s/0/log"
+	wait_secs 10 "[[ \$(head -n 3 ${M[2]}/s/groups/g/pending | wc -l) == 3 ]]"
+	local r i want=4 got
+	for r in $(seq 2 60); do head -n 3 "${M[r % 3 + 1]}/s/groups/g/cursor" >/dev/null; done
+	want=181
+	for i in 1 2 3 1; do
+		for n in 1 2 3; do wait_secs 20 "ls ${NODE_DATA[n]}/raft | grep -q '^snapshot-'"; done
+		got=$(head -n 3 "${M[i % 3 + 1]}/s/groups/g/cursor" | paste -sd' ')
+		[[ $got == "$want $((want + 1)) $((want + 2))" ]] || { echo "before restarting node $i: $got, want from $want"; false; }
+		node_restart "$i"
+		got=$(head -n 3 "${M[i]}/s/groups/g/cursor" | paste -sd' ')
+		[[ $got == "$((want + 3)) $((want + 4)) $((want + 5))" ]] ||
+			{ echo "node $i right after its restart: $got, want from $((want + 3))"; false; }
+		want=$((want + 6))
+	done
+	for n in 1 2 3; do
+		wait_secs 10 "[[ \$(head -n 1 ${M[n]}/s/groups/g/offsets | cut -f2) == $((want - 1)) ]]" ||
+			{ cat "${M[n]}/s/groups/g/offsets"; false; }
+	done
+}
+
+# Writing offsets creates the group (as Kafka's --reset-offsets does); its
+# coordinator may be another node that has not applied the creation yet.
+@test "writing latest to offsets of new groups on one node: every reset holds, whichever node coordinates" {
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	wait_secs 10 '[[ -d ${M[3]}/t/2 ]]'
+	seq 1 100 >>"${M[1]}/t/0/log"
+	local g
+	for g in $(seq -f "r%g" 1 24); do
+		# close() reports a failed reset (bash's echo would not)
+		python3 -c 'import sys; f = open(sys.argv[1], "w"); f.write("latest\n"); f.close()' \
+			"${M[1]}/t/groups/$g/offsets"
+		[[ $(head -n 1 "${M[1]}/t/groups/$g/offsets") == $'0\t100\t100\t0' ]] ||
+			{ cat "${M[1]}/t/groups/$g/offsets"; false; }
+		run timeout 10 cat "${M[2]}/t/groups/$g/pending"
+		assert_success
+		assert_output ""
+	done
+	# and the coordinators were spread: some reset went to another node
+	[[ $(grep -c "coordinated by this node" "${NODE_LOG[1]}") -lt 24 ]]
+}
+
 @test "a clean restart right after a read keeps the group's committed offsets" {
 	cluster_start 3
 	mkdir "${M[1]}/t"

@@ -298,6 +298,7 @@ static int f_alive(struct cluster *c, uint16_t id)
 }
 static unsigned req_timeout_ms = 1500; /* read by each node's grm at cluster_up */
 static atomic_int stall_join_ms;       /* the loop thread sits on a JOIN this long */
+static atomic_int deaf_node;           /* this node learns of no metadata change */
 
 static unsigned f_timeout(const struct cluster *c)
 {
@@ -313,9 +314,27 @@ static int f_apply(const struct meta_cmd *cmd, struct meta_result *res)
 	int rc = meta_apply(&meta, cmd, res);
 	pthread_mutex_unlock(&meta_mu);
 	for (int i = 1; i <= nnodes; i++)
-		if (nodes[i].open)
+		if (nodes[i].open && i != atomic_load(&deaf_node))
 			rep_groups_meta_changed(nodes[i].rep, &meta);
 	return rc;
+}
+
+/* After ms, node i hears of the metadata again and catches up. */
+struct later {
+	int ms, node;
+	struct meta_cmd cmd; /* applied then too, if its type is set */
+};
+static void *later_main(void *arg)
+{
+	struct later *l = arg;
+	sleep_ms(l->ms);
+	if (l->cmd.type)
+		(void)f_apply(&l->cmd, NULL);
+	atomic_store(&deaf_node, 0);
+	pthread_mutex_lock(&meta_mu);
+	rep_groups_meta_changed(nodes[l->node].rep, &meta);
+	pthread_mutex_unlock(&meta_mu);
+	return NULL;
 }
 static int f_submit(struct cluster *c, const struct meta_cmd *cmd)
 {
@@ -356,6 +375,16 @@ static int on_frame(void *ctx, struct tr_net *net, const struct tr_frame *f)
 	if (f->type >= TF_GROUP_MIN && f->type <= TF_GROUP_MAX)
 		return rep_groups_on_frame(c->rep, f);
 	return REP_EPROTO;
+}
+
+/* A group command of topic "t" (id 1) about group name, at node. */
+static void group_cmd(struct meta_cmd *cmd, enum meta_cmd_type type, const char *name,
+                      uint16_t node)
+{
+	meta_cmd_init(cmd, type);
+	cmd->topic_id = 1;
+	snprintf(cmd->name, sizeof(cmd->name), "%s", name);
+	cmd->node = node;
 }
 
 static void apply_ok(struct meta_cmd *cmd)
@@ -654,10 +683,7 @@ static void test_coordinator_move(void)
 	CHECK_EQ_INT(uncommitted, 6);
 
 	struct meta_cmd cmd;
-	meta_cmd_init(&cmd, META_CMD_GROUP_MOVE);
-	cmd.topic_id = 1;
-	snprintf(cmd.name, sizeof(cmd.name), "mv");
-	cmd.node = 2;
+	group_cmd(&cmd, META_CMD_GROUP_MOVE, "mv", 2);
 	apply_ok(&cmd);
 	for (int i = 0; i < 100; i++) { /* until node 2 runs it */
 		uint32_t n;
@@ -788,6 +814,70 @@ static void test_delete_asks_coordinator(void)
 	cluster_down();
 }
 
+/* A reset written on a node whose group's coordinator, another node, has not
+ * applied the group's creation yet (it is new) waits until it runs it,
+ * instead of failing: the offsets write of a new group holds. */
+static void test_reset_waits_for_new_coordinator(void)
+{
+	cluster_up(2);
+	produce_all(0, 0, 5);
+	produce_all(1, 0, 3);
+	atomic_store(&deaf_node, 2);
+	struct meta_cmd cmd;
+	group_cmd(&cmd, META_CMD_GROUP_CREATE, "fresh", 2);
+	apply_ok(&cmd);
+	struct rep_group *g1 = group_of(1, "fresh", 0);
+	struct later l = {.ms = 300, .node = 2};
+	pthread_t th;
+	pthread_create(&th, NULL, later_main, &l);
+	CHECK_EQ_INT(rep_group_reset(g1, REP_RESET_LATEST, -1, 0), 0);
+	pthread_join(th, NULL);
+	for (int i = 0; i < 100 && (meta_offset("fresh", 0) != 5 || meta_offset("fresh", 1) != 3); i++)
+		sleep_ms(20);
+	CHECK_EQ_INT(meta_offset("fresh", 0), 5);
+	CHECK_EQ_INT(meta_offset("fresh", 1), 3);
+	rep_group_put(g1);
+	cluster_down();
+}
+
+/* A member on node 2 reads a group node 1 coordinates; node 1 dies. Its
+ * reads do not fail with ENOTCONN while the quorum moves the group: they
+ * wait for the move and go on (what it took and had not committed comes
+ * again). */
+static void test_member_waits_out_coordinator_death(void)
+{
+	req_timeout_ms = 3000;
+	cluster_up(2);
+	struct rep_group *g1 = group_of(1, "cd", 1), *g2 = group_of(2, "cd", 0);
+	CHECK_EQ_INT(meta_coordinator("cd"), 1);
+	produce_all(0, 0, 4);
+	produce_all(1, 0, 4);
+	struct rep_member *m2;
+	CHECK_EQ_INT(rep_member_join(g2, NULL, NULL, &m2), 0);
+	struct seen s = {0};
+	CHECK_EQ_INT(drain(m2, &s), 8);
+	CHECK_EQ_INT(rep_member_commit(m2), 0);
+	for (int i = 0; i < 100 && (meta_offset("cd", 0) != 4 || meta_offset("cd", 1) != 4); i++)
+		sleep_ms(20);
+	produce_all(0, 4, 2);
+	rep_group_put(g1);
+	atomic_store(&nodes[1].alive, 0);
+	node_stop(1);
+	struct later l = {.ms = 500, .node = 2};
+	group_cmd(&l.cmd, META_CMD_GROUP_MOVE, "cd", 2);
+	pthread_t th;
+	pthread_create(&th, NULL, later_main, &l);
+	char buf[256];
+	struct rep_bulk b;
+	CHECK_EQ_INT(rep_member_take_bulk(m2, buf, sizeof(buf), 1, '\t', &b), 1);
+	CHECK(b.records == 1 && b.partition == 0 && b.first_offset == 4);
+	pthread_join(th, NULL);
+	rep_member_leave(m2, 1);
+	rep_group_put(g2);
+	cluster_down();
+	req_timeout_ms = 1500;
+}
+
 /* Malformed group frames are refused (REP_EPROTO closes the connection). */
 static void test_malformed_frames_refused(void)
 {
@@ -819,6 +909,8 @@ int main(void)
 	RUN(test_dead_node_member_dropped);
 	RUN(test_delete_asks_coordinator);
 	RUN(test_lost_join_answer_no_ghost);
+	RUN(test_reset_waits_for_new_coordinator);
+	RUN(test_member_waits_out_coordinator_death);
 	RUN(test_malformed_frames_refused);
 	return unit_report("test_group_remote");
 }

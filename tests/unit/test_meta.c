@@ -522,6 +522,17 @@ static void test_groups(void)
 	c.offsets[0].offset = 3;   /* resets may move back */
 	CHECK_EQ_INT(apply(&s, &c), 0);
 	CHECK_EQ_INT(g->offsets[0], 3);
+	/* From its coordinator only (fenced): a node that ran the group from an
+	 * old state, a restart's, cannot move it back. */
+	c.type = META_CMD_GROUP_COMMIT_BY;
+	c.offsets[0].offset = 9;
+	c.node = g->coordinator == 1 ? 2 : 1;
+	CHECK_EQ_INT(apply(&s, &c), -ESTALE);
+	CHECK_EQ_INT(g->offsets[0], 3);
+	c.node = g->coordinator;
+	CHECK_EQ_INT(apply(&s, &c), 0);
+	CHECK_EQ_INT(g->offsets[0], 9);
+	c.type = META_CMD_GROUP_COMMIT;
 	snprintf(c.name, sizeof(c.name), "zz");
 	CHECK_EQ_INT(apply(&s, &c), -ENOENT);
 
@@ -588,9 +599,13 @@ static void random_cmd(const struct meta_state *s, struct meta_cmd *c)
 	snprintf(c->name, sizeof(c->name), "%s", names[rnd_below(7)]);
 	snprintf(c->name2, sizeof(c->name2), "%s", names[rnd_below(7)]);
 	if (type == META_CMD_GROUP_MOVE || type == META_CMD_GROUP_COMMIT ||
-	    type == META_CMD_GROUP_DELETE) {
-		if (t && t->ngroups && rnd_below(2))
-			snprintf(c->name, sizeof(c->name), "%s", t->groups[rnd_below(t->ngroups)].name);
+	    type == META_CMD_GROUP_COMMIT_BY || type == META_CMD_GROUP_DELETE) {
+		if (t && t->ngroups && rnd_below(2)) {
+			const struct meta_group *g = &t->groups[rnd_below(t->ngroups)];
+			snprintf(c->name, sizeof(c->name), "%s", g->name);
+			if (type == META_CMD_GROUP_COMMIT_BY && rnd_below(2))
+				c->node = g->coordinator;
+		}
 	}
 	c->config.partitions = 1 + rnd_below(4);
 	c->config.replication = 1 + rnd_below(4);
@@ -797,7 +812,7 @@ static void test_snapshot(void)
 	struct meta_state s, d;
 	static struct meta_cmd c;
 	meta_state_init(&s);
-	for (int i = 0; i < 1500; i++) {
+	for (int i = 0; i < 1500 || (s.ntopics == 0 && i < 20000); i++) {
 		random_cmd(&s, &c);
 		(void)!meta_apply(&s, &c, NULL);
 	}
