@@ -172,9 +172,11 @@ static int run(struct cli *cli, struct fuse_args *args)
 	/* The FUSE options first (libfuse refuses unknown ones here), before
 	 * anything touches the data directory. The mount table's SOURCE: the
 	 * user's -o fsname= if given. */
-	int user_fsname = 0;
-	for (int i = 1; i < args->argc; i++)
+	int user_fsname = 0, allow_other = 0;
+	for (int i = 1; i < args->argc; i++) {
 		user_fsname |= strstr(args->argv[i], "fsname=") != NULL;
+		allow_other |= strstr(args->argv[i], "allow_other") != NULL;
+	}
 	char fsname[PATH_MAX + 16];
 	if (user_fsname)
 		snprintf(fsname, sizeof(fsname), "-osubtype=topicfs");
@@ -275,9 +277,19 @@ static int run(struct cli *cli, struct fuse_args *args)
 	if (stat(mountpoint, &mst) < 0 && errno == ENOTCONN)
 		fprintf(stderr, "topicfs: %s is the dead mount of a daemon that exited without "
 		        "unmounting; clear it with: fusermount3 -u %s\n", mountpoint, mountpoint);
-	if (fuse_session_mount(tfs.se, mountpoint) < 0)
+	if (fuse_session_mount(tfs.se, mountpoint) < 0) {
+		/* libfuse or fusermount3 said why on stderr */
+		tfs_error("cannot mount %s: not mounted, exiting", mountpoint);
 		goto out_signals;
+	}
 	tfs_info("mounted %s (data %s)", mountpoint, tfs.data_dir);
+	if (allow_other && geteuid() != 0)
+		tfs_warn("allow_other by uid %d, not root: this daemon cannot read other users' "
+		         "processes in /proc, so a cursor their process closes while a signal "
+		         "kills it counts as a normal close (its last read is committed, not "
+		         "delivered again), and opening a new group's cursor does not create the "
+		         "group (make it with mkdir first); run topicfs as root for other users' "
+		         "consumers", (int)geteuid());
 	if (fuse_daemonize(cli->foreground) < 0)
 		goto out_unmount;
 	struct rep_listener listener = {.partition_grew = tfs_partition_grew};

@@ -338,12 +338,17 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	uint64_t t0 = now_ns();
 	struct tnode p, c;
 	int rc = tnode_resolve(parent, &p);
-	if (rc == 0 && p.kind == TN_ROOT && requester_is_mkdir(req))
+	int mkdir = rc == 0 && p.kind == TN_ROOT && requester_is_mkdir(req);
+	if (mkdir)
 		rep_sync(tfs.rep); /* a cluster: a topic removed on another mount a
 		                    * moment ago must not make this mkdir EEXIST */
 	if (rc == 0) {
 		int virt = p.kind == TN_GROUPS && requester_is_opening(req);
 		rc = tnode_lookup_ex(&p, name, virt, &c);
+		/* the kernel refuses that mkdir itself (EEXIST) on this answer:
+		 * its log line (info: mkdir -p meets it every time) */
+		if (rc == 0 && mkdir)
+			tfs_info("refused: mkdir %s: topic exists (%s)", name, strerror(EEXIST));
 		if (rc == -EINVAL)
 			tfs_warn("refused: %s/groups/%s: not a group name ([A-Za-z0-9._-], "
 			         "1-249 bytes, not starting with '.') (%s)", rep_topic_name(p.topic),
@@ -1228,6 +1233,8 @@ static int parse_rfc3339(const char *s, int64_t *ms)
 	struct tm tm;
 	memset(&tm, 0, sizeof(tm));
 	const char *p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (!p)
+		p = strptime(s, "%Y-%m-%dt%H:%M:%S", &tm); /* RFC 3339 5.6: either case */
 	if (!p)
 		p = strptime(s, "%Y-%m-%d %H:%M:%S", &tm);
 	if (!p)

@@ -11,11 +11,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "../logstore/log.h"
 
 struct job {
 	pthread_mutex_t mu;
@@ -42,11 +46,15 @@ static void *reader(void *arg)
 	int fd = open(j->path, O_RDONLY | O_CLOEXEC);
 	if (fd >= 0) {
 		ssize_t n = read(fd, j->buf, j->size - 1);
+		if (n < 0 && (errno == EACCES || errno == EPERM))
+			rc = -EACCES;
 		close(fd);
 		if (n > 0) {
 			j->buf[n] = 0;
 			rc = 0;
 		}
+	} else if (errno == EACCES || errno == EPERM) {
+		rc = -EACCES;
 	}
 	pthread_mutex_lock(&j->mu);
 	j->rc = rc;
@@ -92,6 +100,14 @@ int proc_read(pid_t pid, const char *file, char *buf, size_t size)
 	while (!j->done && pthread_cond_timedwait(&j->cv, &j->mu, &dl) != ETIMEDOUT)
 		;
 	int rc = j->done ? j->rc : -ETIMEDOUT;
+	static atomic_bool warned;
+	if (rc == -EACCES && !atomic_exchange(&warned, true))
+		tfs_warn("cannot read %s: the daemon may not read the files of another user's "
+		         "processes (it runs as uid %d). A cursor closed by such a process is "
+		         "taken as a normal close even when a signal killed it (its last read "
+		         "is committed, not delivered again), and opening a new group's cursor "
+		         "does not create the group: run topicfs as root, or as that user "
+		         "(logged once)", j->path, (int)getuid());
 	if (j->done && rc == 0)
 		memcpy(buf, j->buf, size);
 	j->left = !j->done;

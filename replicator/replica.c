@@ -1265,8 +1265,8 @@ static int on_produce(struct replica_set *rs, const struct tr_frame *f)
 	if (rc == 0) {
 		pthread_rwlock_rdlock(&rp->role_lock);
 		pthread_mutex_lock(&rp->mu);
-		if (rp->role != ROLE_LEADER)
-			rc = REP_ENOTLEADER;
+		if (rp->role != ROLE_LEADER || cluster_cut_off(rs->c))
+			rc = REP_ENOTLEADER; /* a cut-off leader may have a successor */
 		else if (acks == REP_ACKS_ALL && rp->mp.nisr < min_insync)
 			rc = -ENOTCONN;
 		pthread_mutex_unlock(&rp->mu);
@@ -1365,14 +1365,18 @@ static void isr_check(struct replica_set *rs)
 			if (skip)
 				continue;
 			cmd->origin = rs->self;
-			tfs_info("partition %" PRIu64 "/%u: %s of node %u (epoch %" PRId32 ")",
-			         rp->topic_id, rp->index, meta_cmd_name(cmd->type), cmd->node,
-			         cmd->epoch);
 			int rc = cluster_submit(rs->c, cmd);
-			if (rc < 0)
-				tfs_warn("partition %" PRIu64 "/%u: cannot submit %s: %s",
-				         rp->topic_id, rp->index, meta_cmd_name(cmd->type),
-				         tfs_strerror(rc));
+			/* without a quorum (cut off, or between leaders) it is tried
+			 * again every ISR_RESUBMIT_MS: one line per change that went
+			 * out, none per retry */
+			if (rc == 0)
+				tfs_info("partition %" PRIu64 "/%u: %s of node %u (epoch %" PRId32 ")",
+				         rp->topic_id, rp->index, meta_cmd_name(cmd->type), cmd->node,
+				         cmd->epoch);
+			else
+				tfs_debug("partition %" PRIu64 "/%u: cannot submit %s of node %u: %s",
+				          rp->topic_id, rp->index, meta_cmd_name(cmd->type), cmd->node,
+				          tfs_strerror(rc));
 		}
 	}
 }
@@ -1731,9 +1735,16 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 		int32_t epoch = rp->mp.leader_epoch;
 		uint64_t version = rp->version;
 		unsigned nisr = role == ROLE_LEADER ? live_isr_locked(rp) : rp->mp.nisr;
+		/* A leader cut off from the metadata quorum for node_timeout_ms
+		 * may have a successor already (the majority moves leaders off
+		 * nodes it has not heard from that long): whatever it appended
+		 * now would be truncated at the heal, so it takes nothing, even
+		 * under acks: leader (Kafka's broker fencing). */
+		bool fenced = role == ROLE_LEADER && cluster_cut_off(rs->c);
 		if (rp->removed) {
 			rc = -ECANCELED;
-		} else if (role == ROLE_LEADER && (acks != REP_ACKS_ALL || nisr >= min_insync)) {
+		} else if (role == ROLE_LEADER && !fenced &&
+		           (acks != REP_ACKS_ALL || nisr >= min_insync)) {
 			pthread_mutex_unlock(&rp->mu);
 			rc = leader_append(rp, recs, n, prod, res);
 			pthread_rwlock_unlock(&rp->role_lock);
@@ -1756,6 +1767,8 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 			tfs_warn("partition %" PRIu64 "/%u: produce refused after %u ms: %s",
 			         rp->topic_id, rp->index, rs->wait_ms,
 			         leader == 0 ? "no leader"
+			         : fenced    ? "this node, its leader, is cut off from the metadata "
+			                       "quorum"
 			                     : "fewer in-sync replicas than min_insync");
 			break;
 		} else {

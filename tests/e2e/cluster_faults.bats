@@ -233,6 +233,44 @@ minority_test() {
 	[[ $(cat "${M[l]}/t/0/log") == $'before\nafter-1\nafter-2' ]]
 }
 
+# acks: leader commits at the leader's append, so a leader on the minority
+# side of a cut would take writes for as long as the cut lasts, and the
+# majority's new leader truncates them all at the heal. Cut off from the
+# quorum for node_timeout_ms it stops (the majority moves its leaderships
+# after as long). What it acknowledged before that is what acks: leader
+# risks, as with Kafka's acks=1.
+@test "a cut-off partition leader stops taking acks: leader writes; after the heal the partition is whole" {
+	cl_use_netns 3
+	cluster_start 3
+	mkdir "${M[1]}/t"
+	echo 'acks: leader' >"${M[1]}/t/.config"
+	wait_secs 10 "[[ \$(MNT=${M[3]} cfg_value t acks) == leader && \$(isr_of t 0) == '1 2 3' ]]"
+	local x maj
+	x=$(leader_of t 0 1)
+	maj=$(other_than "$x")
+	acks_writer "${M[x]}/t/0/log" "$T/min" min
+	local w=$WRITER
+	wait_secs 20 '[[ $(acked $T/min) -ge 20 ]]'
+	cut_node "$x"
+	# the cut-off leader refuses within seconds, not for as long as the cut lasts
+	wait_secs 30 "[[ -s $T/min.err ]]" || { echo "acknowledged: $(acked "$T/min")"; false; }
+	local k0
+	k0=$(acked "$T/min")
+	sleep 3
+	[[ $(acked "$T/min") == "$k0" ]] || { echo "acknowledged after refusing: $k0 -> $(acked "$T/min")"; false; }
+	grep -q 'cut off from the metadata quorum' "${NODE_LOG[x]}"
+	writer_stop "$T/min" "$w"
+	# the majority goes on under a new leader
+	wait_secs 30 "[[ \$(leader_of t 0 $maj) != $x ]]"
+	dd_append "${M[maj]}/t/0/log" "majority"
+	heal_node "$x"
+	wait_secs 40 'cl_formed'
+	wait_secs 40 "logs_agree t 0"
+	dd_append "${M[x]}/t/0/log" "after heal"
+	wait_secs 10 "logs_agree t 0"
+	[[ $(tail -n 1 "${M[maj]}/t/0/log") == "after heal" ]]
+}
+
 @test "a cut-off quorum leader cannot commit; the majority elects leaders and goes on; healed, it catches up" {
 	minority_test quorum-leader
 }

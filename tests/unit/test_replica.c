@@ -122,6 +122,9 @@ uint16_t cluster_node_id(const struct cluster *c) { return c->id; }
 const struct cluster_options *cluster_opts(const struct cluster *c) { return &c->opts; }
 int64_t cluster_now_ms(void) { return mono_ms(); }
 
+static atomic_int cut_off_node; /* this node has known no quorum leader too long */
+int cluster_cut_off(struct cluster *c) { return atomic_load(&cut_off_node) == c->id; }
+
 int cluster_node_alive(struct cluster *c, uint16_t id)
 {
 	pthread_rwlock_rdlock(&c->w->lock);
@@ -703,6 +706,30 @@ static void test_stale_leader_appends_fail_their_commit(void)
 	world_free(&w);
 }
 
+/* A leader cut off from the metadata quorum (its successor may be elected
+ * already) takes no write, not even under acks: leader, neither its own nor
+ * a forwarded one: -ENOTCONN after replica_wait_ms, nothing appended. */
+static void test_cut_off_leader_takes_nothing(void)
+{
+	static struct world w;
+	struct layout lay = three_in_sync;
+	lay.wait_ms = 400;
+	world_init(&w, 3, &lay);
+	for (size_t i = 0; i < 3; i++)
+		node_start(&w, i);
+	struct node *l = &w.nodes[0], *f = &w.nodes[1];
+	CHECK_EQ_INT(produce(l, "a", 1, NULL, REP_ACKS_LEADER, 1, NULL), 0);
+	atomic_store(&cut_off_node, 1);
+	CHECK_EQ_INT(produce(l, "b", 1, NULL, REP_ACKS_LEADER, 1, NULL), -ENOTCONN);
+	struct ls_producer prod = {9, 0, 0};
+	CHECK_EQ_INT(produce(f, "c", 1, &prod, REP_ACKS_LEADER, 1, NULL), -ENOTCONN);
+	CHECK_EQ_INT(end_of(l), 1);
+	atomic_store(&cut_off_node, 0);
+	CHECK_EQ_INT(produce(f, "c", 1, &prod, REP_ACKS_LEADER, 1, NULL), 0);
+	CHECK_EQ_INT(end_of(l), 2);
+	world_free(&w);
+}
+
 /* ---- malformed frames ---------------------------------------------------------------------- */
 
 static int frame(struct replica_set *rs, uint16_t type, uint32_t req, const uint8_t *p,
@@ -855,6 +882,7 @@ int main(void)
 	RUN(test_acks_all_below_min_insync);
 	RUN(test_divergent_tail_truncated_by_epoch);
 	RUN(test_stale_leader_appends_fail_their_commit);
+	RUN(test_cut_off_leader_takes_nothing);
 	RUN(test_malformed_frames_refused);
 	RUN(test_unknown_partition_answered);
 	if (unit_failed_checks) { /* the log goes with the temporary directory */
