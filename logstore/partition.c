@@ -404,10 +404,12 @@ static struct ls_batch_par par_hooks = {
 static void par_init(void)
 {
 	pool_start();
-	/* one piece per thread: 4 pieces a batch on 2 cores measured no
-	 * faster for produce or for reads, and zstd restarts its window at
-	 * every piece */
-	par_hooks.parts = pool.nhelpers + 1;
+	/* two pieces per thread: a reader that needs a batch the helpers are
+	 * still decoding waits for at most one piece, and runs the ones not
+	 * started itself. On 2 cores, against one piece per thread: cat
+	 * pending 3-6% and cat log 9% faster, produce within 3%, 0.25% more
+	 * bytes (zstd restarts its window at every piece) */
+	par_hooks.parts = 2 * (pool.nhelpers + 1);
 }
 
 /* The hooks batch.c uses to spread one batch over the pool. */
