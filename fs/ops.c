@@ -199,6 +199,15 @@ static struct fh *get_fh(struct fuse_file_info *fi)
 	return (struct fh *)(uintptr_t)fi->fh;
 }
 
+/* Why code rc refused an operation, for its one log line: what the lower
+ * layer that refused it left (tfs_reason: the quorum's or the replica's
+ * words), else rc's text. Valid until the next call on this thread. */
+static const char *why_of(int rc)
+{
+	static __thread char buf[512];
+	return tfs_reason_take(tfs_errno(rc), buf, sizeof(buf)) ? buf : tfs_strerror(rc);
+}
+
 /* Replies err and writes the one log line of a refused operation. */
 static void __attribute__((format(printf, 4, 5)))
 refuse(fuse_req_t req, int err, enum metrics_op op, const char *fmt, ...)
@@ -208,6 +217,7 @@ refuse(fuse_req_t req, int err, enum metrics_op op, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	(void)tfs_reason_take(0, NULL, 0); /* said in msg (why_of) or not: gone */
 	tfs_warn("refused: %s (%s)", msg, strerror(err));
 	metrics_request(op, 0, err);
 	fuse_reply_err(req, err);
@@ -676,7 +686,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 		if (rc < 0) {
 			tnode_release(&p);
 			refuse(req, tfs_errno(rc), MOP_MKDIR, "mkdir %s/%s: %s", ppath, name,
-			       rc == -EEXIST ? "group exists" : tfs_strerror(rc));
+			       rc == -EEXIST ? "group exists" : why_of(rc));
 			return;
 		}
 		reply_made(req, &p, name, t0);
@@ -701,7 +711,7 @@ static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t
 	rc = rep_topic_create(tfs.rep, name);
 	if (rc < 0) {
 		refuse(req, tfs_errno(rc), MOP_MKDIR, "mkdir %s: %s", name,
-		       rc == -EEXIST ? "topic exists" : tfs_strerror(rc));
+		       rc == -EEXIST ? "topic exists" : why_of(rc));
 		return;
 	}
 	struct tnode root = {.kind = TN_ROOT, .ino = INO_ROOT};
@@ -728,7 +738,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		} else if (rc < 0) {
 			refuse(req, tfs_errno(rc), MOP_RMDIR, "rmdir %s/%s: %s", ppath, name,
 			       rc == -EBUSY ? "the group has members (open cursor or pending files)"
-			                    : tfs_strerror(rc));
+			                    : why_of(rc));
 		} else {
 			metrics_request(MOP_RMDIR, now_ns() - t0, 0);
 			fuse_reply_err(req, 0);
@@ -743,7 +753,7 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 				fuse_reply_err(req, ENOENT);
 			else
 				refuse(req, tfs_errno(rc), MOP_RMDIR, "rmdir %s: %s", name,
-				       tfs_strerror(rc));
+				       why_of(rc));
 			return;
 		}
 		metrics_request(MOP_RMDIR, now_ns() - t0, 0);
@@ -941,7 +951,7 @@ static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_
 	if (rc < 0) {
 		tnode_release(&p);
 		refuse(req, tfs_errno(rc), MOP_CREATE, "create %s/%.300s: %s", ppath, name,
-		       tfs_strerror(rc));
+		       why_of(rc));
 		return;
 	}
 	struct tnode c = {.kind = TN_PFILE, .topic = p.topic, .index = id,
@@ -1033,7 +1043,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	tnode_release(&c);
 	tnode_release(&p);
 	if (rc < 0) {
-		refuse(req, tfs_errno(rc), MOP_UNLINK, "unlink %s: %s", path, tfs_strerror(rc));
+		refuse(req, tfs_errno(rc), MOP_UNLINK, "unlink %s: %s", path, why_of(rc));
 		return;
 	}
 	metrics_request(MOP_UNLINK, now_ns() - t0, 0);
@@ -1084,7 +1094,7 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	tnode_release(&p);
 	if (rc < 0) {
 		refuse(req, tfs_errno(rc), MOP_RENAME, "rename %s to %.300s: %s", path, newname,
-		       tfs_strerror(rc));
+		       why_of(rc));
 		return;
 	}
 	metrics_request(MOP_RENAME, now_ns() - t0, 0);
@@ -1204,7 +1214,7 @@ static int config_apply(struct fh *h, int apply)
 		rc = apply ? rep_topic_set_config(t, &changes, cleared, err, sizeof(err))
 		           : rep_topic_check_config(t, &changes, cleared, err, sizeof(err));
 		if (rc < 0 && rc != -EINVAL)
-			snprintf(msg, sizeof(msg), "%s", err[0] ? err : tfs_strerror(rc));
+			snprintf(msg, sizeof(msg), "%s", err[0] ? err : why_of(rc));
 		else if (rc < 0)
 			snprintf(msg, sizeof(msg), "line %d: %s",
 			         key_line(h->cfgw.data, h->cfgw.len, err),
@@ -1215,6 +1225,7 @@ static int config_apply(struct fh *h, int apply)
 		tree_set_config_error(rep_topic_id(t), msg);
 		tfs_warn("refused: write %s/.config: %s (%s)", rep_topic_name(t), msg,
 		         strerror(tfs_errno(rc)));
+		(void)tfs_reason_take(0, NULL, 0); /* in msg, or not needed */
 		/* a bad document is EINVAL; a quorum that cannot be reached, a full
 		 * disk or a deleted topic keep their own errno */
 		return rc == -EINVAL ? -EINVAL : -tfs_errno(rc);
@@ -1414,7 +1425,7 @@ static int offsets_apply(struct fh *h, int apply)
 	for (size_t i = 0; apply && rc == 0 && i < nacts; i++) {
 		rc = rep_group_reset(h->node.group, acts[i].how, acts[i].partition, acts[i].value);
 		if (rc < 0)
-			snprintf(err, sizeof(err), "%s", tfs_strerror(rc));
+			snprintf(err, sizeof(err), "%.299s", why_of(rc));
 	}
 	free(acts);
 	if (rc < 0) {
@@ -1493,7 +1504,7 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 				tfs_warn("refused: write %s: a line over max_record_bytes was "
 				         "dropped (%s)", path, tfs_strerror(rc));
 			else
-				tfs_warn("refused: write %s: %s", path, tfs_strerror(rc));
+				tfs_warn("refused: write %s: %s", path, why_of(rc));
 		}
 	} else {
 		rc = -EBADF;
@@ -1555,7 +1566,7 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (rc < 0 && h->producing) {
 		char path[512];
 		tnode_path(&h->node, path, sizeof(path));
-		tfs_warn("refused: close %s: last line not produced: %s", path, tfs_strerror(rc));
+		tfs_warn("refused: close %s: last line not produced: %s", path, why_of(rc));
 	} else if (wrc < 0) {
 		char path[512];
 		tnode_path(&h->node, path, sizeof(path));

@@ -15,6 +15,8 @@
  */
 #include "log.h"
 
+#include "error.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -95,4 +97,26 @@ void tfs_log(enum tfs_log_level level, const char *fmt, ...)
 	}
 	pthread_mutex_unlock(&log_mu);
 	errno = saved_errno;
+}
+
+static __thread char reason_buf[512];
+static __thread int reason_err; /* 0: none */
+
+void tfs_reason(int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(reason_buf, sizeof(reason_buf), fmt, ap);
+	va_end(ap);
+	reason_err = err;
+	tfs_log(TFS_LOG_DEBUG, "%s", reason_buf);
+}
+
+int tfs_reason_take(int err, char *out, unsigned long n)
+{
+	int match = reason_err != 0 && tfs_errno(reason_err) == err;
+	reason_err = 0;
+	if (match && n)
+		snprintf(out, n, "%s", reason_buf);
+	return match;
 }

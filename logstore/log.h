@@ -16,6 +16,16 @@ int tfs_log_open(const char *path) __attribute__((warn_unused_result));
 void tfs_log(enum tfs_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/* The why of a refusal for the layer that logs it (one line per refused
+ * operation): a lower layer that refuses with rc (a negative code) leaves
+ * its reason on this thread, logs it at debug, and the layer that answers
+ * the caller takes it into its own line. tfs_reason_take(err, ...) with the
+ * errno the caller answers copies the reason into out (size n) and forgets
+ * it: 1 if one was left for a code that maps to err (tfs_errno), else 0 (a
+ * reason left for another error is forgotten too). */
+void tfs_reason(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int tfs_reason_take(int err, char *out, unsigned long n);
+
 #define tfs_debug(...) tfs_log(TFS_LOG_DEBUG, __VA_ARGS__)
 #define tfs_info(...) tfs_log(TFS_LOG_INFO, __VA_ARGS__)
 #define tfs_warn(...) tfs_log(TFS_LOG_WARN, __VA_ARGS__)

@@ -1688,11 +1688,12 @@ static unsigned cl_nodes_alive(struct rep *r)
 	return q.n;
 }
 
-/* One log line for a refusal by the quorum; returns rc. */
+/* A refusal by the quorum: its reason for the caller's one log line
+ * (tfs_reason); returns rc. */
 static int cl_refused(const char *what, const char *name, int rc, const struct meta_result *res)
 {
 	if (rc < 0)
-		tfs_warn("%s %s: %s", what, name, res->err[0] ? res->err : tfs_strerror(rc));
+		tfs_reason(rc, "%s %s: %s", what, name, res->err[0] ? res->err : tfs_strerror(rc));
 	return rc;
 }
 

@@ -1764,12 +1764,12 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 			pthread_mutex_unlock(&rp->mu);
 			if (rc == 1)
 				continue;
-			tfs_warn("partition %" PRIu64 "/%u: produce refused after %u ms: %s",
-			         rp->topic_id, rp->index, rs->wait_ms,
-			         leader == 0 ? "no leader"
-			         : fenced    ? "this node, its leader, is cut off from the metadata "
-			                       "quorum"
-			                     : "fewer in-sync replicas than min_insync");
+			tfs_reason(rc, "partition %" PRIu64 "/%u: produce refused after %u ms: %s",
+			           rp->topic_id, rp->index, rs->wait_ms,
+			           leader == 0 ? "no leader"
+			           : fenced    ? "this node, its leader, is cut off from the metadata "
+			                         "quorum"
+			                       : "fewer in-sync replicas than min_insync");
 			break;
 		} else {
 			pthread_mutex_unlock(&rp->mu);
@@ -1778,9 +1778,9 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 			if (rc == 0 || !fwd_retryable(rc, prod != NULL))
 				break;
 			if (cluster_now_ms() >= deadline) {
-				tfs_warn("partition %" PRIu64 "/%u: forward to node %u failed for %u ms:"
-				         " %s", rp->topic_id, rp->index, leader, rs->wait_ms,
-				         tfs_strerror(rc));
+				tfs_reason(-ENOTCONN, "partition %" PRIu64 "/%u: forward to node %u failed "
+				           "for %u ms: %s", rp->topic_id, rp->index, leader, rs->wait_ms,
+				           tfs_strerror(rc));
 				rc = -ENOTCONN;
 				break;
 			}

@@ -428,12 +428,17 @@ os.close(fd)' "${M[l]}/t/0/log"
 	node_kill9 "$a"
 	node_kill9 "$b"
 	# the write is refused after replica_wait_ms (3 s): ENOTCONN, not a hang,
-	# not success, not a generic EIO
+	# not success, not a generic EIO; one log line says what and why
+	local mark
+	mark=$(wc -l <"${NODE_LOG[s]}")
 	run dd_append "${M[s]}/t/0/log" refused
 	echo "$output"
 	[[ $status -ne 124 ]] || { echo "the write hung for 60 s"; false; }
 	assert_failure
 	assert_output --partial "Transport endpoint is not connected"
+	run bash -c "tail -n +$((mark + 1)) '${NODE_LOG[s]}' | grep -E 'WARN|ERROR' | grep -e 't/0/log' -e 'partition [0-9]*/0'"
+	echo "$output"
+	[[ ${#lines[@]} == 1 && $output == *'refused: write t/0/log: partition '*'produce refused after'* ]]
 	# the other partitions refuse too, whoever leads them
 	for p in 1 2; do
 		run dd_append "${M[s]}/t/$p/log" refused
