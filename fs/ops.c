@@ -1602,7 +1602,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	if (h->producing && h->prod.plen) {
 		int rc = producer_flush(&h->prod);
 		if (rc < 0)
-			tfs_warn("release: last line not produced: %s", tfs_strerror(rc));
+			tfs_warn("release: last line not produced: %s", why_of(rc));
 	} else if (h->cfgw.len > h->cfg_applied && !h->cfg_refused) {
 		if (h->node.kind == TN_CONFIG)
 			(void)config_apply(h, 1); /* a refusal is logged and shown in .config */
