@@ -255,10 +255,24 @@ static ssize_t fill_long(struct cursor *c, size_t size, size_t need, char sep)
  * nothing ready) or -errno. Caller holds c->lock. Records are rendered by
  * the coordinator straight into c->buf, a partition's run at a time
  * (rep_member_take_bulk); a small read takes one record. */
+/* 1 if the cursor's topic or group is gone (rmdir on this or another
+ * node): its reads end with ENOENT, a waiting one as soon as it is woken. */
+static int gone(const struct cursor *c)
+{
+	return rep_topic_deleted(c->topic) || rep_group_deleted(c->group);
+}
+
 static ssize_t fill(struct cursor *c, size_t size)
 {
 	if (!c->member)
 		return -EBADF;
+	if (gone(c)) {
+		tfs_warn("refused: read %s/groups/%s/%s: the %s was deleted (%s)",
+		         rep_topic_name(c->topic), rep_group_name(c->group),
+		         c->pending ? "pending" : "cursor",
+		         rep_topic_deleted(c->topic) ? "topic" : "group", strerror(ENOENT));
+		return -ENOENT;
+	}
 	if (ensure_buf(&c->buf, &c->cap, size ? size : 1) < 0)
 		return -ENOMEM;
 	if (c->carry_len) {
@@ -305,7 +319,7 @@ static ssize_t fill(struct cursor *c, size_t size)
 /* 1 if a read would return something now. Caller holds c->lock. */
 static int ready(struct cursor *c)
 {
-	if (c->pending || c->carry_len || !c->member)
+	if (c->pending || c->carry_len || !c->member || gone(c))
 		return 1;
 	return rep_member_ready(c->member) != 0;
 }

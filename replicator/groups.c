@@ -979,12 +979,16 @@ void rep_groups_topic_deleted(struct rep *r, uint64_t topic_id)
 	}
 	size_t n = gt->n;
 	struct rep_group **gs = gt->groups;
+	struct wakeups w = {0};
 	gt->groups = NULL;
 	gtopic_drop(c, gt);
 	for (size_t i = 0; i < n; i++) {
 		struct rep_group *g = gs[i];
 		pthread_mutex_lock(&g->mu);
 		g->deleted = 1;
+		/* readers waiting for records (and poll) learn it now: ENOENT */
+		for (size_t k = 0; k < g->nmembers; k++)
+			wake_add(&w, g->members[k]);
 		if (rc == 0)
 			rc = gbatch_add(&b, topic_id, g->name, -1, NULL);
 		for (uint32_t p = 0; p < g->nparts && rc == 0; p++)
@@ -999,6 +1003,7 @@ void rep_groups_topic_deleted(struct rep *r, uint64_t topic_id)
 	pthread_mutex_unlock(&c->mu);
 	coord_leave();
 	gbatch_free(&b);
+	wake_run(&w);
 	for (size_t i = 0; i < n; i++)
 		rep_group_put(gs[i]); /* the registry's references */
 	free(gs);

@@ -599,6 +599,27 @@ first_take() {
 
 # ---- hostile bytes on the node port ----------------------------------------------------------
 
+@test "rmdir of a topic on one node: cursors waiting on every node get ENOENT" {
+	cluster_start 3
+	mkdir "${M[1]}/rp"
+	wait_secs 10 '[[ -d ${M[3]}/rp/2 ]]'
+	echo a >>"${M[1]}/rp/0/log"
+	local i
+	for i in 1 2 3; do
+		wait_secs 10 "[[ \$(timeout 5 head -n 1 ${M[i]}/rp/groups/g$i/cursor) == a ]]"
+		(rc=0; timeout 30 cat "${M[i]}/rp/groups/g$i/cursor" 2>"$T/cat$i.err" || rc=$?
+		 echo $rc >"$T/cat$i.rc") 3>&- &
+		bg_track $!
+	done
+	sleep 1 # every cat waits in its read
+	rmdir "${M[2]}/rp"
+	for i in 1 2 3; do
+		wait_secs 20 "[[ -s $T/cat$i.rc ]]"
+		[[ $(cat "$T/cat$i.rc") != 124 ]] || { echo "node $i: cat still waited 30 s after the rmdir"; false; }
+		grep -q "No such file or directory" "$T/cat$i.err" || { cat "$T/cat$i.err"; false; }
+	done
+}
+
 @test "garbage, truncated frames and huge lengths on every node port crash nothing; the cluster keeps serving" {
 	cluster_start 3
 	mkdir "${M[1]}/t"

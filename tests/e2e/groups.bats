@@ -622,6 +622,41 @@ drain_megabyte_batches() {
 	assert_failure
 }
 
+@test "rmdir of the topic: a cursor waiting for records gets ENOENT, and poll on one wakes" {
+	produce 0 1 1
+	timeout 10 head -n 1 "$G/a/cursor" >/dev/null
+	timeout 10 head -n 1 "$G/b/cursor" >/dev/null
+	# a blocked read, and a poll (python) that is not ready yet
+	(rc=0; timeout 30 cat "$G/a/cursor" 2>"$T/cat.err" || rc=$?; echo $rc >"$T/cat.rc") 3>&- &
+	bg_track $!
+	python3 - "$G/b/cursor" "$T/polling" >"$T/out" 2>&1 3>&- <<-'EOF' &
+		import errno, os, select, sys
+		fd = os.open(sys.argv[1], os.O_RDONLY)
+		p = select.poll()
+		p.register(fd, select.POLLIN)
+		assert p.poll(300) == [], "caught up but ready"
+		open(sys.argv[2], "w").close()
+		ev = p.poll(20000)
+		assert ev and ev[0][1] & select.POLLIN, "no wake-up: %r" % ev
+		try:
+		    os.read(fd, 4096)
+		    print("read succeeded")
+		except OSError as e:
+		    print(errno.errorcode[e.errno])
+	EOF
+	local poller=$!
+	bg_track "$poller"
+	wait_until '[[ -e $T/polling ]]'
+	sleep 0.3 # the cat is waiting in its read by now
+	rmdir "$MNT/t"
+	wait_until '[[ -s $T/cat.rc ]]'
+	[[ $(cat "$T/cat.rc") != 124 ]] || { echo "cat still waited 30 s after the rmdir"; false; }
+	grep -q "No such file or directory" "$T/cat.err"
+	wait "$poller" || { cat "$T/out"; false; }
+	[[ $(cat "$T/out") == ENOENT ]]
+	grep -q 'refused: read t/groups/a/cursor: the topic was deleted' "$LOG"
+}
+
 @test "a deleted group starts again from the earliest record when reused" {
 	produce 0 1 5
 	timeout 10 cat "$G/g/pending" >/dev/null
