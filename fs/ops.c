@@ -1567,6 +1567,11 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		char path[512];
 		tnode_path(&h->node, path, sizeof(path));
 		tfs_warn("refused: close %s: last line not produced: %s", path, why_of(rc));
+	} else if (wrc == -ENOENT) {
+		char path[512];
+		tnode_path(&h->node, path, sizeof(path));
+		tfs_warn("refused: close %s: the topic was deleted (%s)", path, strerror(ENOENT));
+		rc = -ENOENT;
 	} else if (wrc < 0) {
 		char path[512];
 		tnode_path(&h->node, path, sizeof(path));
@@ -1589,8 +1594,14 @@ static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	if (h->producing)
 		rc = producer_commit(&h->prod);
 	pthread_mutex_unlock(&h->lock);
-	metrics_request(MOP_FSYNC, now_ns() - t0, rc < 0 ? EIO : 0);
-	fuse_reply_err(req, rc < 0 ? EIO : 0);
+	int err = rc == -ENOENT ? ENOENT : rc < 0 ? EIO : 0;
+	if (err == ENOENT) {
+		char path[512];
+		tnode_path(&h->node, path, sizeof(path));
+		tfs_warn("refused: fsync %s: the topic was deleted (%s)", path, strerror(ENOENT));
+	}
+	metrics_request(MOP_FSYNC, now_ns() - t0, err);
+	fuse_reply_err(req, err);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

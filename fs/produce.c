@@ -388,7 +388,10 @@ static int each_written(struct producer *pr,
 		if (!pr->written[p])
 			continue;
 		struct rep_partition *rp = rep_topic_partition(pr->topic, p);
-		if ((rp ? fn(rp, &pr->marks[p]) : -EIO) < 0)
+		int prc = rp ? fn(rp, &pr->marks[p]) : -EIO;
+		if (prc == -ENOENT || (prc < 0 && rep_topic_deleted(pr->topic)))
+			rc = -ENOENT; /* the topic was deleted: its records with it */
+		else if (prc < 0 && rc == 0)
 			rc = -EIO;
 		else if (durable)
 			pr->written[p] = 0;

@@ -1707,9 +1707,25 @@ static int append_batches(struct ls_partition *p, const void *buf, size_t len,
 		}
 		vp0 = at_pos;
 	}
-	rc = write_batches_locked(p, buf, len, d, (size_t)n, next, vp0, ents);
-	if (rc < 0)
-		goto out;
+	/* in runs that fit the active segment, so a follower's segments roll
+	 * where the leader's do (retention deletes whole segments: one big
+	 * segment here would keep what the leader dropped) */
+	for (size_t i0 = 0, at = 0; i0 < (size_t)n;) {
+		struct ls_segment *s = active(p);
+		uint64_t lim = seg_limit(p);
+		uint64_t room = s->size < lim ? lim - s->size : 0;
+		if (s->size > 0 && d[i0].len > room)
+			room = lim; /* write_batches_locked rolls first */
+		size_t i1 = i0 + 1, run = d[i0].len;
+		while (i1 < (size_t)n && run + d[i1].len <= room)
+			run += d[i1++].len;
+		rc = write_batches_locked(p, (const uint8_t *)buf + at, run, d + i0, i1 - i0,
+		                          d[i1 - 1].end_offset, i0 ? p->end_pos : vp0, ents + i0);
+		if (rc < 0)
+			goto out;
+		at += run;
+		i0 = i1;
+	}
 	if (hole) {
 		/* a view hole in the active segment must survive an unclean
 		 * restart: make the index entry carrying it durable now (a
@@ -3072,6 +3088,42 @@ static void batch_copy_view(const struct rbatch *b, uint64_t at, uint8_t *dst, s
 	}
 }
 
+/* A sequential reader stopped inside a record of its cached batch, and
+ * retention (the log start passed it) or compaction (a new gen) changed the
+ * log since (the record may be gone):
+ * the rest of that record from the cached batch, to its '\n', so the reader
+ * never glues the first half of a removed record onto the next one. 0 if
+ * pos is not inside a record of the cached, rendered batch. */
+static size_t finish_record(const struct rbatch *b, uint64_t pos, char sep, uint8_t *buf,
+                            size_t size)
+{
+	if (!b->have || !b->have_view || b->view_sep != sep || pos <= b->ent.view_pos ||
+	    pos >= b->ent.view_pos + b->ent.view_size)
+		return 0;
+	uint64_t at = pos - b->ent.view_pos, off = 0;
+	size_t k = 0;
+	for (; k < b->nspans && at >= off + b->spans[k].len; k++)
+		off += b->spans[k].len;
+	if (k == b->nspans)
+		return 0;
+	const uint8_t *v = b->view.data + b->spans[k].off;
+	size_t i = (size_t)(at - off);
+	uint8_t prev = i ? v[i - 1] : 0;
+	if (!i) { /* at a span's start: the previous span's last byte */
+		if (k == 0)
+			return 0;
+		prev = b->view.data[b->spans[k - 1].off + b->spans[k - 1].len - 1];
+	}
+	if (prev == '\n')
+		return 0; /* at a record boundary: nothing begun */
+	const uint8_t *nl = memchr(v + i, '\n', b->spans[k].len - i);
+	size_t n = nl ? (size_t)(nl + 1 - (v + i)) : b->spans[k].len - i;
+	if (n > size)
+		n = size;
+	memcpy(buf, v + i, n);
+	return n;
+}
+
 ssize_t ls_reader_read_view(struct ls_reader *r, uint64_t pos, void *buf, size_t size,
                             char sep, uint64_t *actual)
 {
@@ -3082,6 +3134,14 @@ ssize_t ls_reader_read_view(struct ls_reader *r, uint64_t pos, void *buf, size_t
 	pthread_rwlock_rdlock(&p->lock);
 	uint64_t start = p->start_pos, hw_pos = p->hw_pos, gen = p->gen;
 	pthread_rwlock_unlock(&p->lock);
+	if (b->have && (b->gen != gen || pos < start) && size) {
+		size_t n = finish_record(b, pos, sep, buf, size);
+		if (n) {
+			if (actual)
+				*actual = pos;
+			return (ssize_t)n;
+		}
+	}
 	if (pos < start)
 		pos = start;
 	if (actual)

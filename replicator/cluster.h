@@ -166,6 +166,9 @@ void replica_update(struct replica *rp, const struct meta_partition *mp);
 /* The partition goes away (topic deleted, node closing); loop thread. After
  * it returns nothing touches p or its log. */
 void replica_remove(struct replica *rp);
+/* Wakes the FUSE threads waiting in rp (its topic was deleted: they look at
+ * rep_partition_gone and leave with -ENOENT). Any thread. */
+void replica_wake(struct replica *rp);
 
 /* FUSE threads (never the loop thread): replicator.h's rep_produce,
  * rep_partition_commit and rep_partition_state in cluster mode. acks and
@@ -189,6 +192,9 @@ struct cluster *rep_cluster(struct rep *r);   /* NULL on a single node */
 /* The partition's high watermark moved (new committed data): wakes readers
  * (tail -f, cursors) through local.c's notifier. Any thread. */
 void rep_partition_hw_moved(struct rep_partition *p);
+/* 1 once p's topic is deleted (its replica stays until no FUSE call is in
+ * it): calls into it end with -ENOENT. Any thread. */
+int rep_partition_gone(struct rep_partition *p);
 /* Counters as rep_produce keeps them (records_in, bytes_in). */
 void rep_partition_count_in(struct rep_partition *p, uint32_t records, uint64_t bytes);
 /* Reconciles local.c's topics, partitions and producer files with the state

@@ -1869,6 +1869,8 @@ static struct replica *repl_enter(struct rep_partition *p)
 
 static void repl_leave(struct rep_partition *p) { atomic_fetch_sub(&p->inflight, 1); }
 
+int rep_partition_gone(struct rep_partition *p) { return atomic_load(&p->gone); }
+
 static int cl_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
                       const struct ls_producer *prod, struct ls_append_result *res)
 {
@@ -2049,8 +2051,11 @@ static void cl_drop_topic(struct rep *r, size_t i)
 	memmove(&r->topics[i], &r->topics[i + 1], (r->ntopics - i - 1) * sizeof(*r->topics));
 	r->ntopics--;
 	atomic_store(&t->deleted, 1);
-	for (uint32_t j = 0; j < t->nparts; j++)
+	for (uint32_t j = 0; j < t->nparts; j++) {
 		atomic_store(&t->parts[j]->gone, true);
+		if (t->parts[j]->repl) /* writers waiting in it: ENOENT now */
+			replica_wake(t->parts[j]->repl);
+	}
 	char dir[PATH_MAX];
 	if (pathf(dir, sizeof(dir), "%s/ctopics/%" PRIu64, r->data_dir, t->id) < 0 ||
 	    pathf(t->trash_dir, sizeof(t->trash_dir), "%s/trash/%" PRIu64, r->data_dir,

@@ -1537,6 +1537,13 @@ void replica_remove(struct replica *rp)
 
 /* ---- FUSE threads: produce, commit, state ---------------------------------------------------- */
 
+void replica_wake(struct replica *rp)
+{
+	pthread_mutex_lock(&rp->mu);
+	pthread_cond_broadcast(&rp->cv);
+	pthread_mutex_unlock(&rp->mu);
+}
+
 static bool enter(struct replica *rp)
 {
 	pthread_mutex_lock(&rp->mu);
@@ -1728,6 +1735,10 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 	if (!enter(rp))
 		return -ECANCELED;
 	for (;;) {
+		if (rep_partition_gone(rp->p)) { /* rmdir of the topic meanwhile */
+			rc = -ENOENT;
+			break;
+		}
 		pthread_rwlock_rdlock(&rp->role_lock);
 		pthread_mutex_lock(&rp->mu);
 		enum role role = rp->role;
@@ -1811,9 +1822,12 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
  * decided by its epoch, mark_state_locked.) */
 static int wait_hw_locked(struct replica *rp, int64_t target, int64_t until)
 {
-	while (rp->hw < target && !rp->removed)
+	while (rp->hw < target && !rp->removed) {
+		if (rep_partition_gone(rp->p))
+			return -ENOENT; /* the topic was deleted */
 		if (!wait_until(rp, until))
 			return -EIO;
+	}
 	return rp->removed ? -ECANCELED : 0;
 }
 
@@ -1903,6 +1917,8 @@ static int wait_acked_locked(struct replica *rp, enum rep_acks acks, uint32_t mi
 			mark_lost_log(rp, m);
 			return rc;
 		}
+		if (rc == -ENOENT)
+			return rc;
 		if (rc < 0) {
 			tfs_error("partition %" PRIu64 "/%u: commit: high watermark %" PRId64
 			          " did not reach %" PRId64 " within %u ms (%s)", rp->topic_id,
@@ -1946,7 +1962,7 @@ int replica_wait_acked(struct replica *rp, enum rep_acks acks, uint32_t min_insy
 	int rc = wait_acked_locked(rp, acks, min_insync, mk, cluster_now_ms() + rp->rs->wait_ms);
 	pthread_mutex_unlock(&rp->mu);
 	leave(rp);
-	return rc < 0 ? -EIO : 0;
+	return rc == -ENOENT ? rc : rc < 0 ? -EIO : 0;
 }
 
 int replica_commit(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
@@ -1963,7 +1979,7 @@ int replica_commit(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
 		tfs_error("partition %" PRIu64 "/%u: commit failed: %s", rp->topic_id, rp->index,
 		          tfs_strerror(rc));
 	leave(rp);
-	return rc < 0 ? -EIO : 0;
+	return rc == -ENOENT ? rc : rc < 0 ? -EIO : 0;
 }
 
 void replica_state(struct replica *rp, struct rep_partition_state *st)

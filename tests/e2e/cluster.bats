@@ -620,6 +620,30 @@ first_take() {
 	done
 }
 
+@test "rmdir of a topic while writers on other nodes write: their writes, fsyncs and closes fail with ENOENT" {
+	cluster_start 3
+	acks_all_topic t
+	local l w r
+	l=$(leader_of t 0)
+	w=$(other_than "$l")
+	r=$(other_than "$l" "$w")
+	# writers through a non-leader's mount (forwarded), open + write + fsync + close each
+	touch "${M[w]}/t/prod"
+	acks_writer "${M[w]}/t/0/log" "$T/fw" fw
+	local wfw=$WRITER
+	acks_writer "${M[w]}/t/prod" "$T/pf" pf
+	local wpf=$WRITER
+	wait_secs 20 '[[ $(acked $T/fw) -ge 20 && $(acked $T/pf) -ge 20 ]]'
+	rmdir "${M[r]}/t"
+	wait_secs 20 "[[ -s $T/fw.err && -s $T/pf.err ]]"
+	writer_stop "$T/fw" "$wfw"
+	writer_stop "$T/pf" "$wpf"
+	# the first failure of each says the topic is gone, not a connection problem
+	echo "first failures: $(head -n 1 "$T/fw.err") / $(head -n 1 "$T/pf.err")"
+	[[ $(head -n 1 "$T/fw.err" | cut -d' ' -f2) == ENOENT ]]
+	[[ $(head -n 1 "$T/pf.err" | cut -d' ' -f2) == ENOENT ]]
+}
+
 @test "garbage, truncated frames and huge lengths on every node port crash nothing; the cluster keeps serving" {
 	cluster_start 3
 	mkdir "${M[1]}/t"

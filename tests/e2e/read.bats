@@ -179,6 +179,46 @@ produce_numbered() {
 	assert_failure
 }
 
+@test "a reader that stopped inside a record retention then removed gets its rest, never glued to the next record" {
+	start_with_retention
+	produce_numbered 200
+	wait_until '[[ $(state_value t 0 start_offset) -gt 0 ]]'
+	cat >"$T/reader.py" <<-'PY'
+		import os, sys, time
+		path, d = sys.argv[1:3]
+		fd = os.open(path, os.O_RDONLY)
+		start = os.lseek(fd, 0, os.SEEK_DATA)
+		head = os.read(fd, 30)                      # inside its first record
+		open(d + "/go", "w").close()
+		while not os.path.exists(d + "/done"):
+		    time.sleep(0.05)
+		rest = b""
+		while True:
+		    b = os.read(fd, 200)
+		    if not b:
+		        break
+		    rest += b
+		lines = (head + rest).split(b"\n")
+		assert lines[-1] == b"", lines[-1]
+		bad = [l for l in lines[:-1] if len(l) != 45 or l.count(b"rec-") != 1]
+		assert not bad, bad[:3]
+		print(lines[0].decode(), len(lines) - 1)
+	PY
+	python3 "$T/reader.py" "$L" "$T" >"$T/out" 2>&1 3>&- &
+	local reader=$!
+	bg_track "$reader"
+	wait_until '[[ -e $T/go ]]'
+	local first
+	first=$(state_value t 0 start_offset)
+	produce_numbered 200
+	# retention passes the record the reader is inside
+	wait_until "[[ \$(state_value t 0 start_offset) -gt $((first + 30)) ]]"
+	touch "$T/done"
+	wait "$reader" || { cat "$T/out"; false; }
+	cat "$T/out"
+	[[ $(cat "$T/out") == "rec-$(printf %04d $((first + 1)))-"* ]]
+}
+
 @test "time retention (retention_ms) removes old segments, positions stay" {
 	printf 'storage:\n  retention_check_ms: 100\n' >"$T/node.yaml"
 	tfs_start -c "$T/node.yaml"

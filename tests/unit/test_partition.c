@@ -405,6 +405,39 @@ static void test_retention(void)
 	CHECK_EQ_INT(ls_partition_close(p), 0);
 }
 
+/* A reader that stopped inside a record when retention removed it gets the
+ * rest of that record (from the batch it holds) before the oldest retained
+ * one: the two are never glued into one line. */
+static void test_retention_under_a_reader(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c = cfg_none();
+	c.segment_bytes = 250;
+	struct ls_partition *p = open_p(dir, &c);
+	for (int b = 0; b < 30; b++)
+		append_lines(p, "record", 3, 1000 + b);
+	struct ls_reader *r;
+	CHECK_EQ_INT(ls_reader_open(p, &r), 0);
+	char buf[64];
+	uint64_t actual = 0;
+	CHECK_EQ_INT(ls_reader_read_view(r, 0, buf, 4, '\t', &actual), 4); /* "reco" */
+	CHECK(memcmp(buf, "reco", 4) == 0);
+	c.retention_ms = 10;
+	ls_partition_set_config(p, &c);
+	CHECK(ls_partition_enforce_retention(p, 1015) > 0);
+	ssize_t n = ls_reader_read_view(r, 4, buf, sizeof(buf), '\t', &actual);
+	CHECK_EQ_INT(n, 5);
+	CHECK(n == 5 && memcmp(buf, "rd-0\n", 5) == 0);
+	CHECK_EQ_INT(actual, 4);
+	struct ls_partition_info info;
+	ls_partition_get_info(p, &info);
+	n = ls_reader_read_view(r, 9, buf, sizeof(buf), '\t', &actual);
+	CHECK(n > 0 && memcmp(buf, "record-0\n", 9) == 0);
+	CHECK_EQ_INT(actual, info.start_pos);
+	ls_reader_close(r);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
 /* A quiet partition whose only (active) segment is wholly past retention
  * empties: the segment is rolled, then removed; positions stay stable. */
 static void test_retention_of_active_segment(void)
@@ -499,6 +532,20 @@ static void test_replication_path(void)
 	free(b);
 	/* the leader epoch travelled with the batches */
 	CHECK_EQ_INT(ls_partition_epoch_end_offset(f, 3), fi.end_offset);
+
+	/* all of it in one fetch: the follower's segments roll at segment_bytes
+	 * as the leader's do (retention deletes whole segments) */
+	const char *gdir = unit_tmpdir();
+	struct ls_partition *g = open_p(gdir, &c);
+	n = ls_partition_read_batches(l, 0, buf, sizeof(buf), &need);
+	CHECK(n > 0 && (size_t)n > 4 * c.segment_bytes);
+	CHECK_EQ_INT(ls_partition_append_batches(g, buf, (size_t)n), 0);
+	struct ls_partition_info gi;
+	ls_partition_get_info(g, &gi);
+	CHECK_EQ_INT(gi.end_offset, li.end_offset);
+	CHECK(gi.segments >= li.segments - 1 && gi.segments <= li.segments + 1);
+	CHECK(gi.segments > 4);
+	CHECK_EQ_INT(ls_partition_close(g), 0);
 	CHECK_EQ_INT(ls_partition_close(l), 0);
 	CHECK_EQ_INT(ls_partition_close(f), 0);
 }
@@ -1177,6 +1224,7 @@ int main(int argc, char **argv)
 	RUN(test_segments_and_reopen);
 	RUN(test_offset_for_time);
 	RUN(test_retention);
+	RUN(test_retention_under_a_reader);
 	RUN(test_retention_of_active_segment);
 	RUN(test_replication_path);
 	RUN(test_truncate);
