@@ -11,7 +11,8 @@
  *     node:      id (1..65535), data_dir, listen (A.B.C.D:PORT), log_file,
  *                log_level (debug|info|warn|error)
  *     cluster:   voters: [ "ID@A.B.C.D:PORT", ... ], replica_lag_ms,
- *                replica_wait_ms, node_timeout_ms, snapshot_entries
+ *                replica_wait_ms, node_timeout_ms, snapshot_entries,
+ *                leader_rebalance_ms
  *     defaults:  any .config key (below)
  *     groups:    start (earliest|latest)
  *     storage:   flush_ms, retention_check_ms
@@ -642,6 +643,7 @@ void node_config_default(struct node_config *out)
 	out->replica_wait_ms = 15000;
 	out->node_timeout_ms = 3000;
 	out->snapshot_entries = 4096;
+	out->leader_rebalance_ms = 30000;
 }
 
 /* "A.B.C.D" with each part 0..255 in decimal, no leading zeros; the text is
@@ -856,7 +858,7 @@ static int parse_cluster_section(struct yp *p, yaml_node_t *m, struct node_confi
 		{ "node_timeout_ms", offsetof(struct node_config, node_timeout_ms) },
 	};
 	const char *keys = "voters, replica_lag_ms, replica_wait_ms, node_timeout_ms, "
-	                   "snapshot_entries";
+	                   "snapshot_entries, leader_rebalance_ms";
 	yaml_node_t *k, *v;
 	char sh[80];
 	int rc;
@@ -884,6 +886,15 @@ static int parse_cluster_section(struct yp *p, yaml_node_t *m, struct node_confi
 				return yp_fail(p, line_of(v), "cluster.snapshot_entries: must be an "
 				               "integer 16..100000000, got %s", show(v, sh, sizeof(sh)));
 			c->snapshot_entries = (uint32_t)i;
+			continue;
+		}
+		if (strcmp(name, "leader_rebalance_ms") == 0) {
+			int64_t i;
+			if (parse_int(v, 0, 86400000, &i) || (i > 0 && i < 100))
+				return yp_fail(p, line_of(v), "cluster.leader_rebalance_ms: must be 0 "
+				               "(never) or an integer 100..86400000 (milliseconds), got %s",
+				               show(v, sh, sizeof(sh)));
+			c->leader_rebalance_ms = (uint32_t)i;
 			continue;
 		}
 		if (strcmp(name, "voters") != 0)

@@ -47,6 +47,9 @@ struct node_config {
 	                                   = node down; default 3000 */
 	uint32_t snapshot_entries;      /* cluster.snapshot_entries: metadata log entries
 	                                   between snapshots; default 4096 */
+	uint32_t leader_rebalance_ms;   /* cluster.leader_rebalance_ms: a partition's
+	                                   preferred replica in sync this long leads
+	                                   it again; 0 = never; default 30000 */
 };
 
 /* Built-in node defaults (single node, id 1, 127.0.0.1:7070, data_dir ""). */

@@ -234,6 +234,7 @@ static int run(struct cli *cli, struct fuse_args *args)
 		.replica_wait_ms = cfg.replica_wait_ms,
 		.node_timeout_ms = cfg.node_timeout_ms,
 		.snapshot_entries = cfg.snapshot_entries,
+		.leader_rebalance_ms = cfg.leader_rebalance_ms,
 	};
 	for (unsigned i = 0; i < cfg.nvoters && i < 64; i++) {
 		ropts.voters[i].id = cfg.voters[i].id;

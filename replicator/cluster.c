@@ -384,6 +384,60 @@ int cluster_submit(struct cluster *c, const struct meta_cmd *cmd)
 	return rc;
 }
 
+/* cluster_submit_cb's request: the caller's callback and context. */
+struct submit_cb {
+	void (*cb)(void *ctx, int rc);
+	void *ctx;
+};
+
+static void submit_cb_done(void *ctx, int rc, const struct meta_result *res)
+{
+	struct submit_cb *s = ctx;
+	(void)res;
+	s->cb(s->ctx, rc);
+	free(s);
+}
+
+static void submit_cb_resp(void *ctx, int status, const struct tr_frame *resp)
+{
+	struct submit_cb *s = ctx;
+	int rc = status;
+	if (rc == 0)
+		rc = resp->len >= 14 ? (int32_t)wire_get32(resp->payload) : REP_EPROTO;
+	s->cb(s->ctx, rc);
+	free(s);
+}
+
+int cluster_submit_cb(struct cluster *c, const struct meta_cmd *cmd,
+                      void (*cb)(void *ctx, int rc), void *ctx)
+{
+	struct submit_cb *s = malloc(sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	*s = (struct submit_cb){cb, ctx};
+	int rc;
+	if (meta_raft_is_leader(c->mr)) {
+		rc = meta_raft_submit(c->mr, cmd, submit_cb_done, s);
+	} else {
+		uint16_t leader = meta_raft_leader(c->mr, NULL, 0);
+		uint8_t buf[META_CMD_MAX_BYTES];
+		struct meta_cmd tagged = *cmd;
+		tagged.origin = c->o.node_id;
+		tagged.seq = SEQ_TAG | atomic_fetch_add(&c->next_seq, 1);
+		long n = meta_cmd_encode(&tagged, buf, sizeof(buf));
+		if (leader == 0 || leader == c->o.node_id)
+			rc = REP_ENOTLEADER;
+		else if (n < 0 || (size_t)n > sizeof(buf))
+			rc = n < 0 ? (int)n : -EINVAL;
+		else
+			rc = tr_request(c->net, leader, TF_META_PROPOSE, 0, buf, (size_t)n,
+			                c->o.request_timeout_ms, submit_cb_resp, s, NULL);
+	}
+	if (rc < 0)
+		free(s);
+	return rc;
+}
+
 /* ---- loop thread: frames -------------------------------------------------- */
 
 static void forward_done(void *ctx, int rc, const struct meta_result *res)

@@ -78,6 +78,8 @@ struct cluster_options {
 	unsigned node_timeout_ms;    /* no heartbeat this long: node down [3000] */
 	unsigned snapshot_entries;   /* metadata log entries between snapshots [4096] */
 	unsigned request_timeout_ms; /* one node-to-node request [5000] */
+	unsigned leader_rebalance_ms; /* preferred replica in sync this long: it
+	                                 leads again (replica.c) [0: never] */
 };
 
 /* ---- the core (cluster.c) --------------------------------------------------- */
@@ -118,6 +120,14 @@ int cluster_propose(struct cluster *c, const struct meta_cmd *cmd,
 /* Fire and forget (any thread, the loop thread included): the outcome is
  * logged at debug level. 0 or -ENOMEM / -ECANCELED. */
 int cluster_submit(struct cluster *c, const struct meta_cmd *cmd);
+
+/* Like cluster_submit, but cb(ctx, rc) is called exactly once on the loop
+ * thread with the outcome: meta_apply's code once applied on the quorum's
+ * leader, or why it was not (REP_ENOTLEADER, REP_ENOQUORUM, -ETIMEDOUT,
+ * -ECONNRESET, -ECANCELED: it may still have been, or be, applied). Any
+ * thread; returns 0, or < 0 without calling cb. */
+int cluster_submit_cb(struct cluster *c, const struct meta_cmd *cmd,
+                      void (*cb)(void *ctx, int rc), void *ctx);
 
 /* Calls fn with the metadata state under its read lock (any thread; fn must
  * not block or call into the cluster). */

@@ -1537,6 +1537,7 @@ int rep_open(const struct rep_options *opts, struct rep **out)
 			.replica_wait_ms = opts->replica_wait_ms,
 			.node_timeout_ms = opts->node_timeout_ms,
 			.snapshot_entries = opts->snapshot_entries,
+			.leader_rebalance_ms = opts->leader_rebalance_ms,
 		};
 		snprintf(co.listen, sizeof(co.listen), "%s", r->listen);
 		for (unsigned i = 0; i < opts->nvoters && i < 64; i++) {

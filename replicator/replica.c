@@ -148,6 +148,8 @@
 #define COMMIT_SPREAD_MS 200         /* commit's best-effort wait for followers */
 #define PARKED_MAX 1024
 #define EPOCH_WALK_MAX 100000
+#define HANDOFF_CATCHUP_MS 1000      /* the preferred leader's time to fetch our end */
+#define HANDOFFS_MAX 4               /* handoffs in flight per node */
 
 #define F_OBSERVER 0x01u
 #define R_KEY 0x01u
@@ -190,6 +192,17 @@ struct replica {
 	unsigned npeers;
 	unsigned users;                 /* FUSE threads inside */
 	bool removed;
+	bool handing;                   /* giving leadership to hand_to: no appends */
+
+	/* handing leadership back to the preferred replica (loop thread only) */
+	uint16_t hand_to;
+	int32_t hand_epoch;
+	uint32_t hand_seq;              /* matches a submission's answer */
+	bool hand_sent;                 /* the leader change is out */
+	int64_t hand_deadline;          /* for hand_to to catch up */
+	int64_t hand_resend_ms;         /* send again (an answer said nothing) */
+	int64_t pref_since_ms;          /* preferred replica in sync since; 0: not */
+	int64_t hand_next_ms;           /* no handoff before (after one gave up) */
 
 	/* following (loop thread only) */
 	uint16_t src;                   /* leader fetched from; 0: none */
@@ -246,6 +259,7 @@ struct replica_set {
 	struct cluster *c;
 	uint16_t self;
 	unsigned lag_ms, wait_ms, request_ms;
+	unsigned rebalance_ms;          /* leader_rebalance_ms; 0: never */
 
 	/* loop thread */
 	struct replica **tab;
@@ -559,6 +573,12 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
 	rp->mp = *mp;
 	rp->role = role;
 	rp->version++;
+	if (rp->handing && (role != ROLE_LEADER || mp->leader_epoch != rp->hand_epoch)) {
+		rp->handing = false; /* handed over (or overtaken): the new epoch rules */
+		rp->hand_seq++;
+	}
+	if (role != ROLE_LEADER)
+		rp->pref_since_ms = 0;
 	if (role == ROLE_LEADER) {
 		bool fresh = first || old_role != ROLE_LEADER || old_epoch != mp->leader_epoch;
 		if (fresh) {
@@ -1265,8 +1285,9 @@ static int on_produce(struct replica_set *rs, const struct tr_frame *f)
 	if (rc == 0) {
 		pthread_rwlock_rdlock(&rp->role_lock);
 		pthread_mutex_lock(&rp->mu);
-		if (rp->role != ROLE_LEADER || cluster_cut_off(rs->c))
-			rc = REP_ENOTLEADER; /* a cut-off leader may have a successor */
+		if (rp->role != ROLE_LEADER || rp->handing || cluster_cut_off(rs->c))
+			rc = REP_ENOTLEADER; /* a cut-off leader may have a successor; a
+			                      * handing one is about to have one */
 		else if (acks == REP_ACKS_ALL && rp->mp.nisr < min_insync)
 			rc = -ENOTCONN;
 		pthread_mutex_unlock(&rp->mu);
@@ -1381,6 +1402,183 @@ static void isr_check(struct replica_set *rs)
 	}
 }
 
+/* ---- preferred leaders (loop thread) ------------------------------------------------------------
+ *
+ * A partition's preferred leader is the first of its replicas (meta_place
+ * puts the leader it chose there). Failovers move leaderships off a node and
+ * nothing moves them back, so after a restart one node can lead everything.
+ * A leader whose preferred replica has been in sync for leader_rebalance_ms
+ * hands the leadership to it (Kafka's auto.leader.rebalance), without
+ * losing or failing a write:
+ *
+ *   begin: under role_lock for writing (no append in flight), handing = 1:
+ *          local writes wait, forwarded ones get REP_ENOTLEADER (retried)
+ *   ──hand_to has fetched up to our log end──> META_CMD_LEADER(epoch, hand_to)
+ *   ──applied: apply_meta makes this node a follower──> writes forward to it
+ *
+ * Nothing is appended after hand_to fetched our end, so the old leader
+ * truncates nothing and every write's epoch mark holds. hand_to not caught
+ * up within HANDOFF_CATCHUP_MS, or the command refused because hand_to left
+ * the in-sync set or died: handing = 0, appends resume, tried again after
+ * leader_rebalance_ms. An answer that does not say whether the command was
+ * applied (timeout, quorum leader change) keeps handing and sends it again:
+ * the epoch fences it, so it applies at most once; resuming appends then
+ * could lose them to a command applied late. */
+
+struct hand_ctx {
+	struct replica_set *rs;
+	uint64_t topic_id;
+	uint32_t index;
+	uint32_t seq;
+};
+
+static void hand_resume(struct replica *rp, const char *why)
+{
+	pthread_mutex_lock(&rp->mu);
+	rp->handing = false;
+	rp->hand_seq++;
+	rp->version++; /* writers waiting for the handoff look again */
+	pthread_cond_broadcast(&rp->cv);
+	pthread_mutex_unlock(&rp->mu);
+	rp->hand_sent = false;
+	rp->pref_since_ms = 0;
+	rp->hand_next_ms = cluster_now_ms() + rp->rs->rebalance_ms;
+	tfs_info("partition %" PRIu64 "/%u: keeps its leadership: %s", rp->topic_id, rp->index,
+	         why);
+}
+
+static void hand_done(void *ctx, int rc)
+{
+	struct hand_ctx *h = ctx;
+	struct replica *rp = lookup(h->rs, h->topic_id, h->index);
+	if (rp && rp->handing && rp->hand_seq == h->seq) {
+		if (rc == -EINVAL || rc == -EHOSTDOWN || rc == -ENOENT) {
+			char why[96];
+			snprintf(why, sizeof(why), "node %u cannot take it (%s)", rp->hand_to,
+			         tfs_strerror(rc));
+			hand_resume(rp, why);
+		} else if (rc != 0 && rc != -ESTALE) {
+			/* maybe applied, maybe not: the same command again (a newer
+			 * epoch, or the new leader, arrives through apply_meta) */
+			rp->hand_sent = false;
+			rp->hand_resend_ms = cluster_now_ms() + RETRY_MS;
+		}
+	}
+	free(h);
+}
+
+/* Moves a handoff on: sends the leader change once hand_to has everything. */
+static void hand_step(struct replica_set *rs, struct replica *rp, int64_t now)
+{
+	if (rp->hand_sent || now < rp->hand_resend_ms)
+		return;
+	struct ls_partition_info info;
+	ls_partition_get_info(rp->log, &info);
+	pthread_mutex_lock(&rp->mu);
+	const struct peer *pe = peer_find(rp, rp->hand_to);
+	bool caught_up = pe && pe->end >= info.end_offset;
+	pthread_mutex_unlock(&rp->mu);
+	if (!caught_up) {
+		if (now >= rp->hand_deadline) {
+			char why[96];
+			snprintf(why, sizeof(why), "node %u did not catch up within %d ms",
+			         rp->hand_to, HANDOFF_CATCHUP_MS);
+			hand_resume(rp, why);
+		}
+		return;
+	}
+	struct hand_ctx *h = malloc(sizeof(*h));
+	if (!h)
+		return; /* tried again next tick */
+	*h = (struct hand_ctx){rs, rp->topic_id, rp->index, rp->hand_seq};
+	struct meta_cmd cmd;
+	meta_cmd_init(&cmd, META_CMD_LEADER);
+	cmd.topic_id = rp->topic_id;
+	cmd.partition = rp->index;
+	cmd.epoch = rp->hand_epoch;
+	cmd.node = rp->hand_to;
+	cmd.origin = rs->self;
+	rp->hand_sent = true;
+	if (cluster_submit_cb(rs->c, &cmd, hand_done, h) < 0) {
+		free(h);
+		rp->hand_sent = false;
+		rp->hand_resend_ms = now + RETRY_MS;
+	}
+}
+
+/* Starts a handoff to hand_to if rp still leads at the epoch it was judged at. */
+static bool hand_begin(struct replica *rp, uint16_t to, int32_t epoch, int64_t now)
+{
+	pthread_rwlock_wrlock(&rp->role_lock); /* waits out appends in flight */
+	pthread_mutex_lock(&rp->mu);
+	bool ok = rp->role == ROLE_LEADER && rp->mp.leader_epoch == epoch && !rp->removed;
+	if (ok) {
+		rp->handing = true;
+		rp->hand_seq++;
+	}
+	pthread_mutex_unlock(&rp->mu);
+	pthread_rwlock_unlock(&rp->role_lock);
+	if (!ok)
+		return false;
+	rp->hand_to = to;
+	rp->hand_epoch = epoch;
+	rp->hand_sent = false;
+	rp->hand_resend_ms = 0;
+	rp->hand_deadline = now + HANDOFF_CATCHUP_MS;
+	tfs_info("partition %" PRIu64 "/%u: handing its leadership back to node %u, its "
+	         "preferred leader (in sync for %u ms)", rp->topic_id, rp->index, to,
+	         rp->rs->rebalance_ms);
+	return true;
+}
+
+/* Moves every handoff on (each tick, so that writers wait one tick at
+ * most for the catch-up check); returns how many are in flight. (handing is
+ * written only on this thread: read here without mu.) */
+static unsigned handoffs_step(struct replica_set *rs)
+{
+	int64_t now = cluster_now_ms();
+	unsigned active = 0;
+	FOREACH_REPLICA(rs, rp) {
+		if (rp->handing) {
+			hand_step(rs, rp, now);
+			active += rp->handing;
+		}
+	}
+	return active;
+}
+
+/* Starts a handoff where the preferred replica has been in sync for
+ * rebalance_ms (at most HANDOFFS_MAX in flight). */
+static void rebalance_check(struct replica_set *rs, unsigned active)
+{
+	int64_t now = cluster_now_ms();
+	bool cut_off = cluster_cut_off(rs->c);
+	FOREACH_REPLICA(rs, rp) {
+		pthread_mutex_lock(&rp->mu);
+		uint16_t pref = rp->mp.nreplicas ? rp->mp.replicas[0] : 0;
+		const struct peer *pe = peer_find(rp, pref);
+		bool in_sync = rp->role == ROLE_LEADER && !rp->handing && !cut_off &&
+		               pref != rs->self && pe && pe->end >= 0 &&
+		               in_list(rp->mp.isr, rp->mp.nisr, pref) &&
+		               now - pe->caught_up_ms <= (int64_t)rs->lag_ms;
+		int32_t epoch = rp->mp.leader_epoch;
+		pthread_mutex_unlock(&rp->mu);
+		if (!in_sync) {
+			rp->pref_since_ms = 0;
+			continue;
+		}
+		if (!rp->pref_since_ms)
+			rp->pref_since_ms = now;
+		if (now - rp->pref_since_ms < (int64_t)rs->rebalance_ms || now < rp->hand_next_ms ||
+		    active >= HANDOFFS_MAX)
+			continue;
+		if (hand_begin(rp, pref, epoch, now)) {
+			active++;
+			hand_step(rs, rp, now);
+		}
+	}
+}
+
 /* ---- the tick (loop thread) ------------------------------------------------------------------- */
 
 static void on_tick(uv_timer_t *t)
@@ -1390,9 +1588,12 @@ static void on_tick(uv_timer_t *t)
 	for (struct session *s = rs->sessions; s; s = s->next)
 		session_kick(rs, s);
 	int64_t now = cluster_now_ms();
+	unsigned handoffs = rs->rebalance_ms ? handoffs_step(rs) : 0;
 	if (now - rs->last_isr_ms >= ISR_EVERY_MS) {
 		rs->last_isr_ms = now;
 		isr_check(rs);
+		if (rs->rebalance_ms)
+			rebalance_check(rs, handoffs);
 	}
 }
 
@@ -1427,6 +1628,7 @@ int replica_set_open(struct cluster *c, struct replica_set **out)
 	rs->lag_ms = o->replica_lag_ms ? o->replica_lag_ms : 10000;
 	rs->wait_ms = o->replica_wait_ms ? o->replica_wait_ms : 15000;
 	rs->request_ms = o->request_timeout_ms ? o->request_timeout_ms : 5000;
+	rs->rebalance_ms = o->leader_rebalance_ms;
 	rs->nbuckets = 256;
 	rs->tab = calloc(rs->nbuckets, sizeof(*rs->tab));
 	rs->cmds = calloc(META_MAX_REPLICAS, sizeof(*rs->cmds));
@@ -1752,9 +1954,11 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 		 * now would be truncated at the heal, so it takes nothing, even
 		 * under acks: leader (Kafka's broker fencing). */
 		bool fenced = role == ROLE_LEADER && cluster_cut_off(rs->c);
+		/* A leader handing over waits for the new leader, then forwards. */
+		bool handing = role == ROLE_LEADER && rp->handing;
 		if (rp->removed) {
 			rc = -ECANCELED;
-		} else if (role == ROLE_LEADER && !fenced &&
+		} else if (role == ROLE_LEADER && !fenced && !handing &&
 		           (acks != REP_ACKS_ALL || nisr >= min_insync)) {
 			pthread_mutex_unlock(&rp->mu);
 			rc = leader_append(rp, recs, n, prod, res);
@@ -1780,6 +1984,8 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 			           leader == 0 ? "no leader"
 			           : fenced    ? "this node, its leader, is cut off from the metadata "
 			                         "quorum"
+			           : handing   ? "its leadership is being handed to its preferred "
+			                         "replica, which did not take it"
 			                       : "fewer in-sync replicas than min_insync");
 			break;
 		} else {

@@ -62,6 +62,8 @@ struct rep_options {
 	uint32_t replica_wait_ms;
 	uint32_t node_timeout_ms;
 	uint32_t snapshot_entries;     /* metadata log entries between snapshots */
+	uint32_t leader_rebalance_ms;  /* leadership back to the preferred replica
+	                                  once in sync this long; 0: never */
 };
 
 /* Told when a partition's high watermark moves (new committed data), from a

@@ -388,6 +388,70 @@ os.close(fd)' "${M[l]}/t/0/log"
 	[[ $(tail -n 1 "${M[s]}/t/0/log") == "after rejoin" ]]
 }
 
+@test "a restarted partition leader leads again once in sync; a writer throughout loses and fails nothing in the handoff" {
+	cluster_start 3 leader_rebalance_ms=1000
+	acks_all_topic t
+	local l w x p first e k err0
+	l=$(leader_of t 0)
+	# the preferred leader is the first of the replicas: the one chosen at creation
+	first=$(cl_state 1 t 0 replicas | tr -d '[],' | awk '{ print $1 }')
+	[[ $first == "$l" ]] || { cat "${M[1]}/t/0/state"; false; }
+	w=$(other_than "$l")
+	acks_writer "${M[w]}/t/0/log" "$T/acked" w
+	local writer=$WRITER
+	wait_secs 20 '[[ $(acked $T/acked) -ge 50 ]]'
+	node_stop "$l"
+	wait_secs 20 "[[ \$(leader_of t 0 $w) =~ ^[123]$ && \$(leader_of t 0 $w) != $l ]]"
+	x=$(leader_of t 0 "$w")
+	k=$(acked "$T/acked")
+	wait_secs 30 "[[ \$(acked $T/acked) -ge $((k + 50)) ]]"
+	e=$(epoch_of t 0 "$w")
+	echo "t/0: node $l stopped, node $x leads at epoch $e"
+	# from here on no write may fail: the handoff makes writers wait, not fail;
+	# a second writer streams lines through one open file on the third node
+	err0=$(cat "$T/acked.err" 2>/dev/null | wc -l)
+	s=$(other_than "$l" "$w")
+	python3 - "${M[s]}/t/0/log" "$T/stream" 3>&- <<-'EOF' &
+		import os, sys
+		path, out = sys.argv[1:3]
+		fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+		n = 0
+		while not os.path.exists(out + ".stop"):
+		    n += 1
+		    os.write(fd, b"s-%d\n" % n)
+		os.fsync(fd)
+		os.close(fd)
+		with open(out, "w") as f:
+		    f.write("".join("%d\n" % i for i in range(1, n + 1)))
+	EOF
+	local streamer=$!
+	bg_track "$streamer"
+	node_start "$l"
+	node_wait_mounted "$l"
+	wait_secs 40 "[[ \$(leader_of t 0 $w) == $l ]]" || { cat "${M[w]}/t/0/state"; false; }
+	grep -q "/0: handing its leadership back to node $l, its preferred leader" "${NODE_LOG[x]}" ||
+		{ grep -i "hand\|leadership" "${NODE_LOG[x]}"; false; }
+	[[ $(epoch_of t 0 "$w") -eq $((e + 1)) ]] || { cat "${M[w]}/t/0/state"; false; }
+	# every partition is led by its first replica again
+	for p in 0 1 2; do
+		wait_secs 40 "[[ \$(leader_of t $p $w) == \$(cl_state $w t $p replicas | tr -d '[],' | awk '{ print \$1 }') ]]" ||
+			{ cat "${M[w]}/t/$p/state"; false; }
+	done
+	k=$(acked "$T/acked")
+	wait_secs 30 "[[ \$(acked $T/acked) -ge $((k + 50)) ]]"
+	writer_stop "$T/acked" "$writer"
+	touch "$T/stream.stop"
+	wait "$streamer" || { echo "the streaming writer failed"; false; }
+	[[ $(cat "$T/acked.err" 2>/dev/null | wc -l) -eq $err0 ]] ||
+		{ echo "failed attempts after the restart:"; tail -n +$((err0 + 1)) "$T/acked.err"; false; }
+	# every acknowledged line exactly once, byte-identical on every node
+	wait_secs 10 "logs_agree t 0"
+	cat "${M[l]}/t/0/log" >"$T/log.l"
+	check_acked "$T/log.l" "$T/acked" w
+	check_acked "$T/log.l" "$T/stream" s
+	echo "$(acked "$T/acked") + $(acked "$T/stream") lines acknowledged"
+}
+
 @test "SIGSTOP of a follower shrinks the in-sync set; SIGCONT restores it" {
 	cluster_start 3
 	acks_all_topic t

@@ -12,7 +12,8 @@
 #                                   until every mount lists N nodes up and one
 #                                   quorum leader. KEY is a cluster: key
 #                                   (replica_lag_ms, replica_wait_ms,
-#                                   node_timeout_ms, snapshot_entries) or a
+#                                   node_timeout_ms, snapshot_entries,
+#                                   leader_rebalance_ms) or a
 #                                   defaults: key
 #                                   (partitions, replication, acks, ...).
 #                                   Test defaults: replica_lag_ms=1500
@@ -172,7 +173,8 @@ cl_config() {
 	for kv in "$@"; do
 		k=${kv%%=*} v=${kv#*=}
 		case $k in
-		replica_lag_ms | replica_wait_ms | node_timeout_ms | snapshot_entries) cl[$k]=$v ;;
+		replica_lag_ms | replica_wait_ms | node_timeout_ms | snapshot_entries | \
+			leader_rebalance_ms) cl[$k]=$v ;;
 		*) df[$k]=$v ;;
 		esac
 	done

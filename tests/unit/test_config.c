@@ -563,6 +563,7 @@ static void test_node_defaults(void)
 	CHECK_EQ_INT(c.group_start, GROUP_START_EARLIEST);
 	CHECK_EQ_INT(c.retention_check_ms, 5000);
 	CHECK_EQ_INT(c.flush_ms, 1000);
+	CHECK_EQ_INT(c.leader_rebalance_ms, 30000);
 }
 
 /* An empty file, or one of comments, is all defaults. */
@@ -601,6 +602,7 @@ static void test_node_full(void)
 		"  replica_wait_ms: 2500\n"
 		"  node_timeout_ms: 2000\n"
 		"  snapshot_entries: 64\n"
+		"  leader_rebalance_ms: 0\n"
 		"defaults:\n"
 		"  partitions: 4\n"
 		"  replication: 3\n"
@@ -641,6 +643,7 @@ static void test_node_full(void)
 	CHECK_EQ_INT(c.replica_wait_ms, 2500);
 	CHECK_EQ_INT(c.node_timeout_ms, 2000);
 	CHECK_EQ_INT(c.snapshot_entries, 64);
+	CHECK_EQ_INT(c.leader_rebalance_ms, 0);
 }
 
 /* Without node.listen, a voter listens on its own voter address. */
@@ -732,7 +735,7 @@ static void test_node_refusals(void)
 	      "node.id must be listed"));
 	CHECK(node_refused_with("cluster:\n  members: []\n",
 	      "2: cluster.members: unknown key (allowed: voters, replica_lag_ms, "
-	      "replica_wait_ms, node_timeout_ms, snapshot_entries)"));
+	      "replica_wait_ms, node_timeout_ms, snapshot_entries, leader_rebalance_ms)"));
 	CHECK(node_refused_with("defaults:\n  partitions: 2\n  segment_bytes: 1MiB\n",
 	      "3: defaults.segment_bytes: must be an integer 1024..2147483647 (bytes, no "
 	      "units), got '1MiB'"));
@@ -755,11 +758,14 @@ static void test_node_refusals(void)
 	CHECK(node_refused_with("cluster:\n  replica_lag_ms: 50\n",
 	      "2: cluster.replica_lag_ms: must be an integer 100..3600000 (milliseconds), "
 	      "got '50'"));
+	CHECK(node_refused_with("cluster:\n  leader_rebalance_ms: 50\n",
+	      "2: cluster.leader_rebalance_ms: must be 0 (never) or an integer "
+	      "100..86400000 (milliseconds), got '50'"));
 	CHECK(node_refused_with("cluster:\n  snapshot_entries: 8\n",
 	      "2: cluster.snapshot_entries: must be an integer 16..100000000, got '8'"));
 	CHECK(node_refused_with("cluster:\n  node_timeout: 5\n",
 	      "2: cluster.node_timeout: unknown key (allowed: voters, replica_lag_ms, "
-	      "replica_wait_ms, node_timeout_ms, snapshot_entries)"));
+	      "replica_wait_ms, node_timeout_ms, snapshot_entries, leader_rebalance_ms)"));
 	CHECK(node_refused_with("storage:\n  flush_ms: -1\n",
 	      "2: storage.flush_ms: must be an integer 0..4294967295 (milliseconds; 0 = "
 	      "never), got '-1'"));

@@ -197,6 +197,45 @@ int cluster_submit(struct cluster *c, const struct meta_cmd *cmd)
 	return 0;
 }
 
+struct submit_answer {
+	void (*cb)(void *ctx, int rc);
+	void *ctx;
+	int rc;
+};
+
+static void submit_answer_run(struct tr_net *net, void *ctx, int status)
+{
+	(void)net;
+	(void)status;
+	struct submit_answer *a = ctx;
+	a->cb(a->ctx, a->rc);
+	free(a);
+}
+
+/* Applied at once, as cluster_submit; the answer comes on the loop thread. */
+int cluster_submit_cb(struct cluster *c, const struct meta_cmd *cmd,
+                      void (*cb)(void *ctx, int rc), void *ctx)
+{
+	struct world *w = c->w;
+	struct meta_result res;
+	struct submit_answer *a = malloc(sizeof(*a));
+	if (!a)
+		return -ENOMEM;
+	pthread_rwlock_wrlock(&w->lock);
+	int rc = meta_apply(&w->state, cmd, &res);
+	pthread_rwlock_unlock(&w->lock);
+	pthread_mutex_lock(&w->mu);
+	if (w->nsubs < sizeof(w->subs) / sizeof(w->subs[0]))
+		w->subs[w->nsubs++] = (struct submitted){cmd->type, c->id, cmd->node, rc};
+	pthread_mutex_unlock(&w->mu);
+	if (rc == 0)
+		propagate(w);
+	*a = (struct submit_answer){cb, ctx, rc};
+	if (tr_call(c->net, submit_answer_run, a) < 0)
+		abort();
+	return 0;
+}
+
 /* Commands of type about node submitted (and applied: rc 0) so far. */
 static size_t submitted(struct world *w, enum meta_cmd_type type, uint16_t node)
 {
@@ -219,6 +258,7 @@ struct layout {
 	uint16_t isr[MAX_NODES];
 	unsigned nisr;
 	unsigned lag_ms, wait_ms;
+	unsigned rebalance_ms;        /* leader_rebalance_ms (0: never) */
 };
 
 static void world_init(struct world *w, size_t n, const struct layout *l)
@@ -238,6 +278,7 @@ static void world_init(struct world *w, size_t n, const struct layout *l)
 		nd->c.opts.replica_lag_ms = l->lag_ms;
 		nd->c.opts.replica_wait_ms = l->wait_ms;
 		nd->c.opts.request_timeout_ms = 2000;
+		nd->c.opts.leader_rebalance_ms = l->rebalance_ms;
 		snprintf(nd->addr, sizeof(nd->addr), "127.0.0.1:%u", free_port());
 		snprintf(nd->dir, sizeof(nd->dir), "%s/node%zu", tmp, i + 1);
 		w->table[i] = (struct tr_peer_addr){nd->c.id, nd->addr};
@@ -731,6 +772,76 @@ static void test_cut_off_leader_takes_nothing(void)
 	world_free(&w);
 }
 
+/* Writers through one node until *stop, counting records; the first error
+ * stops it and is kept in rc. */
+struct writer {
+	struct node *nd;
+	atomic_bool *stop;
+	const char *tag;
+	int rc;
+	uint32_t records;
+};
+
+static void *writer_main(void *arg)
+{
+	struct writer *wr = arg;
+	while (!atomic_load(wr->stop) && wr->rc == 0) {
+		wr->rc = produce(wr->nd, wr->tag, 2, NULL, REP_ACKS_ALL, 2, NULL);
+		if (wr->rc == 0)
+			wr->records += 2;
+	}
+	return NULL;
+}
+
+/* A leader that is not its partition's preferred replica (the first of its
+ * replicas) leads until the preferred one has been in sync for
+ * leader_rebalance_ms, then hands the leadership to it while two writers
+ * (one on the leader, one forwarding) go on: no write fails, nothing is
+ * truncated (every acks: all mark commits), the logs end identical. */
+static void test_leadership_returns_to_preferred_replica(void)
+{
+	static struct world w;
+	struct layout lay = {.leader = 2, .epoch = 1, .replicas = {1, 2, 3}, .nreplicas = 3,
+	                     .isr = {1, 2, 3}, .nisr = 3, .lag_ms = 10000, .wait_ms = 3000,
+	                     .rebalance_ms = 300};
+	world_init(&w, 3, &lay);
+	node_start(&w, 1);
+	node_start(&w, 2);
+	struct node *n1 = &w.nodes[0], *n2 = &w.nodes[1], *n3 = &w.nodes[2];
+	atomic_bool stop = false;
+	struct writer wa = {n2, &stop, "on-leader", 0, 0}, wb = {n3, &stop, "forwarded", 0, 0};
+	pthread_t ta, tb;
+	CHECK_EQ_INT(pthread_create(&ta, NULL, writer_main, &wa), 0);
+	CHECK_EQ_INT(pthread_create(&tb, NULL, writer_main, &wb), 0);
+
+	/* node 1, the preferred leader, is not fetching: no handoff */
+	sleep_ms(900);
+	CHECK_EQ_INT(submitted(&w, META_CMD_LEADER, 1), 0);
+	CHECK_EQ_INT(current_mp(&w).leader, 2);
+
+	/* it starts, catches up, stays in sync: it leads again, once */
+	node_start(&w, 0);
+	CHECK(WAIT_FOR(current_mp(&w).leader == 1));
+	sleep_ms(300); /* writers go on through the new leader */
+	atomic_store(&stop, true);
+	pthread_join(ta, NULL);
+	pthread_join(tb, NULL);
+	CHECK_EQ_INT(wa.rc, 0);
+	CHECK_EQ_INT(wb.rc, 0);
+	CHECK(wa.records > 0 && wb.records > 0);
+	struct meta_partition mp = current_mp(&w);
+	CHECK_EQ_INT(mp.leader_epoch, 2);
+	CHECK_EQ_INT(submitted(&w, META_CMD_LEADER, 1), 1);
+	CHECK_EQ_INT(replica_commit(n2->rp, REP_ACKS_ALL, 2, &n2->mk), 0);
+	CHECK_EQ_INT(replica_commit(n3->rp, REP_ACKS_ALL, 2, &n3->mk), 0);
+	CHECK(WAIT_FOR(same_log(n1->log, n2->log) && same_log(n1->log, n3->log)));
+	CHECK_EQ_INT(end_of(n1), (int64_t)(wa.records + wb.records));
+	CHECK(WAIT_FOR(hw_of(n1) == end_of(n1)));
+	sleep_ms(500); /* the preferred leader keeps it */
+	CHECK_EQ_INT(current_mp(&w).leader_epoch, 2);
+	world_free(&w);
+}
+
 /* ---- malformed frames ---------------------------------------------------------------------- */
 
 static int frame(struct replica_set *rs, uint16_t type, uint32_t req, const uint8_t *p,
@@ -884,6 +995,7 @@ int main(void)
 	RUN(test_divergent_tail_truncated_by_epoch);
 	RUN(test_stale_leader_appends_fail_their_commit);
 	RUN(test_cut_off_leader_takes_nothing);
+	RUN(test_leadership_returns_to_preferred_replica);
 	RUN(test_malformed_frames_refused);
 	RUN(test_unknown_partition_answered);
 	if (unit_failed_checks) { /* the log goes with the temporary directory */
