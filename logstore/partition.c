@@ -143,7 +143,7 @@ struct ls_partition {
 	uint64_t appended_bytes;   /* total ever written by appends */
 
 	/* [maint_mu] what the last compaction saw */
-	int64_t compact_end;       /* end offset; -1: never ran */
+	int64_t compact_end;       /* high watermark it last ran at; -1: never ran */
 	int64_t compact_active;    /* base of the active segment */
 	uint64_t compact_appended; /* appended_bytes */
 
@@ -2631,15 +2631,20 @@ int ls_partition_compact(struct ls_partition *p)
 		goto out;
 
 	/* Closed segments cannot change while maint_mu is held; the active one
-	 * only grows, so its batches up to the snapshot are stable too. */
+	 * only grows, so its batches up to the snapshot are stable too.
+	 * Only committed records (below the high watermark) count, as in
+	 * Kafka's cleaner: a record above it may still be truncated (a leader
+	 * cut off or failed over), and an older value it superseded would then
+	 * be gone from this replica, acknowledged and kept on the others. */
 	pthread_rwlock_rdlock(&p->lock);
+	int64_t hw = p->hw;
 	/* Like Kafka's min.cleanable.dirty.ratio: only when something new can
 	 * have superseded records in closed segments, and enough of it. */
 	int dirty = p->compact_end < 0 ||
-	            (p->end_offset != p->compact_end &&
+	            (hw != p->compact_end &&
 	             (active(p)->base_offset != p->compact_active ||
 	              (p->appended_bytes - p->compact_appended) * 2 >= p->bytes));
-	p->compact_end = p->end_offset;
+	p->compact_end = hw;
 	p->compact_active = active(p)->base_offset;
 	p->compact_appended = p->appended_bytes;
 	size_t nsnap = p->nsegs;
@@ -2657,7 +2662,7 @@ int ls_partition_compact(struct ls_partition *p)
 	if (nclosed == 0 || !dirty)
 		goto out;
 
-	/* 1: the newest offset of every key, over the whole log */
+	/* 1: the newest committed offset of every key, over the whole log */
 	for (size_t k = 0; k < nsnap; k++) {
 		struct ls_segment *s = snap[k];
 		size_t n = k == nclosed ? active_n : s->index.n;
@@ -2671,15 +2676,15 @@ int ls_partition_compact(struct ls_partition *p)
 			if (rc < 0)
 				goto out;
 			for (size_t j = 0; j < nrecs; j++)
-				if (recs[j].key_len >= 0 &&
+				if (recs[j].key_len >= 0 && recs[j].offset < hw &&
 				    (rc = kmap_put(&km, recs[j].key, (uint32_t)recs[j].key_len,
 				                   recs[j].offset)) < 0)
 					goto out;
 		}
 	}
 
-	/* 2: rewrite each closed segment that loses records */
-	for (size_t k = 0; k < nclosed; k++) {
+	/* 2: rewrite each closed, wholly committed segment that loses records */
+	for (size_t k = 0; k < nclosed && snap[k]->end_offset <= hw; k++) {
 		struct ls_segment *s = snap[k], *ns;
 		int64_t base = s->base_offset; /* s is freed by the swap */
 		uint64_t removed = 0;

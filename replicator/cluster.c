@@ -1038,6 +1038,11 @@ static void nodes_fn(void *ctx, const struct meta_state *s)
 	}
 }
 
+int cluster_caught_up(struct cluster *c)
+{
+	return atomic_load(&c->caught_up);
+}
+
 int cluster_cut_off(struct cluster *c)
 {
 	return meta_raft_leader(c->mr, NULL, 0) == 0 &&

@@ -109,6 +109,9 @@ size_t cluster_nodes(struct cluster *c, struct rep_node_info *out, size_t max);
 /* 1 if this node has known no quorum leader for node_timeout_ms: metadata
  * changes made here cannot commit now. */
 int cluster_cut_off(struct cluster *c);
+/* 1 once a read barrier has passed since start: the state applied is the
+ * quorum's, not only what this node's own log and snapshot replayed. */
+int cluster_caught_up(struct cluster *c);
 
 /* Proposes cmd through the quorum and waits until this node has applied it
  * (or until request_timeout_ms). Not on the loop thread. Returns meta_apply's

@@ -193,6 +193,8 @@ struct replica {
 	unsigned users;                 /* FUSE threads inside */
 	bool removed;
 	bool handing;                   /* giving leadership to hand_to: no appends */
+	bool epoch_behind;              /* leads at an epoch older than its log's
+	                                   newest (a replay at start): no appends */
 
 	/* handing leadership back to the preferred replica (loop thread only) */
 	uint16_t hand_to;
@@ -583,7 +585,15 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
 		bool fresh = first || old_role != ROLE_LEADER || old_epoch != mp->leader_epoch;
 		if (fresh) {
 			int rc = ls_partition_set_leader_epoch(rp->log, mp->leader_epoch);
-			if (rc < 0)
+			/* An epoch older than the log's newest: a restart replaying
+			 * its metadata passes through leaderships it lost since;
+			 * the quorum's state follows. It appends nothing then. */
+			rp->epoch_behind = rc == -EINVAL;
+			if (rc == -EINVAL && !cluster_caught_up(rs->c))
+				tfs_debug("partition %" PRIu64 "/%u: leader epoch %" PRId32 " of an "
+				          "old state (replayed at start)", rp->topic_id, rp->index,
+				          mp->leader_epoch);
+			else if (rc < 0)
 				tfs_error("partition %" PRIu64 "/%u: cannot start leader epoch %" PRId32
 				          ": %s", rp->topic_id, rp->index, mp->leader_epoch,
 				          tfs_strerror(rc));
@@ -1285,7 +1295,8 @@ static int on_produce(struct replica_set *rs, const struct tr_frame *f)
 	if (rc == 0) {
 		pthread_rwlock_rdlock(&rp->role_lock);
 		pthread_mutex_lock(&rp->mu);
-		if (rp->role != ROLE_LEADER || rp->handing || cluster_cut_off(rs->c))
+		if (rp->role != ROLE_LEADER || rp->handing || rp->epoch_behind ||
+		    cluster_cut_off(rs->c))
 			rc = REP_ENOTLEADER; /* a cut-off leader may have a successor; a
 			                      * handing one is about to have one */
 		else if (acks == REP_ACKS_ALL && rp->mp.nisr < min_insync)
@@ -1557,7 +1568,8 @@ static void rebalance_check(struct replica_set *rs, unsigned active)
 		pthread_mutex_lock(&rp->mu);
 		uint16_t pref = rp->mp.nreplicas ? rp->mp.replicas[0] : 0;
 		const struct peer *pe = peer_find(rp, pref);
-		bool in_sync = rp->role == ROLE_LEADER && !rp->handing && !cut_off &&
+		bool in_sync = rp->role == ROLE_LEADER && !rp->handing && !rp->epoch_behind &&
+		               !cut_off &&
 		               pref != rs->self && pe && pe->end >= 0 &&
 		               in_list(rp->mp.isr, rp->mp.nisr, pref) &&
 		               now - pe->caught_up_ms <= (int64_t)rs->lag_ms;
@@ -1955,7 +1967,7 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 		 * under acks: leader (Kafka's broker fencing). */
 		bool fenced = role == ROLE_LEADER && cluster_cut_off(rs->c);
 		/* A leader handing over waits for the new leader, then forwards. */
-		bool handing = role == ROLE_LEADER && rp->handing;
+		bool handing = role == ROLE_LEADER && (rp->handing || rp->epoch_behind);
 		if (rp->removed) {
 			rc = -ECANCELED;
 		} else if (role == ROLE_LEADER && !fenced && !handing &&

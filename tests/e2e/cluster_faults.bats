@@ -271,6 +271,48 @@ minority_test() {
 	[[ $(tail -n 1 "${M[maj]}/t/0/log") == "after heal" ]]
 }
 
+# Compaction counts committed records only: a cut-off leader's last write,
+# appended but never committed, must not make it drop the acknowledged
+# values of the same keys (the majority keeps them, and the old leader,
+# truncating the write at the heal, would be left with neither).
+@test "a cut-off leader's uncommitted records do not compact away acknowledged ones" {
+	cl_use_netns 3
+	cluster_start 3 retention_check_ms=300
+	mkdir "${M[1]}/t"
+	printf 'cleanup: compact\nsegment_bytes: 1024\ncompression: none\nkey_separator: "\\t"\nacks: all\nmin_insync: 2\n' \
+		>"${M[1]}/t/.config"
+	wait_secs 10 "[[ \$(MNT=${M[3]} cfg_value t cleanup) == compact && \$(isr_of t 0) == '1 2 3' ]]"
+	local x k
+	x=$(leader_of t 0 1)
+	for k in $(seq 1 40); do printf 'k%02d\tv1-%030d\n' "$k" 0; done >>"${M[x]}/t/0/log"
+	wait_secs 10 "same_everywhere 'grep -c v1- @M@/t/0/log'"
+	cut_node "$x"
+	# one write the cut-off leader appends (before its lease runs out) but
+	# can never commit: the same keys, new values, over closed segments
+	python3 - "${M[x]}/t/0/log" 3>&- <<-'EOF' &
+		import os, sys, time
+		fd = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND)
+		os.write(fd, b"".join(b"k%02d\t%s\n" % (k, b"v2-" + b"0" * 30) for k in range(1, 41)))
+		time.sleep(60)
+	EOF
+	local w=$!
+	bg_track "$w"
+	wait_secs 10 "[[ \$(cl_state $x t 0 end_offset) -eq 80 ]]" || { cat "${M[x]}/t/0/state"; false; }
+	sleep 2 # several compaction passes on every node
+	kill -9 "$w"
+	wait "$w" 2>/dev/null || true
+	# the majority elected another leader; the old one heals and truncates
+	wait_secs 30 "[[ \$(leader_of t 0 $(other_than "$x")) != $x ]]"
+	heal_node "$x"
+	wait_secs 40 'cl_formed'
+	wait_secs 40 "[[ \$(isr_of t 0 $x) == '1 2 3' ]] && logs_agree t 0"
+	for k in 1 2 3; do
+		[[ $(grep -c 'v1-' "${M[k]}/t/0/log") -eq 40 ]] ||
+			{ echo "node $k: $(grep -c 'v1-' "${M[k]}/t/0/log") acknowledged values"; false; }
+	done
+	! grep -q 'v2-' "${M[x]}/t/0/log"
+}
+
 @test "a cut-off quorum leader cannot commit; the majority elects leaders and goes on; healed, it catches up" {
 	minority_test quorum-leader
 }

@@ -13,7 +13,8 @@
 #                                   quorum leader. KEY is a cluster: key
 #                                   (replica_lag_ms, replica_wait_ms,
 #                                   node_timeout_ms, snapshot_entries,
-#                                   leader_rebalance_ms) or a
+#                                   leader_rebalance_ms), a storage: key
+#                                   (flush_ms, retention_check_ms) or a
 #                                   defaults: key
 #                                   (partitions, replication, acks, ...).
 #                                   Test defaults: replica_lag_ms=1500
@@ -166,7 +167,7 @@ cl_free_port() {
 
 # cl_config N KEY=VALUE...: write node.yaml for nodes 1..N.
 cl_config() {
-	local n=$1 i kv k v voters='' cluster_extra='' defaults_extra=''
+	local n=$1 i kv k v voters='' cluster_extra='' defaults_extra='' storage_extra=''
 	shift
 	local -A cl=([replica_lag_ms]=1500 [replica_wait_ms]=3000 [node_timeout_ms]=2000)
 	local -A df=([partitions]=3 [replication]=3)
@@ -175,6 +176,7 @@ cl_config() {
 		case $k in
 		replica_lag_ms | replica_wait_ms | node_timeout_ms | snapshot_entries | \
 			leader_rebalance_ms) cl[$k]=$v ;;
+		flush_ms | retention_check_ms) storage_extra+="  $k: $v"$'\n' ;;
 		*) df[$k]=$v ;;
 		esac
 	done
@@ -192,6 +194,8 @@ cl_config() {
 			$voters$cluster_extra
 			defaults:
 			$defaults_extra
+			${storage_extra:+storage:
+			$storage_extra}
 		EOF
 	done
 }

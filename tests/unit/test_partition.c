@@ -296,6 +296,66 @@ static void test_compaction_keeps_recent_tombstones(void)
 	}
 }
 
+/* Compaction looks only below the high watermark: records not committed
+ * (a cut-off or failed-over leader's, which a truncation may take back) do
+ * not supersede committed ones, and segments holding any are not rewritten.
+ * Once committed, they do. */
+static void test_compaction_counts_only_committed(void)
+{
+	const char *dir = unit_tmpdir();
+	struct ls_config c;
+	ls_config_default(&c);
+	c.segment_bytes = 200;
+	c.cleanup = LS_CLEANUP_COMPACT;
+	struct ls_partition *p = open_p(dir, &c);
+	int keys[10], v1[10], v2[10];
+	for (int i = 0; i < 10; i++) {
+		keys[i] = i;
+		v1[i] = 100 + i;
+		v2[i] = 200 + i;
+	}
+	for (int i = 0; i < 10; i++)
+		append_kv(p, &keys[i], &v1[i], 1, 1000); /* committed */
+	struct ls_partition_info committed;
+	ls_partition_get_info(p, &committed);
+	/* the same keys again and more, none committed, over several segments */
+	struct ls_rec recs[1];
+	char kb[16], vb[16];
+	struct ls_append_result res;
+	for (int i = 0; i < 40; i++) {
+		recs[0].key_len = (uint32_t)snprintf(kb, sizeof(kb), "k%d", i < 10 ? i : 50 + i);
+		recs[0].key = kb;
+		recs[0].value_len = (uint32_t)snprintf(vb, sizeof(vb), "v%d", 200 + i);
+		recs[0].value = vb;
+		CHECK_EQ_INT(ls_partition_append(p, recs, 1, 2000, NULL, &res), 0);
+	}
+	struct ls_partition_info info;
+	ls_partition_get_info(p, &info);
+	CHECK(info.segments > 4);
+	CHECK_EQ_INT(info.high_watermark, committed.end_offset);
+
+	CHECK_EQ_INT(ls_partition_compact(p), 0);
+	char *s = read_all(p, 0, '\t', 1 << 16, NULL);
+	CHECK(strcmp(s, "k0\tv100\nk1\tv101\nk2\tv102\nk3\tv103\nk4\tv104\n"
+	                "k5\tv105\nk6\tv106\nk7\tv107\nk8\tv108\nk9\tv109\n") == 0);
+	free(s);
+
+	/* a newer leader truncates them away: the committed values remain */
+	CHECK_EQ_INT(ls_partition_truncate(p, committed.end_offset), 0);
+	CHECK_EQ_INT(append_kv(p, keys, v2, 10, 3000).last_offset, committed.end_offset + 9);
+	for (int i = 0; i < 30; i++) { /* more keys: the v2 batch's segment closes */
+		int fk = 100 + i;
+		append_kv(p, &fk, &i, 1, 3000);
+	}
+	/* committed now: the v1 values go */
+	CHECK(ls_partition_compact(p) >= 10);
+	s = read_all(p, 0, '\t', 1 << 16, NULL);
+	CHECK(strstr(s, "v100") == NULL && strstr(s, "v109") == NULL);
+	CHECK(strstr(s, "k0\tv200\n") != NULL && strstr(s, "k9\tv209\n") != NULL);
+	free(s);
+	CHECK_EQ_INT(ls_partition_close(p), 0);
+}
+
 /* Time lookups find the first batch at or after a timestamp; timestamps
  * are made monotonic. */
 static void test_offset_for_time(void)
@@ -1233,6 +1293,7 @@ int main(int argc, char **argv)
 	RUN(test_producer_eviction);
 	RUN(test_compaction);
 	RUN(test_compaction_keeps_recent_tombstones);
+	RUN(test_compaction_counts_only_committed);
 	RUN(test_read_records);
 	RUN(test_read_records_large);
 	RUN(test_corrupt_batch_not_served);
