@@ -577,7 +577,7 @@ int rep_topic_create(struct rep *r, const char *name)
 		goto out;
 	}
 	if (r->opts.defaults.replication > 1) {
-		tfs_warn("mkdir %s: default replication %u exceeds the 1 node(s) in the cluster",
+		tfs_warn("mkdir %s: default replication %u exceeds the 1 node(s) up in the cluster",
 		         name, r->opts.defaults.replication);
 		rc = -EINVAL;
 		goto out;
@@ -1690,11 +1690,11 @@ static unsigned cl_nodes_alive(struct rep *r)
 }
 
 /* A refusal by the quorum: its reason for the caller's one log line
- * (tfs_reason); returns rc. */
-static int cl_refused(const char *what, const char *name, int rc, const struct meta_result *res)
+ * (tfs_reason; that line names the operation and the topic); returns rc. */
+static int cl_refused(int rc, const struct meta_result *res)
 {
 	if (rc < 0)
-		tfs_reason(rc, "%s %s: %s", what, name, res->err[0] ? res->err : tfs_strerror(rc));
+		tfs_reason(rc, "%s", res->err[0] ? res->err : tfs_strerror(rc));
 	return rc;
 }
 
@@ -1716,7 +1716,7 @@ static int cl_topic_create(struct rep *r, const char *name)
 	free(c);
 	if (rc == 0)
 		tfs_info("topic %s created (id %" PRId64 ")", name, res.value);
-	return cl_refused("mkdir", name, rc, &res);
+	return cl_refused(rc, &res);
 }
 
 static int cl_topic_delete(struct rep *r, const char *name)
@@ -1737,7 +1737,7 @@ static int cl_topic_delete(struct rep *r, const char *name)
 	free(c);
 	if (rc == 0)
 		tfs_info("topic %s deleted", name);
-	return cl_refused("rmdir", name, rc, &res);
+	return cl_refused(rc, &res);
 }
 
 static int cl_topic_set_config(struct rep_topic *t, const struct topic_config *changes,

@@ -148,7 +148,7 @@ int topic_config_check(const struct topic_config *old, const struct topic_config
 		return refuse(err, errlen, "partitions: cannot shrink from %" PRIu32 " to %" PRIu32,
 		              old->partitions, neu->partitions);
 	if (nodes > 0 && neu->replication > nodes)
-		return refuse(err, errlen, "replication: %" PRIu32 " exceeds the %u node(s) in "
+		return refuse(err, errlen, "replication: %" PRIu32 " exceeds the %u node(s) up in "
 		              "the cluster", neu->replication, nodes);
 	if (neu->min_insync > neu->replication)
 		return refuse(err, errlen, "min_insync: %" PRIu32 " exceeds replication %" PRIu32,

@@ -130,7 +130,7 @@ logs_agree() {
 	wait_secs 10 '[[ -d ${M[1]}/race/0 && -d ${M[2]}/race/0 && -d ${M[3]}/race/0 ]]'
 }
 
-@test "replication greater than the number of nodes is EINVAL and changes nothing" {
+@test "replication greater than the number of nodes (up) is EINVAL and changes nothing" {
 	cluster_start 3
 	mkdir "${M[1]}/t"
 	wait_secs 10 '[[ -d ${M[2]}/t ]]'
@@ -142,6 +142,16 @@ logs_agree() {
 	done
 	grep -q '^# error: ' "${M[2]}/t/.config" || { cat "${M[2]}/t/.config"; false; }
 	[[ $(replicas_of t 0) == "1 2 3" ]]
+	# with a node down, a new topic's default replication 3 cannot be placed:
+	# one log line says so, naming the nodes up
+	node_stop 3
+	wait_secs 20 '[[ $(node_state 1 3) == down ]]'
+	run mkdir "${M[1]}/u"
+	assert_failure
+	assert_output --partial "Invalid argument"
+	grep -q 'refused: mkdir u: replication: 3 exceeds the 2 node(s) up in the cluster (Invalid argument)' \
+		"${NODE_LOG[1]}" || { grep 'mkdir u' "${NODE_LOG[1]}"; false; }
+	[[ $(grep -c 'mkdir u' "${NODE_LOG[1]}") -eq 1 ]]
 }
 
 # ---- data path ----------------------------------------------------------------------

@@ -432,7 +432,7 @@ static void test_check_rules(void)
 	neu = old;
 	neu.replication = 3;
 	CHECK_EQ_INT(topic_config_check(&old, &neu, 1, err, sizeof(err)), -EINVAL);
-	CHECK(strcmp(err, "replication: 3 exceeds the 1 node(s) in the cluster") == 0);
+	CHECK(strcmp(err, "replication: 3 exceeds the 1 node(s) up in the cluster") == 0);
 	CHECK_EQ_INT(topic_config_check(&old, &neu, 3, err, sizeof(err)), 0);
 	neu.min_insync = 3;
 	CHECK_EQ_INT(topic_config_check(NULL, &neu, 3, err, sizeof(err)), 0);
@@ -748,7 +748,7 @@ static void test_node_refusals(void)
 	      "min_insync, acks, retention_ms, retention_bytes, segment_bytes, cleanup, "
 	      "compression, compression_level, key_separator, max_record_bytes), got '3'"));
 	CHECK(node_refused_with("node:\n  id: 1\ndefaults:\n  partitions: 2\n  replication: 3\n",
-	      "5: defaults.replication: 3 exceeds the 1 node(s) in the cluster"));
+	      "5: defaults.replication: 3 exceeds the 1 node(s) up in the cluster"));
 	CHECK(node_refused_with("defaults:\n  min_insync: 2\n",
 	      "2: defaults.min_insync: 2 exceeds replication 1"));
 	CHECK(node_refused_with("groups:\n  start: middle\n",

@@ -265,7 +265,7 @@ static void test_topic_create_delete(void)
 
 	topic_cmd(&c, "three", 1, 3, 1);
 	CHECK_EQ_INT(meta_apply(&s, &c, &res), -EINVAL);
-	CHECK(strcmp(res.err, "replication: 3 exceeds the 2 node(s) in the cluster") == 0);
+	CHECK(strcmp(res.err, "replication: 3 exceeds the 2 node(s) up in the cluster") == 0);
 	topic_cmd(&c, "insync", 1, 2, 3);
 	CHECK_EQ_INT(meta_apply(&s, &c, &res), -EINVAL);
 	CHECK(strcmp(res.err, "min_insync: 3 exceeds replication 2") == 0);
@@ -341,7 +341,7 @@ static void test_topic_config(void)
 	CHECK_EQ_INT(set_config(&s, id, TC_MIN_INSYNC, 2, err, sizeof(err)), -EINVAL);
 	CHECK(strcmp(err, "min_insync: 2 exceeds replication 1") == 0);
 	CHECK_EQ_INT(set_config(&s, id, TC_REPLICATION, 4, err, sizeof(err)), -EINVAL);
-	CHECK(strcmp(err, "replication: 4 exceeds the 3 node(s) in the cluster") == 0);
+	CHECK(strcmp(err, "replication: 4 exceeds the 3 node(s) up in the cluster") == 0);
 
 	/* Grow partitions: new ones are placed, the group gets -1 offsets. */
 	CHECK_EQ_INT(set_config(&s, id, TC_PARTITIONS, 5, err, sizeof(err)), 0);
