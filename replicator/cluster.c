@@ -358,26 +358,30 @@ static int ctl_submit(struct cluster *c, const struct meta_cmd *cmd)
 	return rc;
 }
 
+/* Into the quorum's log: meta_raft_submit here if this node leads it (done
+ * called), else TF_META_PROPOSE to its leader (resp called). */
+static int submit_via(struct cluster *c, const struct meta_cmd *cmd, meta_raft_done_cb done,
+                      tr_response_cb resp, void *ctx)
+{
+	if (meta_raft_is_leader(c->mr))
+		return meta_raft_submit(c->mr, cmd, done, ctx);
+	uint16_t leader = meta_raft_leader(c->mr, NULL, 0);
+	uint8_t buf[META_CMD_MAX_BYTES];
+	struct meta_cmd tagged = *cmd;
+	tagged.origin = c->o.node_id;
+	tagged.seq = SEQ_TAG | atomic_fetch_add(&c->next_seq, 1);
+	long n = meta_cmd_encode(&tagged, buf, sizeof(buf));
+	if (leader == 0 || leader == c->o.node_id)
+		return REP_ENOTLEADER;
+	if (n < 0 || (size_t)n > sizeof(buf))
+		return n < 0 ? (int)n : -EINVAL;
+	return tr_request(c->net, leader, TF_META_PROPOSE, 0, buf, (size_t)n,
+	                  c->o.request_timeout_ms, resp, ctx, NULL);
+}
+
 int cluster_submit(struct cluster *c, const struct meta_cmd *cmd)
 {
-	int rc;
-	if (meta_raft_is_leader(c->mr)) {
-		rc = meta_raft_submit(c->mr, cmd, submit_done, c);
-	} else {
-		uint16_t leader = meta_raft_leader(c->mr, NULL, 0);
-		uint8_t buf[META_CMD_MAX_BYTES];
-		struct meta_cmd tagged = *cmd;
-		tagged.origin = c->o.node_id;
-		tagged.seq = SEQ_TAG | atomic_fetch_add(&c->next_seq, 1);
-		long n = meta_cmd_encode(&tagged, buf, sizeof(buf));
-		if (leader == 0 || leader == c->o.node_id)
-			rc = REP_ENOTLEADER;
-		else if (n < 0 || (size_t)n > sizeof(buf))
-			rc = n < 0 ? (int)n : -EINVAL;
-		else
-			rc = tr_request(c->net, leader, TF_META_PROPOSE, 0, buf, (size_t)n,
-			                c->o.request_timeout_ms, submit_fwd_resp, c, NULL);
-	}
+	int rc = submit_via(c, cmd, submit_done, submit_fwd_resp, c);
 	if (rc < 0)
 		tfs_debug("metadata: cannot submit %s: %s", meta_cmd_name(cmd->type),
 		          tfs_strerror(rc));
@@ -415,24 +419,7 @@ int cluster_submit_cb(struct cluster *c, const struct meta_cmd *cmd,
 	if (!s)
 		return -ENOMEM;
 	*s = (struct submit_cb){cb, ctx};
-	int rc;
-	if (meta_raft_is_leader(c->mr)) {
-		rc = meta_raft_submit(c->mr, cmd, submit_cb_done, s);
-	} else {
-		uint16_t leader = meta_raft_leader(c->mr, NULL, 0);
-		uint8_t buf[META_CMD_MAX_BYTES];
-		struct meta_cmd tagged = *cmd;
-		tagged.origin = c->o.node_id;
-		tagged.seq = SEQ_TAG | atomic_fetch_add(&c->next_seq, 1);
-		long n = meta_cmd_encode(&tagged, buf, sizeof(buf));
-		if (leader == 0 || leader == c->o.node_id)
-			rc = REP_ENOTLEADER;
-		else if (n < 0 || (size_t)n > sizeof(buf))
-			rc = n < 0 ? (int)n : -EINVAL;
-		else
-			rc = tr_request(c->net, leader, TF_META_PROPOSE, 0, buf, (size_t)n,
-			                c->o.request_timeout_ms, submit_cb_resp, s, NULL);
-	}
+	int rc = submit_via(c, cmd, submit_cb_done, submit_cb_resp, s);
 	if (rc < 0)
 		free(s);
 	return rc;

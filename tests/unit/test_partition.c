@@ -232,6 +232,16 @@ static void test_segments_and_reopen(void)
 	CHECK_EQ_INT(ls_partition_close(p), 0);
 }
 
+/* A partition with cleanup: compact and small segments, in a new dir. */
+static struct ls_partition *open_compacted(uint64_t segment_bytes)
+{
+	struct ls_config c;
+	ls_config_default(&c);
+	c.segment_bytes = segment_bytes;
+	c.cleanup = LS_CLEANUP_COMPACT;
+	return open_p(unit_tmpdir(), &c);
+}
+
 /* Appends one batch of keyed records "k<key>"="v<val>" (val < 0: tombstone). */
 static struct ls_append_result append_kv(struct ls_partition *p, const int *keys,
                                          const int *vals, int n, int64_t ts)
@@ -265,12 +275,7 @@ static void test_compaction_keeps_recent_tombstones(void)
 	int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 	int64_t when[2] = {now - 48 * 3600 * 1000LL, now};
 	for (int recent = 0; recent < 2; recent++) {
-		const char *dir = unit_tmpdir();
-		struct ls_config c;
-		ls_config_default(&c);
-		c.segment_bytes = 200;
-		c.cleanup = LS_CLEANUP_COMPACT;
-		struct ls_partition *p = open_p(dir, &c);
+		struct ls_partition *p = open_compacted(200);
 		int k = 7, v = 1, dead = -1;
 		append_kv(p, &k, &v, 1, when[recent]);
 		append_kv(p, &k, &dead, 1, when[recent]); /* the tombstone */
@@ -302,12 +307,7 @@ static void test_compaction_keeps_recent_tombstones(void)
  * Once committed, they do. */
 static void test_compaction_counts_only_committed(void)
 {
-	const char *dir = unit_tmpdir();
-	struct ls_config c;
-	ls_config_default(&c);
-	c.segment_bytes = 200;
-	c.cleanup = LS_CLEANUP_COMPACT;
-	struct ls_partition *p = open_p(dir, &c);
+	struct ls_partition *p = open_compacted(200);
 	int keys[10], v1[10], v2[10];
 	for (int i = 0; i < 10; i++) {
 		keys[i] = i;

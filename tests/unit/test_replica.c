@@ -182,7 +182,9 @@ static void propagate(struct world *w)
 			fprintf(stderr, "propagate to node %zu failed\n", i + 1);
 }
 
-int cluster_submit(struct cluster *c, const struct meta_cmd *cmd)
+/* Applies cmd to the shared state at once, records it, tells every node;
+ * returns meta_apply's code. */
+static int apply_now(struct cluster *c, const struct meta_cmd *cmd)
 {
 	struct world *w = c->w;
 	struct meta_result res;
@@ -195,6 +197,12 @@ int cluster_submit(struct cluster *c, const struct meta_cmd *cmd)
 	pthread_mutex_unlock(&w->mu);
 	if (rc == 0)
 		propagate(w);
+	return rc;
+}
+
+int cluster_submit(struct cluster *c, const struct meta_cmd *cmd)
+{
+	(void)apply_now(c, cmd);
 	return 0;
 }
 
@@ -217,21 +225,10 @@ static void submit_answer_run(struct tr_net *net, void *ctx, int status)
 int cluster_submit_cb(struct cluster *c, const struct meta_cmd *cmd,
                       void (*cb)(void *ctx, int rc), void *ctx)
 {
-	struct world *w = c->w;
-	struct meta_result res;
 	struct submit_answer *a = malloc(sizeof(*a));
 	if (!a)
 		return -ENOMEM;
-	pthread_rwlock_wrlock(&w->lock);
-	int rc = meta_apply(&w->state, cmd, &res);
-	pthread_rwlock_unlock(&w->lock);
-	pthread_mutex_lock(&w->mu);
-	if (w->nsubs < sizeof(w->subs) / sizeof(w->subs[0]))
-		w->subs[w->nsubs++] = (struct submitted){cmd->type, c->id, cmd->node, rc};
-	pthread_mutex_unlock(&w->mu);
-	if (rc == 0)
-		propagate(w);
-	*a = (struct submit_answer){cb, ctx, rc};
+	*a = (struct submit_answer){cb, ctx, apply_now(c, cmd)};
 	if (tr_call(c->net, submit_answer_run, a) < 0)
 		abort();
 	return 0;
