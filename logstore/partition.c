@@ -1325,6 +1325,9 @@ int ls_partition_open(const char *dir, const struct ls_config *cfg,
 		if (p->segs[i]->max_ts > p->last_ts)
 			p->last_ts = p->segs[i]->max_ts;
 	}
+	/* the last append's time, as its batch's timestamp says (append time):
+	 * the log's mtime across restarts */
+	p->last_append_ms = p->last_ts > 0 ? p->last_ts : 0;
 	if (have_meta) {
 		memcpy(p->epochs, m.epochs, m.nepochs * sizeof(*p->epochs));
 		p->nepochs = m.nepochs;

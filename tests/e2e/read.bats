@@ -99,6 +99,16 @@ start_with_records() {
 	[[ $m3 -gt $m2 ]]
 }
 
+@test "the mtime of log is the last append's time across a restart" {
+	start_with_records 1
+	local m1
+	m1=$(stat -c %Y "$L")
+	sleep 2.1
+	tfs_stop
+	tfs_start
+	[[ $(stat -c %Y "$L") == "$m1" ]] || { stat "$L"; false; }
+}
+
 @test "reading a log does not change its mtime" {
 	start_with_records 3
 	local m1
