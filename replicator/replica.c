@@ -1568,11 +1568,14 @@ static void rebalance_check(struct replica_set *rs, unsigned active)
 		pthread_mutex_lock(&rp->mu);
 		uint16_t pref = rp->mp.nreplicas ? rp->mp.replicas[0] : 0;
 		const struct peer *pe = peer_find(rp, pref);
+		/* in the set, caught up within replica_lag_ms, and fetching now
+		 * (a follower's long poll comes back at least every FETCH_WAIT_MS):
+		 * one that just died would make writers wait for nothing */
 		bool in_sync = rp->role == ROLE_LEADER && !rp->handing && !rp->epoch_behind &&
-		               !cut_off &&
-		               pref != rs->self && pe && pe->end >= 0 &&
+		               !cut_off && pref != rs->self && pe && pe->end >= 0 &&
 		               in_list(rp->mp.isr, rp->mp.nisr, pref) &&
-		               now - pe->caught_up_ms <= (int64_t)rs->lag_ms;
+		               now - pe->caught_up_ms <= (int64_t)rs->lag_ms &&
+		               now - pe->last_fetch_ms <= 2 * FETCH_WAIT_MS;
 		int32_t epoch = rp->mp.leader_epoch;
 		pthread_mutex_unlock(&rp->mu);
 		if (!in_sync) {

@@ -221,6 +221,8 @@ static void submit_answer_run(struct tr_net *net, void *ctx, int status)
 	free(a);
 }
 
+static atomic_int leader_refusal; /* != 0: cluster_submit_cb refuses leader changes so */
+
 /* Applied at once, as cluster_submit; the answer comes on the loop thread. */
 int cluster_submit_cb(struct cluster *c, const struct meta_cmd *cmd,
                       void (*cb)(void *ctx, int rc), void *ctx)
@@ -228,7 +230,17 @@ int cluster_submit_cb(struct cluster *c, const struct meta_cmd *cmd,
 	struct submit_answer *a = malloc(sizeof(*a));
 	if (!a)
 		return -ENOMEM;
-	*a = (struct submit_answer){cb, ctx, apply_now(c, cmd)};
+	int refusal = atomic_load(&leader_refusal);
+	if (refusal && cmd->type == META_CMD_LEADER) { /* the quorum says no */
+		pthread_mutex_lock(&c->w->mu);
+		if (c->w->nsubs < sizeof(c->w->subs) / sizeof(c->w->subs[0]))
+			c->w->subs[c->w->nsubs++] = (struct submitted){cmd->type, c->id, cmd->node,
+			                                               refusal};
+		pthread_mutex_unlock(&c->w->mu);
+		*a = (struct submit_answer){cb, ctx, refusal};
+	} else {
+		*a = (struct submit_answer){cb, ctx, apply_now(c, cmd)};
+	}
 	if (tr_call(c->net, submit_answer_run, a) < 0)
 		abort();
 	return 0;
@@ -840,6 +852,52 @@ static void test_leadership_returns_to_preferred_replica(void)
 	world_free(&w);
 }
 
+/* Submissions of type about node, applied or refused. */
+static size_t attempted(struct world *w, enum meta_cmd_type type, uint16_t node)
+{
+	size_t k = 0;
+	pthread_mutex_lock(&w->mu);
+	for (size_t i = 0; i < w->nsubs; i++)
+		k += w->subs[i].type == type && w->subs[i].node == node;
+	pthread_mutex_unlock(&w->mu);
+	return k;
+}
+
+/* A handoff the quorum refuses (as when the preferred replica died meanwhile)
+ * ends: the leader keeps its leadership and appends again, so writers go on
+ * past replica_wait_ms without an error. */
+static void test_refused_handoff_resumes_appends(void)
+{
+	static struct world w;
+	struct layout lay = {.leader = 2, .epoch = 1, .replicas = {1, 2, 3}, .nreplicas = 3,
+	                     .isr = {1, 2, 3}, .nisr = 3, .lag_ms = 10000, .wait_ms = 1000,
+	                     .rebalance_ms = 200};
+	world_init(&w, 3, &lay);
+	atomic_store(&leader_refusal, -EHOSTDOWN);
+	for (size_t i = 0; i < 3; i++)
+		node_start(&w, i);
+	struct node *n2 = &w.nodes[1], *n3 = &w.nodes[2];
+	atomic_bool stop = false;
+	struct writer wa = {n2, &stop, "on-leader", 0, 0}, wb = {n3, &stop, "forwarded", 0, 0};
+	pthread_t ta, tb;
+	CHECK_EQ_INT(pthread_create(&ta, NULL, writer_main, &wa), 0);
+	CHECK_EQ_INT(pthread_create(&tb, NULL, writer_main, &wb), 0);
+	CHECK(WAIT_FOR(attempted(&w, META_CMD_LEADER, 1) >= 2));
+	uint32_t before = wa.records + wb.records;
+	sleep_ms(1500); /* longer than replica_wait_ms: a writer left waiting fails */
+	atomic_store(&stop, true);
+	pthread_join(ta, NULL);
+	pthread_join(tb, NULL);
+	CHECK_EQ_INT(wa.rc, 0);
+	CHECK_EQ_INT(wb.rc, 0);
+	CHECK(wa.records + wb.records > before);
+	CHECK_EQ_INT(submitted(&w, META_CMD_LEADER, 1), 0);
+	CHECK_EQ_INT(current_mp(&w).leader, 2);
+	CHECK_EQ_INT(current_mp(&w).leader_epoch, 1);
+	atomic_store(&leader_refusal, 0);
+	world_free(&w);
+}
+
 /* ---- malformed frames ---------------------------------------------------------------------- */
 
 static int frame(struct replica_set *rs, uint16_t type, uint32_t req, const uint8_t *p,
@@ -994,6 +1052,7 @@ int main(void)
 	RUN(test_stale_leader_appends_fail_their_commit);
 	RUN(test_cut_off_leader_takes_nothing);
 	RUN(test_leadership_returns_to_preferred_replica);
+	RUN(test_refused_handoff_resumes_appends);
 	RUN(test_malformed_frames_refused);
 	RUN(test_unknown_partition_answered);
 	if (unit_failed_checks) { /* the log goes with the temporary directory */
