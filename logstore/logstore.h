@@ -159,6 +159,9 @@ int ls_partition_set_leader_epoch(struct ls_partition *p, int32_t epoch) TFS_MUS
 /* KIP-101: the end offset of `epoch` in this log (the start offset of the
  * next higher epoch, or end_offset if epoch is the latest). -1 if unknown. */
 int64_t ls_partition_epoch_end_offset(struct ls_partition *p, int32_t epoch);
+/* The newest epoch in the epoch cache (a leader's current one once set),
+ * -1 if none. */
+int32_t ls_partition_latest_epoch(struct ls_partition *p);
 
 /* The leader epoch of the batch holding `offset` in this log, from the
  * leader-epoch cache: -1 if the offset is not in the log (below its start or

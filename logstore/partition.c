@@ -2049,6 +2049,14 @@ int32_t ls_partition_epoch_of(struct ls_partition *p, int64_t offset)
 	return e;
 }
 
+int32_t ls_partition_latest_epoch(struct ls_partition *p)
+{
+	pthread_rwlock_rdlock(&p->lock);
+	int32_t e = p->nepochs ? p->epochs[p->nepochs - 1].epoch : -1;
+	pthread_rwlock_unlock(&p->lock);
+	return e;
+}
+
 int64_t ls_partition_epoch_end_offset(struct ls_partition *p, int32_t epoch)
 {
 	int64_t r = -1;

@@ -190,10 +190,10 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
                     const struct ls_producer *prod, enum rep_acks acks, uint32_t min_insync,
                     struct ls_append_result *res) TFS_MUST_CHECK;
 int replica_commit(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
-                   const struct rep_marks *mk) TFS_MUST_CHECK;
+                   struct rep_marks *mk) TFS_MUST_CHECK;
 /* replica_commit without the fsync: what close() waits for. */
 int replica_wait_acked(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
-                       const struct rep_marks *mk) TFS_MUST_CHECK;
+                       struct rep_marks *mk) TFS_MUST_CHECK;
 /* rep_marks_add in cluster mode. */
 void replica_marks_add(struct replica *rp, struct rep_marks *mk,
                        const struct ls_append_result *res);

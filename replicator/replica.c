@@ -195,6 +195,11 @@ struct replica {
 	bool handing;                   /* giving leadership to hand_to: no appends */
 	bool epoch_behind;              /* leads at an epoch older than its log's
 	                                   newest (a replay at start): no appends */
+	int32_t prefix_epoch;           /* a follower whose log is a prefix of its
+	                                   leader's at this epoch (truncated by its
+	                                   epoch answer); -1: not (yet) */
+	int32_t ans_epoch;              /* that answer: epoch ans_epoch ends at */
+	int64_t ans_end;                /* ans_end on the leader */
 
 	/* handing leadership back to the preferred replica (loop thread only) */
 	uint16_t hand_to;
@@ -205,6 +210,8 @@ struct replica {
 	int64_t hand_resend_ms;         /* send again (an answer said nothing) */
 	int64_t pref_since_ms;          /* preferred replica in sync since; 0: not */
 	int64_t hand_next_ms;           /* no handoff before (after one gave up) */
+	int64_t handed_ms;              /* when it last went to hand_to; 0: never */
+	int64_t hold_ms;                /* in sync this long before a handoff */
 
 	/* following (loop thread only) */
 	uint16_t src;                   /* leader fetched from; 0: none */
@@ -516,6 +523,7 @@ static struct session *session_get(struct replica_set *rs, uint16_t leader)
 }
 
 static void session_kick(struct replica_set *rs, struct session *s);
+static void hold_after_failover(struct replica *rp);
 
 /* The in-sync replicas a leader can count on now: itself and the in-sync
  * followers that were caught up within replica_lag_ms. Without a quorum
@@ -578,7 +586,11 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
 	if (rp->handing && (role != ROLE_LEADER || mp->leader_epoch != rp->hand_epoch)) {
 		rp->handing = false; /* handed over (or overtaken): the new epoch rules */
 		rp->hand_seq++;
+		if (mp->leader == rp->hand_to)
+			rp->handed_ms = cluster_now_ms();
 	}
+	if (role == ROLE_LEADER && old_role != ROLE_LEADER && !first)
+		hold_after_failover(rp);
 	if (role != ROLE_LEADER)
 		rp->pref_since_ms = 0;
 	if (role == ROLE_LEADER) {
@@ -605,6 +617,7 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
 		rp->src = 0;
 	} else if (rp->src != mp->leader || rp->src_epoch != mp->leader_epoch ||
 	           old_role == ROLE_LEADER) {
+		rp->prefix_epoch = -1;
 		rp->src = mp->leader;
 		rp->src_epoch = mp->leader_epoch;
 		rp->follow = FOLLOW_NEED;
@@ -720,6 +733,12 @@ static void epoch_end_done(void *ctx, int status, const struct tr_frame *resp)
 		}
 	}
 	rp->follow = FOLLOW_FETCHING;
+	pthread_mutex_lock(&rp->mu);
+	rp->prefix_epoch = rp->src_epoch;
+	rp->ans_epoch = epoch;
+	rp->ans_end = end;
+	pthread_cond_broadcast(&rp->cv); /* commits waiting may now know their fate */
+	pthread_mutex_unlock(&rp->mu);
 	struct session *s = session_get(rs, rp->src);
 	if (s)
 		session_kick(rs, s);
@@ -1436,6 +1455,27 @@ static void isr_check(struct replica_set *rs)
  * the epoch fences it, so it applies at most once; resuming appends then
  * could lose them to a command applied late. */
 
+/* Back as leader (mu held): if the replica it handed the leadership to
+ * lost it soon after (a flapping node), the next handoff waits twice as long
+ * in sync (at most 64 times leader_rebalance_ms); after a quiet spell, the
+ * wait is leader_rebalance_ms again. */
+static void hold_after_failover(struct replica *rp)
+{
+	unsigned base = rp->rs->rebalance_ms;
+	int64_t hold = rp->hold_ms ? rp->hold_ms : base;
+	if (!base || !rp->handed_ms)
+		return;
+	int64_t since = cluster_now_ms() - rp->handed_ms;
+	if (since < 10 * hold) {
+		rp->hold_ms = hold * 2 < 64LL * base ? hold * 2 : 64LL * base;
+		tfs_info("partition %" PRIu64 "/%u: leads again %" PRId64 " ms after handing the "
+		         "leadership to node %u: the next handoff waits for %" PRId64 " ms in sync",
+		         rp->topic_id, rp->index, since, rp->hand_to, rp->hold_ms);
+	} else {
+		rp->hold_ms = base;
+	}
+}
+
 struct hand_ctx {
 	struct replica_set *rs;
 	uint64_t topic_id;
@@ -1454,8 +1494,9 @@ static void hand_resume(struct replica *rp, const char *why)
 	rp->hand_sent = false;
 	rp->pref_since_ms = 0;
 	rp->hand_next_ms = cluster_now_ms() + rp->rs->rebalance_ms;
-	tfs_info("partition %" PRIu64 "/%u: keeps its leadership: %s", rp->topic_id, rp->index,
-	         why);
+	if (why)
+		tfs_info("partition %" PRIu64 "/%u: keeps its leadership: %s", rp->topic_id,
+		         rp->index, why);
 }
 
 static void hand_done(void *ctx, int rc)
@@ -1463,7 +1504,9 @@ static void hand_done(void *ctx, int rc)
 	struct hand_ctx *h = ctx;
 	struct replica *rp = lookup(h->rs, h->topic_id, h->index);
 	if (rp && rp->handing && rp->hand_seq == h->seq) {
-		if (rc == -EINVAL || rc == -EHOSTDOWN || rc == -ENOENT) {
+		if (rc == -ENOENT) {
+			hand_resume(rp, NULL); /* the topic is being deleted */
+		} else if (rc == -EINVAL || rc == -EHOSTDOWN) {
 			char why[96];
 			snprintf(why, sizeof(why), "node %u cannot take it (%s)", rp->hand_to,
 			         tfs_strerror(rc));
@@ -1537,8 +1580,8 @@ static bool hand_begin(struct replica *rp, uint16_t to, int32_t epoch, int64_t n
 	rp->hand_resend_ms = 0;
 	rp->hand_deadline = now + HANDOFF_CATCHUP_MS;
 	tfs_info("partition %" PRIu64 "/%u: handing its leadership back to node %u, its "
-	         "preferred leader (in sync for %u ms)", rp->topic_id, rp->index, to,
-	         rp->rs->rebalance_ms);
+	         "preferred leader (in sync for %" PRId64 " ms)", rp->topic_id, rp->index, to,
+	         now - rp->pref_since_ms);
 	return true;
 }
 
@@ -1584,7 +1627,8 @@ static void rebalance_check(struct replica_set *rs, unsigned active)
 		}
 		if (!rp->pref_since_ms)
 			rp->pref_since_ms = now;
-		if (now - rp->pref_since_ms < (int64_t)rs->rebalance_ms || now < rp->hand_next_ms ||
+		int64_t hold = rp->hold_ms ? rp->hold_ms : rs->rebalance_ms;
+		if (now - rp->pref_since_ms < hold || now < rp->hand_next_ms ||
 		    active >= HANDOFFS_MAX)
 			continue;
 		if (hand_begin(rp, pref, epoch, now)) {
@@ -1708,6 +1752,7 @@ struct replica *replica_add(struct replica_set *rs, struct rep_partition *p, uin
 	struct ls_partition_info info;
 	ls_partition_get_info(log, &info);
 	rp->hw = info.high_watermark;
+	rp->prefix_epoch = rp->ans_epoch = -1;
 
 	if (rs->nreplicas + 1 > rs->nbuckets * 2)
 		table_grow(rs);
@@ -2037,35 +2082,61 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 	return rc;
 }
 
-/* Waits (mu held) until this node's HW reaches target; -EIO if it did not by
- * until. (A truncation below target says nothing yet: the batch may be
- * fetched again. Whether the record there is still the one appended is
- * decided by its epoch, mark_state_locked.) */
-static int wait_hw_locked(struct replica *rp, int64_t target, int64_t until)
+/* Where epoch e ended for good, as far as this node knows (mu held): the
+ * offset after its last record in the partition's history, or -1 if it does
+ * not know (yet). A leader's log is that history; a follower's log is a
+ * prefix of it once truncated by its leader's epoch answer at the current
+ * epoch: an epoch after e in it gives e's end, else the answer does. */
+static int64_t epoch_end_known_locked(struct replica *rp, int32_t e)
 {
-	while (rp->hw < target && !rp->removed) {
-		if (rep_partition_gone(rp->p))
-			return -ENOENT; /* the topic was deleted */
-		if (!wait_until(rp, until))
-			return -EIO;
-	}
-	return rp->removed ? -ECANCELED : 0;
+	if (rp->mp.leader_epoch <= e)
+		return -1; /* e may still be going on */
+	if (rp->role != ROLE_LEADER &&
+	    (rp->role == ROLE_OFFLINE || rp->prefix_epoch != rp->mp.leader_epoch))
+		return -1;
+	if (ls_partition_latest_epoch(rp->log) > e)
+		return ls_partition_epoch_end_offset(rp->log, e);
+	if (rp->role != ROLE_LEADER && rp->ans_epoch == e)
+		return rp->ans_end;
+	return -1;
 }
 
 /* Where a file's append stands (mu held): 1 committed (this node's HW is
  * past it and its offset here still has the epoch it was appended at), 0
  * not yet, -EIO gone (the committed record at its offset is of another
- * epoch: a new leader truncated it away). */
+ * epoch, or its epoch is known to have ended before it: a new leader
+ * truncated it away). */
 static int mark_state_locked(struct replica *rp, const struct rep_mark *mk)
 {
-	if (rp->hw < mk->end)
-		return 0;
+	if (rp->hw < mk->end) {
+		int64_t e = epoch_end_known_locked(rp, mk->epoch);
+		return e >= 0 && mk->end > e ? -EIO : 0;
+	}
 	struct ls_partition_info info;
 	ls_partition_get_info(rp->log, &info);
 	if (mk->end <= info.start_offset)
 		return 1; /* committed, then retention or a reset took it */
 	int32_t e = ls_partition_epoch_of(rp->log, mk->end - 1);
 	return e == mk->epoch ? 1 : -EIO;
+}
+
+/* Waits (mu held) until a file's append is settled (mark_state_locked): 0
+ * committed, -EIO truncated away, -ETIMEDOUT not settled by until, -ENOENT
+ * the topic was deleted, -ECANCELED the replica removed. (A truncation below
+ * its end says nothing by itself: the batch may be fetched again.) */
+static int wait_mark_locked(struct replica *rp, const struct rep_mark *mk, int64_t until)
+{
+	for (;;) {
+		if (rp->removed)
+			return -ECANCELED;
+		int st = mark_state_locked(rp, mk);
+		if (st != 0)
+			return st > 0 ? 0 : st;
+		if (rep_partition_gone(rp->p))
+			return -ENOENT;
+		if (!wait_until(rp, until))
+			return -ETIMEDOUT;
+	}
 }
 
 static void mark_lost_log(const struct replica *rp, const struct rep_mark *mk)
@@ -2121,7 +2192,7 @@ void replica_marks_add(struct replica *rp, struct rep_marks *mk,
  * their mounts right after sees the records. Returns 0 or -EIO /
  * -ECANCELED. */
 static int wait_acked_locked(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
-                             const struct rep_marks *mk, int64_t deadline)
+                             struct rep_marks *mk, int64_t deadline)
 {
 	struct replica_set *rs = rp->rs;
 	int rc;
@@ -2132,10 +2203,9 @@ static int wait_acked_locked(struct replica *rp, enum rep_acks acks, uint32_t mi
 	int64_t target = 0;
 	for (uint8_t i = 0; i < mk->n; i++) {
 		const struct rep_mark *m = &mk->m[i];
-		if ((rc = wait_hw_locked(rp, m->end, deadline)) == 0)
-			rc = mark_state_locked(rp, m);
-		if (rc == -EIO && rp->hw >= m->end) {
+		if ((rc = wait_mark_locked(rp, m, deadline)) == -EIO) {
 			mark_lost_log(rp, m);
+			mk->lost = 1; /* close after a failed fsync: no second wait */
 			return rc;
 		}
 		if (rc == -ENOENT)
@@ -2173,7 +2243,7 @@ static int wait_acked_locked(struct replica *rp, enum rep_acks acks, uint32_t mi
 }
 
 int replica_wait_acked(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
-                       const struct rep_marks *mk)
+                       struct rep_marks *mk)
 {
 	if (acks != REP_ACKS_ALL)
 		return 0;
@@ -2187,7 +2257,7 @@ int replica_wait_acked(struct replica *rp, enum rep_acks acks, uint32_t min_insy
 }
 
 int replica_commit(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
-                   const struct rep_marks *mk)
+                   struct rep_marks *mk)
 {
 	int rc;
 	if (!enter(rp))

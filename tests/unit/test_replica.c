@@ -758,6 +758,70 @@ static void test_stale_leader_appends_fail_their_commit(void)
 	world_free(&w);
 }
 
+struct acked_call {
+	struct replica *rp;
+	struct rep_marks mk;
+	atomic_bool done;
+	int rc;
+};
+
+static void *acked_main(void *arg)
+{
+	struct acked_call *a = arg;
+	a->rc = replica_wait_acked(a->rp, REP_ACKS_ALL, 1, &a->mk);
+	atomic_store(&a->done, true);
+	return NULL;
+}
+
+/* A write the old leader appended but nobody fetched before a failover is
+ * gone once the new leader's epoch starts below its end; with no more
+ * writes the high watermark never passes it, yet close() on the new leader
+ * and on a follower of it reports EIO at once (each knows where the old
+ * epoch ended), not after replica_wait_ms; and a second close of the same
+ * file does not wait again. */
+static void test_write_lost_in_failover_fails_at_once(void)
+{
+	static struct world w;
+	struct layout lay = three_in_sync;
+	lay.wait_ms = 60000; /* a commit that waits for it fails WAIT_FOR */
+	world_init(&w, 3, &lay);
+	for (size_t i = 0; i < 3; i++)
+		node_start(&w, i);
+	struct node *n2 = &w.nodes[1], *n3 = &w.nodes[2];
+	CHECK_EQ_INT(produce(&w.nodes[0], "a", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK(WAIT_FOR(hw_of(n2) == 2 && hw_of(n3) == 2));
+	node_stop(&w, 0);
+	/* node 1 had answered a forward from each with offset 2 at epoch 0 */
+	pthread_rwlock_wrlock(&w.lock);
+	struct meta_partition *mp = &w.state.topics[0].parts[0];
+	mp->leader = 2;
+	mp->leader_epoch = 1;
+	mp->nisr = 2;
+	mp->isr[0] = 2;
+	mp->isr[1] = 3;
+	pthread_rwlock_unlock(&w.lock);
+	propagate(&w);
+	struct acked_call c2 = {.rp = n2->rp, .mk = {.m = {{3, 0}}, .n = 1}};
+	struct acked_call c3 = {.rp = n3->rp, .mk = {.m = {{3, 0}}, .n = 1}};
+	struct acked_call kept = {.rp = n3->rp, .mk = {.m = {{2, 0}}, .n = 1}};
+	pthread_t t2, t3, tk;
+	CHECK_EQ_INT(pthread_create(&t2, NULL, acked_main, &c2), 0);
+	CHECK_EQ_INT(pthread_create(&t3, NULL, acked_main, &c3), 0);
+	CHECK_EQ_INT(pthread_create(&tk, NULL, acked_main, &kept), 0);
+	bool settled = WAIT_FOR(atomic_load(&c2.done) && atomic_load(&c3.done) &&
+	                        atomic_load(&kept.done));
+	CHECK(settled); /* (else they wait for replica_wait_ms) */
+	pthread_join(t2, NULL);
+	pthread_join(t3, NULL);
+	pthread_join(tk, NULL);
+	CHECK_EQ_INT(c2.rc, -EIO);
+	CHECK_EQ_INT(c3.rc, -EIO);
+	CHECK_EQ_INT(kept.rc, 0);
+	CHECK_EQ_INT(c3.mk.lost, 1);
+	CHECK_EQ_INT(replica_wait_acked(n3->rp, REP_ACKS_ALL, 1, &c3.mk), -EIO);
+	world_free(&w);
+}
+
 /* A leader cut off from the metadata quorum (its successor may be elected
  * already) takes no write, not even under acks: leader, neither its own nor
  * a forwarded one: -ENOTCONN after replica_wait_ms, nothing appended. */
@@ -849,6 +913,33 @@ static void test_leadership_returns_to_preferred_replica(void)
 	CHECK(WAIT_FOR(hw_of(n1) == end_of(n1)));
 	sleep_ms(500); /* the preferred leader keeps it */
 	CHECK_EQ_INT(current_mp(&w).leader_epoch, 2);
+	world_free(&w);
+}
+
+/* A preferred replica that loses the leadership soon after getting it back
+ * (a flapping node) gets it back only after twice as long in sync. */
+static void test_flapping_preferred_waits_longer(void)
+{
+	static struct world w;
+	struct layout lay = {.leader = 2, .epoch = 1, .replicas = {1, 2, 3}, .nreplicas = 3,
+	                     .isr = {1, 2, 3}, .nisr = 3, .lag_ms = 10000, .wait_ms = 3000,
+	                     .rebalance_ms = 1000};
+	world_init(&w, 3, &lay);
+	for (size_t i = 0; i < 3; i++)
+		node_start(&w, i);
+	CHECK(WAIT_FOR(current_mp(&w).leader == 1));
+	/* node 1 "fails" at once: the controller moves the leadership to node 2 */
+	pthread_rwlock_wrlock(&w.lock);
+	struct meta_partition *mp = &w.state.topics[0].parts[0];
+	mp->leader = 2;
+	mp->leader_epoch++;
+	pthread_rwlock_unlock(&w.lock);
+	propagate(&w);
+	sleep_ms(1600); /* in sync all along: 1000 ms would have been enough before */
+	CHECK_EQ_INT(submitted(&w, META_CMD_LEADER, 1), 1);
+	CHECK_EQ_INT(current_mp(&w).leader, 2);
+	CHECK(WAIT_FOR(current_mp(&w).leader == 1)); /* after 2000 ms */
+	CHECK_EQ_INT(submitted(&w, META_CMD_LEADER, 1), 2);
 	world_free(&w);
 }
 
@@ -1051,8 +1142,10 @@ int main(void)
 	RUN(test_divergent_tail_truncated_by_epoch);
 	RUN(test_stale_leader_appends_fail_their_commit);
 	RUN(test_cut_off_leader_takes_nothing);
+	RUN(test_write_lost_in_failover_fails_at_once);
 	RUN(test_leadership_returns_to_preferred_replica);
 	RUN(test_refused_handoff_resumes_appends);
+	RUN(test_flapping_preferred_waits_longer);
 	RUN(test_malformed_frames_refused);
 	RUN(test_unknown_partition_answered);
 	if (unit_failed_checks) { /* the log goes with the temporary directory */
