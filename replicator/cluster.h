@@ -161,6 +161,11 @@ int replica_set_open(struct cluster *c, struct replica_set **out) TFS_MUST_CHECK
  * net is stopped (no handler runs any more). Every replica must have been
  * removed. */
 void replica_set_close(struct replica_set *rs);
+/* Before stopping (not on the loop thread): hands every partition this node
+ * leads to an in-sync follower fetching now (as a preferred-leader handoff:
+ * no write lost or failed), waiting at most ms; returns how many it could
+ * not hand over in time (0: none left). Leaders stay handed over. */
+int replica_set_drain(struct replica_set *rs, unsigned ms);
 
 /* Frames of types TF_FETCH..TF_REPLICA_MAX (loop thread). */
 int replica_on_frame(struct replica_set *rs, const struct tr_frame *f);

@@ -257,6 +257,7 @@ static void cfg_set(struct topic_config *c, enum tc_key k, int64_t v)
 	c->set_mask |= 1u << k;
 }
 
+#define DRAIN_MS 5000 /* a stopping node hands its leaderships over for this long */
 #define RESERVE_NAME "reserve"
 #define RESERVE_BYTES (1 << 20)
 
@@ -1427,6 +1428,16 @@ void rep_stopping(struct rep *r)
 {
 	if (r && r->lock_fd >= 0)
 		lock_note(r, "stopping");
+	if (r && r->cluster) {
+		/* controlled shutdown: the partitions it leads move to in-sync
+		 * followers now, losing no acknowledged write (acks: leader
+		 * included), instead of after node_timeout_ms without it */
+		struct replica_set *rs = cluster_replicas(r->cluster);
+		int left = rs ? replica_set_drain(rs, DRAIN_MS) : 0;
+		if (left > 0)
+			tfs_warn("stopping: %d partition(s) still led here after %d ms: their "
+			         "followers take over once this node is marked down", left, DRAIN_MS);
+	}
 }
 
 /* Takes DATA/lock. A daemon shutting down on DATA (after an unmount:

@@ -211,6 +211,7 @@ struct replica {
 	int64_t pref_since_ms;          /* preferred replica in sync since; 0: not */
 	int64_t hand_next_ms;           /* no handoff before (after one gave up) */
 	int64_t handed_ms;              /* when it last went to hand_to; 0: never */
+	int64_t leave_sent_ms;          /* stopping: asked to leave the isr then */
 	int64_t hold_ms;                /* in sync this long before a handoff */
 
 	/* following (loop thread only) */
@@ -269,6 +270,9 @@ struct replica_set {
 	uint16_t self;
 	unsigned lag_ms, wait_ms, request_ms;
 	unsigned rebalance_ms;          /* leader_rebalance_ms; 0: never */
+	atomic_bool draining;           /* stopping: hand every leadership over */
+	atomic_int drain_left;          /* led partitions a drain can still move;
+	                                   -1: not counted yet */
 
 	/* loop thread */
 	struct replica **tab;
@@ -796,8 +800,8 @@ static bool follows(const struct replica *rp, uint16_t leader)
 static void session_kick(struct replica_set *rs, struct session *s)
 {
 	int64_t now = cluster_now_ms();
-	if (s->inflight || now < s->retry_at)
-		return;
+	if (s->inflight || now < s->retry_at || atomic_load(&rs->draining))
+		return; /* (stopping: it leaves the in-sync sets instead, drain_check) */
 	uint32_t n = 0;
 	FOREACH_REPLICA(rs, rp) {
 		if (!follows(rp, s->leader) || now < rp->hold_until)
@@ -1476,6 +1480,18 @@ static void hold_after_failover(struct replica *rp)
 	}
 }
 
+/* A partition command about rp, fenced by epoch, from this node. */
+static void partition_cmd_init(struct meta_cmd *c, enum meta_cmd_type type,
+                               const struct replica *rp, int32_t epoch, uint16_t node)
+{
+	meta_cmd_init(c, type);
+	c->topic_id = rp->topic_id;
+	c->partition = rp->index;
+	c->epoch = epoch;
+	c->node = node;
+	c->origin = rp->rs->self;
+}
+
 struct hand_ctx {
 	struct replica_set *rs;
 	uint64_t topic_id;
@@ -1546,12 +1562,7 @@ static void hand_step(struct replica_set *rs, struct replica *rp, int64_t now)
 		return; /* tried again next tick */
 	*h = (struct hand_ctx){rs, rp->topic_id, rp->index, rp->hand_seq};
 	struct meta_cmd cmd;
-	meta_cmd_init(&cmd, META_CMD_LEADER);
-	cmd.topic_id = rp->topic_id;
-	cmd.partition = rp->index;
-	cmd.epoch = rp->hand_epoch;
-	cmd.node = rp->hand_to;
-	cmd.origin = rs->self;
+	partition_cmd_init(&cmd, META_CMD_LEADER, rp, rp->hand_epoch, rp->hand_to);
 	rp->hand_sent = true;
 	if (cluster_submit_cb(rs->c, &cmd, hand_done, h) < 0) {
 		free(h);
@@ -1560,8 +1571,10 @@ static void hand_step(struct replica_set *rs, struct replica *rp, int64_t now)
 	}
 }
 
-/* Starts a handoff to hand_to if rp still leads at the epoch it was judged at. */
-static bool hand_begin(struct replica *rp, uint16_t to, int32_t epoch, int64_t now)
+/* Starts a handoff to hand_to if rp still leads at the epoch it was judged at
+ * (why: "back" to its preferred replica, or before stopping). */
+static bool hand_begin(struct replica *rp, uint16_t to, int32_t epoch, int64_t now,
+                       bool stopping)
 {
 	pthread_rwlock_wrlock(&rp->role_lock); /* waits out appends in flight */
 	pthread_mutex_lock(&rp->mu);
@@ -1579,9 +1592,13 @@ static bool hand_begin(struct replica *rp, uint16_t to, int32_t epoch, int64_t n
 	rp->hand_sent = false;
 	rp->hand_resend_ms = 0;
 	rp->hand_deadline = now + HANDOFF_CATCHUP_MS;
-	tfs_info("partition %" PRIu64 "/%u: handing its leadership back to node %u, its "
-	         "preferred leader (in sync for %" PRId64 " ms)", rp->topic_id, rp->index, to,
-	         now - rp->pref_since_ms);
+	if (stopping)
+		tfs_info("partition %" PRIu64 "/%u: handing its leadership to node %u before "
+		         "stopping", rp->topic_id, rp->index, to);
+	else
+		tfs_info("partition %" PRIu64 "/%u: handing its leadership back to node %u, its "
+		         "preferred leader (in sync for %" PRId64 " ms)", rp->topic_id, rp->index,
+		         to, now - rp->pref_since_ms);
 	return true;
 }
 
@@ -1631,11 +1648,75 @@ static void rebalance_check(struct replica_set *rs, unsigned active)
 		if (now - rp->pref_since_ms < hold || now < rp->hand_next_ms ||
 		    active >= HANDOFFS_MAX)
 			continue;
-		if (hand_begin(rp, pref, epoch, now)) {
+		if (hand_begin(rp, pref, epoch, now, false)) {
 			active++;
 			hand_step(rs, rp, now);
 		}
 	}
+}
+
+/* The in-sync follower a stopping leader hands to (mu held): the first of
+ * the replicas that is in the set and fetching now; 0 if none. */
+static uint16_t drain_target_locked(struct replica *rp, int64_t now)
+{
+	for (unsigned i = 0; i < rp->mp.nreplicas; i++) {
+		uint16_t r = rp->mp.replicas[i];
+		const struct peer *pe = peer_find(rp, r);
+		if (r != rp->rs->self && pe && pe->end >= 0 && in_list(rp->mp.isr, rp->mp.nisr, r) &&
+		    now - pe->last_fetch_ms <= 2 * FETCH_WAIT_MS)
+			return r;
+	}
+	return 0;
+}
+
+/* Stopping (Kafka's controlled shutdown): every led partition with an
+ * in-sync follower fetching now is handed to it, all at once; and the node,
+ * which fetches no more, leaves the in-sync set of every partition it
+ * follows (else their high watermarks would wait for it until it is marked
+ * down). Counts in drain_left what is not done yet. */
+static void drain_check(struct replica_set *rs)
+{
+	int64_t now = cluster_now_ms();
+	int left = 0;
+	bool cut_off = cluster_cut_off(rs->c);
+	FOREACH_REPLICA(rs, rp) {
+		pthread_mutex_lock(&rp->mu);
+		uint16_t to = rp->role == ROLE_LEADER && !rp->epoch_behind && !cut_off
+			? drain_target_locked(rp, now) : 0;
+		bool leave = rp->role == ROLE_FOLLOWER && !cut_off &&
+		             in_list(rp->mp.isr, rp->mp.nisr, rs->self);
+		int32_t epoch = rp->mp.leader_epoch;
+		pthread_mutex_unlock(&rp->mu);
+		if (leave) {
+			left++;
+			if (now - rp->leave_sent_ms >= ISR_RESUBMIT_MS) {
+				struct meta_cmd cmd;
+				partition_cmd_init(&cmd, META_CMD_ISR_SHRINK, rp, epoch, rs->self);
+				if (cluster_submit(rs->c, &cmd) == 0)
+					rp->leave_sent_ms = now;
+			}
+			continue;
+		}
+		if (!to)
+			continue;
+		left++;
+		if (!rp->handing && now >= rp->hand_next_ms && hand_begin(rp, to, epoch, now, true))
+			hand_step(rs, rp, now);
+	}
+	atomic_store(&rs->drain_left, left);
+}
+
+int replica_set_drain(struct replica_set *rs, unsigned ms)
+{
+	atomic_store(&rs->drain_left, -1);
+	atomic_store(&rs->draining, true);
+	int64_t until = cluster_now_ms() + ms;
+	int left;
+	while ((left = atomic_load(&rs->drain_left)) != 0 && cluster_now_ms() < until) {
+		struct timespec ts = {0, TICK_MS * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	return left;
 }
 
 /* ---- the tick (loop thread) ------------------------------------------------------------------- */
@@ -1647,11 +1728,14 @@ static void on_tick(uv_timer_t *t)
 	for (struct session *s = rs->sessions; s; s = s->next)
 		session_kick(rs, s);
 	int64_t now = cluster_now_ms();
-	unsigned handoffs = rs->rebalance_ms ? handoffs_step(rs) : 0;
+	bool draining = atomic_load(&rs->draining);
+	unsigned handoffs = rs->rebalance_ms || draining ? handoffs_step(rs) : 0;
+	if (draining)
+		drain_check(rs);
 	if (now - rs->last_isr_ms >= ISR_EVERY_MS) {
 		rs->last_isr_ms = now;
 		isr_check(rs);
-		if (rs->rebalance_ms)
+		if (rs->rebalance_ms && !draining)
 			rebalance_check(rs, handoffs);
 	}
 }
@@ -1698,6 +1782,8 @@ int replica_set_open(struct cluster *c, struct replica_set **out)
 		return -ENOMEM;
 	}
 	atomic_init(&rs->parked_count, 0);
+	atomic_init(&rs->draining, false);
+	atomic_init(&rs->drain_left, 0);
 	atomic_init(&rs->wake_pending, false);
 	*out = rs;
 	return 0;

@@ -462,6 +462,36 @@ os.close(fd)' "${M[l]}/t/0/log"
 	echo "$(acked "$T/acked") + $(acked "$T/stream") lines acknowledged"
 }
 
+@test "a partition leader stopped cleanly hands its leaderships over first: an acks: leader writer loses and fails nothing" {
+	cluster_start 3 leader_rebalance_ms=0
+	mkdir "${M[1]}/t"
+	echo 'acks: leader' >"${M[1]}/t/.config"
+	wait_secs 10 "[[ \$(MNT=${M[3]} cfg_value t acks) == leader && \$(isr_of t 0) == '1 2 3' ]]"
+	local l w s
+	l=$(leader_of t 0)
+	w=$(other_than "$l")
+	s=$(other_than "$l" "$w")
+	acks_writer "${M[w]}/t/0/log" "$T/acked" w
+	local writer=$WRITER
+	wait_secs 20 '[[ $(acked $T/acked) -ge 200 ]]'
+	node_stop "$l"
+	grep -q "/0: handing its leadership to node [0-9]* before stopping" "${NODE_LOG[l]}" ||
+		{ grep -i "leadership\|stopping" "${NODE_LOG[l]}"; false; }
+	[[ $(leader_of t 0 "$w") != "$l" ]] || { cat "${M[w]}/t/0/state"; false; }
+	local k
+	k=$(acked "$T/acked")
+	wait_secs 30 "[[ \$(acked $T/acked) -ge $((k + 100)) ]]"
+	writer_stop "$T/acked" "$writer"
+	[[ ! -s $T/acked.err ]] || { echo "failed attempts:"; cat "$T/acked.err"; false; }
+	# the stopped node left the in-sync set: the high watermark passes them all
+	wait_secs 10 "[[ \$(grep -c '^w-' ${M[w]}/t/0/log) -ge \$(acked $T/acked) ]]" ||
+		{ cat "${M[w]}/t/0/state"; false; }
+	[[ $(isr_of t 0 "$w") != *$l* ]] || { cat "${M[w]}/t/0/state"; false; }
+	wait_secs 10 "logs_agree t 0 $w $s"
+	cat "${M[w]}/t/0/log" >"$T/log.w"
+	check_acked "$T/log.w" "$T/acked" w
+}
+
 @test "SIGSTOP of a follower shrinks the in-sync set; SIGCONT restores it" {
 	cluster_start 3
 	acks_all_topic t
