@@ -322,6 +322,16 @@ static void world_init(struct world *w, size_t n, const struct layout *l)
 	memcpy(mp->isr, l->isr, l->nisr * sizeof(uint16_t));
 }
 
+static void node_start(struct world *w, size_t i);
+
+/* world_init, then every node started. */
+static void world_start(struct world *w, size_t n, const struct layout *l)
+{
+	world_init(w, n, l);
+	for (size_t i = 0; i < n; i++)
+		node_start(w, i);
+}
+
 static int on_frame(void *ctx, struct tr_net *net, const struct tr_frame *f)
 {
 	(void)net;
@@ -499,6 +509,21 @@ static void copy_batches(struct ls_partition *src, struct ls_partition *dst, int
 
 /* ---- tests ---------------------------------------------------------------------------------- */
 
+/* As the controller would once node 1 is down: node 2 leads epoch 1 with
+ * in-sync set {2, 3}; every running node is told. */
+static void fail_over_to_2(struct world *w)
+{
+	pthread_rwlock_wrlock(&w->lock);
+	struct meta_partition *mp = &w->state.topics[0].parts[0];
+	mp->leader = 2;
+	mp->leader_epoch = 1;
+	mp->nisr = 2;
+	mp->isr[0] = 2;
+	mp->isr[1] = 3;
+	pthread_rwlock_unlock(&w->lock);
+	propagate(w);
+}
+
 static const struct layout three_in_sync = {
 	.leader = 1, .epoch = 0, .replicas = {1, 2, 3}, .nreplicas = 3, .isr = {1, 2, 3},
 	.nisr = 3, .lag_ms = 10000, .wait_ms = 3000,
@@ -510,9 +535,7 @@ static const struct layout three_in_sync = {
 static void test_three_nodes_replicate_identically_hw_is_min_of_isr(void)
 {
 	static struct world w;
-	world_init(&w, 3, &three_in_sync);
-	for (size_t i = 0; i < 3; i++)
-		node_start(&w, i);
+	world_start(&w, 3, &three_in_sync);
 	struct node *l = &w.nodes[0], *f2 = &w.nodes[1], *f3 = &w.nodes[2];
 	for (int b = 0; b < 5; b++)
 		CHECK_EQ_INT(produce(l, "a", 3, NULL, REP_ACKS_ALL, 2, NULL), 0);
@@ -546,9 +569,7 @@ static void test_lagging_follower_shrunk_then_expanded(void)
 	static struct world w;
 	struct layout lay = three_in_sync;
 	lay.lag_ms = 600;
-	world_init(&w, 3, &lay);
-	for (size_t i = 0; i < 3; i++)
-		node_start(&w, i);
+	world_start(&w, 3, &lay);
 	struct node *l = &w.nodes[0], *f3 = &w.nodes[2];
 	CHECK_EQ_INT(produce(l, "a", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
 	CHECK_EQ_INT(replica_commit(l->rp, REP_ACKS_ALL, 1, &l->mk), 0);
@@ -575,9 +596,7 @@ static void test_forwarded_produce_lands_once(void)
 	static struct world w;
 	struct layout lay = {.leader = 1, .replicas = {1, 2}, .nreplicas = 2, .isr = {1, 2},
 	                     .nisr = 2, .lag_ms = 10000, .wait_ms = 3000};
-	world_init(&w, 3, &lay);
-	for (size_t i = 0; i < 3; i++)
-		node_start(&w, i);
+	world_start(&w, 3, &lay);
 	struct node *l = &w.nodes[0], *f = &w.nodes[1], *obs = &w.nodes[2];
 	struct ls_producer prod = {42, 0, 0};
 	struct ls_append_result res;
@@ -693,9 +712,7 @@ static void test_stale_leader_appends_fail_their_commit(void)
 	static struct world w;
 	struct layout lay = {.leader = 1, .epoch = 0, .replicas = {1, 2, 3}, .nreplicas = 3,
 	                     .isr = {1, 2, 3}, .nisr = 3, .lag_ms = 10000, .wait_ms = 1500};
-	world_init(&w, 3, &lay);
-	for (size_t i = 0; i < 3; i++)
-		node_start(&w, i);
+	world_start(&w, 3, &lay);
 	struct node *n1 = &w.nodes[0], *n2 = &w.nodes[1], *n3 = &w.nodes[2];
 	CHECK_EQ_INT(produce(n1, "a", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
 	CHECK_EQ_INT(replica_commit(n1->rp, REP_ACKS_ALL, 1, &n1->mk), 0);
@@ -703,15 +720,7 @@ static void test_stale_leader_appends_fail_their_commit(void)
 
 	/* node 1 stops; node 2 leads epoch 1 and appends three records */
 	node_stop(&w, 0);
-	pthread_rwlock_wrlock(&w.lock);
-	struct meta_partition *mp = &w.state.topics[0].parts[0];
-	mp->leader = 2;
-	mp->leader_epoch = 1;
-	mp->nisr = 2;
-	mp->isr[0] = 2;
-	mp->isr[1] = 3;
-	pthread_rwlock_unlock(&w.lock);
-	propagate(&w);
+	fail_over_to_2(&w);
 	int rc = -1;
 	for (int t = 0; t < 50 && rc != 0; t++) { /* until node 2 knows it leads */
 		struct rep_partition_state st;
@@ -784,23 +793,13 @@ static void test_write_lost_in_failover_fails_at_once(void)
 	static struct world w;
 	struct layout lay = three_in_sync;
 	lay.wait_ms = 60000; /* a commit that waits for it fails WAIT_FOR */
-	world_init(&w, 3, &lay);
-	for (size_t i = 0; i < 3; i++)
-		node_start(&w, i);
+	world_start(&w, 3, &lay);
 	struct node *n2 = &w.nodes[1], *n3 = &w.nodes[2];
 	CHECK_EQ_INT(produce(&w.nodes[0], "a", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
 	CHECK(WAIT_FOR(hw_of(n2) == 2 && hw_of(n3) == 2));
 	node_stop(&w, 0);
 	/* node 1 had answered a forward from each with offset 2 at epoch 0 */
-	pthread_rwlock_wrlock(&w.lock);
-	struct meta_partition *mp = &w.state.topics[0].parts[0];
-	mp->leader = 2;
-	mp->leader_epoch = 1;
-	mp->nisr = 2;
-	mp->isr[0] = 2;
-	mp->isr[1] = 3;
-	pthread_rwlock_unlock(&w.lock);
-	propagate(&w);
+	fail_over_to_2(&w);
 	struct acked_call c2 = {.rp = n2->rp, .mk = {.m = {{3, 0}}, .n = 1}};
 	struct acked_call c3 = {.rp = n3->rp, .mk = {.m = {{3, 0}}, .n = 1}};
 	struct acked_call kept = {.rp = n3->rp, .mk = {.m = {{2, 0}}, .n = 1}};
@@ -830,9 +829,7 @@ static void test_cut_off_leader_takes_nothing(void)
 	static struct world w;
 	struct layout lay = three_in_sync;
 	lay.wait_ms = 400;
-	world_init(&w, 3, &lay);
-	for (size_t i = 0; i < 3; i++)
-		node_start(&w, i);
+	world_start(&w, 3, &lay);
 	struct node *l = &w.nodes[0], *f = &w.nodes[1];
 	CHECK_EQ_INT(produce(l, "a", 1, NULL, REP_ACKS_LEADER, 1, NULL), 0);
 	atomic_store(&cut_off_node, 1);
@@ -867,6 +864,43 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+/* Two writers: one through the leader (node 2), one forwarding (node 3). */
+struct writers {
+	atomic_bool stop;
+	struct writer w[2];
+	pthread_t t[2];
+};
+
+static void writers_start(struct writers *ws, struct world *w)
+{
+	atomic_init(&ws->stop, false);
+	ws->w[0] = (struct writer){&w->nodes[1], &ws->stop, "on-leader", 0, 0};
+	ws->w[1] = (struct writer){&w->nodes[2], &ws->stop, "forwarded", 0, 0};
+	for (int i = 0; i < 2; i++)
+		CHECK_EQ_INT(pthread_create(&ws->t[i], NULL, writer_main, &ws->w[i]), 0);
+}
+
+/* Stops them; both must have written without an error. */
+static void writers_stop(struct writers *ws)
+{
+	atomic_store(&ws->stop, true);
+	for (int i = 0; i < 2; i++) {
+		pthread_join(ws->t[i], NULL);
+		CHECK_EQ_INT(ws->w[i].rc, 0);
+	}
+}
+
+static uint32_t writers_records(const struct writers *ws)
+{
+	return ws->w[0].records + ws->w[1].records;
+}
+
+/* Partition 0 led by node 2, whose preferred leader is node 1. */
+static const struct layout led_by_2 = {
+	.leader = 2, .epoch = 1, .replicas = {1, 2, 3}, .nreplicas = 3, .isr = {1, 2, 3},
+	.nisr = 3, .lag_ms = 10000, .wait_ms = 3000, .rebalance_ms = 300,
+};
+
 /* A leader that is not its partition's preferred replica (the first of its
  * replicas) leads until the preferred one has been in sync for
  * leader_rebalance_ms, then hands the leadership to it while two writers
@@ -875,18 +909,12 @@ static void *writer_main(void *arg)
 static void test_leadership_returns_to_preferred_replica(void)
 {
 	static struct world w;
-	struct layout lay = {.leader = 2, .epoch = 1, .replicas = {1, 2, 3}, .nreplicas = 3,
-	                     .isr = {1, 2, 3}, .nisr = 3, .lag_ms = 10000, .wait_ms = 3000,
-	                     .rebalance_ms = 300};
-	world_init(&w, 3, &lay);
+	static struct writers ws;
+	world_init(&w, 3, &led_by_2);
 	node_start(&w, 1);
 	node_start(&w, 2);
 	struct node *n1 = &w.nodes[0], *n2 = &w.nodes[1], *n3 = &w.nodes[2];
-	atomic_bool stop = false;
-	struct writer wa = {n2, &stop, "on-leader", 0, 0}, wb = {n3, &stop, "forwarded", 0, 0};
-	pthread_t ta, tb;
-	CHECK_EQ_INT(pthread_create(&ta, NULL, writer_main, &wa), 0);
-	CHECK_EQ_INT(pthread_create(&tb, NULL, writer_main, &wb), 0);
+	writers_start(&ws, &w);
 
 	/* node 1, the preferred leader, is not fetching: no handoff */
 	sleep_ms(900);
@@ -897,19 +925,15 @@ static void test_leadership_returns_to_preferred_replica(void)
 	node_start(&w, 0);
 	CHECK(WAIT_FOR(current_mp(&w).leader == 1));
 	sleep_ms(300); /* writers go on through the new leader */
-	atomic_store(&stop, true);
-	pthread_join(ta, NULL);
-	pthread_join(tb, NULL);
-	CHECK_EQ_INT(wa.rc, 0);
-	CHECK_EQ_INT(wb.rc, 0);
-	CHECK(wa.records > 0 && wb.records > 0);
+	writers_stop(&ws);
+	CHECK(ws.w[0].records > 0 && ws.w[1].records > 0);
 	struct meta_partition mp = current_mp(&w);
 	CHECK_EQ_INT(mp.leader_epoch, 2);
 	CHECK_EQ_INT(submitted(&w, META_CMD_LEADER, 1), 1);
 	CHECK_EQ_INT(replica_commit(n2->rp, REP_ACKS_ALL, 2, &n2->mk), 0);
 	CHECK_EQ_INT(replica_commit(n3->rp, REP_ACKS_ALL, 2, &n3->mk), 0);
 	CHECK(WAIT_FOR(same_log(n1->log, n2->log) && same_log(n1->log, n3->log)));
-	CHECK_EQ_INT(end_of(n1), (int64_t)(wa.records + wb.records));
+	CHECK_EQ_INT(end_of(n1), (int64_t)writers_records(&ws));
 	CHECK(WAIT_FOR(hw_of(n1) == end_of(n1)));
 	sleep_ms(500); /* the preferred leader keeps it */
 	CHECK_EQ_INT(current_mp(&w).leader_epoch, 2);
@@ -921,12 +945,9 @@ static void test_leadership_returns_to_preferred_replica(void)
 static void test_flapping_preferred_waits_longer(void)
 {
 	static struct world w;
-	struct layout lay = {.leader = 2, .epoch = 1, .replicas = {1, 2, 3}, .nreplicas = 3,
-	                     .isr = {1, 2, 3}, .nisr = 3, .lag_ms = 10000, .wait_ms = 3000,
-	                     .rebalance_ms = 1000};
-	world_init(&w, 3, &lay);
-	for (size_t i = 0; i < 3; i++)
-		node_start(&w, i);
+	struct layout lay = led_by_2;
+	lay.rebalance_ms = 1000;
+	world_start(&w, 3, &lay);
 	CHECK(WAIT_FOR(current_mp(&w).leader == 1));
 	/* node 1 "fails" at once: the controller moves the leadership to node 2 */
 	pthread_rwlock_wrlock(&w.lock);
@@ -960,28 +981,18 @@ static size_t attempted(struct world *w, enum meta_cmd_type type, uint16_t node)
 static void test_refused_handoff_resumes_appends(void)
 {
 	static struct world w;
-	struct layout lay = {.leader = 2, .epoch = 1, .replicas = {1, 2, 3}, .nreplicas = 3,
-	                     .isr = {1, 2, 3}, .nisr = 3, .lag_ms = 10000, .wait_ms = 1000,
-	                     .rebalance_ms = 200};
-	world_init(&w, 3, &lay);
+	static struct writers ws;
+	struct layout lay = led_by_2;
+	lay.wait_ms = 1000;
+	lay.rebalance_ms = 200;
 	atomic_store(&leader_refusal, -EHOSTDOWN);
-	for (size_t i = 0; i < 3; i++)
-		node_start(&w, i);
-	struct node *n2 = &w.nodes[1], *n3 = &w.nodes[2];
-	atomic_bool stop = false;
-	struct writer wa = {n2, &stop, "on-leader", 0, 0}, wb = {n3, &stop, "forwarded", 0, 0};
-	pthread_t ta, tb;
-	CHECK_EQ_INT(pthread_create(&ta, NULL, writer_main, &wa), 0);
-	CHECK_EQ_INT(pthread_create(&tb, NULL, writer_main, &wb), 0);
+	world_start(&w, 3, &lay);
+	writers_start(&ws, &w);
 	CHECK(WAIT_FOR(attempted(&w, META_CMD_LEADER, 1) >= 2));
-	uint32_t before = wa.records + wb.records;
+	uint32_t before = writers_records(&ws);
 	sleep_ms(1500); /* longer than replica_wait_ms: a writer left waiting fails */
-	atomic_store(&stop, true);
-	pthread_join(ta, NULL);
-	pthread_join(tb, NULL);
-	CHECK_EQ_INT(wa.rc, 0);
-	CHECK_EQ_INT(wb.rc, 0);
-	CHECK(wa.records + wb.records > before);
+	writers_stop(&ws);
+	CHECK(writers_records(&ws) > before);
 	CHECK_EQ_INT(submitted(&w, META_CMD_LEADER, 1), 0);
 	CHECK_EQ_INT(current_mp(&w).leader, 2);
 	CHECK_EQ_INT(current_mp(&w).leader_epoch, 1);
