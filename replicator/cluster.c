@@ -1030,6 +1030,11 @@ int cluster_caught_up(struct cluster *c)
 	return atomic_load(&c->caught_up);
 }
 
+int cluster_quorum_known(struct cluster *c)
+{
+	return meta_raft_leader(c->mr, NULL, 0) != 0;
+}
+
 int cluster_cut_off(struct cluster *c)
 {
 	return meta_raft_leader(c->mr, NULL, 0) == 0 &&

@@ -112,6 +112,8 @@ int cluster_cut_off(struct cluster *c);
 /* 1 once a read barrier has passed since start: the state applied is the
  * quorum's, not only what this node's own log and snapshot replayed. */
 int cluster_caught_up(struct cluster *c);
+/* 1 if this node knows a quorum leader now (metadata changes can commit). */
+int cluster_quorum_known(struct cluster *c);
 
 /* Proposes cmd through the quorum and waits until this node has applied it
  * (or until request_timeout_ms). Not on the loop thread. Returns meta_apply's

@@ -1678,7 +1678,8 @@ static void drain_check(struct replica_set *rs)
 {
 	int64_t now = cluster_now_ms();
 	int left = 0;
-	bool cut_off = cluster_cut_off(rs->c);
+	/* without a quorum leader nothing can move: stop as a crash would */
+	bool cut_off = cluster_cut_off(rs->c) || !cluster_quorum_known(rs->c);
 	FOREACH_REPLICA(rs, rp) {
 		pthread_mutex_lock(&rp->mu);
 		uint16_t to = rp->role == ROLE_LEADER && !rp->epoch_behind && !cut_off
