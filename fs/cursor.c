@@ -251,10 +251,6 @@ static ssize_t fill_long(struct cursor *c, size_t size, size_t need, char sep)
 	}
 }
 
-/* Fills c->buf with at most size bytes for a read. Returns the count (0:
- * nothing ready) or -errno. Caller holds c->lock. Records are rendered by
- * the coordinator straight into c->buf, a partition's run at a time
- * (rep_member_take_bulk); a small read takes one record. */
 /* 1 if the cursor's topic or group is gone (rmdir on this or another
  * node): its reads end with ENOENT, a waiting one as soon as it is woken. */
 static int gone(const struct cursor *c)
@@ -262,6 +258,10 @@ static int gone(const struct cursor *c)
 	return rep_topic_deleted(c->topic) || rep_group_deleted(c->group);
 }
 
+/* Fills c->buf with at most size bytes for a read. Returns the count (0:
+ * nothing ready) or -errno. Caller holds c->lock. Records are rendered by
+ * the coordinator straight into c->buf, a partition's run at a time
+ * (rep_member_take_bulk); a small read takes one record. */
 static ssize_t fill(struct cursor *c, size_t size)
 {
 	if (!c->member)

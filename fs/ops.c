@@ -1563,18 +1563,15 @@ static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (rc == 0 && h->producing) /* close() returns once committed under acks */
 		wrc = producer_wait_acked(&h->prod);
 	pthread_mutex_unlock(&h->lock);
-	if (rc < 0 && h->producing) {
-		char path[512];
+	char path[512];
+	if (rc < 0 || wrc < 0)
 		tnode_path(&h->node, path, sizeof(path));
+	if (rc < 0 && h->producing) {
 		tfs_warn("refused: close %s: last line not produced: %s", path, why_of(rc));
 	} else if (wrc == -ENOENT) {
-		char path[512];
-		tnode_path(&h->node, path, sizeof(path));
 		tfs_warn("refused: close %s: the topic was deleted (%s)", path, strerror(ENOENT));
 		rc = -ENOENT;
 	} else if (wrc < 0) {
-		char path[512];
-		tnode_path(&h->node, path, sizeof(path));
 		tfs_warn("close %s: not committed under the topic's acks policy (%s)", path,
 		         strerror(EIO));
 		rc = -EIO;

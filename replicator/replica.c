@@ -653,10 +653,12 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
  * looked for from `from` down; -1 if none. */
 static int32_t latest_epoch(struct ls_partition *log, int32_t from)
 {
-	for (int32_t e = from, n = 0; e >= 0 && n < EPOCH_WALK_MAX; e--, n++)
-		if (ls_partition_epoch_end_offset(log, e) >= 0)
-			return e;
-	return -1;
+	int32_t e = ls_partition_latest_epoch(log);
+	if (e <= from)
+		return e;
+	/* the log has a newer epoch than from: from itself, if the cache
+	 * reaches back to it */
+	return ls_partition_epoch_end_offset(log, from) >= 0 ? from : -1;
 }
 
 /* Truncates the follower's log to offset (mu not held); keeps the HW and the
@@ -1618,6 +1620,18 @@ static unsigned handoffs_step(struct replica_set *rs)
 	return active;
 }
 
+/* 1 if node can take rp's leadership now (mu held): a follower in the
+ * in-sync set that fetched at this epoch and is fetching now (a follower's
+ * long poll comes back at least every FETCH_WAIT_MS): one that just died
+ * would make writers wait for nothing. */
+static bool can_take_locked(struct replica *rp, uint16_t node, int64_t now)
+{
+	const struct peer *pe = peer_find(rp, node);
+	return node != rp->rs->self && pe && pe->end >= 0 &&
+	       in_list(rp->mp.isr, rp->mp.nisr, node) &&
+	       now - pe->last_fetch_ms <= 2 * FETCH_WAIT_MS;
+}
+
 /* Starts a handoff where the preferred replica has been in sync for
  * rebalance_ms (at most HANDOFFS_MAX in flight). */
 static void rebalance_check(struct replica_set *rs, unsigned active)
@@ -1627,15 +1641,10 @@ static void rebalance_check(struct replica_set *rs, unsigned active)
 	FOREACH_REPLICA(rs, rp) {
 		pthread_mutex_lock(&rp->mu);
 		uint16_t pref = rp->mp.nreplicas ? rp->mp.replicas[0] : 0;
-		const struct peer *pe = peer_find(rp, pref);
-		/* in the set, caught up within replica_lag_ms, and fetching now
-		 * (a follower's long poll comes back at least every FETCH_WAIT_MS):
-		 * one that just died would make writers wait for nothing */
+		/* ... and caught up within replica_lag_ms */
 		bool in_sync = rp->role == ROLE_LEADER && !rp->handing && !rp->epoch_behind &&
-		               !cut_off && pref != rs->self && pe && pe->end >= 0 &&
-		               in_list(rp->mp.isr, rp->mp.nisr, pref) &&
-		               now - pe->caught_up_ms <= (int64_t)rs->lag_ms &&
-		               now - pe->last_fetch_ms <= 2 * FETCH_WAIT_MS;
+		               !cut_off && can_take_locked(rp, pref, now) &&
+		               now - peer_find(rp, pref)->caught_up_ms <= (int64_t)rs->lag_ms;
 		int32_t epoch = rp->mp.leader_epoch;
 		pthread_mutex_unlock(&rp->mu);
 		if (!in_sync) {
@@ -1659,13 +1668,9 @@ static void rebalance_check(struct replica_set *rs, unsigned active)
  * the replicas that is in the set and fetching now; 0 if none. */
 static uint16_t drain_target_locked(struct replica *rp, int64_t now)
 {
-	for (unsigned i = 0; i < rp->mp.nreplicas; i++) {
-		uint16_t r = rp->mp.replicas[i];
-		const struct peer *pe = peer_find(rp, r);
-		if (r != rp->rs->self && pe && pe->end >= 0 && in_list(rp->mp.isr, rp->mp.nisr, r) &&
-		    now - pe->last_fetch_ms <= 2 * FETCH_WAIT_MS)
-			return r;
-	}
+	for (unsigned i = 0; i < rp->mp.nreplicas; i++)
+		if (can_take_locked(rp, rp->mp.replicas[i], now))
+			return rp->mp.replicas[i];
 	return 0;
 }
 
