@@ -2061,15 +2061,21 @@ static int forward(struct replica *rp, uint16_t leader, int32_t epoch, const str
 		return rc;
 	}
 	pthread_mutex_lock(&rp->mu);
-	/* the transport answers within about timeout; the slack covers its timer */
+	/* the transport answers within about timeout; the slack covers its timer.
+	 * An idempotent produce stops waiting once the metadata names another
+	 * leader (one cut off does not answer before the timeout): its retry
+	 * there is deduplicated if the old leader's append reached it, and
+	 * what did not is truncated from the old leader. */
 	int64_t until = cluster_now_ms() + timeout + 1000;
-	while (!fw->done && !rp->removed && wait_until(rp, until))
+	while (!fw->done && !rp->removed && !(prod && rp->mp.leader != leader) &&
+	       wait_until(rp, until))
 		;
+	bool moved = prod && rp->mp.leader != leader;
 	if (fw->done) {
 		rc = fw->status;
 		*res = fw->res;
 	} else {
-		rc = rp->removed ? -ECANCELED : -ETIMEDOUT;
+		rc = rp->removed ? -ECANCELED : moved ? REP_ENOTLEADER : -ETIMEDOUT;
 		atomic_store(&fw->abandoned, true);
 	}
 	pthread_mutex_unlock(&rp->mu);

@@ -270,6 +270,7 @@ struct layout {
 	unsigned nisr;
 	unsigned lag_ms, wait_ms;
 	unsigned rebalance_ms;        /* leader_rebalance_ms (0: never) */
+	unsigned request_ms;          /* request_timeout_ms (0: 2000) */
 };
 
 static void world_init(struct world *w, size_t n, const struct layout *l)
@@ -288,7 +289,7 @@ static void world_init(struct world *w, size_t n, const struct layout *l)
 		nd->c.opts.node_id = nd->c.id;
 		nd->c.opts.replica_lag_ms = l->lag_ms;
 		nd->c.opts.replica_wait_ms = l->wait_ms;
-		nd->c.opts.request_timeout_ms = 2000;
+		nd->c.opts.request_timeout_ms = l->request_ms ? l->request_ms : 2000;
 		nd->c.opts.leader_rebalance_ms = l->rebalance_ms;
 		snprintf(nd->addr, sizeof(nd->addr), "127.0.0.1:%u", free_port());
 		snprintf(nd->dir, sizeof(nd->dir), "%s/node%zu", tmp, i + 1);
@@ -625,6 +626,74 @@ static void test_forwarded_produce_lands_once(void)
 	CHECK(same_log(l->log, obs->log));
 	CHECK(WAIT_FOR(same_log(l->log, f->log)));
 	CHECK_EQ_INT(current_mp(&w).nisr, 2); /* the observer never joins */
+	world_free(&w);
+}
+
+/* Holds a node's loop thread until released: frames to it stay unread, as
+ * when it is cut off from the network. */
+struct stall {
+	atomic_bool held, release;
+};
+
+static void stall_run(struct tr_net *net, void *ctx, int status)
+{
+	(void)net;
+	(void)status;
+	struct stall *s = ctx;
+	atomic_store(&s->held, true);
+	while (!atomic_load(&s->release))
+		sleep_ms(5);
+}
+
+struct produce_call {
+	struct node *nd;
+	struct ls_producer prod;
+	struct ls_append_result res;
+	atomic_bool done;
+	int rc;
+};
+
+static void *produce_main(void *arg)
+{
+	struct produce_call *a = arg;
+	a->rc = produce(a->nd, "f", 2, &a->prod, REP_ACKS_ALL, 2, &a->res);
+	atomic_store(&a->done, true);
+	return NULL;
+}
+
+/* A forward in flight to a leader that does not answer (cut off) is sent
+ * to the new leader as soon as the metadata names it, not after the
+ * request timeout; the old leader, back, appends nothing of it twice. */
+static void test_forward_follows_a_leader_change(void)
+{
+	static struct world w;
+	struct layout lay = three_in_sync;
+	lay.wait_ms = 60000;
+	lay.request_ms = 60000; /* a forward that waits for it fails WAIT_FOR */
+	world_start(&w, 3, &lay);
+	struct node *n1 = &w.nodes[0], *n2 = &w.nodes[1], *n3 = &w.nodes[2];
+	struct ls_producer prod = {7, 0, 0};
+	CHECK_EQ_INT(produce(n3, "a", 2, &prod, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK(WAIT_FOR(hw_of(n2) == 2 && hw_of(n3) == 2));
+
+	struct stall st = {false, false};
+	CHECK_EQ_INT(tr_call(n1->c.net, stall_run, &st), 0);
+	CHECK(WAIT_FOR(atomic_load(&st.held)));
+	struct produce_call pc = {.nd = n3, .prod = {8, 0, 0}};
+	pthread_t t;
+	CHECK_EQ_INT(pthread_create(&t, NULL, produce_main, &pc), 0);
+	sleep_ms(200); /* the forward to node 1 is sent and waits */
+	CHECK(!atomic_load(&pc.done));
+	fail_over_to_2(&w);
+	bool done = WAIT_FOR(atomic_load(&pc.done));
+	atomic_store(&st.release, true);
+	pthread_join(t, NULL);
+	CHECK(done);
+	CHECK_EQ_INT(pc.rc, 0);
+	CHECK_EQ_INT(pc.res.leader_epoch, 1);
+	CHECK_EQ_INT(pc.res.base_offset, 2);
+	CHECK(WAIT_FOR(same_log(n1->log, n2->log) && hw_of(n1) == 4));
+	CHECK_EQ_INT(end_of(n2), 4);
 	world_free(&w);
 }
 
@@ -1150,6 +1219,7 @@ int main(void)
 	RUN(test_three_nodes_replicate_identically_hw_is_min_of_isr);
 	RUN(test_lagging_follower_shrunk_then_expanded);
 	RUN(test_forwarded_produce_lands_once);
+	RUN(test_forward_follows_a_leader_change);
 	RUN(test_acks_all_below_min_insync);
 	RUN(test_divergent_tail_truncated_by_epoch);
 	RUN(test_stale_leader_appends_fail_their_commit);
