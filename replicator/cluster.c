@@ -825,7 +825,7 @@ int cluster_open(struct rep *r, const struct cluster_options *o, const char *dat
 		c->o.request_timeout_ms = 5000;
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
-	atomic_init(&c->next_seq, 1);
+	atomic_init(&c->next_seq, meta_seq_seed()); /* see there */
 	atomic_init(&c->ctl_inflight, 0);
 	atomic_init(&c->caught_up, false);
 	c->boot_id = (uint64_t)wall_ms();

@@ -21,6 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "../logstore/log.h"
 
@@ -167,6 +170,18 @@ static int fsm_restore(struct raft_fsm *rf, struct raft_buffer *buf)
 	return 0;
 }
 
+uint64_t meta_seq_seed(void)
+{
+	uint64_t r = 0;
+	if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r)) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		r = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) * 0x9e3779b97f4a7c15u ^
+		    (uint64_t)getpid() << 40;
+	}
+	return r & ((1ull << 61) - 1);
+}
+
 int meta_raft_fsm_init(struct meta_raft_fsm *f, uint16_t node_id, const struct meta_raft_hooks *hooks)
 {
 	memset(f, 0, sizeof(*f));
@@ -179,6 +194,7 @@ int meta_raft_fsm_init(struct meta_raft_fsm *f, uint16_t node_id, const struct m
 	f->raft_fsm.snapshot = fsm_snapshot;
 	f->raft_fsm.restore = fsm_restore;
 	f->node_id = node_id;
+	f->next_seq = meta_seq_seed();
 	if (hooks)
 		f->hooks = *hooks;
 	meta_state_init(&f->state);

@@ -87,6 +87,13 @@ struct meta_raft_fsm {
 	struct meta_cmd scratch;       /* decode buffer (loop thread) */
 };
 
+/* Where a process starts numbering its proposals: random below 2^61, so
+ * the (origin, seq) tags of a node's earlier runs, whose entries are applied
+ * again after a restart, never name one of this run's proposals (a counter
+ * from 1 took their old results: a replayed ALLOC_PIDS handed out producer
+ * ids already used, and new writes were dropped as retries). */
+uint64_t meta_seq_seed(void);
+
 /* An FSM with an empty state for node node_id. hooks may be NULL. */
 int meta_raft_fsm_init(struct meta_raft_fsm *f, uint16_t node_id, const struct meta_raft_hooks *hooks)
 	TFS_MUST_CHECK;

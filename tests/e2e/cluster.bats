@@ -354,6 +354,48 @@ os.close(fd)' "${M[l]}/t/0/log"
 
 # ---- failures ----------------------------------------------------------------------------
 
+@test "every node killed at once and restarted one by one: proposals get their own results, writes are kept" {
+	# A restarted node applies its earlier run's metadata entries again once
+	# a quorum forms; they must not answer this run's proposals (a replayed
+	# entry taken for a new producer id block made new writes look like
+	# retries: acknowledged, not appended).
+	cluster_start 3
+	acks_all_topic t
+	local i w k0
+	# node 2's earlier run: many metadata proposals, many producer ids
+	for i in $(seq 1 100); do echo "retention_ms: 8640000$i" >"${M[2]}/t/.config"; done
+	acks_writer "${M[2]}/t/0/log" "$T/before" a
+	w=$WRITER
+	wait_secs 20 '[[ $(acked $T/before) -ge 200 ]]'
+	writer_stop "$T/before" "$w"
+	for i in 1 2 3; do node_kill9 "$i"; done
+	# node 2 alone: its mkdir of the existing topic waits for the quorum,
+	# which forms with node 1 and replays node 2's earlier entries
+	node_start 2
+	node_wait_mounted 2
+	(rc=0; mkdir "${M[2]}/t" 2>"$T/mkdir.err" || rc=$?; echo $rc >"$T/mkdir.rc") 3>&- &
+	local mk=$!
+	sleep 0.5
+	node_start 1
+	node_wait_mounted 1
+	wait "$mk"
+	[[ $(cat "$T/mkdir.rc") != 0 ]] || { echo "mkdir of an existing topic succeeded"; false; }
+	grep -q "File exists" "$T/mkdir.err" || { cat "$T/mkdir.err"; false; }
+	node_start 3
+	node_wait_mounted 3
+	acks_writer "${M[2]}/t/0/log" "$T/after" b
+	w=$WRITER
+	wait_secs 60 '[[ $(acked $T/after) -ge 300 ]]' ||
+		{ echo "acked: $(acked "$T/after")"; tail -n 5 "$T/after.err"; false; }
+	writer_stop "$T/after" "$w"
+	wait_secs 20 "logs_agree t 0 1 2 3"
+	for i in 1 2 3; do
+		cat "${M[i]}/t/0/log" >"$T/log.$i"
+		check_acked "$T/log.$i" "$T/before" a
+		check_acked "$T/log.$i" "$T/after" b
+	done
+}
+
 @test "kill -9 of a partition leader during acks: all writes loses no acknowledged line; the node rejoins" {
 	cluster_start 3
 	acks_all_topic t
