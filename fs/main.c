@@ -10,8 +10,9 @@
  * --data for fstab lines. Every other -o option goes to FUSE.
  *
  * Start-up order: configuration -> data directory -> open all partitions
- * (recovery) -> mount -> daemonise (the parent exits once the mount exists)
- * -> background threads -> session loop. Unmounting (fusermount3 -u) ends the
+ * (recovery) -> mount -> daemonise -> background threads (in a cluster: up to
+ * 10 s for the quorum) -> ready: the parent exits 0, or with the child's status
+ * if the start failed -> session loop. Unmounting (fusermount3 -u) ends the
  * loop; every partition is then synced and closed cleanly.
  */
 #define FUSE_USE_VERSION 312
@@ -22,8 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -152,6 +155,69 @@ static void raise_open_files(void)
 		         "this node holds at most about %llu partitions; raise the hard limit "
 		         "(ulimit -Hn, LimitNOFILE=) for more", (unsigned long long)rl.rlim_cur,
 		         (unsigned long long)(rl.rlim_cur > 100 ? (rl.rlim_cur - 100) / 3 : 0));
+}
+
+/* Daemonising that reports the start's outcome (fuse_daemonize's parent
+ * exits 0 at once): the parent waits on a pipe until the child is ready
+ * (exit 0) or ends (exit with its status), so `mount`, fstab and systemd see
+ * a failed start as one. Until then the child keeps the caller's stderr and
+ * copies its warnings and errors there. Returns 0 in the child, with the
+ * pipe's end for daemon_ready in *ready_fd; -1 if it cannot fork. */
+static int daemon_fork(int *ready_fd)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0) {
+		perror("topicfs: pipe");
+		return -1;
+	}
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid < 0) {
+		perror("topicfs: fork");
+		close(p[0]);
+		close(p[1]);
+		return -1;
+	}
+	if (pid > 0) {
+		close(p[1]);
+		char b;
+		ssize_t n;
+		do
+			n = read(p[0], &b, 1);
+		while (n < 0 && errno == EINTR);
+		if (n == 1)
+			_exit(0);
+		int st = 0;
+		while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+			;
+		_exit(WIFEXITED(st) && WEXITSTATUS(st) ? WEXITSTATUS(st) : 1);
+	}
+	close(p[0]);
+	if (setsid() < 0)
+		perror("topicfs: setsid");
+	if (chdir("/") < 0)
+		perror("topicfs: chdir /");
+	tfs_log_copy_to_stderr(1);
+	*ready_fd = p[1];
+	return 0;
+}
+
+/* The daemon serves: stdio to /dev/null, and the parent exits 0. */
+static void daemon_ready(int ready_fd)
+{
+	tfs_log_copy_to_stderr(0);
+	int nul = open("/dev/null", O_RDWR);
+	if (nul >= 0) {
+		(void)dup2(nul, STDIN_FILENO);
+		(void)dup2(nul, STDOUT_FILENO);
+		(void)dup2(nul, STDERR_FILENO);
+		if (nul > STDERR_FILENO)
+			close(nul);
+	}
+	char b = 0;
+	while (write(ready_fd, &b, 1) < 0 && errno == EINTR)
+		;
+	close(ready_fd);
 }
 
 static int run(struct cli *cli, struct fuse_args *args)
@@ -291,7 +357,8 @@ static int run(struct cli *cli, struct fuse_args *args)
 		         "delivered again), and opening a new group's cursor does not create the "
 		         "group (make it with mkdir first); run topicfs as root for other users' "
 		         "consumers", (int)geteuid());
-	if (fuse_daemonize(cli->foreground) < 0)
+	int ready_fd = -1;
+	if (cli->foreground ? fuse_daemonize(1) < 0 : daemon_fork(&ready_fd) < 0)
 		goto out_unmount;
 	struct rep_listener listener = {.partition_grew = tfs_partition_grew};
 	rc = rep_start(tfs.rep, &listener);
@@ -325,6 +392,8 @@ static int run(struct cli *cli, struct fuse_args *args)
 	 * more threads so those waits don't hold up local requests. */
 	fuse_loop_cfg_set_max_threads(lc, cfg.nvoters ? 64 : 8);
 	fuse_loop_cfg_set_idle_threads(lc, 8);
+	if (ready_fd >= 0)
+		daemon_ready(ready_fd);
 	status = fuse_session_loop_mt(tfs.se, lc) < 0 ? 1 : 0;
 	rep_stopping(tfs.rep);
 	fuse_loop_cfg_destroy(lc);

@@ -32,6 +32,7 @@
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static int log_fd = STDERR_FILENO;          /* guarded by log_mu */
 static atomic_int log_level = TFS_LOG_INFO;
+static atomic_int log_copy;                  /* tfs_log_copy_to_stderr */
 
 static const char *const level_names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 
@@ -52,6 +53,21 @@ int tfs_log_open(const char *path)
 	if (old != STDERR_FILENO)
 		close(old);
 	return 0;
+}
+
+void tfs_log_copy_to_stderr(int on) { atomic_store(&log_copy, on != 0); }
+
+static void write_all(int fd, const char *buf, size_t n)
+{
+	size_t off = 0;
+	while (off < n) {
+		ssize_t w = write(fd, buf + off, n - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;
+		off += (size_t)w;
+	}
 }
 
 void tfs_log(enum tfs_log_level level, const char *fmt, ...)
@@ -86,15 +102,9 @@ void tfs_log(enum tfs_log_level level, const char *fmt, ...)
 	line[n++] = '\n';
 
 	pthread_mutex_lock(&log_mu);
-	size_t off = 0;
-	while (off < n) {
-		ssize_t w = write(log_fd, line + off, n - off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			break;
-		off += (size_t)w;
-	}
+	write_all(log_fd, line, n);
+	if (level >= TFS_LOG_WARN && log_fd != STDERR_FILENO && atomic_load(&log_copy))
+		write_all(STDERR_FILENO, line, n);
 	pthread_mutex_unlock(&log_mu);
 	errno = saved_errno;
 }

@@ -13,6 +13,10 @@ enum tfs_log_level { TFS_LOG_DEBUG, TFS_LOG_INFO, TFS_LOG_WARN, TFS_LOG_ERROR };
 void tfs_log_set_level(enum tfs_log_level level);
 /* Append future lines to path (created 0640). Returns 0 or -errno. */
 int tfs_log_open(const char *path) __attribute__((warn_unused_result));
+/* While on (a daemon starting), WARN and ERROR lines also go to stderr when
+ * the log is a file: the user who started it sees why a start failed, even
+ * when the log file cannot be written (a full disk). */
+void tfs_log_copy_to_stderr(int on);
 void tfs_log(enum tfs_log_level level, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 

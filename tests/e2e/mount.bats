@@ -31,6 +31,32 @@ load helper
 	[[ -n $(tfs_pids) ]]
 }
 
+@test "without -f a start that fails after the mount exits non-zero, mounts nothing and says why" {
+	# a cluster node whose port another process holds: it cannot listen
+	python3 -c '
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+time.sleep(120)' >"$T/port" 3>&- &
+	bg_track $!
+	wait_for test -s "$T/port"
+	local port
+	port=$(cat "$T/port")
+	printf 'node:\n  id: 1\n  data_dir: %s\n  listen: 127.0.0.1:%s\ncluster:\n  voters:\n' \
+		"$DATA" "$port" >"$T/node.yaml"
+	printf '    - %s@127.0.0.%s:%s\n' 1 1 "$port" 2 2 "$port" 3 3 "$port" >>"$T/node.yaml"
+	# (output to files: a daemon that kept a pipe would hang a substitution)
+	local rc=0
+	timeout 30 "$TOPICFS" -c "$T/node.yaml" "$MNT" >"$T/out" 2>"$T/err" 3>&- || rc=$?
+	cat "$T/err"
+	[[ $rc -ne 0 && $rc -ne 124 ]] || { echo "exit status $rc"; false; }
+	grep -q "cannot listen on 127.0.0.1:$port" "$T/err"
+	! mountpoint -q "$MNT"
+	[[ -z $(tfs_pids) ]]
+}
+
 @test "a config file with an unknown key is refused with FILE:LINE:" {
 	printf 'node:\n  id: 1\n  bogus: 7\n' >"$T/cfg.yaml"
 	run --separate-stderr timeout 10 "$TOPICFS" -f -c "$T/cfg.yaml" --data "$DATA" "$MNT"
