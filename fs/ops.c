@@ -363,6 +363,15 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 			tfs_warn("refused: %s/groups/%s: not a group name ([A-Za-z0-9._-], "
 			         "1-249 bytes, not starting with '.') (%s)", rep_topic_name(p.topic),
 			         name, strerror(EINVAL));
+		/* a node started without a quorum does not know its topics yet:
+		 * "no such topic" would read as data loss (a mkdir goes on to
+		 * ask the quorum, which answers or times out) */
+		if (rc == -ENOENT && p.kind == TN_ROOT && !mkdir && rep_metadata_unknown(tfs.rep)) {
+			rc = -ENOTCONN;
+			tfs_warn("refused: %s: this node has not reached the metadata quorum since it "
+			         "started, so its topics are not known yet (%s)", name,
+			         strerror(ENOTCONN));
+		}
 		tnode_release(&p);
 	}
 	if (rc < 0) {

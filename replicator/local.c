@@ -445,6 +445,11 @@ int rep_quorum_lost(struct rep *r)
 	return r->cluster && cluster_cut_off(r->cluster);
 }
 
+int rep_metadata_unknown(struct rep *r)
+{
+	return r->cluster && !cluster_caught_up(r->cluster) && !cluster_quorum_known(r->cluster);
+}
+
 void rep_sync(struct rep *r)
 {
 	if (r->cluster)

@@ -195,6 +195,9 @@ struct replica {
 	bool handing;                   /* giving leadership to hand_to: no appends */
 	bool epoch_behind;              /* leads at an epoch older than its log's
 	                                   newest (a replay at start): no appends */
+	bool store_failed;              /* as leader, its log refused a write (disk
+	                                   full or failing): hand the leadership to
+	                                   an in-sync follower (resign_check) */
 	int32_t prefix_epoch;           /* a follower whose log is a prefix of its
 	                                   leader's at this epoch (truncated by its
 	                                   epoch answer); -1: not (yet) */
@@ -273,6 +276,7 @@ struct replica_set {
 	atomic_bool draining;           /* stopping: hand every leadership over */
 	atomic_int drain_left;          /* led partitions a drain can still move;
 	                                   -1: not counted yet */
+	atomic_bool resign_due;         /* a leader's log failed a write (store_failed) */
 
 	/* loop thread */
 	struct replica **tab;
@@ -573,6 +577,37 @@ static void peers_reset_locked(struct replica *rp, bool fresh)
 	}
 }
 
+/* Errors of the local disk: another replica may well take the write. */
+static bool store_error(int rc)
+{
+	return rc == -ENOSPC || rc == -EDQUOT || rc == -EIO || rc == -EROFS;
+}
+
+/* The leader's log failed a write (mu held): resign_check hands the
+ * leadership to an in-sync follower, as Kafka moves leaderships off a failed
+ * log directory. */
+static void store_failed_locked(struct replica *rp)
+{
+	if (!rp->store_failed)
+		atomic_store(&rp->rs->resign_due, true);
+	rp->store_failed = true;
+}
+
+static uint16_t drain_target_locked(struct replica *rp, int64_t now);
+
+/* After a write the leader's log refused with rc: 1 if the leadership is
+ * about to move (an in-sync follower can take it), so the write waits for
+ * it and goes there instead of failing. */
+static bool store_resigning(struct replica *rp, int rc)
+{
+	if (!store_error(rc))
+		return false;
+	pthread_mutex_lock(&rp->mu);
+	bool moving = rp->role == ROLE_LEADER && drain_target_locked(rp, cluster_now_ms()) != 0;
+	pthread_mutex_unlock(&rp->mu);
+	return moving;
+}
+
 /* Takes on the metadata mp (loop thread; first: from replica_add). */
 static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool first)
 {
@@ -595,8 +630,10 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
 	}
 	if (role == ROLE_LEADER && old_role != ROLE_LEADER && !first)
 		hold_after_failover(rp);
-	if (role != ROLE_LEADER)
+	if (role != ROLE_LEADER) {
 		rp->pref_since_ms = 0;
+		rp->store_failed = false;
+	}
 	if (role == ROLE_LEADER) {
 		bool fresh = first || old_role != ROLE_LEADER || old_epoch != mp->leader_epoch;
 		if (fresh) {
@@ -613,6 +650,8 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
 				tfs_error("partition %" PRIu64 "/%u: cannot start leader epoch %" PRId32
 				          ": %s", rp->topic_id, rp->index, mp->leader_epoch,
 				          tfs_strerror(rc));
+			if (rc < 0 && rc != -EINVAL)
+				store_failed_locked(rp);
 		}
 		peers_reset_locked(rp, fresh);
 		rp->src = 0;
@@ -1250,8 +1289,15 @@ static int leader_append(struct replica *rp, const struct ls_rec *recs, uint32_t
                          const struct ls_producer *prod, struct ls_append_result *res)
 {
 	int rc = ls_partition_append(rp->log, recs, n, wall_ms(), prod, res);
-	if (rc < 0)
-		return rc == LS_ESTICKY ? -EROFS : rc;
+	if (rc < 0) {
+		rc = rc == LS_ESTICKY ? -EROFS : rc;
+		if (store_error(rc)) {
+			pthread_mutex_lock(&rp->mu);
+			store_failed_locked(rp);
+			pthread_mutex_unlock(&rp->mu);
+		}
+		return rc;
+	}
 	if (!res->duplicate) {
 		uint64_t bytes = 0;
 		for (uint32_t i = 0; i < n; i++)
@@ -1333,6 +1379,8 @@ static int on_produce(struct replica_set *rs, const struct tr_frame *f)
 		pthread_rwlock_unlock(&rp->role_lock);
 		if (rc == 0)
 			rs->kick_parked = true;
+		else if (store_resigning(rp, rc))
+			rc = REP_ENOTLEADER; /* nothing appended: sent again to the next */
 	}
 	uint8_t buf[PRODUCE_RESP_LEN];
 	wire_put32(buf, (uint32_t)rc);
@@ -1573,10 +1621,13 @@ static void hand_step(struct replica_set *rs, struct replica *rp, int64_t now)
 	}
 }
 
+enum hand_why { HAND_BACK, HAND_STOPPING, HAND_RESIGN };
+
 /* Starts a handoff to hand_to if rp still leads at the epoch it was judged at
- * (why: "back" to its preferred replica, or before stopping). */
+ * (why: back to its preferred replica, before stopping, or off a failing
+ * disk). */
 static bool hand_begin(struct replica *rp, uint16_t to, int32_t epoch, int64_t now,
-                       bool stopping)
+                       enum hand_why why)
 {
 	pthread_rwlock_wrlock(&rp->role_lock); /* waits out appends in flight */
 	pthread_mutex_lock(&rp->mu);
@@ -1594,9 +1645,13 @@ static bool hand_begin(struct replica *rp, uint16_t to, int32_t epoch, int64_t n
 	rp->hand_sent = false;
 	rp->hand_resend_ms = 0;
 	rp->hand_deadline = now + HANDOFF_CATCHUP_MS;
-	if (stopping)
+	if (why == HAND_STOPPING)
 		tfs_info("partition %" PRIu64 "/%u: handing its leadership to node %u before "
 		         "stopping", rp->topic_id, rp->index, to);
+	else if (why == HAND_RESIGN)
+		tfs_warn("partition %" PRIu64 "/%u: handing its leadership to node %u: this "
+		         "node's log cannot take writes (disk full or failing)", rp->topic_id,
+		         rp->index, to);
 	else
 		tfs_info("partition %" PRIu64 "/%u: handing its leadership back to node %u, its "
 		         "preferred leader (in sync for %" PRId64 " ms)", rp->topic_id, rp->index,
@@ -1657,7 +1712,7 @@ static void rebalance_check(struct replica_set *rs, unsigned active)
 		if (now - rp->pref_since_ms < hold || now < rp->hand_next_ms ||
 		    active >= HANDOFFS_MAX)
 			continue;
-		if (hand_begin(rp, pref, epoch, now, false)) {
+		if (hand_begin(rp, pref, epoch, now, HAND_BACK)) {
 			active++;
 			hand_step(rs, rp, now);
 		}
@@ -1706,10 +1761,32 @@ static void drain_check(struct replica_set *rs)
 		if (!to)
 			continue;
 		left++;
-		if (!rp->handing && now >= rp->hand_next_ms && hand_begin(rp, to, epoch, now, true))
+		if (!rp->handing && now >= rp->hand_next_ms && hand_begin(rp, to, epoch, now, HAND_STOPPING))
 			hand_step(rs, rp, now);
 	}
 	atomic_store(&rs->drain_left, left);
+}
+
+/* Leaders whose log failed a write hand the leadership to an in-sync
+ * follower fetching now, if there is one (else they keep it: writes fail
+ * with the disk's error, and succeed again once it has room). */
+static void resign_check(struct replica_set *rs)
+{
+	if (!atomic_exchange(&rs->resign_due, false))
+		return;
+	int64_t now = cluster_now_ms();
+	bool cut_off = cluster_cut_off(rs->c);
+	FOREACH_REPLICA(rs, rp) {
+		pthread_mutex_lock(&rp->mu);
+		bool failed = rp->store_failed && rp->role == ROLE_LEADER;
+		uint16_t to = failed && !rp->handing && !rp->epoch_behind && !cut_off
+			? drain_target_locked(rp, now) : 0;
+		int32_t epoch = rp->mp.leader_epoch;
+		rp->store_failed = false; /* the next failed write tries again */
+		pthread_mutex_unlock(&rp->mu);
+		if (to && hand_begin(rp, to, epoch, now, HAND_RESIGN))
+			hand_step(rs, rp, now);
+	}
 }
 
 int replica_set_drain(struct replica_set *rs, unsigned ms)
@@ -1735,7 +1812,8 @@ static void on_tick(uv_timer_t *t)
 		session_kick(rs, s);
 	int64_t now = cluster_now_ms();
 	bool draining = atomic_load(&rs->draining);
-	unsigned handoffs = rs->rebalance_ms || draining ? handoffs_step(rs) : 0;
+	resign_check(rs);
+	unsigned handoffs = handoffs_step(rs);
 	if (draining)
 		drain_check(rs);
 	if (now - rs->last_isr_ms >= ISR_EVERY_MS) {
@@ -2123,6 +2201,15 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 			pthread_rwlock_unlock(&rp->role_lock);
 			if (rc == 0)
 				wake_fetchers(rs);
+			if (rc < 0 && cluster_now_ms() < deadline && store_resigning(rp, rc)) {
+				/* nothing appended: wait for the handoff, then forward */
+				pthread_mutex_lock(&rp->mu);
+				int64_t until = min64(deadline, cluster_now_ms() + RETRY_MS);
+				while (rp->version == version && !rp->removed && wait_until(rp, until))
+					;
+				pthread_mutex_unlock(&rp->mu);
+				continue;
+			}
 			break;
 		} else if (role == ROLE_LEADER || leader == 0) {
 			/* wait for the in-sync set to grow or a leader to appear (the
@@ -2142,8 +2229,8 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 			           leader == 0 ? "no leader"
 			           : fenced    ? "this node, its leader, is cut off from the metadata "
 			                         "quorum"
-			           : handing   ? "its leadership is being handed to its preferred "
-			                         "replica, which did not take it"
+			           : handing   ? "its leadership is being handed to another replica, "
+			                         "which did not take it"
 			                       : "fewer in-sync replicas than min_insync");
 			break;
 		} else {

@@ -108,6 +108,11 @@ void rep_sync(struct rep *r);
  * commit, so callers refuse them early with ENOTCONN. */
 int rep_quorum_lost(struct rep *r);
 
+/* 1 in a cluster while this node has not caught up with the metadata quorum
+ * since it started and knows no quorum leader now: it does not know its
+ * topics yet (a name it misses may well exist). */
+int rep_metadata_unknown(struct rep *r);
+
 /* One line per node for .cluster/nodes: fills at most max entries. */
 struct rep_node_info {
 	uint16_t id;

@@ -373,6 +373,11 @@ os.close(fd)' "${M[l]}/t/0/log"
 	# which forms with node 1 and replays node 2's earlier entries
 	node_start 2
 	node_wait_mounted 2
+	# (its topics are not known yet: not "no such file")
+	run cat "${M[2]}/t/0/log"
+	assert_failure
+	assert_output --partial "Transport endpoint is not connected"
+	grep -q "refused: t: this node has not reached the metadata quorum" "${NODE_LOG[2]}"
 	(rc=0; mkdir "${M[2]}/t" 2>"$T/mkdir.err" || rc=$?; echo $rc >"$T/mkdir.rc") 3>&- &
 	local mk=$!
 	sleep 0.5
@@ -394,6 +399,41 @@ os.close(fd)' "${M[l]}/t/0/log"
 		check_acked "$T/log.$i" "$T/before" a
 		check_acked "$T/log.$i" "$T/after" b
 	done
+}
+
+@test "a partition leader whose disk fills hands its leadership over: writes through other nodes go on" {
+	cluster_start 3
+	# node 1's data on a small file system of its own
+	node_stop 1
+	mv "${NODE_DATA[1]}" "$T/n1.data"
+	mkdir "${NODE_DATA[1]}"
+	mount -t tmpfs -o size=96m tmpfs "${NODE_DATA[1]}" || skip "cannot mount tmpfs here"
+	cp -a "$T/n1.data/." "${NODE_DATA[1]}/"
+	node_start 1
+	node_wait_mounted 1
+	wait_secs 20 '[[ $(count_up 2) == 3 ]]'
+	acks_all_topic t
+	local p l
+	for p in 0 1 2; do [[ $(leader_of t $p) == 1 ]] && l=$p; done
+	[[ -n ${l:-} ]] || { cat "${M[2]}"/t/*/state; false; }
+	wait_secs 10 "[[ \$(isr_of t $l) == '1 2 3' ]]"
+	echo first >>"${M[2]}/t/$l/log"
+	dd if=/dev/zero of="${NODE_DATA[1]}/filler" bs=64k 2>/dev/null || true
+	acks_writer "${M[2]}/t/$l/log" "$T/acked" w
+	local w=$WRITER
+	wait_secs 30 '[[ $(acked $T/acked) -ge 100 ]]' ||
+		{ echo "acked: $(acked "$T/acked")"; tail -n 5 "$T/acked.err"; false; }
+	writer_stop "$T/acked" "$w"
+	# the leadership moved off the full node; no attempt failed
+	[[ $(leader_of t $l 2) != 1 ]]
+	grep -q "partition .*/$l: handing its leadership to node [23]: this node's log cannot take writes" \
+		"${NODE_LOG[1]}"
+	[[ ! -s $T/acked.err ]] || { echo "failed attempts:"; head "$T/acked.err"; false; }
+	cat "${M[2]}/t/$l/log" >"$T/log.2"
+	check_acked "$T/log.2" "$T/acked" w
+	# room again: node 1 catches up and holds the same log
+	rm "${NODE_DATA[1]}/filler"
+	wait_secs 30 "logs_agree t $l 1 2 3"
 }
 
 @test "kill -9 of a partition leader during acks: all writes loses no acknowledged line; the node rejoins" {
