@@ -1519,8 +1519,10 @@ static int write_batches_locked(struct ls_partition *p, const uint8_t *buf, size
 	if (rc < 0) {
 		if (undo_failed)
 			make_sticky(p, rc, "undoing a failed append");
-		tfs_warn("%s segment %s: append of %zu bytes at byte %" PRIu64 " refused: %s",
-		         p->dir, s->name, len, s->size, tfs_strerror(rc));
+		/* a full disk is said by the caller's line (one per refused write) */
+		tfs_log(rc == -ENOSPC || rc == -EDQUOT ? TFS_LOG_DEBUG : TFS_LOG_WARN,
+		        "%s segment %s: append of %zu bytes at byte %" PRIu64 " refused: %s",
+		        p->dir, s->name, len, s->size, tfs_strerror(rc));
 		return rc;
 	}
 	pthread_rwlock_wrlock(&p->lock);

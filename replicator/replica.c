@@ -142,6 +142,7 @@
 #define PRODUCE_MAX_RECS (1u << 20)
 #define RETRY_MS 100                 /* back-off after an error */
 #define STICKY_HOLD_MS 1000          /* back-off after a local write error */
+#define TAKE_LOG_EVERY_MS 60000      /* a follower's append failures: a line per */
 #define TICK_MS 50
 #define ISR_EVERY_MS 250
 #define ISR_RESUBMIT_MS 1000
@@ -215,6 +216,8 @@ struct replica {
 	int64_t hand_next_ms;           /* no handoff before (after one gave up) */
 	int64_t handed_ms;              /* when it last went to hand_to; 0: never */
 	int64_t leave_sent_ms;          /* stopping: asked to leave the isr then */
+	int64_t take_logged_ms;         /* last "cannot take batches" line */
+	unsigned take_failures;         /* fetched batches it could not append since */
 	int64_t hold_ms;                /* in sync this long before a handoff */
 
 	/* following (loop thread only) */
@@ -946,8 +949,15 @@ static void fetch_apply(struct replica_set *rs, uint16_t leader, const struct fe
 		rep_partition_hw_moved(rp->p);
 	return;
 failed:
-	tfs_error("partition %" PRIu64 "/%u: cannot take batches from node %u at offset %" PRId64
-	          ": %s", rp->topic_id, rp->index, leader, e->offset, tfs_strerror(rc));
+	/* once, then once a minute while it lasts (a full disk: every retry) */
+	rp->take_failures++;
+	if (cluster_now_ms() - rp->take_logged_ms >= TAKE_LOG_EVERY_MS) {
+		tfs_error("partition %" PRIu64 "/%u: cannot take batches from node %u at offset %"
+		          PRId64 ": %s (%u time(s) since the last such line)", rp->topic_id,
+		          rp->index, leader, e->offset, tfs_strerror(rc), rp->take_failures);
+		rp->take_logged_ms = cluster_now_ms();
+		rp->take_failures = 0;
+	}
 	hold(rp, STICKY_HOLD_MS);
 }
 
