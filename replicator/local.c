@@ -119,6 +119,7 @@ struct rep {
 	char listen[80];
 	int lock_fd;
 	int dir_fd;                   /* DATA/, for atomic replacement of metadata */
+	int drained;                  /* rep_stopping ran its drain */
 
 	pthread_rwlock_t topics_lock; /* guards topics, ntopics */
 	struct rep_topic **topics;
@@ -1433,15 +1434,18 @@ void rep_stopping(struct rep *r)
 {
 	if (r && r->lock_fd >= 0)
 		lock_note(r, "stopping");
-	if (r && r->cluster) {
+	if (r && r->cluster && !r->drained) {
 		/* controlled shutdown: the partitions it leads move to in-sync
 		 * followers now, losing no acknowledged write (acks: leader
-		 * included), instead of after node_timeout_ms without it */
+		 * included), instead of after node_timeout_ms without it; once
+		 * (main after the session loop, then rep_close) */
+		r->drained = 1;
 		struct replica_set *rs = cluster_replicas(r->cluster);
 		int left = rs ? replica_set_drain(rs, DRAIN_MS) : 0;
 		if (left > 0)
-			tfs_warn("stopping: %d partition(s) still led here after %d ms: their "
-			         "followers take over once this node is marked down", left, DRAIN_MS);
+			tfs_warn("stopping: %d partition(s) not handed over or left after %d ms: "
+			         "the others take over once this node is marked down", left,
+			         DRAIN_MS);
 	}
 }
 

@@ -622,6 +622,7 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
 	pthread_mutex_lock(&rp->mu);
 	enum role old_role = first ? ROLE_OFFLINE : rp->role;
 	int32_t old_epoch = rp->mp.leader_epoch;
+	struct meta_partition old_mp = rp->mp;
 	rp->mp = *mp;
 	rp->role = role;
 	rp->version++;
@@ -657,6 +658,14 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
 				store_failed_locked(rp);
 		}
 		peers_reset_locked(rp, fresh);
+		/* a replica that left the in-sync set (a stopping node leaves it
+		 * itself) is caught up again only by a fetch after this: its last
+		 * one must not put it straight back (the high watermark would
+		 * wait for a node that fetches no more) */
+		for (unsigned i = 0; !fresh && i < rp->npeers; i++)
+			if (in_list(old_mp.isr, old_mp.nisr, rp->peers[i].node) &&
+			    !in_list(mp->isr, mp->nisr, rp->peers[i].node))
+				rp->peers[i].caught_up_ms = rp->peers[i].last_fetch_ms = 0;
 		rp->src = 0;
 		moved = hw_recompute_locked(rp);
 	} else if (role == ROLE_OFFLINE) {
@@ -1739,6 +1748,15 @@ static uint16_t drain_target_locked(struct replica *rp, int64_t now)
 	return 0;
 }
 
+/* 1 if a fetch to leader is in flight (loop thread). */
+static bool fetch_inflight(struct replica_set *rs, uint16_t leader)
+{
+	for (struct session *s = rs->sessions; s; s = s->next)
+		if (s->leader == leader)
+			return s->inflight;
+	return false;
+}
+
 /* Stopping (Kafka's controlled shutdown): every led partition with an
  * in-sync follower fetching now is handed to it, all at once; and the node,
  * which fetches no more, leaves the in-sync set of every partition it
@@ -1757,10 +1775,13 @@ static void drain_check(struct replica_set *rs)
 		bool leave = rp->role == ROLE_FOLLOWER && !cut_off &&
 		             in_list(rp->mp.isr, rp->mp.nisr, rs->self);
 		int32_t epoch = rp->mp.leader_epoch;
+		uint16_t leader = rp->mp.leader;
 		pthread_mutex_unlock(&rp->mu);
 		if (leave) {
 			left++;
-			if (now - rp->leave_sent_ms >= ISR_RESUBMIT_MS) {
+			/* after its last fetch is answered: one still on its way to
+			 * the leader would count it caught up, and back in the set */
+			if (now - rp->leave_sent_ms >= ISR_RESUBMIT_MS && !fetch_inflight(rs, leader)) {
 				struct meta_cmd cmd;
 				partition_cmd_init(&cmd, META_CMD_ISR_SHRINK, rp, epoch, rs->self);
 				if (cluster_submit(rs->c, &cmd) == 0)

@@ -697,6 +697,28 @@ static void test_forward_follows_a_leader_change(void)
 	world_free(&w);
 }
 
+/* A follower that stops (controlled shutdown) leaves the in-sync set and
+ * stays out: its last fetch, still within replica_lag_ms, does not put it
+ * back, so high watermarks do not wait for a node that fetches no more. */
+static void test_stopping_follower_stays_out_of_isr(void)
+{
+	static struct world w;
+	struct layout lay = three_in_sync; /* lag 10 s: its last fetch stays fresh */
+	world_start(&w, 3, &lay);
+	struct node *n1 = &w.nodes[0], *n3 = &w.nodes[2];
+	CHECK_EQ_INT(produce(n1, "a", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK(WAIT_FOR(hw_of(n3) == 2));
+	CHECK_EQ_INT(replica_set_drain(n3->c.rs, 3000), 0);
+	CHECK_EQ_INT(current_mp(&w).nisr, 2);
+	sleep_ms(1000); /* the leader's in-sync check runs every 250 ms */
+	CHECK_EQ_INT(submitted(&w, META_CMD_ISR_EXPAND, 3), 0);
+	CHECK_EQ_INT(current_mp(&w).nisr, 2);
+	/* writes commit on the two left */
+	CHECK_EQ_INT(produce(n1, "b", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	CHECK_EQ_INT(replica_commit(n1->rp, REP_ACKS_ALL, 2, &n1->mk), 0);
+	world_free(&w);
+}
+
 /* acks all with fewer in-sync replicas than min_insync: -ENOTCONN after
  * replica_wait_ms with nothing appended (also when forwarded); acks leader
  * goes through; once the follower is back and expanded, acks all too. */
@@ -1220,6 +1242,7 @@ int main(void)
 	RUN(test_lagging_follower_shrunk_then_expanded);
 	RUN(test_forwarded_produce_lands_once);
 	RUN(test_forward_follows_a_leader_change);
+	RUN(test_stopping_follower_stays_out_of_isr);
 	RUN(test_acks_all_below_min_insync);
 	RUN(test_divergent_tail_truncated_by_epoch);
 	RUN(test_stale_leader_appends_fail_their_commit);
