@@ -258,18 +258,21 @@ void metrics_render_requests(struct mbuf *b)
 
 enum pfield {
 	PF_RECORDS_IN, PF_BYTES_IN, PF_RECORDS_OUT, PF_BYTES_OUT, PF_SEGMENTS,
-	PF_LOG_BYTES, PF_START_OFFSET, PF_END_OFFSET, PF_HIGH_WATERMARK, PF_COUNT
+	PF_LOG_BYTES, PF_START_OFFSET, PF_END_OFFSET, PF_HIGH_WATERMARK, PF_LEADER, PF_REPLICAS,
+	PF_IN_SYNC, PF_COUNT
 };
 
 static const struct {
 	const char *name, *type, *help;
 } pfamilies[PF_COUNT] = {
 	[PF_RECORDS_IN] = { "topicfs_partition_records_in_total", "counter",
-	                    "Records produced to the partition through this node." },
+	                    "Records appended to the partition while this node led it "
+	                    "(produced through any node)." },
 	[PF_BYTES_IN] = { "topicfs_partition_bytes_in_total", "counter",
-	                  "Bytes of records produced to the partition through this node." },
+	                  "Bytes of records appended to the partition while this node led it." },
 	[PF_RECORDS_OUT] = { "topicfs_partition_records_out_total", "counter",
-	                     "Records read from the partition through log and cursor files." },
+	                     "Records consumed from the partition through cursor and pending "
+	                     "files on this node (reads of log count bytes only)." },
 	[PF_BYTES_OUT] = { "topicfs_partition_bytes_out_total", "counter",
 	                   "Bytes read from the partition through log and cursor files." },
 	[PF_SEGMENTS] = { "topicfs_partition_segments", "gauge",
@@ -282,6 +285,12 @@ static const struct {
 	                    "Next offset to be assigned in the partition (log end)." },
 	[PF_HIGH_WATERMARK] = { "topicfs_partition_high_watermark", "gauge",
 	                        "First offset of the partition not yet committed." },
+	[PF_LEADER] = { "topicfs_partition_leader", "gauge",
+	                "Node id of the partition's leader (0: none)." },
+	[PF_REPLICAS] = { "topicfs_partition_replicas", "gauge",
+	                  "Replicas of the partition." },
+	[PF_IN_SYNC] = { "topicfs_partition_in_sync_replicas", "gauge",
+	                 "Replicas of the partition in its in-sync set." },
 };
 
 /* Fields of a row: unsigned ones (counters, sizes) and signed ones (offsets). */
@@ -299,6 +308,9 @@ static uint64_t pvalue_u(const struct metrics_partition_row *r, enum pfield f)
 	case PF_BYTES_OUT: return r->m.bytes_out;
 	case PF_SEGMENTS: return r->segments;
 	case PF_LOG_BYTES: return r->log_bytes;
+	case PF_LEADER: return r->leader;
+	case PF_REPLICAS: return r->replicas;
+	case PF_IN_SYNC: return r->in_sync;
 	default: return 0;
 	}
 }
@@ -330,4 +342,11 @@ void metrics_render_partitions(struct mbuf *b, const struct metrics_partition_ro
 				            (unsigned long long)pvalue_u(&rows[i], (enum pfield)f));
 		}
 	}
+	size_t under = 0;
+	for (size_t i = 0; i < n; i++)
+		under += rows[i].in_sync < rows[i].replicas;
+	metrics_put_family(b, "topicfs_under_replicated_partitions", "gauge",
+	                   "Partitions whose in-sync set is smaller than their replicas (a "
+	                   "rolling restart waits for 0 before the next node).");
+	mbuf_printf(b, "topicfs_under_replicated_partitions %zu\n", under);
 }

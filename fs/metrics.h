@@ -68,13 +68,17 @@ struct metrics_partition_row {
 	uint32_t segments;
 	uint64_t log_bytes;           /* bytes on disk */
 	int64_t start_offset, end_offset, high_watermark;
+	uint32_t leader;              /* node id; 0: none (1 on a single node) */
+	uint32_t replicas, in_sync;   /* sizes of the replica and in-sync sets */
 };
 
 /* Appends, per metric family (HELP and TYPE once, then one sample per row, as
  * the exposition format requires): topicfs_partition_records_in_total,
  * _bytes_in_total, _records_out_total, _bytes_out_total, topicfs_partition_segments,
  * topicfs_partition_log_bytes, _start_offset, _end_offset, _high_watermark,
- * all labelled {topic="..",partition=".."} with label values escaped. */
+ * _leader, _replicas, _in_sync_replicas, all labelled
+ * {topic="..",partition=".."} with label values escaped; then
+ * topicfs_under_replicated_partitions (in-sync set smaller than the replicas). */
 void metrics_render_partitions(struct mbuf *b, const struct metrics_partition_row *rows,
                                size_t n);
 

@@ -337,8 +337,9 @@ static int metrics_collect(void *arg, struct rep_topic *t)
 		}
 		struct metrics_partition_row *row = &m->rows[m->n++];
 		struct rep_counters *c = rep_partition_counters(rp);
-		struct ls_partition_info info;
-		ls_partition_get_info(rep_partition_log(rp), &info);
+		struct rep_partition_state st;
+		rep_partition_state(rp, &st);
+		const struct ls_partition_info info = st.log;
 		row->topic = strdup(rep_topic_name(t));
 		row->partition = p;
 		row->m.records_in = __atomic_load_n(&c->records_in, __ATOMIC_RELAXED);
@@ -350,6 +351,9 @@ static int metrics_collect(void *arg, struct rep_topic *t)
 		row->start_offset = info.start_offset;
 		row->end_offset = info.end_offset;
 		row->high_watermark = info.high_watermark;
+		row->leader = st.leader;
+		row->replicas = st.nreplicas;
+		row->in_sync = st.nisr;
 		if (!row->topic) {
 			m->n--;
 			m->oom = 1;

@@ -590,6 +590,12 @@ os.close(fd)' "${M[l]}/t/0/log"
 	wait_secs 20 "[[ \$(isr_of t 0 $l) != *$f* ]]" || { cat "${M[l]}/t/0/state"; false; }
 	[[ $(isr_of t 0 "$l") == "$(printf '%s\n' "$l" "$o" | sort -n | paste -sd' ')" ]]
 	wait_secs 10 "[[ \$(isr_of t 0 $o) != *$f* ]]"
+	# the metrics say so too (what a rolling restart waits on)
+	grep -qx 'topicfs_partition_in_sync_replicas{topic="t",partition="0"} 2' \
+		"${M[o]}/.cluster/metrics"
+	grep -qx 'topicfs_partition_replicas{topic="t",partition="0"} 3' "${M[o]}/.cluster/metrics"
+	grep -qx "topicfs_partition_leader{topic=\"t\",partition=\"0\"} $l" "${M[o]}/.cluster/metrics"
+	[[ $(sed -n 's/^topicfs_under_replicated_partitions //p' "${M[o]}/.cluster/metrics") -ge 1 ]]
 	# with two in sync an acks: all write commits (min_insync 2)
 	run dd_append "${M[o]}/t/0/log" "while stopped"
 	assert_success
@@ -600,6 +606,7 @@ os.close(fd)' "${M[l]}/t/0/log"
 	done
 	wait_secs 10 'logs_agree t 0'
 	[[ $(cat "${M[f]}/t/0/log") == $'before\nwhile stopped' ]]
+	wait_secs 10 "grep -qx 'topicfs_under_replicated_partitions 0' ${M[o]}/.cluster/metrics"
 }
 
 @test "with two of three nodes down an acks: all write fails with ENOTCONN; one node back and writes work" {

@@ -352,7 +352,8 @@ static void test_partitions_format(void)
 		"topicfs_partition_records_out_total", "topicfs_partition_bytes_out_total",
 		"topicfs_partition_segments", "topicfs_partition_log_bytes",
 		"topicfs_partition_start_offset", "topicfs_partition_end_offset",
-		"topicfs_partition_high_watermark",
+		"topicfs_partition_high_watermark", "topicfs_partition_leader",
+		"topicfs_partition_replicas", "topicfs_partition_in_sync_replicas",
 	};
 
 	metrics_add(&live.records_in, 3);
@@ -368,7 +369,11 @@ static void test_partitions_format(void)
 	rows[0].start_offset = 0;
 	rows[0].end_offset = 7;
 	rows[0].high_watermark = 7;
+	rows[0].leader = 2;
+	rows[0].replicas = 3;
+	rows[0].in_sync = 2;
 	rows[1].topic = "orders";
+	rows[1].replicas = rows[1].in_sync = 3;
 	rows[1].partition = 1;
 	rows[1].start_offset = -1;
 	rows[2].topic = "we\"ird\\na\nme";
@@ -381,8 +386,8 @@ static void test_partitions_format(void)
 	CHECK(!b.oom);
 	parse_expo(b.data, b.len, &e);
 	CHECK_EQ_INT(e.errors, 0);
-	CHECK_EQ_INT(e.nfam, 3 + 9);
-	for (int f = 0; f < 9; f++) {
+	CHECK_EQ_INT(e.nfam, 3 + 12 + 1);
+	for (int f = 0; f < 12; f++) {
 		int fi = fam_index(&e, fams[f]);
 		CHECK(fi >= 0);
 		if (fi < 0)
@@ -403,6 +408,12 @@ static void test_partitions_format(void)
 	CHECK(s && s->value == 7);
 	s = find(&e, "topicfs_partition_start_offset", "topic", "orders", "partition", "1");
 	CHECK(s && s->value == -1);
+	s = find(&e, "topicfs_partition_leader", "topic", "orders", "partition", "0");
+	CHECK(s && s->value == 2);
+	s = find(&e, "topicfs_partition_in_sync_replicas", "topic", "orders", "partition", "0");
+	CHECK(s && s->value == 2);
+	/* partition 0 (2 of 3 in sync) is; 1 (3 of 3) is not; 12 (0 of 0) is not */
+	CHECK(strstr(b.data, "\ntopicfs_under_replicated_partitions 1\n"));
 	s = find(&e, "topicfs_partition_segments", "topic", "we\"ird\\na\nme", "partition", "12");
 	CHECK(s != NULL);
 	CHECK(strstr(b.data, "topicfs_partition_segments{topic=\"we\\\"ird\\\\na\\nme\","
@@ -422,7 +433,8 @@ static void test_partitions_none(void)
 	metrics_render_partitions(&b, NULL, 0);
 	parse_expo(b.data, b.len, &e);
 	CHECK_EQ_INT(e.errors, 0);
-	CHECK_EQ_INT(e.nsamples, 0);
+	CHECK_EQ_INT(e.nsamples, 1); /* topicfs_under_replicated_partitions 0 */
+	CHECK(strstr(b.data, "\ntopicfs_under_replicated_partitions 0\n"));
 	free_expo(&e);
 	mbuf_free(&b);
 }
