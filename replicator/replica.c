@@ -2401,9 +2401,9 @@ void replica_marks_add(struct replica *rp, struct rep_marks *mk,
  * followers' fetches, a follower's with its own fetching) and its offset
  * still has the leader epoch it was appended at (else a newer leader
  * truncated it: -EIO). On a leader, an in-sync set that shrank below
- * min_insync meanwhile fails it (as Kafka's
- * NOT_ENOUGH_REPLICAS_AFTER_APPEND: the records stay, a retry without a
- * producer id may duplicate them); otherwise the leader gives its in-sync
+ * min_insync meanwhile is waited on until the deadline, then fails it (as
+ * Kafka's NOT_ENOUGH_REPLICAS_AFTER_APPEND: the records stay, a retry
+ * without a producer id may duplicate them); otherwise the leader gives its in-sync
  * followers up to COMMIT_SPREAD_MS to learn the watermark, so a read on
  * their mounts right after sees the records. Returns 0 or -EIO /
  * -ECANCELED. */
@@ -2416,7 +2416,9 @@ static int wait_acked_locked(struct replica *rp, enum rep_acks acks, uint32_t mi
 		return 0;
 	if (mk->lost)
 		return -EIO;
-	int64_t target = 0;
+	int64_t target;
+again:
+	target = 0;
 	for (uint8_t i = 0; i < mk->n; i++) {
 		const struct rep_mark *m = &mk->m[i];
 		if ((rc = wait_mark_locked(rp, m, deadline)) == -EIO) {
@@ -2440,9 +2442,14 @@ static int wait_acked_locked(struct replica *rp, enum rep_acks acks, uint32_t mi
 	if (rp->role != ROLE_LEADER || !mk->n)
 		return 0;
 	if (rp->mp.nisr < min_insync) {
+		/* a follower catching up (a node restarted) rejoins with the
+		 * records, which then are on min_insync replicas: wait for it,
+		 * checking the marks again (the leadership may move meanwhile) */
+		if (!rp->removed && wait_until(rp, deadline))
+			goto again;
 		tfs_error("partition %" PRIu64 "/%u: commit: offset %" PRId64 " is on %u in-sync "
-		          "replica(s), fewer than min_insync %u", rp->topic_id, rp->index,
-		          target - 1, rp->mp.nisr, min_insync);
+		          "replica(s), fewer than min_insync %u, for %u ms", rp->topic_id,
+		          rp->index, target - 1, rp->mp.nisr, min_insync, rs->wait_ms);
 		return -EIO;
 	}
 	int64_t until = cluster_now_ms() + COMMIT_SPREAD_MS;

@@ -750,6 +750,53 @@ static void test_acks_all_below_min_insync(void)
 	world_free(&w);
 }
 
+struct commit_call {
+	struct node *nd;
+	atomic_bool done;
+	int rc;
+};
+
+static void *commit_main(void *arg)
+{
+	struct commit_call *a = arg;
+	a->rc = replica_commit(a->nd->rp, REP_ACKS_ALL, 2, &a->nd->mk);
+	atomic_store(&a->done, true);
+	return NULL;
+}
+
+/* Records appended while two were in sync, then the in-sync set falls to the
+ * leader alone (a follower restarting): the commit waits for the follower
+ * to catch up and rejoin, with the records, and succeeds, instead of failing
+ * at once (it would fail after replica_wait_ms). */
+static void test_commit_waits_for_insync_to_regrow(void)
+{
+	static struct world w;
+	struct layout lay = {.leader = 1, .replicas = {1, 2}, .nreplicas = 2, .isr = {1, 2},
+	                     .nisr = 2, .lag_ms = 10000, .wait_ms = 60000};
+	world_start(&w, 2, &lay);
+	struct node *l = &w.nodes[0], *f = &w.nodes[1];
+	node_stop(&w, 1);
+	CHECK_EQ_INT(produce(l, "a", 2, NULL, REP_ACKS_ALL, 2, NULL), 0);
+	/* the controller drops the stopped follower */
+	pthread_rwlock_wrlock(&w.lock);
+	w.state.topics[0].parts[0].nisr = 1;
+	pthread_rwlock_unlock(&w.lock);
+	propagate(&w);
+	CHECK(WAIT_FOR(hw_of(l) == 2));
+	struct commit_call cc = {.nd = l};
+	pthread_t t;
+	CHECK_EQ_INT(pthread_create(&t, NULL, commit_main, &cc), 0);
+	sleep_ms(300);
+	CHECK(!atomic_load(&cc.done)); /* (it failed at once before) */
+	node_start(&w, 1);
+	CHECK(WAIT_FOR(atomic_load(&cc.done)));
+	pthread_join(t, NULL);
+	CHECK_EQ_INT(cc.rc, 0);
+	CHECK_EQ_INT(current_mp(&w).nisr, 2);
+	CHECK(same_log(l->log, f->log));
+	world_free(&w);
+}
+
 /* Node 1 got only A from the epoch-0 leader, then led epoch 1 alone (C1,
  * C2); node 2 got A and B and leads epoch 2 (D). Node 1 asks the end of its
  * epoch 1; node 2 answers epoch 0 ending at 2, node 1's own epoch 0 ends at
@@ -1244,6 +1291,7 @@ int main(void)
 	RUN(test_forward_follows_a_leader_change);
 	RUN(test_stopping_follower_stays_out_of_isr);
 	RUN(test_acks_all_below_min_insync);
+	RUN(test_commit_waits_for_insync_to_regrow);
 	RUN(test_divergent_tail_truncated_by_epoch);
 	RUN(test_stale_leader_appends_fail_their_commit);
 	RUN(test_cut_off_leader_takes_nothing);
