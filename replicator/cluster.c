@@ -1025,6 +1025,23 @@ static void nodes_fn(void *ctx, const struct meta_state *s)
 	}
 }
 
+int cluster_hand_over_quorum(struct cluster *c, unsigned ms)
+{
+	if (!meta_raft_is_leader(c->mr))
+		return 0;
+	tfs_info("metadata: handing the quorum's leadership to another node before stopping");
+	meta_raft_hand_over(c->mr);
+	int64_t until = cluster_now_ms() + ms;
+	while (meta_raft_is_leader(c->mr) && cluster_now_ms() < until) {
+		struct timespec ts = {0, 20 * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	if (meta_raft_is_leader(c->mr))
+		return -ETIMEDOUT;
+	tfs_info("metadata: this node no longer leads the quorum (it was handed over)");
+	return 0;
+}
+
 int cluster_caught_up(struct cluster *c)
 {
 	return atomic_load(&c->caught_up);

@@ -112,6 +112,10 @@ int cluster_cut_off(struct cluster *c);
 /* 1 once a read barrier has passed since start: the state applied is the
  * quorum's, not only what this node's own log and snapshot replayed. */
 int cluster_caught_up(struct cluster *c);
+/* A node stopping cleanly that leads the metadata quorum hands that
+ * leadership to another voter first and waits at most ms for it: 0, or
+ * -ETIMEDOUT (the others then elect one after their election timeout). */
+int cluster_hand_over_quorum(struct cluster *c, unsigned ms);
 /* 1 if this node knows a quorum leader now (metadata changes can commit). */
 int cluster_quorum_known(struct cluster *c);
 

@@ -1446,6 +1446,10 @@ void rep_stopping(struct rep *r)
 			tfs_warn("stopping: %d partition(s) not handed over or left after %d ms: "
 			         "the others take over once this node is marked down", left,
 			         DRAIN_MS);
+		/* last, the quorum's leadership (the handoffs above need it) */
+		if (cl_nodes_alive(r) > 1 && cluster_hand_over_quorum(r->cluster, 2000) < 0)
+			tfs_warn("stopping: no other node took the metadata quorum's leadership "
+			         "within 2000 ms: the others elect one after their election timeout");
 	}
 }
 

@@ -332,6 +332,9 @@ struct meta_raft {
 	char leader_addr[META_ADDR_MAX];
 	atomic_uint leader_id;
 	atomic_bool is_leader;
+	atomic_bool hand_over;          /* meta_raft_hand_over asked (async_cb) */
+	bool transferring;              /* transfer_req in flight (loop thread) */
+	struct raft_transfer transfer_req;
 
 	unsigned closing_left;          /* handles + raft still closing */
 	void (*close_done)(void *ctx);
@@ -391,9 +394,33 @@ static void fail_submission(struct submission *s, int rc, const char *why)
 	free(s);
 }
 
+static void transfer_done(struct raft_transfer *req)
+{
+	struct meta_raft *m = req->data;
+	m->transferring = false;
+	update_status(m);
+}
+
+/* Starts handing the leadership to the most up-to-date voter (libraft picks
+ * it; loop thread). */
+static void hand_over_start(struct meta_raft *m)
+{
+	if (m->closing || m->transferring || raft_state(&m->raft) != RAFT_LEADER ||
+	    raft_transferee(&m->raft) != 0)
+		return;
+	m->transfer_req.data = m;
+	int rc = raft_transfer(&m->raft, &m->transfer_req, 0, transfer_done);
+	if (rc == 0)
+		m->transferring = true;
+	else
+		tfs_debug("metadata: no leadership transfer: %s", raft_strerror(rc));
+}
+
 static void async_cb(uv_async_t *a)
 {
 	struct meta_raft *m = a->data;
+	if (atomic_exchange(&m->hand_over, false))
+		hand_over_start(m);
 	struct submission *s = take_queue(m), *next;
 	for (; s; s = next) {
 		next = s->next;
@@ -434,6 +461,16 @@ int meta_raft_submit(struct meta_raft *m, const struct meta_cmd *c, meta_raft_do
 	uv_async_send(&m->async);
 	pthread_mutex_unlock(&m->lock);
 	return 0;
+}
+
+void meta_raft_hand_over(struct meta_raft *m)
+{
+	pthread_mutex_lock(&m->lock);
+	if (!m->closing) {
+		atomic_store(&m->hand_over, true);
+		uv_async_send(&m->async);
+	}
+	pthread_mutex_unlock(&m->lock);
 }
 
 bool meta_raft_is_leader(struct meta_raft *m) { return atomic_load(&m->is_leader); }

@@ -165,6 +165,11 @@ void meta_raft_close(struct meta_raft *m, void (*done)(void *ctx), void *ctx);
 int meta_raft_submit(struct meta_raft *m, const struct meta_cmd *c, meta_raft_done_cb done,
                      void *ctx) TFS_MUST_CHECK;
 
+/* If this node leads the quorum, hands the leadership to the most
+ * up-to-date voter (a node stopping cleanly: the others need not wait an
+ * election timeout to notice). Any thread; returns at once. */
+void meta_raft_hand_over(struct meta_raft *m);
+
 /* Leadership as last seen on the loop thread (updated every heartbeat and
  * after every apply). Any thread. */
 bool meta_raft_is_leader(struct meta_raft *m);

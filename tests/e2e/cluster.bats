@@ -574,6 +574,23 @@ os.close(fd)' "${M[l]}/t/0/log"
 	check_acked "$T/log.w" "$T/acked" w
 }
 
+@test "the metadata quorum's leader stopped cleanly hands that leadership over before it exits" {
+	cluster_start 3
+	local q o nl
+	q=$(quorum_leader 1)
+	[[ -n $q ]]
+	o=$(other_than "$q")
+	node_stop "$q"
+	# it stepped down before it exited: the others did not have to wait an
+	# election timeout to notice it gone
+	grep -q "handing the quorum's leadership to another node before stopping" "${NODE_LOG[q]}"
+	grep -q "this node no longer leads the quorum (it was handed over)" "${NODE_LOG[q]}"
+	wait_secs 10 "[[ -n \$(quorum_leader $o) ]]"
+	nl=$(quorum_leader "$o")
+	[[ $nl != "$q" ]]
+	mkdir "${M[o]}/after"
+}
+
 @test "SIGSTOP of a follower shrinks the in-sync set; SIGCONT restores it" {
 	cluster_start 3
 	acks_all_topic t
