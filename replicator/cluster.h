@@ -219,6 +219,8 @@ void rep_partition_hw_moved(struct rep_partition *p);
 /* 1 once p's topic is deleted (its replica stays until no FUSE call is in
  * it): calls into it end with -ENOENT. Any thread. */
 int rep_partition_gone(struct rep_partition *p);
+/* The name of p's topic (for log lines). Any thread. */
+const char *rep_partition_topic_name(struct rep_partition *p);
 /* Counters as rep_produce keeps them (records_in, bytes_in). */
 void rep_partition_count_in(struct rep_partition *p, uint32_t records, uint64_t bytes);
 /* Reconciles local.c's topics, partitions and producer files with the state

@@ -1895,6 +1895,7 @@ static struct replica *repl_enter(struct rep_partition *p)
 static void repl_leave(struct rep_partition *p) { atomic_fetch_sub(&p->inflight, 1); }
 
 int rep_partition_gone(struct rep_partition *p) { return atomic_load(&p->gone); }
+const char *rep_partition_topic_name(struct rep_partition *p) { return rep_topic_name(p->topic); }
 
 static int cl_produce(struct rep_partition *p, const struct ls_rec *recs, uint32_t n,
                       const struct ls_producer *prod, struct ls_append_result *res)

@@ -196,6 +196,7 @@ struct replica {
 	bool handing;                   /* giving leadership to hand_to: no appends */
 	bool epoch_behind;              /* leads at an epoch older than its log's
 	                                   newest (a replay at start): no appends */
+	char label[REP_NAME_MAX + 16];  /* "topic/partition" for log lines */
 	bool store_failed;              /* as leader, its log refused a write (disk
 	                                   full or failing): hand the leadership to
 	                                   an in-sync follower (resign_check) */
@@ -647,12 +648,12 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
 			 * the quorum's state follows. It appends nothing then. */
 			rp->epoch_behind = rc == -EINVAL;
 			if (rc == -EINVAL && !cluster_caught_up(rs->c))
-				tfs_debug("partition %" PRIu64 "/%u: leader epoch %" PRId32 " of an "
-				          "old state (replayed at start)", rp->topic_id, rp->index,
+				tfs_debug("partition %s: leader epoch %" PRId32 " of an "
+				          "old state (replayed at start)", rp->label,
 				          mp->leader_epoch);
 			else if (rc < 0)
-				tfs_error("partition %" PRIu64 "/%u: cannot start leader epoch %" PRId32
-				          ": %s", rp->topic_id, rp->index, mp->leader_epoch,
+				tfs_error("partition %s: cannot start leader epoch %" PRId32
+				          ": %s", rp->label, mp->leader_epoch,
 				          tfs_strerror(rc));
 			if (rc < 0 && rc != -EINVAL)
 				store_failed_locked(rp);
@@ -684,8 +685,8 @@ static void apply_meta(struct replica *rp, const struct meta_partition *mp, bool
 	pthread_rwlock_unlock(&rp->role_lock);
 
 	if (first || old_role != role)
-		tfs_info("partition %" PRIu64 "/%u: %s at epoch %" PRId32 " (leader %u)",
-		         rp->topic_id, rp->index, role_name(role), mp->leader_epoch, mp->leader);
+		tfs_info("partition %s: %s at epoch %" PRId32 " (leader %u)",
+		         rp->label, role_name(role), mp->leader_epoch, mp->leader);
 	if (moved)
 		rep_partition_hw_moved(rp->p);
 	if (rp->src) {
@@ -755,14 +756,13 @@ static void epoch_end_done(void *ctx, int status, const struct tr_frame *resp)
 		epoch = (int32_t)rd32(&r);
 		end = (int64_t)rd64(&r);
 		if (r.bad || r.left || err > 0 || epoch < -1 || end < -1) {
-			tfs_warn("partition %" PRIu64 "/%u: malformed epoch answer from node %u",
-			         rp->topic_id, rp->index, a->leader);
+			tfs_warn("partition %s: malformed epoch answer from node %u",
+			         rp->label, a->leader);
 			status = REP_EPROTO;
 		}
 	}
 	if (status < 0 || err < 0) {
-		tfs_debug("partition %" PRIu64 "/%u: epoch end from node %u: %s", rp->topic_id,
-		          rp->index, a->leader, tfs_strerror(status < 0 ? status : err));
+		tfs_debug("partition %s: epoch end from node %u: %s", rp->label, a->leader, tfs_strerror(status < 0 ? status : err));
 		hold(rp, RETRY_MS);
 		goto out;
 	}
@@ -778,13 +778,12 @@ static void epoch_end_done(void *ctx, int status, const struct tr_frame *resp)
 		target = min64(target, min64(end, mine));
 	}
 	if (target < info.end_offset) {
-		tfs_info("partition %" PRIu64 "/%u: truncating from %" PRId64 " to %" PRId64
-		         " (leader %u ends epoch %" PRId32 " at %" PRId64 ")", rp->topic_id,
-		         rp->index, info.end_offset, target, a->leader, epoch, end);
+		tfs_info("partition %s: truncating from %" PRId64 " to %" PRId64
+		         " (leader %u ends epoch %" PRId32 " at %" PRId64 ")", rp->label, info.end_offset, target, a->leader, epoch, end);
 		int rc = truncate_to(rp, target);
 		if (rc < 0) {
-			tfs_error("partition %" PRIu64 "/%u: truncation to %" PRId64 " failed: %s",
-			          rp->topic_id, rp->index, target, tfs_strerror(rc));
+			tfs_error("partition %s: truncation to %" PRId64 " failed: %s",
+			          rp->label, target, tfs_strerror(rc));
 			hold(rp, STICKY_HOLD_MS);
 			goto out;
 		}
@@ -919,8 +918,8 @@ static void fetch_apply(struct replica_set *rs, uint16_t leader, const struct fe
 	int rc = 0;
 	bool moved = false;
 	if (e->err == LS_EOUTOFRANGE && e->offset < e->start) {
-		tfs_info("partition %" PRIu64 "/%u: log end %" PRId64 " is below the leader's "
-		         "start %" PRId64 ": restarting there", rp->topic_id, rp->index,
+		tfs_info("partition %s: log end %" PRId64 " is below the leader's "
+		         "start %" PRId64 ": restarting there", rp->label,
 		         e->offset, e->start);
 		if ((rc = ls_partition_reset(rp->log, e->start, e->start_pos)) < 0)
 			goto failed;
@@ -936,8 +935,7 @@ static void fetch_apply(struct replica_set *rs, uint16_t leader, const struct fe
 		return;
 	}
 	if (e->err < 0) {
-		tfs_debug("partition %" PRIu64 "/%u: fetch from node %u: %s", rp->topic_id,
-		          rp->index, leader, tfs_strerror(e->err));
+		tfs_debug("partition %s: fetch from node %u: %s", rp->label, leader, tfs_strerror(e->err));
 		hold(rp, RETRY_MS);
 		return;
 	}
@@ -961,9 +959,8 @@ failed:
 	/* once, then once a minute while it lasts (a full disk: every retry) */
 	rp->take_failures++;
 	if (cluster_now_ms() - rp->take_logged_ms >= TAKE_LOG_EVERY_MS) {
-		tfs_error("partition %" PRIu64 "/%u: cannot take batches from node %u at offset %"
-		          PRId64 ": %s (%u time(s) since the last such line)", rp->topic_id,
-		          rp->index, leader, e->offset, tfs_strerror(rc), rp->take_failures);
+		tfs_error("partition %s: cannot take batches from node %u at offset %"
+		          PRId64 ": %s (%u time(s) since the last such line)", rp->label, leader, e->offset, tfs_strerror(rc), rp->take_failures);
 		rp->take_logged_ms = cluster_now_ms();
 		rp->take_failures = 0;
 	}
@@ -1159,9 +1156,8 @@ static void fetch_answer(struct replica_set *rs, struct parked *pk)
 				if (i > 0 && total + need > FETCH_TOTAL_MAX)
 					break; /* next answer, alone */
 				if (need > TR_MAX_PAYLOAD - used) {
-					tfs_error("partition %" PRIu64 "/%u: batch at %" PRId64
-					          " of %zu bytes cannot be replicated", rp->topic_id,
-					          rp->index, fp->offset, need);
+					tfs_error("partition %s: batch at %" PRId64
+					          " of %zu bytes cannot be replicated", rp->label, fp->offset, need);
 					err = -EMSGSIZE;
 					break;
 				}
@@ -1494,12 +1490,12 @@ static void isr_check(struct replica_set *rs)
 			 * again every ISR_RESUBMIT_MS: one line per change that went
 			 * out, none per retry */
 			if (rc == 0)
-				tfs_info("partition %" PRIu64 "/%u: %s of node %u (epoch %" PRId32 ")",
-				         rp->topic_id, rp->index, meta_cmd_name(cmd->type), cmd->node,
+				tfs_info("partition %s: %s of node %u (epoch %" PRId32 ")",
+				         rp->label, meta_cmd_name(cmd->type), cmd->node,
 				         cmd->epoch);
 			else
-				tfs_debug("partition %" PRIu64 "/%u: cannot submit %s of node %u: %s",
-				          rp->topic_id, rp->index, meta_cmd_name(cmd->type), cmd->node,
+				tfs_debug("partition %s: cannot submit %s of node %u: %s",
+				          rp->label, meta_cmd_name(cmd->type), cmd->node,
 				          tfs_strerror(rc));
 		}
 	}
@@ -1541,9 +1537,9 @@ static void hold_after_failover(struct replica *rp)
 	int64_t since = cluster_now_ms() - rp->handed_ms;
 	if (since < 10 * hold) {
 		rp->hold_ms = hold * 2 < 64LL * base ? hold * 2 : 64LL * base;
-		tfs_info("partition %" PRIu64 "/%u: leads again %" PRId64 " ms after handing the "
+		tfs_info("partition %s: leads again %" PRId64 " ms after handing the "
 		         "leadership to node %u: the next handoff waits for %" PRId64 " ms in sync",
-		         rp->topic_id, rp->index, since, rp->hand_to, rp->hold_ms);
+		         rp->label, since, rp->hand_to, rp->hold_ms);
 	} else {
 		rp->hold_ms = base;
 	}
@@ -1580,8 +1576,7 @@ static void hand_resume(struct replica *rp, const char *why)
 	rp->pref_since_ms = 0;
 	rp->hand_next_ms = cluster_now_ms() + rp->rs->rebalance_ms;
 	if (why)
-		tfs_info("partition %" PRIu64 "/%u: keeps its leadership: %s", rp->topic_id,
-		         rp->index, why);
+		tfs_info("partition %s: keeps its leadership: %s", rp->label, why);
 }
 
 static void hand_done(void *ctx, int rc)
@@ -1665,15 +1660,14 @@ static bool hand_begin(struct replica *rp, uint16_t to, int32_t epoch, int64_t n
 	rp->hand_resend_ms = 0;
 	rp->hand_deadline = now + HANDOFF_CATCHUP_MS;
 	if (why == HAND_STOPPING)
-		tfs_info("partition %" PRIu64 "/%u: handing its leadership to node %u before "
-		         "stopping", rp->topic_id, rp->index, to);
+		tfs_info("partition %s: handing its leadership to node %u before "
+		         "stopping", rp->label, to);
 	else if (why == HAND_RESIGN)
-		tfs_warn("partition %" PRIu64 "/%u: handing its leadership to node %u: this "
-		         "node's log cannot take writes (disk full or failing)", rp->topic_id,
-		         rp->index, to);
+		tfs_warn("partition %s: handing its leadership to node %u: this "
+		         "node's log cannot take writes (disk full or failing)", rp->label, to);
 	else
-		tfs_info("partition %" PRIu64 "/%u: handing its leadership back to node %u, its "
-		         "preferred leader (in sync for %" PRId64 " ms)", rp->topic_id, rp->index,
+		tfs_info("partition %s: handing its leadership back to node %u, its "
+		         "preferred leader (in sync for %" PRId64 " ms)", rp->label,
 		         to, now - rp->pref_since_ms);
 	return true;
 }
@@ -1941,6 +1935,7 @@ struct replica *replica_add(struct replica_set *rs, struct rep_partition *p, uin
 	rp->log = log;
 	rp->topic_id = topic_id;
 	rp->index = index;
+	snprintf(rp->label, sizeof(rp->label), "%s/%u", rep_partition_topic_name(p), index);
 	/* writers first: a stream of overlapping appends must not starve the
 	 * loop thread's role change */
 	pthread_rwlockattr_t ra;
@@ -2255,8 +2250,8 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 			pthread_mutex_unlock(&rp->mu);
 			if (rc == 1)
 				continue;
-			tfs_reason(rc, "partition %" PRIu64 "/%u: produce refused after %u ms: %s",
-			           rp->topic_id, rp->index, rs->wait_ms,
+			tfs_reason(rc, "partition %s: produce refused after %u ms: %s",
+			           rp->label, rs->wait_ms,
 			           leader == 0 ? "no leader"
 			           : fenced    ? "this node, its leader, is cut off from the metadata "
 			                         "quorum"
@@ -2271,8 +2266,8 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 			if (rc == 0 || !fwd_retryable(rc, prod != NULL))
 				break;
 			if (cluster_now_ms() >= deadline) {
-				tfs_reason(-ENOTCONN, "partition %" PRIu64 "/%u: forward to node %u failed "
-				           "for %u ms: %s", rp->topic_id, rp->index, leader, rs->wait_ms,
+				tfs_reason(-ENOTCONN, "partition %s: forward to node %u failed "
+				           "for %u ms: %s", rp->label, leader, rs->wait_ms,
 				           tfs_strerror(rc));
 				rc = -ENOTCONN;
 				break;
@@ -2290,8 +2285,8 @@ int replica_produce(struct replica *rp, const struct ls_rec *recs, uint32_t n,
 		break;
 	}
 	if (rc == -ECONNRESET || rc == -ETIMEDOUT) {
-		tfs_warn("partition %" PRIu64 "/%u: forwarded produce without a producer id: "
-		         "outcome unknown (%s)", rp->topic_id, rp->index, tfs_strerror(rc));
+		tfs_warn("partition %s: forwarded produce without a producer id: "
+		         "outcome unknown (%s)", rp->label, tfs_strerror(rc));
 		rc = -EIO;
 	}
 	leave(rp);
@@ -2357,9 +2352,9 @@ static int wait_mark_locked(struct replica *rp, const struct rep_mark *mk, int64
 
 static void mark_lost_log(const struct replica *rp, const struct rep_mark *mk)
 {
-	tfs_error("partition %" PRIu64 "/%u: records up to offset %" PRId64 " appended at leader "
+	tfs_error("partition %s: records up to offset %" PRId64 " appended at leader "
 	          "epoch %" PRId32 " were truncated by a newer leader: reported as EIO",
-	          rp->topic_id, rp->index, mk->end - 1, mk->epoch);
+	          rp->label, mk->end - 1, mk->epoch);
 }
 
 void replica_marks_add(struct replica *rp, struct rep_marks *mk,
@@ -2386,9 +2381,9 @@ void replica_marks_add(struct replica *rp, struct rep_marks *mk,
 	pthread_mutex_unlock(&rp->mu);
 	mk->n = k;
 	if (mk->n == REP_MARKS_MAX) { /* four epochs unsettled: cannot follow more */
-		tfs_error("partition %" PRIu64 "/%u: appends at %u leader epochs not yet "
+		tfs_error("partition %s: appends at %u leader epochs not yet "
 		          "committed: the oldest cannot be checked any more, reported as EIO",
-		          rp->topic_id, rp->index, REP_MARKS_MAX);
+		          rp->label, REP_MARKS_MAX);
 		mk->lost = 1;
 		memmove(mk->m, mk->m + 1, (REP_MARKS_MAX - 1) * sizeof(mk->m[0]));
 		mk->n--;
@@ -2429,9 +2424,8 @@ again:
 		if (rc == -ENOENT)
 			return rc;
 		if (rc < 0) {
-			tfs_error("partition %" PRIu64 "/%u: commit: high watermark %" PRId64
-			          " did not reach %" PRId64 " within %u ms (%s)", rp->topic_id,
-			          rp->index, rp->hw, m->end, rs->wait_ms,
+			tfs_error("partition %s: commit: high watermark %" PRId64
+			          " did not reach %" PRId64 " within %u ms (%s)", rp->label, rp->hw, m->end, rs->wait_ms,
 			          rp->role == ROLE_LEADER ? "in-sync replicas behind"
 			                                  : "this node's fetching behind");
 			return rc;
@@ -2447,9 +2441,8 @@ again:
 		 * checking the marks again (the leadership may move meanwhile) */
 		if (!rp->removed && wait_until(rp, deadline))
 			goto again;
-		tfs_error("partition %" PRIu64 "/%u: commit: offset %" PRId64 " is on %u in-sync "
-		          "replica(s), fewer than min_insync %u, for %u ms", rp->topic_id,
-		          rp->index, target - 1, rp->mp.nisr, min_insync, rs->wait_ms);
+		tfs_error("partition %s: commit: offset %" PRId64 " is on %u in-sync "
+		          "replica(s), fewer than min_insync %u, for %u ms", rp->label, target - 1, rp->mp.nisr, min_insync, rs->wait_ms);
 		return -EIO;
 	}
 	int64_t until = cluster_now_ms() + COMMIT_SPREAD_MS;
@@ -2490,7 +2483,7 @@ int replica_commit(struct replica *rp, enum rep_acks acks, uint32_t min_insync,
 	rc = wait_acked_locked(rp, acks, min_insync, mk, cluster_now_ms() + rp->rs->wait_ms);
 	pthread_mutex_unlock(&rp->mu);
 	if (rc == 0 && leader && (rc = ls_partition_sync(rp->log)) < 0)
-		tfs_error("partition %" PRIu64 "/%u: commit failed: %s", rp->topic_id, rp->index,
+		tfs_error("partition %s: commit failed: %s", rp->label,
 		          tfs_strerror(rc));
 	leave(rp);
 	return rc == -ENOENT ? rc : rc < 0 ? -EIO : 0;

@@ -646,7 +646,7 @@ os.close(fd)' "${M[l]}/t/0/log"
 	[[ $status -ne 124 ]] || { echo "the write hung for 60 s"; false; }
 	assert_failure
 	assert_output --partial "Transport endpoint is not connected"
-	run bash -c "tail -n +$((mark + 1)) '${NODE_LOG[s]}' | grep -E 'WARN|ERROR' | grep -e 't/0/log' -e 'partition [0-9]*/0'"
+	run bash -c "tail -n +$((mark + 1)) '${NODE_LOG[s]}' | grep -E 'WARN|ERROR' | grep -e 't/0/log' -e 'partition t/0:'"
 	echo "$output"
 	[[ ${#lines[@]} == 1 && $output == *'refused: write t/0/log: partition '*'produce refused after'* ]]
 	# the other partitions refuse too, whoever leads them

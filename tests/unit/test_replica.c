@@ -145,6 +145,7 @@ void cluster_read(struct cluster *c, void (*fn)(void *ctx, const struct meta_sta
 
 void rep_partition_hw_moved(struct rep_partition *p) { atomic_fetch_add(&p->hw_moves, 1); }
 int rep_partition_gone(struct rep_partition *p) { (void)p; return 0; }
+const char *rep_partition_topic_name(struct rep_partition *p) { (void)p; return "t"; }
 
 void rep_partition_count_in(struct rep_partition *p, uint32_t records, uint64_t bytes)
 {
