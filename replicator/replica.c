@@ -1588,8 +1588,8 @@ static void hand_done(void *ctx, int rc)
 			hand_resume(rp, NULL); /* the topic is being deleted */
 		} else if (rc == -EINVAL || rc == -EHOSTDOWN) {
 			char why[96];
-			snprintf(why, sizeof(why), "node %u cannot take it (%s)", rp->hand_to,
-			         tfs_strerror(rc));
+			snprintf(why, sizeof(why), "node %u cannot take it (the quorum says it is %s)",
+			         rp->hand_to, rc == -EINVAL ? "not in the in-sync set" : "down");
 			hand_resume(rp, why);
 		} else if (rc != 0 && rc != -ESTALE) {
 			/* maybe applied, maybe not: the same command again (a newer
