@@ -762,7 +762,8 @@ static void epoch_end_done(void *ctx, int status, const struct tr_frame *resp)
 		}
 	}
 	if (status < 0 || err < 0) {
-		tfs_debug("partition %s: epoch end from node %u: %s", rp->label, a->leader, tfs_strerror(status < 0 ? status : err));
+		tfs_debug("partition %s: epoch end from node %u: %s", rp->label, a->leader,
+		          tfs_strerror(status < 0 ? status : err));
 		hold(rp, RETRY_MS);
 		goto out;
 	}
@@ -779,7 +780,8 @@ static void epoch_end_done(void *ctx, int status, const struct tr_frame *resp)
 	}
 	if (target < info.end_offset) {
 		tfs_info("partition %s: truncating from %" PRId64 " to %" PRId64
-		         " (leader %u ends epoch %" PRId32 " at %" PRId64 ")", rp->label, info.end_offset, target, a->leader, epoch, end);
+		         " (leader %u ends epoch %" PRId32 " at %" PRId64 ")", rp->label,
+		         info.end_offset, target, a->leader, epoch, end);
 		int rc = truncate_to(rp, target);
 		if (rc < 0) {
 			tfs_error("partition %s: truncation to %" PRId64 " failed: %s",
@@ -960,7 +962,8 @@ failed:
 	rp->take_failures++;
 	if (cluster_now_ms() - rp->take_logged_ms >= TAKE_LOG_EVERY_MS) {
 		tfs_error("partition %s: cannot take batches from node %u at offset %"
-		          PRId64 ": %s (%u time(s) since the last such line)", rp->label, leader, e->offset, tfs_strerror(rc), rp->take_failures);
+		          PRId64 ": %s (%u time(s) since the last such line)", rp->label, leader,
+		          e->offset, tfs_strerror(rc), rp->take_failures);
 		rp->take_logged_ms = cluster_now_ms();
 		rp->take_failures = 0;
 	}
@@ -2442,7 +2445,8 @@ again:
 		if (!rp->removed && wait_until(rp, deadline))
 			goto again;
 		tfs_error("partition %s: commit: offset %" PRId64 " is on %u in-sync "
-		          "replica(s), fewer than min_insync %u, for %u ms", rp->label, target - 1, rp->mp.nisr, min_insync, rs->wait_ms);
+		          "replica(s), fewer than min_insync %u, for %u ms", rp->label, target - 1,
+		          rp->mp.nisr, min_insync, rs->wait_ms);
 		return -EIO;
 	}
 	int64_t until = cluster_now_ms() + COMMIT_SPREAD_MS;
