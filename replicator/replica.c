@@ -143,6 +143,8 @@
 #define RETRY_MS 100                 /* back-off after an error */
 #define STICKY_HOLD_MS 1000          /* back-off after a local write error */
 #define TAKE_LOG_EVERY_MS 60000      /* a follower's append failures: a line per */
+#define RESIGN_EVERY_MS 10000        /* a leader on a failing disk resigns at most once
+                                        per (two full nodes would pass it to and fro) */
 #define TICK_MS 50
 #define ISR_EVERY_MS 250
 #define ISR_RESUBMIT_MS 1000
@@ -200,6 +202,7 @@ struct replica {
 	bool store_failed;              /* as leader, its log refused a write (disk
 	                                   full or failing): hand the leadership to
 	                                   an in-sync follower (resign_check) */
+	int64_t resign_next_ms;         /* no resigning before (RESIGN_EVERY_MS) */
 	int32_t prefix_epoch;           /* a follower whose log is a prefix of its
 	                                   leader's at this epoch (truncated by its
 	                                   epoch answer); -1: not (yet) */
@@ -607,7 +610,9 @@ static bool store_resigning(struct replica *rp, int rc)
 	if (!store_error(rc))
 		return false;
 	pthread_mutex_lock(&rp->mu);
-	bool moving = rp->role == ROLE_LEADER && drain_target_locked(rp, cluster_now_ms()) != 0;
+	int64_t now = cluster_now_ms();
+	bool moving = rp->role == ROLE_LEADER && (rp->handing || (now >= rp->resign_next_ms &&
+	                                                          drain_target_locked(rp, now)));
 	pthread_mutex_unlock(&rp->mu);
 	return moving;
 }
@@ -1807,10 +1812,12 @@ static void resign_check(struct replica_set *rs)
 	FOREACH_REPLICA(rs, rp) {
 		pthread_mutex_lock(&rp->mu);
 		bool failed = rp->store_failed && rp->role == ROLE_LEADER;
-		uint16_t to = failed && !rp->handing && !rp->epoch_behind && !cut_off
-			? drain_target_locked(rp, now) : 0;
+		uint16_t to = failed && !rp->handing && !rp->epoch_behind && !cut_off &&
+		              now >= rp->resign_next_ms ? drain_target_locked(rp, now) : 0;
 		int32_t epoch = rp->mp.leader_epoch;
 		rp->store_failed = false; /* the next failed write tries again */
+		if (to)
+			rp->resign_next_ms = now + RESIGN_EVERY_MS;
 		pthread_mutex_unlock(&rp->mu);
 		if (to && hand_begin(rp, to, epoch, now, HAND_RESIGN))
 			hand_step(rs, rp, now);
