@@ -55,6 +55,7 @@
 #define CTL_MAX_CMDS 256         /* commands per controller pass */
 #define SEQ_TAG (1ull << 63)     /* cluster_propose's seqs (meta_raft.h) */
 #define RETRY_MS 150             /* a failed proposal attempt is retried after */
+#define ELECTION_MS 1000         /* the metadata quorum's election timeout */
 
 struct waiter {
 	uint64_t seq;
@@ -823,6 +824,13 @@ int cluster_open(struct rep *r, const struct cluster_options *o, const char *dat
 		c->o.node_timeout_ms = 3000;
 	if (!c->o.request_timeout_ms)
 		c->o.request_timeout_ms = 5000;
+	/* a write waits replica_wait_ms for a partition's new leader, which a
+	 * failover makes after node_timeout_ms and up to two elections */
+	if (c->o.replica_wait_ms < c->o.node_timeout_ms + 2 * ELECTION_MS)
+		tfs_warn("cluster: replica_wait_ms (%u) is shorter than a failover (node_timeout_ms "
+		         "%u + up to %u ms of elections): writes during one may fail with ENOTCONN "
+		         "instead of waiting for the new leader", c->o.replica_wait_ms,
+		         c->o.node_timeout_ms, 2 * ELECTION_MS);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
 	atomic_init(&c->next_seq, meta_seq_seed()); /* see there */
@@ -889,7 +897,7 @@ int cluster_start(struct cluster *c)
 		.nvoters = c->o.nvoters,
 		.loop = tr_loop(c->net),
 		.transport = &c->rt,
-		.election_ms = 1000,
+		.election_ms = ELECTION_MS,
 		.heartbeat_ms = 50,
 		/* libraft 0.22.1 can crash when a follower catches up by
 		 * InstallSnapshot (replicator/README.md): keep enough entries

@@ -111,6 +111,20 @@ logs_agree() {
 	grep -q 'cut off from the metadata quorum' "${NODE_LOG[3]}"
 }
 
+@test "a replica_wait_ms shorter than a failover is warned about at start, the default is not" {
+	cluster_start 3 replica_wait_ms=3000 node_timeout_ms=2000
+	grep -q "replica_wait_ms (3000) is shorter than a failover (node_timeout_ms 2000" \
+		"${NODE_LOG[1]}"
+	node_stop 2
+	sed -i 's/replica_wait_ms: 3000/replica_wait_ms: 15000/' "${NODE_CFG[2]}"
+	grep -q 'replica_wait_ms: 15000' "${NODE_CFG[2]}"
+	local mark
+	mark=$(wc -l <"${NODE_LOG[2]}")
+	node_start 2
+	node_wait_mounted 2
+	! tail -n +$((mark + 1)) "${NODE_LOG[2]}" | grep -q "is shorter than a failover"
+}
+
 @test "concurrent mkdir of one name on three nodes: exactly one succeeds, the others get EEXIST" {
 	cluster_start 3
 	local i ok=0 pids=()
